@@ -1,0 +1,42 @@
+# Two set-up commands: `make demo` and `make test`. Each creates the virtual environment when it is
+# absent and reuses it otherwise. BNSWEEP_VENV points at a venv to reuse (CI keeps one outside the
+# clone so a run need not reinstall PyTorch); the default is .venv in the repository.
+VENV ?= $(if $(BNSWEEP_VENV),$(BNSWEEP_VENV),.venv)
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+# Installed dependencies are keyed by the content of pyproject.toml: edit it and they reinstall.
+DEPS_STAMP := $(VENV)/.bnsweep-deps-$(shell sha1sum pyproject.toml | cut -c1-12)
+DEMO_DB ?= sqlite:///out/demo.db
+
+.PHONY: demo test test-fast lint bench venv clean
+
+venv: $(DEPS_STAMP)
+	@# The editable install is re-pointed at this checkout every time (a few seconds), so a venv
+	@# shared between clones always runs the code in front of it.
+	@$(PY) -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
+
+$(DEPS_STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[test]'
+	@rm -f $(VENV)/.bnsweep-deps-*
+	@touch $@
+
+demo: venv
+	@mkdir -p out
+	$(VENV)/bin/bnsweep launch configs/demo.yaml --db $(DEMO_DB)
+
+test: venv lint
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider
+
+lint: venv
+	$(PY) -m ruff check .
+
+bench: venv
+	$(PY) bench/throughput.py
+
+clean:
+	rm -rf out runs .pytest_cache

@@ -1,0 +1,167 @@
+"""`TrialSpec`: everything one training run needs, frozen and validated on construction.
+
+Defaults follow the paper (Sect. 4.1-4.2): SGD momentum 0.9, weight decay 1e-4, 180 epochs,
+batch 128, 10 % class-stratified validation split, BN-based input normalisation (Sect. 3.4),
+and the proposed method with γ = 0.1 and c = 100 (Sect. 3.2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from workers.errors import SpecError, choice_error
+
+PRECISIONS = ("fp32", "bf16")
+MEMORY_FORMATS = ("contiguous", "channels_last")
+DEVICES = ("auto", "cpu", "cuda")
+
+#: Fields that do not change what a run computes; they are left out of `spec_hash`.
+NON_RESULT_FIELDS = frozenset({"data_root", "device", "seed"})
+
+#: The fields that say which arm of an experiment a run belongs to; BASE is γ = 1, c = 1, standard.
+ARM_FIELDS = ("formulation", "bn_scale_init", "bn_lr_divisor")
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One training run. `seed` is the paper's seed id (1..15); it is made complex by MD5."""
+
+    dataset: str = "cifar10"
+    arch: str = "resnet18"
+    formulation: str = "standard"
+    bn_scale_init: float = 0.1          # γ at initialisation, in (0, 1] (Sect. 3.2)
+    bn_lr_divisor: float = 100.0        # c: BN scales train with lr α/c (Sect. 3.2)
+    input_norm: str = "bn"              # Sect. 3.4: bn | fixed | offline | none
+    lr: float = 0.1                     # α, the initial learning rate of every other parameter
+    epochs: int = 180
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 1e-4          # conv and linear weights only (Sect. 4.2)
+    val_fraction: float = 0.1
+    precision: str = "fp32"
+    memory_format: str = "contiguous"
+    seed: int = 1
+    data_root: str | None = field(default=None, compare=False)
+    device: str = field(default="auto", compare=False)
+
+    def __post_init__(self) -> None:
+        _coerce_numbers(self)
+        _validate(self)
+
+    # -- identity ---------------------------------------------------------------------------
+    @property
+    def spec_hash(self) -> str:
+        return spec_hash(self)
+
+    @property
+    def is_base(self) -> bool:
+        """BASE in the paper: default γ = 1, no learning-rate reduction, standard BN (Sect. 4.2)."""
+        return (
+            self.formulation == "standard" and self.bn_scale_init == 1.0 and self.bn_lr_divisor == 1.0
+        )
+
+    def replace(self, **changes: Any) -> TrialSpec:
+        return dataclasses.replace(self, **changes)
+
+    # -- edges: dicts in, dicts out ---------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrialSpec:
+        unknown = sorted(set(values) - set(FIELD_NAMES))
+        if unknown:
+            raise SpecError(
+                f"unknown trial field(s) {', '.join(unknown)}; allowed: {', '.join(FIELD_NAMES)}"
+            )
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def result_fields(self) -> dict[str, Any]:
+        """The fields that change the result, seed excluded: what `spec_hash` covers."""
+        return {k: v for k, v in self.to_dict().items() if k not in NON_RESULT_FIELDS}
+
+
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(TrialSpec))
+RESULT_FIELD_NAMES: tuple[str, ...] = tuple(n for n in FIELD_NAMES if n not in NON_RESULT_FIELDS)
+
+
+def spec_hash(spec: TrialSpec) -> str:
+    """A stable 16-hex-digit key of every field that changes the result, the seed excluded.
+
+    All seeds of one arm share a hash; a cell in the results store is (spec_hash, seed).
+    Floats are written with `repr`, so 0.1 and 0.10 hash alike and 0.1 and 0.1000001 do not.
+    """
+    payload = {k: (repr(float(v)) if isinstance(v, float) else v) for k, v in spec.result_fields().items()}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+_FLOAT_FIELDS = ("bn_scale_init", "bn_lr_divisor", "lr", "momentum", "weight_decay", "val_fraction")
+_INT_FIELDS = ("epochs", "batch_size", "seed")
+
+
+def _coerce_numbers(spec: TrialSpec) -> None:
+    """YAML and CLI values arrive as int/str; store them as the declared type or name the field."""
+    for name in _FLOAT_FIELDS:
+        value = getattr(spec, name)
+        if isinstance(value, bool):
+            raise SpecError(f"{name}: expected a number, got {value!r}")
+        try:
+            object.__setattr__(spec, name, float(value))
+        except (TypeError, ValueError):
+            raise SpecError(f"{name}: expected a number, got {value!r}") from None
+    for name in _INT_FIELDS:
+        value = getattr(spec, name)
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise SpecError(f"{name}: expected an integer, got {value!r}")
+        try:
+            object.__setattr__(spec, name, int(value))
+        except (TypeError, ValueError):
+            raise SpecError(f"{name}: expected an integer, got {value!r}") from None
+
+
+def _validate(spec: TrialSpec) -> None:
+    # Registries live beside what they build; imported here to keep `spec` import-light.
+    from workers.data import DATASETS
+    from workers.models import MODELS
+    from workers.norm import FORMULATIONS, INPUT_NORMS
+
+    choices = {
+        "dataset": DATASETS,
+        "arch": MODELS,
+        "formulation": FORMULATIONS,
+        "input_norm": INPUT_NORMS,
+        "precision": PRECISIONS,
+        "memory_format": MEMORY_FORMATS,
+        "device": DEVICES,
+    }
+    for name, allowed in choices.items():
+        if getattr(spec, name) not in allowed:
+            raise choice_error(name, getattr(spec, name), allowed)
+
+    for name in _FLOAT_FIELDS:
+        if not math.isfinite(getattr(spec, name)):
+            raise SpecError(f"{name}: must be finite, got {getattr(spec, name)!r}")
+    if not 0.0 < spec.bn_scale_init <= 1.0:
+        raise SpecError(f"bn_scale_init (γ): must be in (0, 1], got {spec.bn_scale_init!r}")
+    if spec.bn_lr_divisor < 1.0:
+        raise SpecError(f"bn_lr_divisor (c): must be >= 1, got {spec.bn_lr_divisor!r}")
+    if spec.lr <= 0.0:
+        raise SpecError(f"lr (α): must be > 0, got {spec.lr!r}")
+    if spec.epochs < 1:
+        raise SpecError(f"epochs: must be >= 1, got {spec.epochs!r}")
+    if spec.batch_size < 1:
+        raise SpecError(f"batch_size: must be >= 1, got {spec.batch_size!r}")
+    if not 0.0 <= spec.momentum < 1.0:
+        raise SpecError(f"momentum: must be in [0, 1), got {spec.momentum!r}")
+    if spec.weight_decay < 0.0:
+        raise SpecError(f"weight_decay: must be >= 0, got {spec.weight_decay!r}")
+    if not 0.0 < spec.val_fraction < 1.0:
+        raise SpecError(f"val_fraction: must be in (0, 1), got {spec.val_fraction!r}")
+    if spec.seed < 0:
+        raise SpecError(f"seed: must be >= 0, got {spec.seed!r}")
