@@ -27,7 +27,7 @@ COMMAND_MODULES = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bnsweep",
-        description="Revisiting Batch Normalization: train, sweep over seeds, and test significance.",
+        description="Revisiting Batch Normalization: train, sweep over seeds, test significance.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

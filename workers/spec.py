@@ -34,14 +34,14 @@ class TrialSpec:
     dataset: str = "cifar10"
     arch: str = "resnet18"
     formulation: str = "standard"
-    bn_scale_init: float = 0.1          # γ at initialisation, in (0, 1] (Sect. 3.2)
-    bn_lr_divisor: float = 100.0        # c: BN scales train with lr α/c (Sect. 3.2)
-    input_norm: str = "bn"              # Sect. 3.4: bn | fixed | offline | none
-    lr: float = 0.1                     # α, the initial learning rate of every other parameter
+    bn_scale_init: float = 0.1  # γ at initialisation, in (0, 1] (Sect. 3.2)
+    bn_lr_divisor: float = 100.0  # c: BN scales train with lr α/c (Sect. 3.2)
+    input_norm: str = "bn"  # Sect. 3.4: bn | fixed | offline | none
+    lr: float = 0.1  # α, the initial learning rate of every other parameter
     epochs: int = 180
     batch_size: int = 128
     momentum: float = 0.9
-    weight_decay: float = 1e-4          # conv and linear weights only (Sect. 4.2)
+    weight_decay: float = 1e-4  # conv and linear weights only (Sect. 4.2)
     val_fraction: float = 0.1
     precision: str = "fp32"
     memory_format: str = "contiguous"
@@ -62,7 +62,9 @@ class TrialSpec:
     def is_base(self) -> bool:
         """BASE in the paper: default γ = 1, no learning-rate reduction, standard BN (Sect. 4.2)."""
         return (
-            self.formulation == "standard" and self.bn_scale_init == 1.0 and self.bn_lr_divisor == 1.0
+            self.formulation == "standard"
+            and self.bn_scale_init == 1.0
+            and self.bn_lr_divisor == 1.0
         )
 
     def replace(self, **changes: Any) -> TrialSpec:
@@ -96,7 +98,9 @@ def spec_hash(spec: TrialSpec) -> str:
     All seeds of one arm share a hash; a cell in the results store is (spec_hash, seed).
     Floats are written with `repr`, so 0.1 and 0.10 hash alike and 0.1 and 0.1000001 do not.
     """
-    payload = {k: (repr(float(v)) if isinstance(v, float) else v) for k, v in spec.result_fields().items()}
+    payload = {
+        k: (repr(float(v)) if isinstance(v, float) else v) for k, v in spec.result_fields().items()
+    }
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 

@@ -1,0 +1,97 @@
+"""`bnsweep train`: one run of the worker, with a progress bar; no Ray and no database."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+from workers.spec import TrialSpec
+
+#: Short flags the paper's symbols suggest, in addition to one `--field-name` per TrialSpec field.
+ALIASES = {"bn_scale_init": ("--gamma",), "bn_lr_divisor": ("--c",), "lr": ("--alpha",)}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train one run (no Ray, no database) and print its result",
+        description="Train one run of the paper's method and print its result. Unset fields take "
+        "the paper's defaults (Sect. 4.1-4.2).",
+    )
+    defaults = TrialSpec.__dataclass_fields__
+    for f in fields(TrialSpec):
+        flags = (f"--{f.name.replace('_', '-')}", *ALIASES.get(f.name, ()))
+        default = defaults[f.name].default
+        parser.add_argument(
+            *flags, dest=f.name, default=None, metavar=f.name.upper(), help=f"default: {default}"
+        )
+    parser.add_argument(
+        "--checkpoint-dir", default=None, help="write a resumable checkpoint here after every epoch"
+    )
+    parser.add_argument(
+        "--resume", default=None, help="continue from this checkpoint file or folder"
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from workers.trial import run_trial
+
+    values = {
+        f.name: getattr(args, f.name)
+        for f in fields(TrialSpec)
+        if getattr(args, f.name) is not None
+    }
+    spec = TrialSpec(**values)
+    console = Console(stderr=True)
+    columns = (
+        TextColumn("epoch"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("train", total=spec.epochs, status="", completed=0)
+
+        def on_epoch(m, save):
+            if args.checkpoint_dir:
+                save(args.checkpoint_dir)
+            status = (
+                f"loss {m.train_loss:.4f}  val {100 * m.val_acc:.2f}%  test {100 * m.test_acc:.2f}%"
+            )
+            bar.update(task, completed=m.epoch, status=status)
+
+        result = run_trial(spec, on_epoch=on_epoch, checkpoint=args.resume)
+
+    summary = {k: v for k, v in asdict(result).items() if k != "history"}
+    summary.update(spec_hash=spec.spec_hash, seed=spec.seed)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(
+        f"{result.status}: spec {spec.spec_hash} seed {spec.seed}, {result.epochs_run} epochs "
+        f"in {result.seconds:.1f} s ({result.images_per_sec:.0f} img/s)"
+    )
+    if result.test_acc is not None:
+        print(
+            f"best val {100 * result.best_val_acc:.2f}% at epoch {result.best_epoch}; "
+            f"test at best {100 * result.test_acc:.2f}%; final test "
+            + (f"{100 * result.final_test_acc:.2f}%" if result.final_test_acc is not None else "-")
+        )
+    if result.error:
+        print(result.error)
+    return 0

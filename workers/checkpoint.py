@@ -1,0 +1,113 @@
+"""Trial checkpoints: tensors and plain values only, loaded with `weights_only=True`.
+
+A checkpoint holds everything a resumed run needs to continue bit-identically: weights,
+optimizer and scheduler state, every RNG state (including the generator that orders the data),
+the best-so-far selection, and the history of epoch metrics. Nothing is unpickled beyond what
+`torch.load(weights_only=True)` allows, so loading a file from elsewhere runs no code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from workers.errors import BnsweepError
+
+FORMAT_VERSION = 1
+FILENAME = "trial.pt"
+
+
+class CheckpointError(BnsweepError):
+    """A checkpoint is missing, unreadable, or belongs to another trial."""
+
+
+def resolve(path: str | os.PathLike[str]) -> Path:
+    """A checkpoint is given as the file itself or as the directory that holds `trial.pt`."""
+    path = Path(path)
+    return path / FILENAME if path.is_dir() else path
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
+    """Write `state` atomically (temporary file, then rename): a crash never leaves half a file."""
+    path = Path(path)
+    target = path if path.suffix == ".pt" else path / FILENAME
+    target.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format_version": FORMAT_VERSION, **state}
+    fd, tmp = tempfile.mkstemp(prefix=".trial-", suffix=".pt.tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    target = resolve(path)
+    if not target.is_file():
+        raise CheckpointError(
+            f"checkpoint not found: {target} (expected a file or a folder with {FILENAME})"
+        )
+    try:
+        state = torch.load(target, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError) as err:
+        raise CheckpointError(
+            f"checkpoint {target} is unreadable or not a bnsweep checkpoint: {err}"
+        ) from None
+    version = state.get("format_version") if isinstance(state, dict) else None
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {target} has format {version}; this bnsweep reads format {FORMAT_VERSION}"
+        )
+    return state
+
+
+# -- RNG state as plain values ----------------------------------------------------------------
+def capture_rng() -> dict[str, Any]:
+    """Every global RNG as tensors and lists, so `weights_only` loading accepts it."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": _to_lists(random.getstate()),
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            *map(float, np_state[2:]),
+        ],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(_to_tuples(state["python"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(
+        (name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached))
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_lists(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_to_lists(v) for v in value]
+    return value
+
+
+def _to_tuples(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_to_tuples(v) for v in value)
+    return value

@@ -1,0 +1,347 @@
+"""One training run: `run_trial(spec, on_epoch, checkpoint)`, plain PyTorch.
+
+The loop follows the paper's regime (Sect. 4.2): SGD with momentum, a half-period cosine
+schedule stepped per epoch down to 1e-8, validation and test accuracy every epoch, and the
+reported test accuracy taken at the first epoch with the best validation accuracy.
+
+Nothing inside an epoch waits for the device: losses and correct counts accumulate on it and
+are read once per epoch, so a GPU never idles on a host sync.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.checkpoint import (
+    CheckpointError,
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from workers.data import DataSplits, DeviceLoader, channel_stats, load_splits
+from workers.errors import SpecError
+from workers.models import build_model
+from workers.param_groups import param_groups
+from workers.seeding import complex_seed, seed_everything
+from workers.spec import TrialSpec
+
+log = logging.getLogger(__name__)
+
+#: The cosine schedule ends here rather than at 0 (Sect. 4.2, "down to 1e-8").
+FINAL_LR = 1e-8
+#: Inputs no larger than this (CIFAR's 32, digits' 8) get the paper's small-input stems (Sect. 4.1).
+SMALL_INPUT_MAX = 64
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int  # 1-based
+    train_loss: float
+    val_loss: float
+    val_acc: float  # fractions in [0, 1]
+    test_acc: float
+    lr: float  # the learning rate α·factor used during this epoch
+    seconds: float  # training + evaluation wall time of this epoch
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    status: str  # "completed" | "diverged"
+    epochs_run: int
+    best_epoch: int | None
+    best_val_acc: float | None
+    test_acc: float | None  # test accuracy at the best-validation epoch: the reported score
+    final_test_acc: float | None
+    seconds: float
+    images_per_sec: float
+    diverged_epoch: int | None = None
+    error: str | None = None
+    history: tuple[EpochMetrics, ...] = field(default=(), repr=False)
+
+
+SaveCheckpoint = Callable[[str | Path], Path]
+OnEpoch = Callable[[EpochMetrics, SaveCheckpoint], None]
+
+
+@dataclass
+class _Progress:
+    """What the loop carries from epoch to epoch; saved in and restored from checkpoints."""
+
+    epoch: int = 0
+    best_epoch: int | None = None
+    best_val_acc: float = -1.0
+    test_at_best: float | None = None
+    train_seconds: float = 0.0
+    train_images: int = 0
+    seconds: float = 0.0
+    history: list[EpochMetrics] = field(default_factory=list)
+
+    def observe(self, m: EpochMetrics) -> None:
+        self.epoch = m.epoch
+        self.history.append(m)
+        # Strictly greater: ties keep the first such epoch (Sect. 4.2).
+        if m.val_acc > self.best_val_acc:
+            self.best_epoch, self.best_val_acc, self.test_at_best = m.epoch, m.val_acc, m.test_acc
+
+    def to_state(self) -> dict[str, Any]:
+        state = {k: v for k, v in asdict(self).items() if k != "history"}
+        state["history"] = [asdict(m) for m in self.history]
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> _Progress:
+        history = [EpochMetrics(**m) for m in state["history"]]
+        return cls(**{**state, "history": history})
+
+
+# -- phases ---------------------------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SpecError(
+            "device: 'cuda' was asked for but no CUDA device is visible; allowed here: auto, cpu"
+        )
+    return torch.device(name)
+
+
+@functools.lru_cache(maxsize=8)
+def _offline_stats(
+    dataset: str, data_root: str | None, val_fraction: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training-split mean/std for `offline` input normalisation, computed once per process."""
+    spec = TrialSpec(dataset=dataset, data_root=data_root, val_fraction=val_fraction)
+    return channel_stats(load_splits(spec).train_x)
+
+
+def build(
+    spec: TrialSpec, data: DataSplits, device: torch.device
+) -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """Model, optimizer and schedule as the paper sets them up (Sect. 3.2, 3.4, 4.1, 4.2)."""
+    stats = (
+        _offline_stats(spec.dataset, spec.data_root, spec.val_fraction)
+        if spec.input_norm == "offline"
+        else None
+    )
+    model = build_model(
+        spec.arch,
+        num_classes=data.num_classes,
+        in_channels=data.in_channels,
+        small_input=data.image_size <= SMALL_INPUT_MAX,
+        formulation=spec.formulation,
+        gamma=spec.bn_scale_init,
+        input_norm=spec.input_norm,
+        input_stats=stats,
+    )
+    memory_format = (
+        torch.channels_last if spec.memory_format == "channels_last" else torch.contiguous_format
+    )
+    model = model.to(device=device, memory_format=memory_format)
+    groups = param_groups(
+        model, lr=spec.lr, weight_decay=spec.weight_decay, bn_lr_divisor=spec.bn_lr_divisor
+    )
+    optimizer = torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum)
+    # One factor for every group, so α/c stays α/c all the way down the cosine.
+    floor = min(FINAL_LR / spec.lr, 1.0)
+    schedule = functools.partial(_cosine_factor, epochs=spec.epochs, floor=floor)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return model, optimizer, scheduler
+
+
+def _cosine_factor(epoch: int, *, epochs: int, floor: float) -> float:
+    """Half-period cosine from 1 at epoch 0 to `floor` at the last epoch."""
+    progress = min(epoch / max(epochs - 1, 1), 1.0)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DeviceLoader,
+    optimizer: torch.optim.Optimizer,
+    autocast: Callable[[], Any],
+    memory_format: torch.memory_format,
+) -> tuple[torch.Tensor, int]:
+    """One pass over the training split. Returns the summed loss (on the device) and image count."""
+    model.train()
+    loss_sum = torch.zeros((), device=loader.device, dtype=torch.float32)
+    images = 0
+    for x, y in loader:
+        x = x.contiguous(memory_format=memory_format)
+        with autocast():
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach().float() * y.numel()
+        images += y.numel()
+    return loss_sum, images
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    loader: DeviceLoader,
+    autocast: Callable[[], Any],
+    memory_format: torch.memory_format,
+) -> tuple[float, float]:
+    """Mean loss and accuracy over a split, read from the device once."""
+    model.eval()
+    loss_sum = torch.zeros((), device=loader.device, dtype=torch.float32)
+    correct = torch.zeros((), device=loader.device, dtype=torch.int64)
+    count = 0
+    for x, y in loader:
+        x = x.contiguous(memory_format=memory_format)
+        with autocast():
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(dim=1) == y).sum()
+        count += y.numel()
+    totals = torch.stack([loss_sum, correct.float()]).tolist()
+    return totals[0] / max(count, 1), totals[1] / max(count, 1)
+
+
+# -- the run --------------------------------------------------------------------------------
+def run_trial(
+    spec: TrialSpec,
+    on_epoch: OnEpoch | None = None,
+    checkpoint: str | Path | None = None,
+) -> TrialResult:
+    """Train `spec` to the end (or to divergence) and return its result.
+
+    `on_epoch(metrics, save)` runs after every epoch; `save(folder)` writes a checkpoint from
+    which `run_trial(spec, checkpoint=folder)` continues with exactly the same metrics.
+    """
+    device = resolve_device(spec.device)
+    seed_everything(spec.seed)
+    data = load_splits(spec)
+    model, optimizer, scheduler = build(spec, data, device)
+    # The data order has its own generator, so it is restored exactly and is the same on any device.
+    generator = torch.Generator().manual_seed(complex_seed(spec.seed))
+    progress = _Progress()
+
+    if checkpoint is not None:
+        progress = _restore(
+            spec, load_checkpoint(checkpoint), model, optimizer, scheduler, generator
+        )
+        log.info("resumed %s seed %d after epoch %d", spec.spec_hash, spec.seed, progress.epoch)
+
+    autocast = functools.partial(
+        torch.autocast, device.type, dtype=torch.bfloat16, enabled=spec.precision == "bf16"
+    )
+    memory_format = (
+        torch.channels_last if spec.memory_format == "channels_last" else torch.contiguous_format
+    )
+    loaders = {
+        split: DeviceLoader(
+            getattr(data, f"{split}_x"),
+            getattr(data, f"{split}_y"),
+            spec.batch_size,
+            device,
+            train=split == "train",
+            augment=data.augment,
+            crop_size=data.crop_size,
+            generator=generator,
+        )
+        for split in ("train", "val", "test")
+    }
+
+    def save(folder: str | Path) -> Path:
+        return save_checkpoint(
+            folder, _state(spec, progress, model, optimizer, scheduler, generator)
+        )
+
+    for epoch in range(progress.epoch + 1, spec.epochs + 1):
+        started = time.perf_counter()
+        lr = spec.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
+        loss_sum, images = train_one_epoch(
+            model, loaders["train"], optimizer, autocast, memory_format
+        )
+        train_loss = loss_sum.item() / max(images, 1)
+        progress.train_seconds += time.perf_counter() - started
+        progress.train_images += images
+        if not math.isfinite(train_loss):
+            # A NaN or infinite loss is a result (the setting diverged), not a crash.
+            metrics = EpochMetrics(
+                epoch, train_loss, math.nan, math.nan, math.nan, lr, time.perf_counter() - started
+            )
+            progress.epoch = epoch
+            progress.history.append(metrics)
+            progress.seconds += metrics.seconds
+            if on_epoch is not None:
+                on_epoch(metrics, save)
+            return _result(
+                progress,
+                diverged_epoch=epoch,
+                error=f"training loss became {train_loss} in epoch {epoch}",
+            )
+        val_loss, val_acc = evaluate(model, loaders["val"], autocast, memory_format)
+        _, test_acc = evaluate(model, loaders["test"], autocast, memory_format)
+        scheduler.step()
+        metrics = EpochMetrics(
+            epoch, train_loss, val_loss, val_acc, test_acc, lr, time.perf_counter() - started
+        )
+        progress.observe(metrics)
+        progress.seconds += metrics.seconds
+        if on_epoch is not None:
+            on_epoch(metrics, save)
+    return _result(progress)
+
+
+def _result(
+    progress: _Progress, diverged_epoch: int | None = None, error: str | None = None
+) -> TrialResult:
+    final = progress.history[-1] if progress.history else None
+    return TrialResult(
+        status="diverged" if diverged_epoch is not None else "completed",
+        epochs_run=len(progress.history),
+        best_epoch=progress.best_epoch,
+        best_val_acc=progress.best_val_acc if progress.best_epoch is not None else None,
+        test_acc=progress.test_at_best,
+        final_test_acc=final.test_acc if final is not None and diverged_epoch is None else None,
+        seconds=progress.seconds,
+        images_per_sec=progress.train_images / progress.train_seconds
+        if progress.train_seconds > 0
+        else 0.0,
+        diverged_epoch=diverged_epoch,
+        error=error,
+        history=tuple(progress.history),
+    )
+
+
+def _state(spec, progress, model, optimizer, scheduler, generator) -> dict[str, Any]:
+    return {
+        "spec_hash": spec.spec_hash,
+        "seed": spec.seed,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "data_generator": generator.get_state(),
+        "rng": capture_rng(),
+        "progress": progress.to_state(),
+    }
+
+
+def _restore(spec, state, model, optimizer, scheduler, generator) -> _Progress:
+    if state.get("spec_hash") != spec.spec_hash or state.get("seed") != spec.seed:
+        raise CheckpointError(
+            f"checkpoint belongs to trial {state.get('spec_hash')} seed {state.get('seed')}, "
+            f"not {spec.spec_hash} seed {spec.seed}"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["data_generator"])
+    restore_rng(state["rng"])
+    return _Progress.from_state(state["progress"])
