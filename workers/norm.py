@@ -1,0 +1,351 @@
+"""The paper's BN method: BN formulations, BN-based input normalisation, and what a "scale" is.
+
+Davis & Frank, "Revisiting Batch Normalization":
+
+- Sect. 3.2: initialise every BN scale γ in (0, 1] (β = 0) and train γ with learning rate α/c.
+- Sect. 3.4: normalise the input with a BN prepended to the network, γ̂ = 0.58·γ, β fixed at 0.
+- Sect. 4.4: the alternative formulations A1 (Eq. 26) and A2 (Eq. 27).
+- Sect. 4.5: the scaling of RBN and IEBN (Eq. 28-29) and their "minus" variants.
+
+Every formulation is a subclass of `nn.BatchNorm2d` taking `(num_features, eps, momentum, ...)`,
+so it can be passed as torchvision's `norm_layer`; `weight` is γ and `bias` is β in all of them,
+so running statistics, eval mode and `state_dict` behave exactly like `nn.BatchNorm2d`.
+
+What counts as a BN "scale" (the parameters trained with α/c, Sect. 3.2): exactly the γ
+(`weight`) of every BN module in the network, the prepended input BN included. The extra
+parameters of the alternative methods - A2's γ0 and RBN/IEBN's w_v, w_b - are *not* scales of
+the proposed method: the paper reduces the learning rate of γ only, and compares against the
+alternatives as their authors train them. Like every BN parameter they get no weight decay
+(Sect. 4.2) and the full rate α. Selection is by module type (`_BatchNorm`), never by parameter
+name: a substring rule such as "bn" or "weight" would also catch w_v/w_b or conv weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from workers.errors import DataError, SpecError
+
+log = logging.getLogger(__name__)
+
+#: Standard deviation of ReLU(z) for z ~ N(0, 1): sqrt(1/2 - 1/(2π)) ≈ 0.5838. The input BN has
+#: no activation after it, so its γ̂ = σ_act·γ matches the variance of every other layer (Sect. 3.4).
+SIGMA_ACT_RELU = 0.58
+
+
+# -- BN formulations ------------------------------------------------------------------------
+
+
+class _AffineBatchNorm2d(nn.BatchNorm2d):
+    """`nn.BatchNorm2d` whose affine tail is computed by the subclass.
+
+    `_batch_norm` is `_BatchNorm.forward` with the affine weight and bias as arguments, so the
+    running statistics (momentum, cumulative average, `num_batches_tracked`) stay exactly
+    BatchNorm's. Formulations whose tail is per-channel fold it into that one fused call.
+    """
+
+    def __init__(self, num_features: int, *args, **kwargs) -> None:
+        super().__init__(num_features, *args, **kwargs)
+        if not self.affine:
+            name = type(self).__name__
+            raise ValueError(f"{name} needs affine=True: its affine tail is the formulation")
+
+    def _batch_norm(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+        self._check_input_dim(x)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average, as in _BatchNorm
+                factor = 1.0 / float(self.num_batches_tracked)
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        track = not self.training or self.track_running_stats
+        return F.batch_norm(
+            x,
+            self.running_mean if track else None,
+            self.running_var if track else None,
+            weight,
+            bias,
+            use_batch_stats,
+            factor,
+            self.eps,
+        )
+
+
+class A1BatchNorm2d(_AffineBatchNorm2d):
+    """A1, Eq. 26: Y = γ(X̂ + β) = γ·X̂ + γ·β, one fused batch_norm call."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._batch_norm(x, self.weight, self.weight * self.bias)
+
+
+class A2BatchNorm2d(_AffineBatchNorm2d):
+    """A2, Eq. 27: Y = γ(γ0·X̂ + β) with an extra per-channel γ0 initialised to 1 (Sect. 4.4)."""
+
+    def __init__(self, num_features: int, *args, **kwargs) -> None:
+        super().__init__(num_features, *args, **kwargs)
+        self.gamma0 = nn.Parameter(torch.ones_like(self.weight))
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if "gamma0" in self._parameters:  # absent while nn.BatchNorm2d.__init__ runs
+            nn.init.ones_(self.gamma0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._batch_norm(x, self.weight * self.gamma0, self.weight * self.bias)
+
+
+class _SigmoidScaledBatchNorm2d(_AffineBatchNorm2d):
+    """Eq. 28-29: Y = γ·S·X̂ + β with S = sigmoid(w_v·GAP(𝒳) + w_b), per channel.
+
+    Subclasses choose 𝒳 (`gap_of`: "normalized" X̂ for RBN, "raw" input X for IEBN), the
+    initial w_b, and whether the instance term w_v·GAP(𝒳) exists (absent in the minus variants,
+    where S = sigmoid(w_b) is per channel and folds into the fused call). w_v starts at 0, so
+    every variant starts with the effective scale γ·sigmoid(w_b) (Sect. 4.5).
+    """
+
+    w_b_init: float
+    gap_of: str | None  # "normalized", "raw", or None for the minus variants
+
+    def __init__(self, num_features: int, *args, **kwargs) -> None:
+        super().__init__(num_features, *args, **kwargs)
+        if self.gap_of is not None:
+            self.w_v = nn.Parameter(torch.zeros_like(self.weight))
+        self.w_b = nn.Parameter(torch.full_like(self.weight, self.w_b_init))
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if "w_b" in self._parameters:  # absent while nn.BatchNorm2d.__init__ runs
+            nn.init.constant_(self.w_b, self.w_b_init)
+            if "w_v" in self._parameters:
+                nn.init.zeros_(self.w_v)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.gap_of is None:
+            return self._batch_norm(x, self.weight * torch.sigmoid(self.w_b), self.bias)
+        raw_gap = x.mean(dim=(2, 3), keepdim=True) if self.gap_of == "raw" else None
+        x_hat = self._batch_norm(x, None, None)
+        gap = raw_gap if raw_gap is not None else x_hat.mean(dim=(2, 3), keepdim=True)
+        shape = (1, -1, 1, 1)
+        scale = torch.sigmoid(self.w_v.view(shape) * gap + self.w_b.view(shape))
+        return torch.addcmul(self.bias.view(shape), x_hat, scale * self.weight.view(shape))
+
+
+class RBNBatchNorm2d(_SigmoidScaledBatchNorm2d):
+    """RBN's scaling (Gao et al. 2021): 𝒳 = X̂, w_v = 0, w_b = 1 (initial S ≈ 0.731)."""
+
+    w_b_init = 1.0
+    gap_of = "normalized"
+
+
+class RBNMinusBatchNorm2d(_SigmoidScaledBatchNorm2d):
+    """RBN⁻: S = sigmoid(w_b), w_b = 1, no instance statistics and no w_v."""
+
+    w_b_init = 1.0
+    gap_of = None
+
+
+class IEBNBatchNorm2d(_SigmoidScaledBatchNorm2d):
+    """IEBN's scaling (Liang et al. 2020): 𝒳 = raw input X, w_v = 0, w_b = −1 (S ≈ 0.269)."""
+
+    w_b_init = -1.0
+    gap_of = "raw"
+
+
+class IEBNMinusBatchNorm2d(_SigmoidScaledBatchNorm2d):
+    """IEBN⁻: S = sigmoid(w_b), w_b = −1, no instance statistics and no w_v."""
+
+    w_b_init = -1.0
+    gap_of = None
+
+
+#: name → BN class usable as torchvision's `norm_layer`. `standard` is plain `nn.BatchNorm2d`
+#: (Eq. 4), so BASE runs exactly PyTorch's BN.
+FORMULATIONS: dict[str, type[nn.BatchNorm2d]] = {
+    "standard": nn.BatchNorm2d,
+    "a1": A1BatchNorm2d,
+    "a2": A2BatchNorm2d,
+    "rbn": RBNBatchNorm2d,
+    "rbn_minus": RBNMinusBatchNorm2d,
+    "iebn": IEBNBatchNorm2d,
+    "iebn_minus": IEBNMinusBatchNorm2d,
+}
+
+
+# -- which parameters are scales ------------------------------------------------------------
+
+
+def bn_modules(model: nn.Module) -> list[_BatchNorm]:
+    """Every BN module of `model` (any `_BatchNorm`: every formulation and the input BN)."""
+    return [m for m in model.modules() if isinstance(m, _BatchNorm)]
+
+
+def bn_scale_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
+    """The BN scales of Sect. 3.2: the γ (`weight`) of every BN module, input BN included."""
+    for module in bn_modules(model):
+        if module.weight is not None:
+            yield module.weight
+
+
+def bn_other_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
+    """Every other parameter owned by a BN module: β, A2's γ0, RBN/IEBN's w_v and w_b.
+
+    Frozen ones (the input BN's β) are included; callers building optimisers drop them.
+    """
+    for module in bn_modules(model):
+        for param in module.parameters(recurse=False):
+            if param is not module.weight:
+                yield param
+
+
+def check_bn_scale(gamma: float) -> float:
+    """γ must lie in (0, 1] (Sect. 3.2); anything else is a user error, never silently 1."""
+    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not 0.0 < gamma <= 1.0:
+        raise SpecError(f"bn_scale_init (γ): must be in (0, 1], got {gamma!r}")
+    return float(gamma)
+
+
+@torch.no_grad()
+def set_bn_scale(model: nn.Module, gamma: float) -> None:
+    """Set every BN γ to `gamma` and β to 0; the input BN gets γ̂ = 0.58·γ (Sect. 3.2, 3.4).
+
+    Call it after the model is built: torchvision's constructors reset every BN weight to 1.
+    Extra parameters of the alternative formulations (γ0, w_v, w_b) keep their own values.
+    """
+    gamma = check_bn_scale(gamma)
+    modules = bn_modules(model)
+    for module in modules:
+        if module.weight is not None:
+            module.weight.fill_(gamma * getattr(module, "gamma_factor", 1.0))
+        if module.bias is not None:
+            module.bias.zero_()
+    log.debug("set γ = %g on %d BN modules", gamma, len(modules))
+
+
+# -- input normalisation (Sect. 3.4) --------------------------------------------------------
+
+
+class InputBatchNorm2d(nn.BatchNorm2d):
+    """The BN prepended to the network (Sect. 3.4): one trainable γ̂ per input channel.
+
+    No activation follows it, so β is unnecessary; it stays a parameter (the `state_dict` is
+    BatchNorm2d's) but is frozen at 0. `set_bn_scale` sets γ̂ = `gamma_factor`·γ.
+    """
+
+    gamma_factor = SIGMA_ACT_RELU
+
+    def __init__(self, num_features: int, *args, **kwargs) -> None:
+        super().__init__(num_features, *args, **kwargs)
+        self.bias.requires_grad_(False)
+
+
+class Standardize(nn.Module):
+    """(x − mean) / std per channel, with mean and std as buffers (saved with the model)."""
+
+    def __init__(self, mean: Tensor, std: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.detach().float().reshape(1, -1, 1, 1).clone())
+        self.register_buffer("std", std.detach().float().reshape(1, -1, 1, 1).clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+Stats = tuple[Tensor, Tensor]
+InputNormBuilder = Callable[[int, float, Stats | None], nn.Module]
+
+
+def _input_bn(in_channels: int, gamma: float, stats: Stats | None) -> nn.Module:
+    module = InputBatchNorm2d(in_channels)
+    set_bn_scale(module, gamma)
+    return module
+
+
+def _fixed(in_channels: int, gamma: float, stats: Stats | None) -> nn.Module:
+    # μ = σ = half the data type's range (Sect. 3.4); the pipeline hands over floats in [0, 1].
+    half = torch.full((in_channels,), 0.5)
+    return Standardize(half, half)
+
+
+def _offline(in_channels: int, gamma: float, stats: Stats | None) -> nn.Module:
+    if stats is None:
+        raise SpecError(
+            "input_norm 'offline': needs the training split's per-channel (mean, std); none given"
+        )
+    mean, std = (torch.as_tensor(t, dtype=torch.float32).flatten() for t in stats)
+    if mean.numel() != in_channels or std.numel() != in_channels:
+        raise SpecError(
+            f"input_norm 'offline': stats have {mean.numel()} mean and {std.numel()} std values; "
+            f"the data has {in_channels} channels"
+        )
+    if not bool(torch.isfinite(mean).all()) or not bool((std > 0).all()):
+        raise DataError(
+            f"input_norm 'offline': the training split's per-channel std must be > 0 and finite, "
+            f"got mean {mean.tolist()} std {std.tolist()}"
+        )
+    return Standardize(mean, std)
+
+
+def _none(in_channels: int, gamma: float, stats: Stats | None) -> nn.Module:
+    return nn.Identity()
+
+
+#: name → builder `(in_channels, γ, stats) -> module` prepended to the network (Sect. 3.4).
+INPUT_NORMS: dict[str, InputNormBuilder] = {
+    "bn": _input_bn,
+    "fixed": _fixed,
+    "offline": _offline,
+    "none": _none,
+}
+
+
+def channel_stats(images: Tensor, chunk: int = 1024) -> Stats:
+    """Per-channel mean and std over every pixel of `images` [N, C, H, W], scaled to [0, 1].
+
+    The "offline" statistics of Sect. 3.4, computed once from the training split. uint8 images
+    are divided by 255, floats are taken as already in [0, 1]; sums run in float64, a chunk of
+    images at a time, so a large uint8 tensor is never copied whole as floats.
+    """
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise DataError(
+            f"channel_stats: expected a non-empty [N, C, H, W] tensor, got {tuple(images.shape)}"
+        )
+    scale = 255.0 if images.dtype == torch.uint8 else 1.0
+    channels = images.shape[1]
+    total = torch.zeros(channels, dtype=torch.float64)
+    total_sq = torch.zeros(channels, dtype=torch.float64)
+    for start in range(0, images.shape[0], chunk):
+        block = images[start : start + chunk].to(torch.float64) / scale
+        total += block.sum(dim=(0, 2, 3))
+        total_sq += block.square().sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    var = (total_sq / count - mean.square()).clamp_min(0.0)
+    return mean.float(), var.sqrt().float()
+
+
+__all__ = [
+    "FORMULATIONS",
+    "INPUT_NORMS",
+    "SIGMA_ACT_RELU",
+    "A1BatchNorm2d",
+    "A2BatchNorm2d",
+    "IEBNBatchNorm2d",
+    "IEBNMinusBatchNorm2d",
+    "InputBatchNorm2d",
+    "RBNBatchNorm2d",
+    "RBNMinusBatchNorm2d",
+    "Standardize",
+    "bn_modules",
+    "bn_other_parameters",
+    "bn_scale_parameters",
+    "channel_stats",
+    "check_bn_scale",
+    "set_bn_scale",
+]
