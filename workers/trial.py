@@ -161,8 +161,9 @@ def build(
 
 
 def _cosine_factor(epoch: int, *, epochs: int, floor: float) -> float:
-    """Half-period cosine from 1 at epoch 0 to `floor` at the last epoch."""
-    progress = min(epoch / max(epochs - 1, 1), 1.0)
+    """Half-period cosine: 1 for the first epoch, reaching `floor` after the last one
+    (as torch's CosineAnnealingLR with T_max = epochs, but one factor for every group)."""
+    progress = min(epoch / epochs, 1.0)
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
