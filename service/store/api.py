@@ -1,0 +1,1330 @@
+"""The results store's public API: open a database by URL, write events, read DataFrames.
+
+Nothing here hands out ORM rows: writes take frozen event values, reads return frozen values
+(`SweepInfo`, `SweepStatus`) or pandas DataFrames with fixed columns and dtypes.
+
+Rules worth knowing before reading the code (docs/store.md says the same for users):
+
+- A cell is `(spec_hash, seed)`; every write is an idempotent upsert keyed by it (and by
+  `(trial, epoch)` for epochs), so replaying a batch after a lost commit acknowledgement, or a
+  Ray retry that replays epochs, never duplicates anything.
+- Status transitions: pending → running → completed | diverged | failed; failed → running
+  (a retry). completed and diverged are final: later events for such a trial are ignored, except
+  that a missing epoch row may still be filled in. A start no newer than the recorded start is a
+  replay and is ignored; a failure older than the recorded start belongs to an earlier attempt.
+- Transient database failures (connection lost, server restarting, SQLite busy) are retried with
+  backoff for `retry_seconds` (default 60 s) around each whole transaction.
+- A URL's password never appears in a message, a log line or a repr: see `redact_url`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import random
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, Union
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+from service.store.models import (
+    FINAL_STATUSES,
+    SPEC_COLUMN_TYPES,
+    STATUSES,
+    VERSION_TABLE,
+    Epoch,
+    Sweep,
+    SweepTrial,
+    Trial,
+)
+from workers.errors import BnsweepError
+from workers.spec import ARM_FIELDS, TrialSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+#: Where the store lives when neither an argument nor BNSWEEP_DB says otherwise.
+DEFAULT_URL = "sqlite:///bnsweep.db"
+ENV_VAR = "BNSWEEP_DB"
+#: How long one transaction keeps retrying a database that went away, by default.
+DEFAULT_RETRY_SECONDS = 60.0
+#: SQLite waits this long for another writer's lock before reporting "database is locked".
+SQLITE_BUSY_SECONDS = 30.0
+#: Key of the PostgreSQL advisory lock that serialises concurrent schema upgrades.
+_MIGRATION_LOCK_KEY = 0x626E_7377_6565_70  # "bnsweep"
+#: Rows per statement when a list of keys is sent as `IN (...)`; well below both backends' limits.
+_CHUNK = 500
+_ERROR_CHARS = 65536
+
+T = TypeVar("T")
+
+
+class StoreError(BnsweepError):
+    """The results database is unreachable, misconfigured, at the wrong schema, or was asked
+    something it does not know (an unknown sweep or field)."""
+
+
+# -- URLs --------------------------------------------------------------------------------------
+
+
+def resolve_url(url: str | None = None) -> str:
+    """The URL to use: the argument, else BNSWEEP_DB, else `sqlite:///bnsweep.db`."""
+    return url or os.environ.get(ENV_VAR) or DEFAULT_URL
+
+
+def _parse_url(url: str) -> sa.URL:
+    """Parse and normalise a store URL: PostgreSQL always goes through psycopg 3."""
+    try:
+        parsed = sa.make_url(url.strip())
+    except (sa_exc.ArgumentError, ValueError):
+        raise StoreError(
+            f"bad database URL {redact_url(url)!r}: expected sqlite:///PATH or "
+            "postgresql://USER@HOST[:PORT]/DATABASE"
+        ) from None
+    # Split by hand: SQLAlchemy's get_driver_name() loads the dialect, which fails for postgres://.
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend in ("postgresql", "postgres") and driver in ("", "psycopg"):
+        return parsed.set(drivername="postgresql+psycopg")
+    if backend == "sqlite" and driver in ("", "pysqlite"):
+        return parsed
+    raise StoreError(
+        f"unsupported database URL {redact_url(url)!r}: use sqlite:///PATH or "
+        "postgresql://USER@HOST[:PORT]/DATABASE (driver psycopg 3)"
+    )
+
+
+def normalize_url(url: str) -> str:
+    """The URL SQLAlchemy is given (password included): `postgres://` and `postgresql://` become
+    `postgresql+psycopg://`. Raises StoreError for anything that is not SQLite or PostgreSQL."""
+    return _parse_url(url).render_as_string(hide_password=False)
+
+
+_USERINFO = re.compile(r"(?P<head>[a-z][a-z0-9+.\-]*://[^:/@\s]*:)(?P<secret>[^\s]*)@", re.I)
+_PASSWORD_PARAM = re.compile(r"(?P<head>\bpassword=)(?P<secret>[^&\s]*)", re.I)
+
+
+def redact_url(url: str | sa.URL) -> str:
+    """The URL with any password replaced by `***`: the only form of a URL we print or log."""
+    if isinstance(url, sa.URL):
+        parsed = url
+    else:
+        try:
+            parsed = sa.make_url(str(url).strip())
+        except (sa_exc.ArgumentError, ValueError):
+            return _redact_text(str(url))
+    if "password" in parsed.query:
+        parsed = parsed.update_query_dict({"password": "***"})
+    return parsed.render_as_string(hide_password=True)
+
+
+def _redact_text(text: str) -> str:
+    text = _USERINFO.sub(lambda m: m.group("head") + "***@", text)
+    return _PASSWORD_PARAM.sub(lambda m: m.group("head") + "***", text)
+
+
+def _scrub(text: str, url: sa.URL) -> str:
+    """One line of a driver's message, with the URL's password removed wherever it appears."""
+    text = _redact_text(" ".join(text.split()))
+    secrets = [url.password, url.query.get("password")]
+    for secret in secrets:
+        if isinstance(secret, str) and secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _db_message(err: BaseException, url: sa.URL) -> str:
+    """The driver's own words for a database error, on one line, without SQLAlchemy's trailer."""
+    orig = getattr(err, "orig", None)
+    text = str(orig) if orig is not None else str(err)
+    text = text.split("(Background on this error")[0]
+    return _scrub(text, url) or type(err).__name__
+
+
+# -- values returned by the API ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepInfo:
+    """A registered sweep: its name, the spec text it was last registered with, its cell count."""
+
+    name: str
+    spec_text: str
+    created_at: datetime
+    updated_at: datetime
+    cells: int
+
+
+@dataclass(frozen=True)
+class ArmStatus:
+    """The seeds of one arm (one `spec_hash`) in a sweep, and which of them have no result."""
+
+    spec_hash: str
+    label: str
+    seeds: tuple[int, ...]
+    missing_seeds: tuple[int, ...]  # pending, running or failed: not completed nor diverged
+    failed_seeds: tuple[int, ...]
+    running_seeds: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SweepStatus:
+    """Cell counts by status for one sweep, and the missing seeds of each arm."""
+
+    name: str
+    total: int
+    pending: int
+    running: int
+    completed: int
+    failed: int
+    diverged: int
+    arms: tuple[ArmStatus, ...]
+
+    @property
+    def done(self) -> int:
+        """Cells with a final result (completed or diverged): what a relaunch skips."""
+        return self.completed + self.diverged
+
+    @property
+    def incomplete_arms(self) -> tuple[ArmStatus, ...]:
+        return tuple(arm for arm in self.arms if arm.missing_seeds)
+
+
+# -- events ------------------------------------------------------------------------------------
+
+
+class EpochMetricsLike(Protocol):
+    """What `workers.trial.EpochMetrics` provides; a plain mapping with these keys also works."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_acc: float
+    test_acc: float
+    lr: float
+    seconds: float
+
+
+class TrialResultLike(Protocol):
+    """What `workers.trial.TrialResult` provides; a plain mapping with these keys also works."""
+
+    status: str
+    epochs_run: int
+    best_epoch: int | None
+    best_val_acc: float | None
+    test_acc: float | None
+    final_test_acc: float | None
+    seconds: float
+    images_per_sec: float
+    diverged_epoch: int | None
+    error: str | None
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _utc(value: datetime) -> datetime:
+    if not isinstance(value, datetime):
+        raise StoreError(f"expected a datetime, got {value!r}")
+    return value.astimezone(timezone.utc)
+
+
+@functools.lru_cache(maxsize=1)
+def _package_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bnsweep")
+    except PackageNotFoundError:
+        return None
+
+
+def _get(obj: object, name: str, default: object = None) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def _opt_float(name: str, value: object) -> float | None:
+    """A float for storage: None and NaN become NULL (SQLite cannot store NaN); ±inf is kept."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise StoreError(f"{name}: expected a number, got {value!r}")
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise StoreError(f"{name}: expected a number, got {value!r}") from None
+    return None if math.isnan(number) else number
+
+
+def _opt_int(name: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise StoreError(f"{name}: expected an integer, got {value!r}")
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise StoreError(f"{name}: expected an integer, got {value!r}") from None
+
+
+def _fraction(name: str, value: object) -> float | None:
+    """Accuracies are fractions in [0, 1]; a percentage here is a bug upstream, so say so."""
+    number = _opt_float(name, value)
+    if number is not None and not 0.0 <= number <= 1.0:
+        raise StoreError(f"{name}: accuracies are fractions in [0, 1], got {number!r}")
+    return number
+
+
+def _check_cell(spec_hash: object, seed: object) -> None:
+    if not isinstance(spec_hash, str) or not spec_hash:
+        raise StoreError(f"spec_hash: expected a non-empty string, got {spec_hash!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise StoreError(f"seed: expected an integer, got {seed!r}")
+
+
+@dataclass(frozen=True)
+class TrialStarted:
+    """A trial began (or began again after a failure): status running, attempts + 1."""
+
+    spec_hash: str
+    seed: int
+    host: str | None = None
+    device: str | None = None
+    package_version: str | None = field(default_factory=_package_version)
+    started_at: datetime = field(default_factory=_now)
+
+    def __post_init__(self) -> None:
+        _check_cell(self.spec_hash, self.seed)
+        object.__setattr__(self, "started_at", _utc(self.started_at))
+
+
+@dataclass(frozen=True)
+class EpochValues:
+    """One epoch's metrics as stored; built from `EpochMetrics` or a mapping with its keys."""
+
+    epoch: int
+    train_loss: float | None
+    val_loss: float | None
+    val_acc: float | None
+    test_acc: float | None
+    lr: float | None
+    seconds: float | None
+
+    @classmethod
+    def from_metrics(cls, metrics: EpochMetricsLike | Mapping[str, object]) -> EpochValues:
+        epoch = _opt_int("epoch", _get(metrics, "epoch"))
+        if epoch is None or epoch < 0:
+            raise StoreError(f"epoch: expected an integer >= 0, got {_get(metrics, 'epoch')!r}")
+        return cls(
+            epoch=epoch,
+            train_loss=_opt_float("train_loss", _get(metrics, "train_loss")),
+            val_loss=_opt_float("val_loss", _get(metrics, "val_loss")),
+            val_acc=_fraction("val_acc", _get(metrics, "val_acc")),
+            test_acc=_fraction("test_acc", _get(metrics, "test_acc")),
+            lr=_opt_float("lr", _get(metrics, "lr")),
+            seconds=_opt_float("seconds", _get(metrics, "seconds")),
+        )
+
+
+@dataclass(frozen=True)
+class EpochRecorded:
+    """One epoch's metrics; upserted on (trial, epoch) because Ray retries replay epochs."""
+
+    spec_hash: str
+    seed: int
+    metrics: EpochValues
+
+    def __post_init__(self) -> None:
+        _check_cell(self.spec_hash, self.seed)
+        if not isinstance(self.metrics, EpochValues):
+            object.__setattr__(self, "metrics", EpochValues.from_metrics(self.metrics))
+
+
+@dataclass(frozen=True)
+class TrialFinished:
+    """A trial ran to the end (completed) or stopped on a non-finite loss (diverged)."""
+
+    spec_hash: str
+    seed: int
+    status: str
+    epochs_run: int | None = None
+    best_epoch: int | None = None
+    best_val_acc: float | None = None
+    test_acc: float | None = None  # at the best-validation epoch
+    final_test_acc: float | None = None
+    seconds: float | None = None
+    images_per_sec: float | None = None
+    diverged_epoch: int | None = None
+    error: str | None = None
+    finished_at: datetime = field(default_factory=_now)
+
+    def __post_init__(self) -> None:
+        _check_cell(self.spec_hash, self.seed)
+        if self.status not in FINAL_STATUSES:
+            raise StoreError(
+                f"status: a finished trial is one of {', '.join(FINAL_STATUSES)}, "
+                f"got {self.status!r}"
+            )
+        for name in ("epochs_run", "best_epoch", "diverged_epoch"):
+            object.__setattr__(self, name, _opt_int(name, getattr(self, name)))
+        for name in ("best_val_acc", "test_acc", "final_test_acc"):
+            object.__setattr__(self, name, _fraction(name, getattr(self, name)))
+        for name in ("seconds", "images_per_sec"):
+            object.__setattr__(self, name, _opt_float(name, getattr(self, name)))
+        if self.error is not None:
+            object.__setattr__(self, "error", str(self.error)[:_ERROR_CHARS])
+        object.__setattr__(self, "finished_at", _utc(self.finished_at))
+
+    @classmethod
+    def from_result(
+        cls,
+        spec_hash: str,
+        seed: int,
+        result: TrialResultLike | Mapping[str, object],
+        finished_at: datetime | None = None,
+    ) -> TrialFinished:
+        """The event for a worker's `TrialResult` (or a mapping with the same keys)."""
+        names = (
+            "status",
+            "epochs_run",
+            "best_epoch",
+            "best_val_acc",
+            "test_acc",
+            "final_test_acc",
+            "seconds",
+            "images_per_sec",
+            "diverged_epoch",
+            "error",
+        )
+        values = {name: _get(result, name) for name in names}
+        return cls(spec_hash, seed, finished_at=finished_at or _now(), **values)
+
+
+@dataclass(frozen=True)
+class TrialFailed:
+    """A trial raised: status failed, with the error text. A later start retries it."""
+
+    spec_hash: str
+    seed: int
+    error: str
+    finished_at: datetime = field(default_factory=_now)
+
+    def __post_init__(self) -> None:
+        _check_cell(self.spec_hash, self.seed)
+        object.__setattr__(self, "error", str(self.error)[:_ERROR_CHARS])
+        object.__setattr__(self, "finished_at", _utc(self.finished_at))
+
+
+Event = Union[TrialStarted, EpochRecorded, TrialFinished, TrialFailed]  # noqa: UP007
+_EVENT_TYPES = (TrialStarted, EpochRecorded, TrialFinished, TrialFailed)
+
+
+# -- columns, filters and DataFrames -----------------------------------------------------------
+
+SPEC_COLUMNS: tuple[str, ...] = tuple(SPEC_COLUMN_TYPES)
+
+#: Columns of `Store.trials()`, in order, with their pandas dtypes (stable even when empty).
+TRIAL_COLUMNS: dict[str, str] = {
+    "trial_id": "int64",
+    "spec_hash": "str",
+    "seed": "int64",
+    **{
+        name: {str: "str", float: "float64", int: "int64"}[kind]
+        for name, kind in SPEC_COLUMN_TYPES.items()
+    },
+    "status": "str",
+    "attempts": "int64",
+    "epochs_run": "Int64",
+    "best_epoch": "Int64",
+    "best_val_acc": "float64",
+    "test_acc": "float64",
+    "final_test_acc": "float64",
+    "diverged_epoch": "Int64",
+    "seconds": "float64",
+    "images_per_sec": "float64",
+    "started_at": "datetime64[us, UTC]",
+    "finished_at": "datetime64[us, UTC]",
+    "host": "str",
+    "device": "str",
+    "package_version": "str",
+    "error": "str",
+}
+
+#: Columns of `Store.epochs()`. The epoch's own learning rate and wall time are `epoch_lr` and
+#: `epoch_seconds`, because `lr` is the spec's α and `seconds` the trial's total.
+EPOCH_COLUMNS: dict[str, str] = {
+    "trial_id": "int64",
+    "spec_hash": "str",
+    "seed": "int64",
+    **{name: TRIAL_COLUMNS[name] for name in SPEC_COLUMNS},
+    "epoch": "int64",
+    "train_loss": "float64",
+    "val_loss": "float64",
+    "val_acc": "float64",
+    "test_acc": "float64",
+    "epoch_lr": "float64",
+    "epoch_seconds": "float64",
+}
+
+
+def _trial_select_columns() -> list[sa.ColumnElement[Any]]:
+    table = Trial.__table__.c
+    return [table.id.label("trial_id")] + [table[name] for name in list(TRIAL_COLUMNS)[1:]]
+
+
+def _epoch_select_columns() -> list[sa.ColumnElement[Any]]:
+    trial, epoch = Trial.__table__.c, Epoch.__table__.c
+    return [
+        trial.id.label("trial_id"),
+        trial.spec_hash,
+        trial.seed,
+        *(trial[name] for name in SPEC_COLUMNS),
+        epoch.epoch,
+        epoch.train_loss,
+        epoch.val_loss,
+        epoch.val_acc,
+        epoch.test_acc,
+        epoch.lr.label("epoch_lr"),
+        epoch.seconds.label("epoch_seconds"),
+    ]
+
+
+#: Fields `where` may filter on (equality, or membership for a list of values).
+TRIAL_FILTER_FIELDS: tuple[str, ...] = (
+    "spec_hash",
+    "seed",
+    *SPEC_COLUMNS,
+    "status",
+    "attempts",
+    "epochs_run",
+    "best_epoch",
+    "diverged_epoch",
+    "host",
+    "device",
+    "package_version",
+)
+EPOCH_FILTER_FIELDS: tuple[str, ...] = (*TRIAL_FILTER_FIELDS, "epoch")
+
+
+def _filter_column(name: str) -> sa.ColumnElement[Any]:
+    return Epoch.__table__.c.epoch if name == "epoch" else Trial.__table__.c[name]
+
+
+def _coerce(name: str, kind: type, value: object) -> object:
+    """A filter value as the column's type, so `--where lr=0.1` compares a float with a float."""
+    if value is None:
+        return None
+    if kind is str:
+        text = str(value)
+        if name == "status" and text not in STATUSES:
+            raise StoreError(f"where status={text!r}: allowed: {', '.join(STATUSES)}")
+        return text
+    if isinstance(value, bool):
+        raise StoreError(f"where {name}: expected a number, got {value!r}")
+    try:
+        number = float(value.strip()) if isinstance(value, str) else float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        expected = "an integer" if kind is int else "a number"
+        raise StoreError(f"where {name}: expected {expected}, got {value!r}") from None
+    if kind is int:
+        if not number.is_integer():
+            raise StoreError(f"where {name}: expected an integer, got {value!r}")
+        return int(number)
+    return number
+
+
+def check_where(
+    where: Mapping[str, object] | None, *, epochs: bool = False
+) -> dict[str, tuple[object, ...]]:
+    """Validate and coerce filters: field → tuple of accepted values (a list means any of them).
+
+    An unknown field raises StoreError listing the valid ones; a value that does not fit the
+    column's type raises StoreError naming the field.
+    """
+    allowed = EPOCH_FILTER_FIELDS if epochs else TRIAL_FILTER_FIELDS
+    checked: dict[str, tuple[object, ...]] = {}
+    for name, value in (where or {}).items():
+        if name not in allowed:
+            raise StoreError(f"unknown field {name!r} in where; valid fields: {', '.join(allowed)}")
+        kind = _filter_column(name).type.python_type
+        values = value if isinstance(value, (list, tuple, set, frozenset)) else (value,)
+        if not values:
+            raise StoreError(f"where {name}: expected at least one value")
+        checked[name] = tuple(_coerce(name, kind, v) for v in values)
+    return checked
+
+
+def _where_clauses(checked: Mapping[str, tuple[object, ...]]) -> list[sa.ColumnElement[bool]]:
+    # Values travel as bound parameters; nothing from the user is pasted into SQL text.
+    clauses: list[sa.ColumnElement[bool]] = []
+    for name, values in checked.items():
+        column = _filter_column(name)
+        present = [v for v in values if v is not None]
+        parts: list[sa.ColumnElement[bool]] = []
+        if present:
+            parts.append(column.in_(present) if len(present) > 1 else column == present[0])
+        if len(present) < len(values):
+            parts.append(column.is_(None))
+        clauses.append(sa.or_(*parts))
+    return clauses
+
+
+def _status_values(status: str | Sequence[str] | None) -> tuple[str, ...]:
+    if status is None:
+        return ()
+    values = (status,) if isinstance(status, str) else tuple(status)
+    unknown = [s for s in values if s not in STATUSES]
+    if unknown:
+        raise StoreError(f"status {unknown[0]!r}: allowed: {', '.join(STATUSES)}")
+    return values
+
+
+def _frame(rows: Sequence[Sequence[object]], dtypes: Mapping[str, str]) -> pd.DataFrame:
+    import pandas as pd
+
+    frame = pd.DataFrame.from_records([tuple(r) for r in rows], columns=list(dtypes))
+    for name, dtype in dtypes.items():
+        if dtype.startswith("datetime64"):
+            frame[name] = pd.to_datetime(frame[name], utc=True).astype(dtype)
+        else:
+            frame[name] = frame[name].astype(dtype)
+    return frame
+
+
+def _format_number(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def arm_label(values: Mapping[str, object], fields: Sequence[str] = ()) -> str:
+    """A readable name for an arm: γ, c and the formulation, then `fields` (those that vary).
+
+    e.g. "γ=0.1 c=100 standard lr=0.1"; BASE (γ = 1, c = 1, standard) is prefixed "BASE".
+    """
+    parts = [
+        f"γ={_format_number(values['bn_scale_init'])}",
+        f"c={_format_number(values['bn_lr_divisor'])}",
+        str(values["formulation"]),
+    ]
+    parts += [f"{name}={_format_number(values[name])}" for name in fields if name not in ARM_FIELDS]
+    is_base = (
+        values["formulation"] == "standard"
+        and values["bn_scale_init"] == 1.0
+        and values["bn_lr_divisor"] == 1.0
+    )
+    return ("BASE " if is_base else "") + " ".join(parts)
+
+
+def _cell_of(cell: TrialSpec | tuple[str, int]) -> tuple[str, int]:
+    if isinstance(cell, TrialSpec):
+        return cell.spec_hash, cell.seed
+    spec_hash, seed = cell
+    _check_cell(spec_hash, seed)
+    return spec_hash, seed
+
+
+def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# -- migrations --------------------------------------------------------------------------------
+
+
+def _script_location() -> Path:
+    """The Alembic scripts shipped inside the package (package data, see pyproject.toml)."""
+    return Path(__file__).resolve().parent / "migrations"
+
+
+def _alembic_config(location: Path) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    # configparser interpolates '%'; a path containing one must be escaped.
+    config.set_main_option("script_location", str(location).replace("%", "%%"))
+    config.set_main_option("path_separator", "os")
+    return config
+
+
+@functools.lru_cache(maxsize=4)
+def _script_directory(location: Path) -> Any:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config(location))
+
+
+def head_revision() -> str:
+    """The schema revision this version of bnsweep reads and writes."""
+    head = _script_directory(_script_location()).get_current_head()
+    assert head is not None, "the shipped migrations have no head"
+    return head
+
+
+def _known_revisions() -> set[str]:
+    return {script.revision for script in _script_directory(_script_location()).walk_revisions()}
+
+
+def _current_revision(conn: sa.Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+    heads = context.get_current_heads()
+    return heads[0] if heads else None
+
+
+# -- engines -----------------------------------------------------------------------------------
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: object) -> None:
+    # Let SQLAlchemy emit BEGIN itself (see _sqlite_on_begin): pysqlite's legacy mode would
+    # leave SELECTs outside the transaction and cannot start a write transaction up front.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        # WAL: readers (`bnsweep query`) never block the writer (the sweep driver) and vice versa.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_SECONDS * 1000)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")  # durable at each checkpoint; safe with WAL
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(conn: sa.Connection) -> None:
+    # A write transaction takes the write lock when it starts. Started as a plain (deferred)
+    # read, it could find at its first write that another writer committed in between, and
+    # SQLite then fails at once instead of waiting out the busy timeout.
+    write = conn.get_execution_options().get("bnsweep_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _make_engine(url: sa.URL) -> sa.Engine:
+    if url.get_backend_name() == "sqlite":
+        engine = sa.create_engine(
+            url, pool_pre_ping=True, connect_args={"timeout": SQLITE_BUSY_SECONDS}
+        )
+        sa_event.listen(engine, "connect", _sqlite_on_connect)
+        sa_event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+    return sa.create_engine(
+        url,
+        # A connection dropped by a server restart is found and replaced at checkout.
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": 10, "application_name": "bnsweep"},
+    )
+
+
+def _is_sqlite_memory(url: sa.URL) -> bool:
+    return url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+
+
+# PostgreSQL error classes worth waiting out: connection exceptions (08), operator intervention
+# (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now), too many connections,
+# and the concurrency aborts a retried transaction resolves (serialization failure, deadlock).
+_TRANSIENT_SQLSTATE_PREFIXES = ("08", "57P", "53300", "40001", "40P01")
+
+
+_PERMANENT_CONNECT_ERRORS = (
+    "authentication failed",
+    "does not exist",
+    "no pg_hba.conf entry",
+    "permission denied",
+    "invalid",
+)
+
+
+def _is_transient(err: sa_exc.DBAPIError) -> bool:
+    """Whether retrying the whole transaction later may succeed."""
+    if err.connection_invalidated:
+        return True
+    orig = err.orig
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate:
+        return sqlstate.startswith(_TRANSIENT_SQLSTATE_PREFIXES)
+    if isinstance(err, sa_exc.InterfaceError):
+        return True  # the driver's connection object is closed or broken
+    if isinstance(err, sa_exc.OperationalError):
+        message = str(orig).lower()
+        if "sqlite" in type(orig).__module__:
+            return "locked" in message or "busy" in message
+        # psycopg reports failures to connect without an SQLSTATE: a refused or reset
+        # connection is worth waiting out, a wrong password or database name is not.
+        return not any(pattern in message for pattern in _PERMANENT_CONNECT_ERRORS)
+    return False
+
+
+# -- the store ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Cell:
+    """A trial's state as seen inside one `apply` transaction."""
+
+    id: int
+    status: str
+    started_at: datetime | None
+
+
+class Store:
+    """The results database. Open with `Store.open(url)`; close with `close()` or `with`."""
+
+    def __init__(self, engine: sa.Engine, url: sa.URL, retry_seconds: float) -> None:
+        self._engine = engine
+        self._url = url
+        self.retry_seconds = float(retry_seconds)
+
+    # -- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        url: str | None = None,
+        *,
+        create: bool = True,
+        check_schema: bool = True,
+        retry_seconds: float = DEFAULT_RETRY_SECONDS,
+    ) -> Store:
+        """Open the store at `url` (else BNSWEEP_DB, else `sqlite:///bnsweep.db`).
+
+        Schema rule: a database without any bnsweep tables (a new SQLite file, an empty
+        PostgreSQL database) gets the current schema when `create` is true, and is an error
+        otherwise. A database whose schema is older than this bnsweep is never migrated
+        implicitly (a running sweep of the older version may share it): StoreError says to run
+        `bnsweep db upgrade`. A newer or unknown revision is an error too. `check_schema=False`
+        skips all of this; it is for `Store.upgrade()` callers such as `bnsweep db upgrade`.
+
+        Opening connects once, without retries, so a wrong URL fails at once.
+        """
+        parsed = _parse_url(resolve_url(url))
+        shown = redact_url(parsed)
+        if parsed.get_backend_name() == "sqlite" and not _is_sqlite_memory(parsed):
+            path = Path(str(parsed.database)).expanduser()
+            if not path.exists():
+                if not create:
+                    raise StoreError(
+                        f"no results database at {path}: launch a sweep or run "
+                        f"`bnsweep db upgrade --db {shown}` first"
+                    )
+                path.parent.mkdir(parents=True, exist_ok=True)
+        store = cls(_make_engine(parsed), parsed, retry_seconds)
+        try:
+            if check_schema:
+                store._check_schema(create=create)
+            else:
+                store._run(
+                    lambda conn: conn.execute(sa.text("SELECT 1")), "connecting", retry=False
+                )
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def _check_schema(self, *, create: bool) -> None:
+        def inspect(conn: sa.Connection) -> tuple[str | None, bool]:
+            revision = _current_revision(conn)
+            has_tables = revision is None and sa.inspect(conn).has_table(Trial.__tablename__)
+            return revision, has_tables
+
+        current, has_tables = self._run(inspect, "reading the schema version", retry=False)
+        head = head_revision()
+        if current == head:
+            return
+        shown = self.url
+        if current is None:
+            if has_tables:
+                raise StoreError(
+                    f"{shown} has a trials table but no bnsweep schema version; "
+                    "is it another application's database?"
+                )
+            if not create:
+                raise StoreError(
+                    f"no bnsweep results in {shown}: launch a sweep or run "
+                    f"`bnsweep db upgrade --db {shown}` first"
+                )
+            log.info("creating the results schema (revision %s) in %s", head, shown)
+            self.upgrade()
+            return
+        if current not in _known_revisions():
+            raise StoreError(
+                f"{shown} is at schema revision {current}, unknown to this bnsweep "
+                f"(which needs {head}): it was written by a newer bnsweep; upgrade bnsweep"
+            )
+        raise StoreError(
+            f"{shown} is at schema revision {current}, this bnsweep needs {head}: "
+            f"run `bnsweep db upgrade --db {shown}`"
+        )
+
+    def upgrade(self) -> tuple[str | None, str]:
+        """Run `alembic upgrade head` on this database; returns (revision before, after).
+
+        Concurrent upgrades of one PostgreSQL database serialise on an advisory lock, and the
+        migration runs in this transaction, so a failure leaves the schema as it was.
+        """
+        from alembic import command
+
+        def migrate(conn: sa.Connection) -> tuple[str | None, str]:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK_KEY)))
+            before = _current_revision(conn)
+            config = _alembic_config(_script_location())
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+            after = _current_revision(conn)
+            assert after is not None
+            return before, after
+
+        before, after = self._run(migrate, "upgrading the schema", write=True)
+        if before != after:
+            log.info("upgraded %s from schema revision %s to %s", self.url, before, after)
+        return before, after
+
+    def schema_revision(self) -> str | None:
+        """The database's schema revision (None for a database without the bnsweep schema)."""
+        return self._run(_current_revision, "reading the schema version")
+
+    @property
+    def url(self) -> str:
+        """The database URL, password redacted."""
+        return redact_url(self._url)
+
+    @property
+    def dialect(self) -> str:
+        """`sqlite` or `postgresql`."""
+        return self._engine.dialect.name
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    # -- the retry loop ------------------------------------------------------------------------
+
+    def _run(
+        self,
+        work: Callable[[sa.Connection], T],
+        what: str,
+        *,
+        write: bool = False,
+        retry: bool = True,
+    ) -> T:
+        """Run `work` in one transaction; on a transient failure, run it again from the start.
+
+        Safe because every write of the store is idempotent: when a connection dies after
+        COMMIT was sent, the transaction may or may not have landed, and running it again
+        gives the same rows either way.
+        """
+        deadline = time.monotonic() + (self.retry_seconds if retry else 0.0)
+        delay = 0.05
+        failures = 0
+        while True:
+            try:
+                with self._engine.connect() as conn:
+                    if write:
+                        conn.execution_options(bnsweep_write=True)
+                    with conn.begin():
+                        return work(conn)
+            except sa_exc.DBAPIError as err:
+                message = _db_message(err, self._url)
+                if not _is_transient(err):
+                    if isinstance(err, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+                        raise StoreError(f"{self.url}: {what} failed: {message}") from None
+                    raise  # integrity or programming errors are bugs: keep the traceback
+                failures += 1
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if not retry:
+                        raise StoreError(f"cannot reach {self.url} ({what}): {message}") from None
+                    raise StoreError(
+                        f"{self.url} unavailable for {self.retry_seconds:.0f} s "
+                        f"({failures} tries) while {what}: {message}"
+                    ) from None
+                pause = min(delay * random.uniform(0.5, 1.5), left)
+                log.warning(
+                    "database %s unavailable while %s (%s); retrying in %.2f s, %.0f s left",
+                    self.url,
+                    what,
+                    message,
+                    pause,
+                    left,
+                )
+                time.sleep(pause)
+                delay = min(delay * 2, 2.0)
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def register_sweep(self, name: str, spec_text: str, specs: Sequence[TrialSpec]) -> SweepInfo:
+        """Record a sweep and its cells; trials that do not exist yet are added as pending.
+
+        Idempotent. Registering an existing name with different `spec_text` replaces the text
+        and keeps every link made before, so a sweep's cells are the union of all the specs
+        registered under its name (give a changed experiment a new name to start clean).
+        """
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise StoreError(f"sweep name: expected 1-200 characters, got {name!r}")
+        now = _now()
+        rows: dict[tuple[str, int], dict[str, object]] = {}
+        for spec in specs:
+            if not isinstance(spec, TrialSpec):
+                raise StoreError(f"register_sweep: expected TrialSpec values, got {spec!r}")
+            values = {column: getattr(spec, column) for column in SPEC_COLUMNS}
+            rows[(spec.spec_hash, spec.seed)] = {
+                "spec_hash": spec.spec_hash,
+                "seed": spec.seed,
+                **values,
+                "status": "pending",
+                "attempts": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+        insert = self._insert
+
+        def work(conn: sa.Connection) -> SweepInfo:
+            sweep_insert = insert(Sweep.__table__).values(
+                name=name, spec_text=spec_text, created_at=now, updated_at=now
+            )
+            conn.execute(
+                sweep_insert.on_conflict_do_update(
+                    index_elements=["name"],
+                    set_={"spec_text": spec_text, "updated_at": now},
+                    where=Sweep.__table__.c.spec_text != spec_text,
+                )
+            )
+            sweep_id = conn.scalar(sa.select(Sweep.id).where(Sweep.name == name))
+            if rows:
+                conn.execute(
+                    insert(Trial.__table__).on_conflict_do_nothing(
+                        index_elements=["spec_hash", "seed"]
+                    ),
+                    list(rows.values()),
+                )
+                ids = self._trial_ids(conn, rows)
+                conn.execute(
+                    insert(SweepTrial.__table__).on_conflict_do_nothing(
+                        index_elements=["sweep_id", "trial_id"]
+                    ),
+                    [{"sweep_id": sweep_id, "trial_id": ids[cell]} for cell in rows],
+                )
+            return self._sweep_infos(conn, name)[0]
+
+        info = self._run(work, f"registering sweep {name!r}", write=True)
+        log.info("registered sweep %r: %d cells in %s", name, info.cells, self.url)
+        return info
+
+    @property
+    def _insert(self) -> Callable[..., Any]:
+        # `INSERT ... ON CONFLICT` is spelled the same on both backends but built per dialect.
+        return pg_dialect.insert if self.dialect == "postgresql" else sqlite_dialect.insert
+
+    @staticmethod
+    def _trial_ids(
+        conn: sa.Connection, cells: Iterable[tuple[str, int]]
+    ) -> dict[tuple[str, int], int]:
+        wanted = set(cells)
+        hashes = sorted({spec_hash for spec_hash, _ in wanted})
+        ids: dict[tuple[str, int], int] = {}
+        for chunk in _chunks(hashes):
+            query = sa.select(Trial.id, Trial.spec_hash, Trial.seed).where(
+                Trial.spec_hash.in_(chunk)
+            )
+            for trial_id, spec_hash, seed in conn.execute(query):
+                if (spec_hash, seed) in wanted:
+                    ids[(spec_hash, seed)] = trial_id
+        return ids
+
+    def apply(self, events: Sequence[Event]) -> None:
+        """Apply events in order, all in one transaction (retried as a whole when the database
+        drops out). Every cell named must have been registered with `register_sweep`."""
+        events = list(events)
+        for item in events:
+            if not isinstance(item, _EVENT_TYPES):
+                raise TypeError(f"apply: not a store event: {item!r}")
+        if not events:
+            return
+        cells = {(item.spec_hash, item.seed) for item in events}
+        self._run(lambda conn: self._apply(conn, events, cells), "recording results", write=True)
+
+    def _apply(
+        self, conn: sa.Connection, events: Sequence[Event], cells: set[tuple[str, int]]
+    ) -> None:
+        state = self._lock_cells(conn, cells)
+        unknown = sorted(cells - state.keys())
+        if unknown:
+            shown = ", ".join(f"{h}/seed {s}" for h, s in unknown[:5])
+            raise StoreError(
+                f"{len(unknown)} cell(s) not in the store ({shown}); register the sweep first"
+            )
+        now = _now()
+        upserts: dict[tuple[int, int], dict[str, object]] = {}
+        fills: dict[tuple[int, int], dict[str, object]] = {}
+        trials = Trial.__table__
+        for item in events:
+            cell = state[(item.spec_hash, item.seed)]
+            if isinstance(item, EpochRecorded):
+                row = {"trial_id": cell.id, **vars(item.metrics)}
+                # Once final, a trial's epochs are kept as they are; a gap may still be filled.
+                target = fills if cell.status in FINAL_STATUSES else upserts
+                target[(cell.id, item.metrics.epoch)] = row
+                continue
+            if cell.status in FINAL_STATUSES:
+                log.debug("ignoring %s for %s trial %d", type(item).__name__, cell.status, cell.id)
+                continue
+            values: dict[str, object]
+            if isinstance(item, TrialStarted):
+                if cell.started_at is not None and item.started_at <= cell.started_at:
+                    continue  # a replay of this attempt's start, or a stale earlier one
+                values = {
+                    "status": "running",
+                    "attempts": trials.c.attempts + 1,
+                    "started_at": item.started_at,
+                    "host": item.host,
+                    "device": item.device,
+                    "package_version": item.package_version,
+                    "finished_at": None,
+                    "error": None,
+                }
+                cell.started_at = item.started_at
+            elif isinstance(item, TrialFinished):
+                values = {
+                    name: getattr(item, name)
+                    for name in (
+                        "status",
+                        "epochs_run",
+                        "best_epoch",
+                        "best_val_acc",
+                        "test_acc",
+                        "final_test_acc",
+                        "seconds",
+                        "images_per_sec",
+                        "diverged_epoch",
+                        "error",
+                        "finished_at",
+                    )
+                }
+            else:
+                if cell.started_at is not None and item.finished_at < cell.started_at:
+                    continue  # the failure of an attempt older than the one now running
+                values = {"status": "failed", "error": item.error, "finished_at": item.finished_at}
+            conn.execute(
+                sa.update(trials)
+                .where(trials.c.id == cell.id, trials.c.status.not_in(FINAL_STATUSES))
+                .values(updated_at=now, **values)
+            )
+            cell.status = str(values["status"])
+        epochs = Epoch.__table__
+        if upserts:
+            statement = self._insert(epochs)
+            metric_names = [c.name for c in epochs.c if c.name not in ("trial_id", "epoch")]
+            conn.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["trial_id", "epoch"],
+                    set_={name: statement.excluded[name] for name in metric_names},
+                ),
+                list(upserts.values()),
+            )
+        if fills:
+            conn.execute(
+                self._insert(epochs).on_conflict_do_nothing(index_elements=["trial_id", "epoch"]),
+                list(fills.values()),
+            )
+
+    @staticmethod
+    def _lock_cells(
+        conn: sa.Connection, cells: set[tuple[str, int]]
+    ) -> dict[tuple[str, int], _Cell]:
+        # FOR UPDATE (PostgreSQL; SQLite's BEGIN IMMEDIATE already locks the file) keeps the
+        # statuses read here valid until commit, so the transition rules hold under concurrency.
+        hashes = sorted({spec_hash for spec_hash, _ in cells})
+        state: dict[tuple[str, int], _Cell] = {}
+        for chunk in _chunks(hashes):
+            query = (
+                sa.select(Trial.id, Trial.spec_hash, Trial.seed, Trial.status, Trial.started_at)
+                .where(Trial.spec_hash.in_(chunk))
+                .order_by(Trial.id)
+                .with_for_update()
+            )
+            for trial_id, spec_hash, seed, status, started_at in conn.execute(query):
+                if (spec_hash, seed) in cells:
+                    state[(spec_hash, seed)] = _Cell(trial_id, status, started_at)
+        return state
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def completed_cells(self, cells: Iterable[TrialSpec | tuple[str, int]]) -> set[tuple[str, int]]:
+        """Those of `cells` (specs or (spec_hash, seed) pairs) that have a final result.
+
+        Final means completed or diverged: a diverged seed is a result of its arm (training it
+        again would diverge again), so a relaunch must not run it either.
+        """
+        wanted = {_cell_of(cell) for cell in cells}
+        if not wanted:
+            return set()
+        hashes = sorted({spec_hash for spec_hash, _ in wanted})
+
+        def work(conn: sa.Connection) -> set[tuple[str, int]]:
+            done: set[tuple[str, int]] = set()
+            for chunk in _chunks(hashes):
+                query = sa.select(Trial.spec_hash, Trial.seed).where(
+                    Trial.spec_hash.in_(chunk), Trial.status.in_(FINAL_STATUSES)
+                )
+                done.update((spec_hash, seed) for spec_hash, seed in conn.execute(query))
+            return done & wanted
+
+        return self._run(work, "reading completed cells")
+
+    def _sweep_infos(self, conn: sa.Connection, name: str | None = None) -> list[SweepInfo]:
+        cells = sa.func.count(SweepTrial.trial_id)
+        query = (
+            sa.select(Sweep.name, Sweep.spec_text, Sweep.created_at, Sweep.updated_at, cells)
+            .outerjoin(SweepTrial, SweepTrial.sweep_id == Sweep.id)
+            .group_by(Sweep.id, Sweep.name, Sweep.spec_text, Sweep.created_at, Sweep.updated_at)
+            .order_by(Sweep.name)
+        )
+        if name is not None:
+            query = query.where(Sweep.name == name)
+        return [SweepInfo(*row) for row in conn.execute(query)]
+
+    def sweeps(self) -> list[SweepInfo]:
+        """Every registered sweep, by name."""
+        return self._run(self._sweep_infos, "listing sweeps")
+
+    def get_sweep(self, name: str) -> SweepInfo:
+        """The sweep called `name`; StoreError naming the known sweeps when there is none."""
+        infos = self._run(lambda conn: self._sweep_infos(conn, name), f"reading sweep {name!r}")
+        if infos:
+            return infos[0]
+        known = [info.name for info in self.sweeps()]
+        raise StoreError(
+            f"no sweep named {name!r} in {self.url}; known sweeps: "
+            + (", ".join(known) if known else "none")
+        )
+
+    def _select(
+        self,
+        columns: list[sa.ColumnElement[Any]],
+        sweep: str | None,
+        checked: Mapping[str, tuple[object, ...]],
+        statuses: tuple[str, ...] = (),
+        from_: sa.FromClause | None = None,
+    ) -> sa.Select[Any]:
+        query = sa.select(*columns)
+        if from_ is not None:
+            query = query.select_from(from_)
+        if sweep is not None:
+            query = (
+                query.join(SweepTrial, SweepTrial.trial_id == Trial.id)
+                .join(Sweep, Sweep.id == SweepTrial.sweep_id)
+                .where(Sweep.name == sweep)
+            )
+        query = query.where(*_where_clauses(checked))
+        if statuses:
+            query = query.where(Trial.status.in_(statuses))
+        return query
+
+    def trials(
+        self,
+        sweep: str | None = None,
+        where: Mapping[str, object] | None = None,
+        status: str | Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        """One row per trial (columns and dtypes: `TRIAL_COLUMNS`), in spec then seed order.
+
+        `where` maps a field (`TRIAL_FILTER_FIELDS`) to a value or a list of values; values are
+        coerced to the column's type, so strings from a command line work.
+        """
+        checked = check_where(where)
+        statuses = _status_values(status)
+        spec_columns = [Trial.__table__.c[name] for name in SPEC_COLUMNS]
+        trial_table = Trial.__table__
+        query = self._select(_trial_select_columns(), sweep, checked, statuses).order_by(
+            *spec_columns, trial_table.c.seed
+        )
+        rows = self._run(lambda conn: conn.execute(query).all(), "querying trials")
+        if not rows and sweep is not None:
+            self.get_sweep(sweep)  # an unknown sweep is an error, not an empty result
+        return _frame(rows, TRIAL_COLUMNS)
+
+    def epochs(
+        self, sweep: str | None = None, where: Mapping[str, object] | None = None
+    ) -> pd.DataFrame:
+        """One row per (trial, epoch) with the trial's spec_hash, seed and spec columns
+        (columns and dtypes: `EPOCH_COLUMNS`); `where` also accepts `epoch`."""
+        checked = check_where(where, epochs=True)
+        trial_table, epoch_table = Trial.__table__, Epoch.__table__
+        columns = _epoch_select_columns()
+        query = self._select(
+            columns,
+            sweep,
+            checked,
+            from_=epoch_table.join(trial_table, trial_table.c.id == epoch_table.c.trial_id),
+        ).order_by(
+            *(trial_table.c[name] for name in SPEC_COLUMNS),
+            trial_table.c.seed,
+            epoch_table.c.epoch,
+        )
+        rows = self._run(lambda conn: conn.execute(query).all(), "querying epochs")
+        if not rows and sweep is not None:
+            self.get_sweep(sweep)
+        return _frame(rows, EPOCH_COLUMNS)
+
+    def sweep_status(self, name: str) -> SweepStatus:
+        """Counts by status and the seeds each arm still lacks, for the sweep called `name`."""
+        table = Trial.__table__
+        columns = [table.c.spec_hash, table.c.seed, table.c.status] + [
+            table.c[column] for column in SPEC_COLUMNS
+        ]
+        query = self._select(columns, name, {})
+        rows = self._run(lambda conn: conn.execute(query).all(), f"reading sweep {name!r}")
+        if not rows:
+            self.get_sweep(name)
+        counts = dict.fromkeys(STATUSES, 0)
+        arms: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            counts[row.status] += 1
+            arm = arms.setdefault(
+                row.spec_hash,
+                {"values": {c: getattr(row, c) for c in SPEC_COLUMNS}, "seeds": {}},
+            )
+            arm["seeds"][row.seed] = row.status
+        varying = [
+            column
+            for column in SPEC_COLUMNS
+            if len({arm["values"][column] for arm in arms.values()}) > 1
+        ]
+        ordered = sorted(
+            arms.items(), key=lambda item: tuple(item[1]["values"][c] for c in SPEC_COLUMNS)
+        )
+        arm_statuses = tuple(
+            ArmStatus(
+                spec_hash=spec_hash,
+                label=arm_label(arm["values"], varying),
+                seeds=tuple(sorted(arm["seeds"])),
+                missing_seeds=tuple(
+                    sorted(s for s, st in arm["seeds"].items() if st not in FINAL_STATUSES)
+                ),
+                failed_seeds=tuple(sorted(s for s, st in arm["seeds"].items() if st == "failed")),
+                running_seeds=tuple(sorted(s for s, st in arm["seeds"].items() if st == "running")),
+            )
+            for spec_hash, arm in ordered
+        )
+        return SweepStatus(name=name, total=len(rows), arms=arm_statuses, **counts)
