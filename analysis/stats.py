@@ -1,0 +1,266 @@
+"""Paired tests of an arm against BASE, multiple-comparison correction, and power.
+
+The paper's verdict (Sect. 4.3): an arm is significantly better than BASE when a one-sided
+paired t-test over the seeds gives p ≤ 0.05. `scipy.stats.ttest_rel` pairs by position, so the
+inputs here are already aligned by seed (`analysis.pairing.Comparison`).
+
+Degenerate data are reported, not tested: fewer than two pairs (scipy returns NaN), and
+numerically constant differences, where scipy returns t = ±inf and p = 0 although the data
+say nothing about variability (R refuses such data as "essentially constant").
+
+Every comparison also reports the mean difference with its two-sided t-based confidence
+interval and the standardised effect d_z = mean(d) / sd(d) (ddof = 1). `minimum_detectable_effect`
+gives the smallest d_z the one-sided paired t-test detects with the requested power.
+
+Comparisons with the same number of pairs are tested in one vectorised scipy call (axis = 1),
+so a table of thousands of cells costs a handful of calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize, stats
+
+from analysis.pairing import Comparison
+from workers.errors import choice_error
+
+#: Relative size below which the spread of the differences counts as zero (floating-point
+#: noise of subtracting equal-spaced accuracies is ~1e-16 relative).
+CONSTANT_RTOL = 1e-9
+
+FEWER_THAN_TWO = "fewer than two pairs"
+NO_COMMON_SEEDS = "no seed in common with BASE"
+CONSTANT = "constant differences"
+ALL_ZERO = "all differences zero"
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """How comparisons are tested and reported; validated on construction."""
+
+    alpha: float = 0.05  # significant when the (adjusted) one-sided p ≤ alpha (Sect. 4.3)
+    correction: str = "none"  # across the comparisons of one table
+    test: str = "t"  # paired t (the paper's) or Wilcoxon signed-rank
+    confidence: float = 0.95  # of the two-sided CI for the mean difference
+    power: float = 0.8  # for the minimum detectable effect under each table
+
+    def __post_init__(self) -> None:
+        from analysis.pairing import AnalysisError
+
+        if self.test not in TESTS:
+            raise choice_error("test", self.test, TESTS)
+        if self.correction not in CORRECTIONS:
+            raise choice_error("correction", self.correction, CORRECTIONS)
+        for name in ("alpha", "confidence", "power"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0.0 < value < 1.0):
+                raise AnalysisError(f"{name}: must be a number in (0, 1), got {value!r}")
+
+
+@dataclass(frozen=True)
+class CellStats:
+    """One arm-vs-BASE comparison. Differences are arm − BASE in the units given (the tables
+    use percentage points). `degenerate` names why the comparison was not tested, else None."""
+
+    test: str
+    n: int
+    mean_diff: float
+    ci_low: float
+    ci_high: float
+    effect: float  # d_z = mean(d) / sd(d), ddof = 1
+    statistic: float  # t for the t-test, W+ (sum of positive ranks) for Wilcoxon
+    df: float  # n − 1 for the t-test; NaN for Wilcoxon
+    p: float  # one-sided: arm better than BASE
+    p_adjusted: float  # after the table's correction (= p without one)
+    significant: bool
+    degenerate: str | None = None
+
+    @property
+    def tested(self) -> bool:
+        return self.degenerate is None
+
+    @property
+    def p_two_sided(self) -> float:
+        """The two-sided p of the same t statistic: 2·min(p, 1 − p) (symmetric null)."""
+        return 2.0 * min(self.p, 1.0 - self.p) if self.tested else math.nan
+
+
+# -- tests: name → vectorised function (arm[k, n], base[k, n]) → (statistic[k], p[k], df[k]) ---
+def _t(arm: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    res = stats.ttest_rel(arm, base, axis=1, alternative="greater")
+    return (
+        np.asarray(res.statistic, float),
+        np.asarray(res.pvalue, float),
+        np.asarray(res.df, float),
+    )
+
+
+def _wilcoxon(arm: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    res = stats.wilcoxon(arm, base, axis=1, alternative="greater")
+    stat = np.asarray(res.statistic, float)
+    return stat, np.asarray(res.pvalue, float), np.full(stat.shape, np.nan)
+
+
+TESTS: dict[str, Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]] = {
+    "t": _t,
+    "wilcoxon": _wilcoxon,
+}
+
+
+# -- corrections: name → p values (NaN = untested, left NaN) → adjusted p values ---------------
+def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Holm's (1979) step-down adjusted p-values; NaN entries are not counted among the tests.
+
+    p̃_(i) = max_{j ≤ i} min(1, (m − j + 1) · p_(j)) over the m finite p-values sorted ascending.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    m = finite.size
+    if m == 0:
+        return out
+    order = finite[np.argsort(p[finite], kind="stable")]
+    scaled = (m - np.arange(m)) * p[order]
+    out[order] = np.minimum(1.0, np.maximum.accumulate(scaled))
+    return out
+
+
+def _no_correction(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
+    return np.asarray(pvalues, dtype=float).copy()
+
+
+CORRECTIONS: dict[str, Callable[[Sequence[float] | np.ndarray], np.ndarray]] = {
+    "none": _no_correction,
+    "holm": holm,
+}
+
+
+def _degenerate(diffs: np.ndarray, scale: np.ndarray, test: str) -> np.ndarray:
+    """Per row: the reason the comparison is not tested, or ""."""
+    n = diffs.shape[1]
+    if n == 0:
+        return np.full(diffs.shape[0], NO_COMMON_SEEDS, dtype=object)
+    if n < 2:
+        return np.full(diffs.shape[0], FEWER_THAN_TWO, dtype=object)
+    spread = np.ptp(diffs, axis=1)
+    if test == "wilcoxon":
+        # Constant non-zero differences are a valid (extreme) case for the signed-rank test.
+        zero = np.all(np.abs(diffs) <= CONSTANT_RTOL * scale[:, None], axis=1)
+        return np.where(zero, ALL_ZERO, "").astype(object)
+    return np.where(spread <= CONSTANT_RTOL * scale, CONSTANT, "").astype(object)
+
+
+def _test_block(arm: np.ndarray, base: np.ndarray, options: AnalysisOptions) -> list[CellStats]:
+    """Test k comparisons of n pairs each: arm and base are [k, n], aligned by seed."""
+    k, n = arm.shape
+    diffs = arm - base
+    scale = np.maximum(
+        np.max(np.abs(np.concatenate([arm, base], axis=1)), axis=1, initial=0.0), 1e-300
+    )
+    why = _degenerate(diffs, scale, options.test)
+    mean = diffs.mean(axis=1) if n else np.full(k, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sd = diffs.std(axis=1, ddof=1) if n > 1 else np.full(k, np.nan)
+        effect = np.where(why == CONSTANT, np.nan, mean / sd)
+        half = (
+            stats.t.ppf(0.5 + options.confidence / 2.0, n - 1) * sd / math.sqrt(n) if n > 1 else sd
+        )
+    statistic = np.full(k, np.nan)
+    p = np.full(k, np.nan)
+    df = np.full(k, np.nan)
+    ok = why == ""
+    if ok.any():
+        statistic[ok], p[ok], df[ok] = TESTS[options.test](arm[ok], base[ok])
+    return [
+        CellStats(
+            test=options.test,
+            n=n,
+            mean_diff=float(mean[i]),
+            ci_low=float(mean[i] - half[i]),
+            ci_high=float(mean[i] + half[i]),
+            effect=float(effect[i]),
+            statistic=float(statistic[i]),
+            df=float(df[i]),
+            p=float(p[i]),
+            p_adjusted=float(p[i]),
+            significant=False,
+            degenerate=str(why[i]) or None,
+        )
+        for i in range(k)
+    ]
+
+
+def evaluate_comparisons(
+    comparisons: Sequence[Comparison], options: AnalysisOptions | None = None, scale: float = 100.0
+) -> list[CellStats]:
+    """Test each comparison (arm better than BASE) and correct across all of them together.
+
+    `scale` multiplies the scores first: 100 reports differences in percentage points.
+    """
+    options = options or AnalysisOptions()
+    results: list[CellStats | None] = [None] * len(comparisons)
+    by_n: dict[int, list[int]] = {}
+    for i, comp in enumerate(comparisons):
+        by_n.setdefault(comp.n, []).append(i)
+    for n, idx in by_n.items():
+        arm = np.array([comparisons[i].arm_scores for i in idx], dtype=float).reshape(len(idx), n)
+        base = np.array([comparisons[i].base_scores for i in idx], dtype=float).reshape(len(idx), n)
+        for i, res in zip(idx, _test_block(arm * scale, base * scale, options), strict=True):
+            results[i] = res
+    return correct([r for r in results if r is not None], options)
+
+
+def correct(results: Sequence[CellStats], options: AnalysisOptions) -> list[CellStats]:
+    """Adjust p across `results` (one table's family) and decide significance: p̃ ≤ alpha."""
+    adjusted = CORRECTIONS[options.correction]([r.p for r in results])
+    return [
+        dataclasses.replace(
+            r,
+            p_adjusted=float(a),
+            significant=bool(r.tested and math.isfinite(a) and a <= options.alpha),
+        )
+        for r, a in zip(results, adjusted, strict=True)
+    ]
+
+
+def paired_test(
+    arm: Sequence[float] | np.ndarray,
+    base: Sequence[float] | np.ndarray,
+    options: AnalysisOptions | None = None,
+) -> CellStats:
+    """One comparison of two score sequences already aligned by seed (no scaling, no correction)."""
+    a = np.asarray(arm, dtype=float).reshape(1, -1)
+    b = np.asarray(base, dtype=float).reshape(1, -1)
+    if a.shape != b.shape:
+        from analysis.pairing import AnalysisError
+
+        raise AnalysisError(
+            f"paired test needs equally many scores, got {a.shape[1]} and {b.shape[1]}"
+        )
+    options = options or AnalysisOptions()
+    return correct(_test_block(a, b, options), dataclasses.replace(options, correction="none"))[0]
+
+
+@functools.lru_cache(maxsize=256)
+def minimum_detectable_effect(n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest standardised effect d_z = mean(d)/sd(d) that a one-sided paired t-test on n pairs
+    detects at level alpha with the given power; NaN for n < 2.
+
+    Under the alternative t follows a noncentral t with df = n − 1 and noncentrality d_z·√n;
+    power = P(T > t_{1−alpha, n−1}). Solved for d_z with Brent's method.
+    """
+    if n < 2:
+        return math.nan
+    df = n - 1
+    crit = stats.t.ppf(1.0 - alpha, df)
+
+    def shortfall(d: float) -> float:
+        return float(stats.nct.sf(crit, df, d * math.sqrt(n))) - power
+
+    return float(optimize.brentq(shortfall, 0.0, 100.0, xtol=1e-10))
