@@ -1,0 +1,1267 @@
+"""The significance tables of the paper (Tables 1-6), as one table model and several renderers.
+
+`build_tables(trials, layout, options)` turns the trials frame into `Table` objects; the
+renderers in `RENDERERS` (Markdown, LaTeX, HTML, terminal, CSV) only format that model.
+
+The rules (Sect. 4.3): a cell is test accuracy in percent, mean ± sample std (ddof = 1) over
+the seeds with a score, two decimals. **Bold**: significantly better than BASE by a one-sided
+paired test over the seeds (p ≤ alpha). Underline: the highest mean in its column within its
+block, decided on unrounded means. BASE is the last row of each block.
+
+Layouts (`LAYOUTS`):
+- `gamma` (Tables 1, 3, 4, 5): rows γ ascending then BASE; columns α; blocks per whatever
+  else varies (dataset, network, input normalisation, ...).
+- `formulation` (Table 2): rows Ours, A1, A2, then BASE; each row shows the best γ of its
+  formulation per column ("the best performing γ from the previous set was used").
+- `methods` (Table 6): rows RBN, RBN⁻, IEBN, IEBN⁻, Proposed (the best γ of the standard
+  formulation with c > 1, chosen by mean and named), then BASE.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import logging
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from analysis.pairing import (
+    BASE,
+    EXPERIMENT_FIELDS,
+    AnalysisError,
+    Arm,
+    Comparison,
+    PreparedTrials,
+    pair_prepared,
+    prepare_trials,
+    summarise,
+)
+from analysis.stats import (
+    FEWER_THAN_TWO,
+    NO_COMMON_SEEDS,
+    AnalysisOptions,
+    CellStats,
+    evaluate_comparisons,
+    minimum_detectable_effect,
+)
+from workers.errors import SpecError, choice_error
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "RENDERERS",
+    "AnalysisError",
+    "AnalysisOptions",
+    "Block",
+    "Cell",
+    "Row",
+    "Table",
+    "TableLayout",
+    "build_tables",
+    "render",
+]
+
+
+# -- how experiment fields and formulations are shown ----------------------------------------
+@dataclass(frozen=True)
+class FieldDisplay:
+    """Header and value names of one experiment field; `order` lists known values first."""
+
+    header: str
+    names: Mapping[Any, str] = field(default_factory=dict)
+    descending: bool = False
+
+    def label(self, value: Any) -> str:
+        if value in self.names:
+            return self.names[value]
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    def sort_key(self, value: Any) -> tuple[int, Any]:
+        names = list(self.names)
+        if value in names:
+            return (0, names.index(value))
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return (1, -value if self.descending else value)
+        return (2, str(value))
+
+
+FIELD_DISPLAY: dict[str, FieldDisplay] = {
+    # Dataset and network names as the paper prints them (Tables 3, 4, 6), in its order.
+    "dataset": FieldDisplay(
+        "Dataset",
+        {
+            "cifar10": "CIFAR-10",
+            "cifar100": "CIFAR-100",
+            "cub200": "CUB-200",
+            "stanford_cars": "ST-Cars",
+            "digits": "Digits",
+            "synthetic": "Synthetic",
+        },
+    ),
+    "arch": FieldDisplay(
+        "Network",
+        {
+            "resnet8": "ResNet-8",
+            "resnet18": "ResNet-18",
+            "resnet34": "ResNet-34",
+            "resnet50": "ResNet-50",
+            "resnet101": "ResNet-101",
+            "resnet152": "ResNet-152",
+            "repvgg_a0": "RepVGG-A0",
+            "mobilenet_v2": "MobileNetV2",
+            "resnext50_32x4d": "ResNeXt-50",
+        },
+    ),
+    # Table 5 names the BN-based input normalisation "Proposed" (Sect. 3.4).
+    "input_norm": FieldDisplay(
+        "Norm", {"fixed": "Fixed", "offline": "Offline", "bn": "Proposed", "none": "None"}
+    ),
+    # The paper's columns run from the largest α down (Tables 1-6).
+    "lr": FieldDisplay("Learning rate (α)", descending=True),
+    "epochs": FieldDisplay("Epochs"),
+    "batch_size": FieldDisplay("Batch size"),
+    "momentum": FieldDisplay("Momentum"),
+    "weight_decay": FieldDisplay("Weight decay"),
+    "val_fraction": FieldDisplay("Validation fraction"),
+    "precision": FieldDisplay("Precision"),
+    "memory_format": FieldDisplay("Memory format"),
+}
+
+#: Row names of the formulations (Sect. 4.4-4.5), in the order `gamma` rows list them.
+FORMULATION_NAMES: dict[str, str] = {
+    "standard": "Standard",
+    "a1": "A1",
+    "a2": "A2",
+    "rbn": "RBN",
+    "rbn_minus": "RBN⁻",
+    "iebn": "IEBN",
+    "iebn_minus": "IEBN⁻",
+}
+
+
+def _display(name: str) -> FieldDisplay:
+    return FIELD_DISPLAY.get(name, FieldDisplay(name))
+
+
+def _formulation_name(formulation: str) -> str:
+    return FORMULATION_NAMES.get(formulation, formulation)
+
+
+def _formulation_rank(formulation: str) -> tuple[int, str]:
+    names = list(FORMULATION_NAMES)
+    return (names.index(formulation), "") if formulation in names else (len(names), formulation)
+
+
+# -- the layout, as a sweep spec's `report:` section carries it ------------------------------
+@dataclass(frozen=True)
+class TableLayout:
+    """Which table to draw. `kind=None` infers it from the arms present (see `infer_kind`).
+
+    `columns` is the experiment field across the columns (α in the paper); `blocks` the fields
+    that split blocks (default: every other field that varies); `gammas` restricts the γ
+    values shown or chosen from (Table 6 picks the best of {0.5, 0.1, 0.05}).
+    """
+
+    kind: str | None = None
+    title: str | None = None
+    columns: str = "lr"
+    blocks: tuple[str, ...] | None = None
+    gammas: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind is not None and self.kind not in LAYOUTS:
+            raise choice_error("report.layout", self.kind, LAYOUTS)
+        if self.columns not in EXPERIMENT_FIELDS:
+            raise choice_error("report.columns", self.columns, EXPERIMENT_FIELDS)
+        if self.title is not None and not isinstance(self.title, str):
+            raise SpecError(f"report.title: expected text, got {self.title!r}")
+        if self.blocks is not None:
+            object.__setattr__(self, "blocks", tuple(self.blocks))
+            for name in self.blocks:
+                if name not in EXPERIMENT_FIELDS or name == self.columns:
+                    allowed = [f for f in EXPERIMENT_FIELDS if f != self.columns]
+                    raise choice_error("report.blocks", name, allowed)
+        if self.gammas is not None:
+            values = []
+            for g in self.gammas:
+                if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0.0 < g <= 1.0:
+                    raise SpecError(f"report.gammas: each γ must be a number in (0, 1], got {g!r}")
+                values.append(float(g))
+            object.__setattr__(self, "gammas", tuple(values))
+
+    #: Keys of a sweep spec's `report:` mapping → fields (`layout: methods` sets `kind`).
+    KEYS: ClassVar[dict[str, str]] = {
+        "layout": "kind",
+        "title": "title",
+        "columns": "columns",
+        "blocks": "blocks",
+        "gammas": "gammas",
+    }
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> TableLayout:
+        """From a sweep spec's `report:` mapping, e.g. `{layout: gamma, blocks: [dataset]}`;
+        unknown keys or values raise `SpecError` naming the key and what is allowed."""
+        if values is None:
+            return cls()
+        if not isinstance(values, Mapping):
+            raise SpecError(f"report: expected a mapping of layout keys, got {values!r}")
+        unknown = sorted(str(k) for k in set(values) - set(cls.KEYS))
+        if unknown:
+            raise SpecError(
+                f"report: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(cls.KEYS)}"
+            )
+        kwargs = {cls.KEYS[k]: v for k, v in values.items()}
+        for name in ("blocks", "gammas"):
+            value = kwargs.get(name)
+            if isinstance(value, (str, int, float)):
+                kwargs[name] = (value,)
+            elif value is not None and not isinstance(value, (list, tuple)):
+                raise SpecError(f"report.{name}: expected a list, got {value!r}")
+        return cls(**kwargs)
+
+
+# -- the table model -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cell:
+    """One arm at one experiment: mean ± std (percent) over the seeds with a score.
+
+    `stats` is the test against BASE (None for BASE, and where there is no BASE to compare
+    with); `markers` point at the table's footnotes; `detail` names the γ a best-of row chose.
+    """
+
+    arm: Arm
+    n: int
+    mean: float
+    std: float
+    significant: bool = False
+    best: bool = False
+    markers: tuple[str, ...] = ()
+    detail: str = ""
+    stats: CellStats | None = None
+    comparison: Comparison | None = None
+    n_runs: int = 0
+    n_diverged: int = 0
+    diverged_seeds: tuple[int, ...] = ()
+
+    @property
+    def mean_text(self) -> str:
+        return f"{self.mean:.2f}" if math.isfinite(self.mean) else "–"
+
+    @property
+    def std_text(self) -> str:
+        return f"{self.std:.2f}" if math.isfinite(self.std) else "–"
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    cells: tuple[Cell | None, ...]  # one per table column; None where the arm did not run
+    is_base: bool = False
+    arm: Arm | None = None  # the row's arm; None for best-of rows
+
+
+@dataclass(frozen=True)
+class Block:
+    label: str  # "" when nothing but the columns varies
+    key: tuple[tuple[str, Any], ...]
+    rows: tuple[Row, ...]
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Table:
+    kind: str
+    title: str
+    block_header: str
+    row_header: str
+    column_header: str
+    column_field: str
+    columns: tuple[Any, ...]
+    column_labels: tuple[str, ...]
+    blocks: tuple[Block, ...]
+    caption: str
+    mde: str
+    footnotes: tuple[tuple[str, str], ...]  # (marker, text)
+    notes: tuple[str, ...]
+    options: AnalysisOptions
+
+    @property
+    def column_titles(self) -> tuple[str, ...]:
+        """`α = 0.1` for the paper's columns, `<header> = <value>` for any other field."""
+        name = "α" if self.column_field == "lr" else self.column_header
+        return tuple(f"{name} = {c}" if c else name for c in self.column_labels)
+
+    def cells(self) -> list[tuple[Block, Row, int, Cell]]:
+        """Every filled cell with its block, row and column index, in reading order."""
+        return [
+            (b, r, j, c)
+            for b in self.blocks
+            for r in b.rows
+            for j, c in enumerate(r.cells)
+            if c is not None
+        ]
+
+
+# -- row planning: which arm fills which cell -------------------------------------------------
+@dataclass(frozen=True)
+class _Summary:
+    n: int
+    mean: float
+    std: float
+    n_runs: int
+    n_diverged: int
+    diverged_seeds: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _BlockData:
+    exp_by_col: Mapping[Any, int]  # column value → experiment id
+    arms_by_exp: Mapping[int, tuple[int, ...]]  # experiment id → arm ids present
+    arms: tuple[Arm, ...]
+    summaries: Mapping[tuple[int, int], _Summary]
+    columns: tuple[Any, ...]
+    layout: TableLayout
+    gamma_format: Callable[[float], str]
+
+
+@dataclass(frozen=True)
+class _RowPlan:
+    label: str
+    picks: tuple[tuple[int, int] | None, ...]  # (experiment id, arm id) per column
+    details: tuple[str, ...]
+    is_base: bool = False
+    arm: Arm | None = None
+
+
+def _gamma_allowed(arm: Arm, layout: TableLayout) -> bool:
+    return layout.gammas is None or any(math.isclose(arm.gamma, g) for g in layout.gammas)
+
+
+def _block_arm_ids(data: _BlockData) -> list[int]:
+    return sorted({a for e in data.exp_by_col.values() for a in data.arms_by_exp.get(e, ())})
+
+
+def _base_row(data: _BlockData) -> list[_RowPlan]:
+    base_id = next((a for a in _block_arm_ids(data) if data.arms[a].is_base), None)
+    if base_id is None:
+        return []
+    picks = tuple(
+        (data.exp_by_col[c], base_id)
+        if c in data.exp_by_col and base_id in data.arms_by_exp.get(data.exp_by_col[c], ())
+        else None
+        for c in data.columns
+    )
+    return [_RowPlan("BASE", picks, ("",) * len(picks), is_base=True, arm=BASE)]
+
+
+def _plan_gamma(data: _BlockData) -> list[_RowPlan]:
+    """Table 1/3/4/5: one row per arm, γ ascending (as the paper lists it), then BASE."""
+    ids = [a for a in _block_arm_ids(data) if not data.arms[a].is_base]
+    ids = [a for a in ids if _gamma_allowed(data.arms[a], data.layout)]
+    arms = [data.arms[a] for a in ids]
+    several_c = len({a.c for a in arms}) > 1
+    several_f = len({a.formulation for a in arms}) > 1 or any(
+        a.formulation != "standard" for a in arms
+    )
+    # c descending puts the proposed lr reduction (c = 100) above its ablation (c = 1).
+    ids.sort(
+        key=lambda a: (
+            _formulation_rank(data.arms[a].formulation),
+            -data.arms[a].c,
+            data.arms[a].gamma,
+        )
+    )
+    rows = []
+    for a in ids:
+        arm = data.arms[a]
+        label = data.gamma_format(arm.gamma)
+        if several_c:
+            label += f" (c = {arm.c:g})"
+        if several_f:
+            label = f"{_formulation_name(arm.formulation)} {label}"
+        picks = tuple(
+            (data.exp_by_col[c], a)
+            if c in data.exp_by_col and a in data.arms_by_exp.get(data.exp_by_col[c], ())
+            else None
+            for c in data.columns
+        )
+        rows.append(_RowPlan(label, picks, ("",) * len(picks), arm=arm))
+    return rows + _base_row(data)
+
+
+def _best_of_row(
+    data: _BlockData, label: str, candidates: list[int], name_gamma: bool
+) -> _RowPlan | None:
+    """One row whose cell in each column is the candidate arm with the highest mean there
+    (Table 2: "the best performing γ ... was used"; Table 6: best of γ ∈ {0.5, 0.1, 0.05})."""
+    if not candidates:
+        return None
+    picks: list[tuple[int, int] | None] = []
+    for c in data.columns:
+        exp = data.exp_by_col.get(c)
+        present = [a for a in candidates if exp is not None and a in data.arms_by_exp.get(exp, ())]
+        scored = [a for a in present if data.summaries[(exp, a)].n > 0]  # type: ignore[index]
+        pool = scored or present
+        if not pool:
+            picks.append(None)
+            continue
+        best = max(
+            pool,
+            key=lambda a: (_finite_or(data.summaries[(exp, a)].mean), data.summaries[(exp, a)].n),
+        )  # type: ignore[index]
+        picks.append((exp, best))  # type: ignore[arg-type]
+    chosen = [data.arms[p[1]] for p in picks if p is not None]
+    if not chosen:
+        return None
+    show_gamma = name_gamma or len({data.arms[i].gamma for i in candidates}) > 1
+    show_c = len({data.arms[i].c for i in candidates}) > 1
+
+    def describe(arm: Arm) -> str:
+        parts = [f"γ = {arm.gamma:g}"] if show_gamma else []
+        if show_c:
+            parts.append(f"c = {arm.c:g}")
+        return ", ".join(parts)
+
+    texts = {describe(a) for a in chosen}
+    if len(texts) == 1:
+        text = texts.pop()
+        return _RowPlan(f"{label} ({text})" if text else label, tuple(picks), ("",) * len(picks))
+    details = tuple(describe(data.arms[p[1]]) if p is not None else "" for p in picks)
+    return _RowPlan(label, tuple(picks), details)
+
+
+def _finite_or(x: float, default: float = -math.inf) -> float:
+    return x if math.isfinite(x) else default
+
+
+def _plan_best_of(order: Sequence[tuple[str, str]]) -> Callable[[_BlockData], list[_RowPlan]]:
+    """Rows named by formulation (in `order`, name pairs), each the best γ of that formulation."""
+
+    def plan(data: _BlockData) -> list[_RowPlan]:
+        ids = [a for a in _block_arm_ids(data) if not data.arms[a].is_base]
+        rows = []
+        for formulation, label in order:
+            cands = [a for a in ids if data.arms[a].formulation == formulation]
+            if formulation == "standard":
+                # "Ours"/"Proposed" is γ < 1 init *with* the lr reduction c > 1 (Sect. 3.2).
+                proposed = [a for a in cands if data.arms[a].c > 1.0]
+                cands = proposed or cands
+                cands = [a for a in cands if _gamma_allowed(data.arms[a], data.layout)]
+            row = _best_of_row(data, label, cands, name_gamma=formulation == "standard")
+            if row is not None:
+                rows.append(row)
+        return rows + _base_row(data)
+
+    return plan
+
+
+@dataclass(frozen=True)
+class LayoutKind:
+    row_header: str
+    title: str
+    plan: Callable[[_BlockData], list[_RowPlan]]
+    shows: Callable[[Arm], bool]  # which non-BASE arms the layout can show
+
+
+LAYOUTS: dict[str, LayoutKind] = {
+    "gamma": LayoutKind(
+        "γ",
+        "Test accuracy (%) by BN scale initialisation γ and learning rate α",
+        _plan_gamma,
+        lambda arm: True,
+    ),
+    "formulation": LayoutKind(
+        "Formulation",
+        "Test accuracy (%) of the feature-scaling formulations",
+        _plan_best_of([("standard", "Ours"), ("a1", "A1"), ("a2", "A2")]),
+        lambda arm: arm.formulation in ("standard", "a1", "a2"),
+    ),
+    "methods": LayoutKind(
+        "Method",
+        "Test accuracy (%) compared with RBN and IEBN",
+        _plan_best_of(
+            [
+                ("rbn", "RBN"),
+                ("rbn_minus", "RBN⁻"),
+                ("iebn", "IEBN"),
+                ("iebn_minus", "IEBN⁻"),
+                ("a1", "A1"),
+                ("a2", "A2"),
+                ("standard", "Proposed"),
+            ]
+        ),
+        lambda arm: True,
+    ),
+}
+
+
+def infer_kind(arms: Sequence[Arm]) -> str:
+    """methods if RBN/IEBN arms exist, formulation if A1/A2 arms exist, else gamma."""
+    formulations = {a.formulation for a in arms}
+    if formulations & {"rbn", "rbn_minus", "iebn", "iebn_minus"}:
+        return "methods"
+    if formulations & {"a1", "a2"}:
+        return "formulation"
+    return "gamma"
+
+
+# -- building -------------------------------------------------------------------------------
+class _Footnotes:
+    """Footnote texts get markers in order of first use."""
+
+    MARKERS = ("†", "‡", "§", "¶", "‖", "#", "**", "††", "‡‡")
+
+    def __init__(self) -> None:
+        self._by_text: dict[str, str] = {}
+
+    def mark(self, text: str) -> str:
+        if text not in self._by_text:
+            i = len(self._by_text)
+            self._by_text[text] = self.MARKERS[i] if i < len(self.MARKERS) else f"[{i + 1}]"
+        return self._by_text[text]
+
+    def items(self) -> tuple[tuple[str, str], ...]:
+        return tuple((m, t) for t, m in self._by_text.items())
+
+
+def _gamma_formatter(arms: Sequence[Arm]) -> Callable[[float], str]:
+    # Table 1 prints γ with two decimals (0.01 ... 1.00); finer grids fall back to %g.
+    two = all(math.isclose(round(a.gamma, 2), a.gamma, abs_tol=1e-12) for a in arms)
+    return (lambda g: f"{g:.2f}") if two else (lambda g: f"{g:g}")
+
+
+def _summaries(prepared: PreparedTrials) -> dict[tuple[int, int], _Summary]:
+    s = summarise(prepared)
+    div = s["diverged_seeds"].tolist()
+    return {
+        (int(e), int(a)): _Summary(
+            int(n),
+            float(m),
+            float(sd),
+            int(nr),
+            int(nd),
+            tuple(ds) if isinstance(ds, tuple) else (),
+        )
+        for e, a, n, m, sd, nr, nd, ds in zip(
+            s["_exp"],
+            s["_arm"],
+            s["n"],
+            s["mean"],
+            s["std"],
+            s["n_runs"],
+            s["n_diverged"],
+            div,
+            strict=True,
+        )
+    }
+
+
+#: Which varying fields name a block first (Tables 3-6 label blocks by dataset, network, norm).
+_BLOCK_PRIORITY = ("dataset", "arch", "input_norm")
+
+
+def _block_fields(prepared: PreparedTrials, layout: TableLayout) -> tuple[str, ...]:
+    """The layout's block fields, plus any other field needed so no two experiments share a
+    cell. A field that only co-varies with those already chosen (the network and batch size
+    that go with each dataset in Table 3) adds nothing and is left out of the label."""
+    exps = prepared.experiments
+    cols = [layout.columns] if layout.columns in exps else []
+    chosen = [f for f in (layout.blocks or ()) if f in exps]
+    rest = [f for f in prepared.experiment_fields if f not in chosen and f not in cols]
+    rest.sort(
+        key=lambda f: _BLOCK_PRIORITY.index(f) if f in _BLOCK_PRIORITY else len(_BLOCK_PRIORITY)
+    )
+    for f in rest:
+        keys = chosen + cols
+        splits = (
+            exps.groupby(keys, dropna=False)[f].nunique(dropna=False).gt(1).any()
+            if keys
+            else exps[f].nunique(dropna=False) > 1
+        )
+        if splits:
+            if layout.blocks is not None:
+                log.info("blocks also split by %s, which varies within the layout's blocks", f)
+            chosen.append(f)
+    return tuple(chosen)
+
+
+def build_tables(
+    trials: pd.DataFrame, layout: TableLayout | None = None, options: AnalysisOptions | None = None
+) -> list[Table]:
+    """The significance tables of `trials` (one table for one layout).
+
+    Raises `AnalysisError` only when nothing can be shown (no trials, no completed trial);
+    every other defect (no BASE, single seeds, no common seeds) is marked in the table.
+    """
+    layout = layout or TableLayout()
+    options = options or AnalysisOptions()
+    prepared = prepare_trials(trials)
+    kind = layout.kind or infer_kind(prepared.arms)
+    return [_build_table(prepared, layout, kind, options)]
+
+
+def _build_table(
+    prepared: PreparedTrials, layout: TableLayout, kind: str, options: AnalysisOptions
+) -> Table:
+    spec = LAYOUTS[kind]
+    summaries = _summaries(prepared)
+    comparisons = pair_prepared(prepared)
+    exps = prepared.experiments
+    block_fields = _block_fields(prepared, layout)
+    col_field = layout.columns
+
+    arms_by_exp: dict[int, list[int]] = {}
+    for e, a in summaries:
+        arms_by_exp.setdefault(e, []).append(a)
+    arms_by_exp_t = {e: tuple(v) for e, v in arms_by_exp.items()}
+
+    col_values = exps[col_field].map(_plain).tolist() if col_field in exps else [None] * len(exps)
+    columns = tuple(sorted(set(col_values), key=_display(col_field).sort_key))
+    block_keys = [tuple((f, _plain(exps.at[e, f])) for f in block_fields) for e in range(len(exps))]
+    by_block: dict[tuple[tuple[str, Any], ...], dict[Any, int]] = {}
+    for e, (bk, cv) in enumerate(zip(block_keys, col_values, strict=True)):
+        by_block.setdefault(bk, {})[cv] = e
+    ordered_blocks = sorted(by_block, key=lambda bk: tuple(_display(f).sort_key(v) for f, v in bk))
+
+    gamma_format = _gamma_formatter([a for a in prepared.arms if not a.is_base])
+    plans: list[tuple[tuple[tuple[str, Any], ...], list[_RowPlan]]] = []
+    for bk in ordered_blocks:
+        data = _BlockData(
+            by_block[bk], arms_by_exp_t, prepared.arms, summaries, columns, layout, gamma_format
+        )
+        plans.append((bk, spec.plan(data)))
+    shown = {prepared.arms[a] for _, a in _picks(plans)}
+    hidden = {prepared.arms[a] for _, a in summaries if not prepared.arms[a].is_base} - shown
+
+    # One family for the correction: every tested comparison the table shows.
+    shown_pairs = sorted(
+        {p for _, rows in plans for r in rows if not r.is_base for p in r.picks if p}
+    )
+    tested_pairs = [p for p in shown_pairs if p in comparisons]
+    results = dict(
+        zip(
+            tested_pairs,
+            evaluate_comparisons([comparisons[p] for p in tested_pairs], options),
+            strict=True,
+        )
+    )
+
+    max_n = max((summaries[p].n for p in _picks(plans)), default=0)
+    foot = _Footnotes()
+    any_base = any(r.is_base for _, rows in plans for r in rows)
+    blocks = [
+        _build_block(
+            bk, rows, prepared, summaries, comparisons, results, max_n, foot, any_base, len(columns)
+        )
+        for bk, rows in plans
+    ]
+
+    notes = []
+    if not any_base:
+        notes.append(
+            "No BASE arm (standard BN, γ = 1, c = 1) in these results: nothing to compare with, "
+            "so no cell is bold."
+        )
+    if hidden:
+        names = ", ".join(_arm_text(a) for a in sorted(hidden))
+        notes.append(f"Arms not shown by the {kind} layout: {names}.")
+    notes.extend(_diverged_notes(blocks, columns, col_field))
+
+    ns = sorted({s.n for s in results.values() if s.tested})
+    title = layout.title or _default_title(spec.title, prepared, block_fields, col_field)
+    return Table(
+        kind=kind,
+        title=title,
+        block_header=", ".join(_display(f).header for f in block_fields),
+        row_header=spec.row_header,
+        column_header=_display(col_field).header,
+        column_field=col_field,
+        columns=columns,
+        column_labels=tuple(_display(col_field).label(c) if c is not None else "" for c in columns),
+        blocks=tuple(blocks),
+        caption=_caption(options, max_n, blocks, len(results)),
+        mde=_mde_line(ns, options),
+        footnotes=foot.items(),
+        notes=tuple(notes),
+        options=options,
+    )
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _picks(plans: Sequence[tuple[Any, list[_RowPlan]]]) -> list[tuple[int, int]]:
+    return [p for _, rows in plans for r in rows for p in r.picks if p is not None]
+
+
+def _arm_text(arm: Arm) -> str:
+    return f"{_formulation_name(arm.formulation)} γ = {arm.gamma:g}, c = {arm.c:g}"
+
+
+def _build_block(
+    key: tuple[tuple[str, Any], ...],
+    plans: list[_RowPlan],
+    prepared: PreparedTrials,
+    summaries: Mapping[tuple[int, int], _Summary],
+    comparisons: Mapping[tuple[int, int], Comparison],
+    results: Mapping[tuple[int, int], CellStats],
+    max_n: int,
+    foot: _Footnotes,
+    any_base: bool,
+    n_cols: int,
+) -> Block:
+    has_base = any(r.is_base for r in plans)
+    block_notes = []
+    if any_base and not has_base:
+        block_notes.append(
+            "No BASE arm in this block: nothing to compare with, so no cell is bold."
+        )
+
+    # Underline: highest unrounded mean per column within the block, BASE included (Table 3).
+    best = []
+    for j in range(n_cols):
+        means = [summaries[r.picks[j]].mean for r in plans if r.picks[j] is not None]
+        finite = [m for m in means if math.isfinite(m)]
+        best.append(max(finite) if finite else math.nan)
+
+    rows = []
+    for plan in plans:
+        cells: list[Cell | None] = []
+        for j, pick in enumerate(plan.picks):
+            if pick is None:
+                cells.append(None)
+                continue
+            s = summaries[pick]
+            markers: list[str] = []
+            stats = results.get(pick)
+            comp = comparisons.get(pick)
+            if s.n == 0:
+                markers.append(
+                    foot.mark("no run with a score yet (failed, diverged or unfinished)")
+                )
+            elif s.n == 1:
+                markers.append(foot.mark("a single seed: no std and no test"))
+            if 0 < s.n < max_n:
+                markers.append(
+                    foot.mark(
+                        f"fewer seeds with a score than the table's {max_n}: missing, failed, "
+                        "diverged or unfinished runs are left out (counts in the CSV)"
+                    )
+                )
+            if not plan.is_base and s.n > 0:
+                if stats is None and has_base:
+                    markers.append(foot.mark("no BASE run in this column: nothing to compare with"))
+                elif stats is not None and stats.degenerate == NO_COMMON_SEEDS:
+                    markers.append(foot.mark("no seed in common with BASE: not tested"))
+                elif (
+                    stats is not None
+                    and stats.degenerate
+                    and not (s.n == 1 and stats.degenerate == FEWER_THAN_TWO)
+                ):
+                    markers.append(foot.mark(f"not tested: {stats.degenerate}"))
+                elif stats is not None and stats.tested and stats.n < s.n:
+                    markers.append(
+                        foot.mark(
+                            "tested on fewer seeds than shown: some lack a BASE partner (see CSV)"
+                        )
+                    )
+            cells.append(
+                Cell(
+                    arm=prepared.arms[pick[1]],
+                    n=s.n,
+                    mean=s.mean,
+                    std=s.std,
+                    significant=bool(stats is not None and stats.significant and not plan.is_base),
+                    best=bool(math.isfinite(s.mean) and s.mean == best[j]),
+                    markers=tuple(markers),
+                    detail=plan.details[j],
+                    stats=stats,
+                    comparison=comp,
+                    n_runs=s.n_runs,
+                    n_diverged=s.n_diverged,
+                    diverged_seeds=s.diverged_seeds,
+                )
+            )
+        rows.append(Row(plan.label, tuple(cells), plan.is_base, plan.arm))
+    label = ", ".join(_display(f).label(v) for f, v in key)
+    return Block(label, key, tuple(rows), tuple(block_notes))
+
+
+def _diverged_notes(
+    blocks: Sequence[Block], columns: Sequence[Any], col_field: str, limit: int = 12
+) -> list[str]:
+    entries = []
+    for b in blocks:
+        for r in b.rows:
+            for j, c in enumerate(r.cells):
+                if c is not None and c.n_diverged:
+                    arm = "BASE" if r.is_base else _arm_text(c.arm)
+                    where = " / ".join(
+                        x for x in (b.label, arm, _column_title(col_field, columns[j])) if x
+                    )
+                    seeds = ", ".join(map(str, c.diverged_seeds))
+                    entries.append(
+                        f"{where}: {c.n_diverged} of {c.n_runs} "
+                        f"(seed{'s' if c.n_diverged > 1 else ''} {seeds})"
+                    )
+    if not entries:
+        return []
+    more = f"; and {len(entries) - limit} more cells (see the CSV)" if len(entries) > limit else ""
+    return [
+        "Diverged runs have no score and are left out of means and pairs: "
+        + "; ".join(entries[:limit])
+        + more
+        + "."
+    ]
+
+
+def _column_title(col_field: str, value: Any) -> str:
+    name = "α" if col_field == "lr" else _display(col_field).header
+    return f"{name} = {_display(col_field).label(value)}" if value is not None else name
+
+
+def _default_title(
+    base: str, prepared: PreparedTrials, block_fields: Sequence[str], col_field: str
+) -> str:
+    exps = prepared.experiments
+    fixed = [
+        _display(f).label(_plain(exps.at[0, f]))
+        for f in ("dataset", "arch")
+        if f in exps and f not in block_fields and f != col_field and exps[f].nunique() == 1
+    ]
+    return f"{base}: {', '.join(fixed)}" if fixed else base
+
+
+_TEST_NAMES = {"t": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test"}
+_CORRECTION_TEXT = {
+    "none": "no correction for multiple comparisons",
+    "holm": "Holm-adjusted across the table's {m} tests",
+}
+
+
+def _caption(options: AnalysisOptions, max_n: int, blocks: Sequence[Block], m: int) -> str:
+    ns = sorted({c.n for b in blocks for r in b.rows for c in r.cells if c is not None and c.n > 0})
+    n_text = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]}" if ns else "n = 0"
+    return (
+        "Test accuracy (%) at the epoch of best validation accuracy: mean ± sample standard "
+        f"deviation (ddof = 1) over {n_text} seeds. Bold: significantly better than BASE by a "
+        f"one-sided {_TEST_NAMES[options.test]} (runs matched by seed), p ≤ {options.alpha:g}, "
+        f"{_CORRECTION_TEXT[options.correction].format(m=m)}. Underline: highest mean in its "
+        "column within its block (decided before rounding)."
+    )
+
+
+def _mde_line(ns: Sequence[int], options: AnalysisOptions) -> str:
+    head = (
+        f"Minimum detectable effect ({options.power:.0%} power, one-sided paired t-test, "
+        f"p ≤ {options.alpha:g}{', before correction' if options.correction != 'none' else ''})"
+    )
+    if not ns:
+        return f"{head}: not available, no comparison could be tested."
+    if len(ns) == 1:
+        d = minimum_detectable_effect(ns[0], options.alpha, options.power)
+        return (
+            f"{head}: d_z = {d:.2f} at n = {ns[0]} pairs "
+            "(d_z = mean difference / std of differences)."
+        )
+    lo = minimum_detectable_effect(ns[-1], options.alpha, options.power)
+    hi = minimum_detectable_effect(ns[0], options.alpha, options.power)
+    return (
+        f"{head}: d_z = {hi:.2f} at n = {ns[0]} to {lo:.2f} at n = {ns[-1]} pairs "
+        "(d_z = mean difference / std of differences)."
+    )
+
+
+# -- renderers ------------------------------------------------------------------------------
+def _value_parts(cell: Cell) -> tuple[str, str]:
+    return cell.mean_text, cell.std_text
+
+
+def render_markdown(tables: Sequence[Table]) -> str:
+    out = []
+    for t in tables:
+        has_blocks = any(b.label for b in t.blocks)
+        head = ([t.block_header] if has_blocks else []) + [t.row_header] + list(t.column_titles)
+        lines = [
+            f"### {_md_escape(t.title)}",
+            "",
+            "| " + " | ".join(_md_escape(h) for h in head) + " |",
+        ]
+        lines.append(
+            "|"
+            + "|".join([":---"] * (len(head) - len(t.columns)) + ["---:"] * len(t.columns))
+            + "|"
+        )
+        for b in t.blocks:
+            for i, r in enumerate(b.rows):
+                lead = ([_md_escape(b.label) if i == 0 else ""] if has_blocks else []) + [
+                    _md_escape(r.label)
+                ]
+                lines.append("| " + " | ".join(lead + [_md_cell(c) for c in r.cells]) + " |")
+        lines += ["", _md_escape(t.caption), "", _md_escape(t.mde)]
+        extra = (
+            [f"{m} {txt}" for m, txt in t.footnotes]
+            + [n for b in t.blocks for n in ([f"{b.label}: {x}" for x in b.notes])]
+            + list(t.notes)
+        )
+        if extra:
+            lines.append("")
+            lines += [f"- {_md_escape(x)}" for x in extra]
+        out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n"
+
+
+def _md_escape(text: str) -> str:
+    return re.sub(r"([|*_`<>\\])", r"\\\1", text)
+
+
+def _md_cell(cell: Cell | None) -> str:
+    if cell is None:
+        return ""
+    mean, std = _value_parts(cell)
+    if cell.best:
+        mean = f"<u>{mean}</u>"
+    text = f"{mean} ± {std}"
+    if cell.significant:
+        text = f"**{text}**"
+    if cell.detail:
+        text += f" ({_md_escape(cell.detail)})"
+    return text + "".join(f"<sup>{_md_escape(m)}</sup>" for m in cell.markers)
+
+
+# LaTeX: escape the specials first, then map the paper's symbols to math mode.
+_LATEX_SPECIALS = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+_LATEX_UNICODE = {
+    "γ": r"$\gamma$",
+    "α": r"$\alpha$",
+    "±": r"$\pm$",
+    "≤": r"$\leq$",
+    "–": "--",
+    "⁻": r"$^{-}$",
+    "×": r"$\times$",
+    "†": r"\dag{}",
+    "‡": r"\ddag{}",
+    "§": r"\S{}",
+    "¶": r"\P{}",
+    "‖": r"$\|$",
+}
+
+
+def latex_escape(text: str) -> str:
+    """Escape LaTeX specials and write γ, α, ±, ≤, –, ⁻ and the footnote marks as LaTeX."""
+    escaped = "".join(_LATEX_SPECIALS.get(ch, ch) for ch in text)
+    return "".join(_LATEX_UNICODE.get(ch, ch) for ch in escaped)
+
+
+def _latex_cell(cell: Cell | None) -> str:
+    if cell is None:
+        return ""
+    mean, std = _value_parts(cell)
+    mean = r"\underline{" + mean + "}" if cell.best else mean
+    text = f"{mean} $\\pm$ {latex_escape(std)}"
+    if cell.significant:
+        text = r"\textbf{" + text + "}"
+    if cell.detail:
+        text += f" ({latex_escape(cell.detail)})"
+    if cell.markers:
+        text += r"\textsuperscript{" + latex_escape("".join(cell.markers)) + "}"
+    return text
+
+
+def render_latex(tables: Sequence[Table]) -> str:
+    out = []
+    for t in tables:
+        has_blocks = any(b.label for b in t.blocks)
+        lead = 2 if has_blocks else 1
+        ncol = len(t.columns)
+        lines = [
+            "% requires \\usepackage{booktabs}",
+            r"\begin{table}[t]",
+            r"\centering",
+            r"\caption{" + latex_escape(t.title) + "}",
+            r"\begin{tabular}{" + "l" * lead + "r" * ncol + "}",
+            r"\toprule",
+            " & " * lead
+            + r"\multicolumn{"
+            + str(ncol)
+            + "}{c}{"
+            + latex_escape(t.column_header)
+            + r"} \\",
+            rf"\cmidrule(lr){{{lead + 1}-{lead + ncol}}}",
+            " & ".join(
+                ([latex_escape(t.block_header)] if has_blocks else [])
+                + [latex_escape(t.row_header)]
+                + [latex_escape(c) for c in t.column_labels]
+            )
+            + r" \\",
+            r"\midrule",
+        ]
+        for k, b in enumerate(t.blocks):
+            if k:
+                lines.append(r"\midrule")
+            for i, r in enumerate(b.rows):
+                cells = ([latex_escape(b.label) if i == 0 else ""] if has_blocks else []) + [
+                    latex_escape(r.label)
+                ]
+                lines.append(" & ".join(cells + [_latex_cell(c) for c in r.cells]) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}", "", r"\smallskip", r"\footnotesize"]
+        body = [t.caption, t.mde] + [f"{m} {x}" for m, x in t.footnotes]
+        body += [f"{b.label}: {x}" for b in t.blocks for x in b.notes] + list(t.notes)
+        lines += [latex_escape(x) + r"\par" for x in body]
+        lines.append(r"\end{table}")
+        out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n"
+
+
+_HTML_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem; color: #222; }
+table { border-collapse: collapse; margin: 1rem 0; }
+caption { caption-side: top; font-weight: 600; text-align: left; padding-bottom: .5rem; }
+th, td { padding: .25rem .75rem; }
+thead tr:first-child th { border-top: 2px solid #222; }
+thead tr:last-child th { border-bottom: 1px solid #222; }
+tbody tr.block-start td { border-top: 1px solid #888; }
+tbody:last-of-type tr:last-child td { border-bottom: 2px solid #222; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.base td { font-style: italic; }
+p.note { font-size: .9rem; max-width: 60rem; margin: .25rem 0; }
+"""
+
+
+def render_html(tables: Sequence[Table]) -> str:
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        f"<title>{html.escape(tables[0].title if tables else 'bnsweep tables')}</title>",
+        f"<style>{_HTML_STYLE}</style>",
+        "</head>",
+        "<body>",
+    ]
+    for t in tables:
+        has_blocks = any(b.label for b in t.blocks)
+        lead = 2 if has_blocks else 1
+        parts.append("<table>")
+        parts.append(f"<caption>{html.escape(t.title)}</caption>")
+        parts.append("<thead>")
+        parts.append(
+            f'<tr><th colspan="{lead}"></th><th colspan="{len(t.columns)}">'
+            f"{html.escape(t.column_header)}</th></tr>"
+        )
+        heads = ([t.block_header] if has_blocks else []) + [t.row_header] + list(t.column_labels)
+        parts.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads) + "</tr>")
+        parts.append("</thead>")
+        parts.append("<tbody>")
+        for k, b in enumerate(t.blocks):
+            for i, r in enumerate(b.rows):
+                classes = [
+                    c for c, on in (("block-start", i == 0 and k > 0), ("base", r.is_base)) if on
+                ]
+                attr = f' class="{" ".join(classes)}"' if classes else ""
+                lead_cells = ([html.escape(b.label) if i == 0 else ""] if has_blocks else []) + [
+                    html.escape(r.label)
+                ]
+                parts.append(
+                    f"<tr{attr}>"
+                    + "".join(f'<th scope="row">{x}</th>' for x in lead_cells)
+                    + "".join(f'<td class="num">{_html_cell(c)}</td>' for c in r.cells)
+                    + "</tr>"
+                )
+        parts.append("</tbody>")
+        parts.append("</table>")
+        body = [t.caption, t.mde] + [f"{m} {x}" for m, x in t.footnotes]
+        body += [f"{b.label}: {x}" for b in t.blocks for x in b.notes] + list(t.notes)
+        parts += [f'<p class="note">{html.escape(x)}</p>' for x in body]
+    parts += ["</body>", "</html>"]
+    return "\n".join(parts) + "\n"
+
+
+def _html_cell(cell: Cell | None) -> str:
+    if cell is None:
+        return ""
+    mean, std = (html.escape(x) for x in _value_parts(cell))
+    if cell.best:
+        mean = f"<u>{mean}</u>"
+    text = f"{mean} ± {std}"
+    if cell.significant:
+        text = f"<strong>{text}</strong>"
+    if cell.detail:
+        text += f" ({html.escape(cell.detail)})"
+    if cell.markers:
+        text += f"<sup>{html.escape(''.join(cell.markers))}</sup>"
+    return text
+
+
+def term_renderables(tables: Sequence[Table]) -> list[Any]:
+    """rich renderables for the terminal: bold = significant, underline = best mean."""
+    from rich.table import Table as RichTable
+    from rich.text import Text
+
+    out: list[Any] = []
+    for t in tables:
+        has_blocks = any(b.label for b in t.blocks)
+        rt = RichTable(title=t.title, title_style="bold", caption_justify="left", show_lines=False)
+        if has_blocks:
+            rt.add_column(t.block_header)
+        rt.add_column(t.row_header)
+        for title in t.column_titles:
+            rt.add_column(title, justify="right")
+        for k, b in enumerate(t.blocks):
+            for i, r in enumerate(b.rows):
+                lead = ([b.label if i == 0 else ""] if has_blocks else []) + [r.label]
+                rt.add_row(
+                    *lead,
+                    *[_term_cell(c, Text) for c in r.cells],
+                    end_section=i == len(b.rows) - 1 and k < len(t.blocks) - 1,
+                )
+        out.append(rt)
+        body = [t.caption, t.mde] + [f"{m} {x}" for m, x in t.footnotes]
+        body += [f"{b.label}: {x}" for b in t.blocks for x in b.notes] + list(t.notes)
+        out.append(Text("\n".join(body) + "\n"))
+    return out
+
+
+def _term_cell(cell: Cell | None, text_cls: Any) -> Any:
+    if cell is None:
+        return ""
+    mean, std = _value_parts(cell)
+    bold = "bold" if cell.significant else ""
+    text = text_cls()
+    text.append(mean, style=" ".join(s for s in (bold, "underline" if cell.best else "") if s))
+    text.append(f" ± {std}", style=bold)
+    if cell.detail:
+        text.append(f" ({cell.detail})")
+    if cell.markers:
+        text.append("".join(cell.markers))
+    return text
+
+
+def render_term(tables: Sequence[Table], width: int = 120, styles: bool = False) -> str:
+    """The terminal rendering as text; with `styles` the bold/underline ANSI codes are kept."""
+    from rich.console import Console
+
+    console = Console(
+        record=True,
+        width=width,
+        file=io.StringIO(),
+        force_terminal=styles,
+        color_system="standard" if styles else None,
+    )
+    for r in term_renderables(tables):
+        console.print(r)
+    return console.export_text(styles=styles)
+
+
+CSV_COLUMNS = (
+    "table",
+    "block",
+    "row",
+    "column",
+    "formulation",
+    "gamma",
+    "c",
+    "n",
+    "mean",
+    "std",
+    "t",
+    "df",
+    "p",
+    "p_adjusted",
+    "significant",
+    "best",
+    "effect",
+    "ci_low",
+    "ci_high",
+    "mean_diff",
+    "n_pairs",
+    "test",
+    "not_tested",
+    "diverged",
+    "dropped",
+)
+
+
+def _num(x: float | None) -> str:
+    return "" if x is None or not math.isfinite(x) else f"{x:.8g}"
+
+
+def render_csv(tables: Sequence[Table]) -> str:
+    """Per-cell statistics; `t` holds W+ when the test is Wilcoxon (the `test` column says so)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for t in tables:
+        for b, r, j, c in t.cells():
+            s = c.stats
+            w.writerow(
+                [
+                    t.title,
+                    b.label,
+                    r.label,
+                    t.column_labels[j],
+                    c.arm.formulation,
+                    f"{c.arm.gamma:g}",
+                    f"{c.arm.c:g}",
+                    c.n,
+                    _num(c.mean),
+                    _num(c.std),
+                    _num(s.statistic) if s else "",
+                    _num(s.df) if s else "",
+                    _num(s.p) if s else "",
+                    _num(s.p_adjusted) if s else "",
+                    str(c.significant).lower(),
+                    str(c.best).lower(),
+                    _num(s.effect) if s else "",
+                    _num(s.ci_low) if s else "",
+                    _num(s.ci_high) if s else "",
+                    _num(s.mean_diff) if s else "",
+                    s.n if s else "",
+                    s.test if s else "",
+                    (s.degenerate or "") if s else "",
+                    c.n_diverged,
+                    c.comparison.dropped_text() if c.comparison else "",
+                ]
+            )
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class Renderer:
+    render: Callable[[Sequence[Table]], str]
+    extension: str
+
+
+RENDERERS: dict[str, Renderer] = {
+    "md": Renderer(render_markdown, "md"),
+    "latex": Renderer(render_latex, "tex"),
+    "html": Renderer(render_html, "html"),
+    "csv": Renderer(render_csv, "csv"),
+    "term": Renderer(render_term, "txt"),
+}
+
+
+def render(tables: Sequence[Table], fmt: str) -> str:
+    if fmt not in RENDERERS:
+        raise choice_error("format", fmt, RENDERERS)
+    return RENDERERS[fmt].render(tables)
