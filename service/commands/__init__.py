@@ -1,0 +1,1 @@
+"""Subcommands of `bnsweep`, one module each; every module exposes `register(subparsers)`."""

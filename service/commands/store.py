@@ -1,0 +1,268 @@
+"""`bnsweep db upgrade`, `bnsweep status` and `bnsweep query`: the results database from a shell.
+
+The store, pandas and rich are imported inside the handlers so that `bnsweep --help` stays quick.
+Every user mistake (a bad URL, an unknown sweep or field, a malformed `--where`) is a
+`StoreError`, which `service.cli` prints as one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from rich.console import Console
+
+    from service.store.api import ArmStatus, SweepStatus
+
+FORMATS = ("table", "csv", "json")
+
+#: The result columns `query --format table` shows after the spec columns that vary.
+_TRIAL_RESULT_COLUMNS = (
+    "status",
+    "best_epoch",
+    "best_val_acc",
+    "test_acc",
+    "final_test_acc",
+    "seconds",
+)
+_EPOCH_RESULT_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "test_acc", "epoch_lr")
+#: Short headers, so a table of a dozen columns fits a terminal; the paper's symbols for γ and c.
+_HEADERS = {
+    "spec_hash": "hash",
+    "bn_scale_init": "γ",
+    "bn_lr_divisor": "c",
+    "best_epoch": "best ep",
+    "best_val_acc": "best val",
+    "final_test_acc": "final test",
+    "train_loss": "train loss",
+    "val_loss": "val loss",
+    "epoch_lr": "lr now",
+}
+
+
+def _add_db(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        default=None,
+        metavar="URL",
+        help="results database (default: $BNSWEEP_DB, else sqlite:///bnsweep.db); "
+        "sqlite:///PATH or postgresql://USER@HOST/DB",
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    db = subparsers.add_parser(
+        "db",
+        help="manage the results database schema",
+        description="Manage the results database schema (Alembic migrations shipped with bnsweep).",
+    )
+    actions = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    upgrade = actions.add_parser(
+        "upgrade",
+        help="create the schema, or migrate it to this version of bnsweep",
+        description="Create the results schema in a new database, or migrate an existing one to "
+        "the revision this bnsweep needs. Safe to run again.",
+    )
+    _add_db(upgrade)
+    upgrade.set_defaults(func=run_db_upgrade)
+
+    status = subparsers.add_parser(
+        "status",
+        help="cells per sweep by status, and the seeds each arm is missing",
+        description="Per sweep: cells total, completed, running, failed, diverged and pending, "
+        "and which seeds are missing for which arm.",
+    )
+    status.add_argument("--sweep", default=None, metavar="NAME", help="only this sweep")
+    _add_db(status)
+    status.set_defaults(func=run_status)
+
+    query = subparsers.add_parser(
+        "query",
+        help="print trials (or epochs) from the results database",
+        description="Print one row per trial, or per epoch with --epochs. Filters are exact "
+        "matches on a field; repeat a field to accept any of several values.",
+    )
+    query.add_argument("--sweep", default=None, metavar="NAME", help="only trials of this sweep")
+    query.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="keep rows whose FIELD equals VALUE, e.g. --where lr=0.1 --where seed=3",
+    )
+    query.add_argument("--epochs", action="store_true", help="one row per epoch instead")
+    query.add_argument("--format", choices=FORMATS, default="table", help="default: table")
+    _add_db(query)
+    query.set_defaults(func=run_query)
+
+
+# -- handlers ------------------------------------------------------------------------------------
+
+
+def run_db_upgrade(args: argparse.Namespace) -> int:
+    from service.store.api import Store
+
+    with Store.open(args.db, check_schema=False) as store:
+        before, after = store.upgrade()
+        url = store.url
+    if before == after:
+        print(f"{url}: schema already at revision {after} (current)")
+    else:
+        print(f"{url}: schema upgraded from revision {before or 'none'} to {after}")
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from service.store.api import Store
+
+    console = _console()
+    with Store.open(args.db, create=False) as store:
+        names = [args.sweep] if args.sweep else [info.name for info in store.sweeps()]
+        statuses = [store.sweep_status(name) for name in names]
+        url = store.url
+    if not statuses:
+        console.print(f"no sweeps in {url}", markup=False, highlight=False)
+        return 0
+    console.print(_counts_table(statuses, url))
+    for status in statuses:
+        arms = status.incomplete_arms
+        if not arms:
+            console.print(
+                f"{status.name}: all {status.total} cells done", markup=False, highlight=False
+            )
+            continue
+        console.print(_missing_table(status.name, arms))
+    return 0
+
+
+def parse_where(items: Sequence[str]) -> dict[str, list[str]]:
+    """`FIELD=VALUE` strings → {field: [values]}; a repeated field means any of its values."""
+    from service.store.api import StoreError
+
+    where: dict[str, list[str]] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise StoreError(f"--where {item!r}: expected FIELD=VALUE, e.g. --where lr=0.1")
+        where.setdefault(name, []).append(value.strip())
+    return where
+
+
+def run_query(args: argparse.Namespace) -> int:
+    from service.store.api import Store, check_where
+
+    where = parse_where(args.where)
+    # Checked before the database is opened: a typo in a field never touches the store.
+    check_where(where, epochs=args.epochs)
+    with Store.open(args.db, create=False) as store:
+        if args.epochs:
+            frame = store.epochs(sweep=args.sweep, where=where)
+        else:
+            frame = store.trials(sweep=args.sweep, where=where)
+    _write_frame(frame, args.format, epochs=args.epochs)
+    return 0
+
+
+# -- rendering -----------------------------------------------------------------------------------
+
+
+def _counts_table(statuses: Sequence[SweepStatus], url: str) -> object:
+    from rich.table import Table
+
+    table = Table(title=f"sweeps in {url}", title_justify="left")
+    table.add_column("sweep")
+    for column in ("total", "completed", "running", "failed", "diverged", "pending"):
+        table.add_column(column, justify="right")
+    for s in statuses:
+        counts = (s.total, s.completed, s.running, s.failed, s.diverged, s.pending)
+        table.add_row(s.name, *(str(n) for n in counts))
+    return table
+
+
+def _missing_table(name: str, arms: Sequence[ArmStatus]) -> object:
+    from rich.table import Table
+
+    table = Table(title=f"{name}: missing seeds", title_justify="left")
+    table.add_column("arm")
+    table.add_column("spec_hash")
+    table.add_column("done", justify="right")
+    table.add_column("missing seeds")
+    for arm in arms:
+        notes = []
+        if arm.failed_seeds:
+            notes.append(f"failed: {seed_ranges(arm.failed_seeds)}")
+        if arm.running_seeds:
+            notes.append(f"running: {seed_ranges(arm.running_seeds)}")
+        missing = seed_ranges(arm.missing_seeds) + (f" ({'; '.join(notes)})" if notes else "")
+        done = len(arm.seeds) - len(arm.missing_seeds)
+        table.add_row(arm.label, arm.spec_hash, f"{done}/{len(arm.seeds)}", missing)
+    return table
+
+
+def seed_ranges(seeds: Sequence[int]) -> str:
+    """(1, 2, 3, 5, 7, 8) → "1-3, 5, 7-8": fifteen seeds stay readable."""
+    parts: list[str] = []
+    ordered = sorted(seeds)
+    start = prev = ordered[0] if ordered else 0
+    for seed in [*ordered[1:], None]:
+        if seed is not None and seed == prev + 1:
+            prev = seed
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if seed is not None:
+            start = prev = seed
+    return ", ".join(parts) if ordered else ""
+
+
+def _write_frame(frame: pd.DataFrame, fmt: str, *, epochs: bool) -> None:
+    if fmt == "csv":
+        frame.to_csv(sys.stdout, index=False)
+    elif fmt == "json":
+        # One JSON array of row objects; missing values are null and times ISO 8601 in UTC.
+        sys.stdout.write(frame.to_json(orient="records", date_format="iso") + "\n")
+    else:
+        _print_table(frame, epochs=epochs)
+
+
+def _print_table(frame: pd.DataFrame, *, epochs: bool) -> None:
+    """The columns that tell rows apart (hash, seed, spec fields that vary) and the results."""
+    from rich.table import Table
+
+    from service.store.api import SPEC_COLUMNS
+    from workers.spec import ARM_FIELDS
+
+    varying = [c for c in SPEC_COLUMNS if frame[c].nunique(dropna=False) > 1]
+    spec_columns = varying or list(ARM_FIELDS)
+    results = _EPOCH_RESULT_COLUMNS if epochs else _TRIAL_RESULT_COLUMNS
+    columns = ["spec_hash", "seed", *spec_columns, *results]
+    what = "epoch rows" if epochs else "trials"
+    table = Table(title=f"{len(frame)} {what}", title_justify="left")
+    for column in columns:
+        numeric = frame[column].dtype.kind in "iuf"
+        table.add_column(_HEADERS.get(column, column), justify="right" if numeric else "left")
+    for row in frame[columns].itertuples(index=False):
+        table.add_row(*(_cell(value) for value in row))
+    _console().print(table)
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    # Piped or redirected output has no width to fit; rich would assume 80 columns and cut
+    # every header short. csv or json is the format for machines; this keeps tables legible.
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
+def _cell(value: object) -> str:
+    import pandas as pd
+
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

@@ -1,0 +1,282 @@
+"""`bnsweep db upgrade`, `bnsweep status` and `bnsweep query`, through the real `service.cli.main`.
+
+`service.cli` imports every command module; while some are still being written, these tests give
+it only `service.commands.store`. The end-to-end test runs the real `bnsweep` in a subprocess
+once every command module exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import service.cli
+import workers.spec
+from service.commands.store import parse_where, seed_ranges
+from service.store.api import TRIAL_COLUMNS, Store, StoreError, TrialFailed, TrialStarted
+from tests.service.test_store import (
+    _REGISTRIES,
+    _specs_without_registries,  # noqa: F401 (autouse fixture)
+    fresh_database,
+    grid,
+    make_spec,
+    run_cell,
+)
+
+Run = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def bnsweep(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
+    """Run `bnsweep ARGS...` in this process; returns (exit code, stdout, stderr)."""
+    monkeypatch.setattr(service.cli, "COMMAND_MODULES", ("service.commands.store",))
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            code = service.cli.main(list(argv))
+        except SystemExit as exit_:  # argparse usage errors
+            code = int(exit_.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def _fill(store: Store) -> None:
+    specs = grid()
+    store.register_sweep("demo", "name: demo", specs)
+    store.register_sweep("solo", "name: solo", [make_spec(bn_scale_init=0.05, seed=1)])
+    for spec in specs[:5]:
+        run_cell(store, spec)
+    run_cell(store, specs[5], status="diverged", diverged_epoch=2)
+    store.apply([TrialFailed(specs[6].spec_hash, specs[6].seed, "boom")])
+    store.apply([TrialStarted(specs[7].spec_hash, specs[7].seed)])
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A populated store shared by the tests of this module, which only read it."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('cli') / 'results.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        if not _REGISTRIES:
+            patch.setattr(workers.spec, "_validate", lambda spec: None)
+        with Store.open(url) as store:
+            _fill(store)
+    return url
+
+
+def _digest(url: str) -> str:
+    return hashlib.sha256(Path(url.removeprefix("sqlite:///")).read_bytes()).hexdigest()
+
+
+# -- query ---------------------------------------------------------------------------------------
+
+
+def test_query_prints_a_table_of_trials(bnsweep: Run, db: str) -> None:
+    code, out, err = bnsweep("query", "--db", db, "--sweep", "demo", "--where", "lr=0.1")
+    assert code == 0, err
+    assert "6 trials" in out and "completed" in out and "failed" in out
+    assert "γ" in out and "best val" in out
+
+
+def test_query_csv_has_every_column_and_honours_filters(bnsweep: Run, db: str) -> None:
+    code, out, _ = bnsweep(
+        "query", "--db", db, "--where", "lr=0.1", "--where", "seed=1", "--where", "seed=2",
+        "--format", "csv",
+    )  # fmt: skip
+    assert code == 0
+    frame = pd.read_csv(io.StringIO(out))
+    assert list(frame.columns) == list(TRIAL_COLUMNS)
+    assert len(frame) == 5  # seeds 1 and 2 of two demo arms, and solo's seed 1
+    assert set(frame["seed"]) == {1, 2} and set(frame["lr"]) == {0.1}
+
+
+def test_query_json_of_epochs(bnsweep: Run, db: str) -> None:
+    code, out, _ = bnsweep(
+        "query", "--db", db, "--epochs", "--where", "epoch=2", "--where", "status=completed",
+        "--format", "json",
+    )  # fmt: skip
+    assert code == 0
+    rows = json.loads(out)
+    assert len(rows) == 5 and {row["epoch"] for row in rows} == {2}
+    assert {"epoch_lr", "epoch_seconds", "val_acc", "spec_hash", "seed"} <= set(rows[0])
+
+
+def test_query_of_an_empty_result_still_has_the_header(bnsweep: Run, db: str) -> None:
+    code, out, _ = bnsweep("query", "--db", db, "--where", "seed=99", "--format", "csv")
+    assert code == 0 and out.strip() == ",".join(TRIAL_COLUMNS)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--where", "gamma=0.1"], "unknown field 'gamma' in where; valid fields: spec_hash"),
+        (["--where", "lr"], "--where 'lr': expected FIELD=VALUE"),
+        (["--where", "=3"], "expected FIELD=VALUE"),
+        (["--where", "lr=fast"], "where lr: expected a number, got 'fast'"),
+        (["--where", "seed=1.5"], "where seed: expected an integer"),
+        (["--where", "status=done"], "where status='done': allowed: pending"),
+        (["--epochs", "--where", "attempt=1"], "unknown field 'attempt'"),
+        (["--sweep", "nope"], "no sweep named 'nope'"),
+    ],
+)
+def test_bad_queries_are_one_line_and_exit_2_leaving_the_database_alone(
+    bnsweep: Run, db: str, argv: list[str], message: str
+) -> None:
+    before = _digest(db)
+    code, out, err = bnsweep("query", "--db", db, *argv)
+    assert code == 2 and out == ""
+    assert err.startswith("bnsweep: error: ") and message in err
+    assert err.count("\n") == 1
+    assert _digest(db) == before
+
+
+def test_query_of_a_missing_sqlite_file_does_not_create_it(bnsweep: Run, tmp_path: Path) -> None:
+    path = tmp_path / "nothing-here.db"
+    code, _, err = bnsweep("query", "--db", f"sqlite:///{path}")
+    assert code == 2 and "no results database at" in err
+    assert not path.exists()
+
+
+def test_query_reads_bnsweep_db_when_no_db_is_given(
+    bnsweep: Run, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BNSWEEP_DB", db)
+    code, out, _ = bnsweep("query", "--sweep", "solo", "--format", "json")
+    assert code == 0 and len(json.loads(out)) == 1
+
+
+def test_parse_where_groups_repeated_fields() -> None:
+    assert parse_where(["lr=0.1", "seed=1", "seed=2", "arch = resnet8"]) == {
+        "lr": ["0.1"],
+        "seed": ["1", "2"],
+        "arch": ["resnet8"],
+    }
+    with pytest.raises(StoreError):
+        parse_where(["lr"])
+
+
+# -- status and db upgrade -----------------------------------------------------------------------
+
+
+def test_status_shows_counts_and_missing_seeds_per_arm(bnsweep: Run, db: str) -> None:
+    code, out, err = bnsweep("status", "--db", db)
+    assert code == 0, err
+    assert "demo" in out and "solo" in out
+    demo_row = next(line for line in out.splitlines() if "│ demo" in line)
+    assert demo_row.split("│")[2:8] == [f" {n:>{w}} " for n, w in zip(
+        (12, 5, 1, 1, 1, 4), (5, 9, 7, 6, 8, 7), strict=True
+    )]  # fmt: skip
+    arm_line = next(line for line in out.splitlines() if "γ=0.1 c=100 standard lr=0.1 " in line)
+    assert "1-3 (failed: 1; running: 2)" in arm_line and "0/3" in arm_line
+    assert "γ=1 c=100 standard lr=0.1 " not in out  # complete arms are not listed
+
+
+def test_status_of_one_sweep_and_of_a_finished_sweep(bnsweep: Run, db: str, tmp_path: Path) -> None:
+    code, out, _ = bnsweep("status", "--db", db, "--sweep", "solo")
+    assert code == 0 and "solo" in out and "demo" not in out
+    url = f"sqlite:///{tmp_path / 'done.db'}"
+    with Store.open(url) as store:
+        spec = make_spec(seed=1)
+        store.register_sweep("done", "x", [spec])
+        run_cell(store, spec)
+    code, out, _ = bnsweep("status", "--db", url)
+    assert code == 0 and "done: all 1 cells done" in out
+    code, _, err = bnsweep("status", "--db", db, "--sweep", "nope")
+    assert code == 2 and "known sweeps: demo, solo" in err
+
+
+def test_db_upgrade_creates_then_reports_the_current_revision(bnsweep: Run, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh' / 'results.db'}"
+    code, out, _ = bnsweep("db", "upgrade", "--db", url)
+    assert code == 0 and "upgraded from revision none to 0001" in out
+    code, out, _ = bnsweep("db", "upgrade", "--db", url)
+    assert code == 0 and "already at revision 0001" in out
+    code, out, _ = bnsweep("status", "--db", url)
+    assert code == 0 and "no sweeps in" in out
+
+
+def test_seed_ranges() -> None:
+    assert seed_ranges([1, 2, 3, 5, 7, 8, 15]) == "1-3, 5, 7-8, 15"
+    assert seed_ranges([4]) == "4" and seed_ranges([]) == ""
+
+
+# -- passwords -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status"],
+        ["query"],
+        ["query", "--format", "json"],
+        ["db", "upgrade"],
+    ],
+)
+def test_a_password_never_appears_even_when_the_server_is_unreachable(
+    bnsweep: Run, caplog: pytest.LogCaptureFixture, argv: list[str]
+) -> None:
+    url = "postgresql://bnsweep:pa55-w0rd@127.0.0.1:1/results"
+    code, out, err = bnsweep("-v", *argv, "--db", url)
+    assert code == 2
+    assert "bnsweep:***@127.0.0.1:1" in err and err.count("\n") == 1
+    assert "pa55-w0rd" not in out + err + caplog.text
+
+
+def test_postgresql_through_the_command_line(bnsweep: Run, postgres_url: str) -> None:
+    with fresh_database(postgres_url) as plain:
+        from sqlalchemy import make_url
+
+        # Trust authentication ignores the password; it is here to prove it never leaks.
+        url = make_url(plain).set(password="pa55-w0rd").render_as_string(hide_password=False)
+        code, out, _ = bnsweep("db", "upgrade", "--db", url)
+        assert code == 0 and "***" in out
+        with Store.open(url) as store:
+            _fill(store)
+        results = [bnsweep("status", "--db", url)]
+        results.append(bnsweep("query", "--db", url, "--where", "lr=0.1", "--format", "csv"))
+        results.append(bnsweep("query", "--db", url, "--where", "nope=1"))
+        assert [code for code, _, _ in results] == [0, 0, 2]
+        assert len(pd.read_csv(io.StringIO(results[1][1]))) == 7
+        assert all("pa55-w0rd" not in out + err for _, out, err in results)
+
+
+# -- end to end ----------------------------------------------------------------------------------
+
+_OTHER_COMMANDS = [
+    name for name in service.cli.COMMAND_MODULES if importlib.util.find_spec(name) is None
+]
+
+
+@pytest.mark.skipif(
+    bool(_OTHER_COMMANDS), reason=f"command modules not written yet: {_OTHER_COMMANDS}"
+)
+def test_bnsweep_query_and_status_as_a_user_runs_them(db: str, tmp_path: Path) -> None:
+    def bnsweep(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "service.cli", *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+
+    done = bnsweep("query", "--db", db, "--sweep", "demo", "--format", "csv")
+    assert done.returncode == 0, done.stderr
+    assert len(pd.read_csv(io.StringIO(done.stdout))) == 12
+    done = bnsweep("status", "--db", db)
+    assert done.returncode == 0 and "missing seeds" in done.stdout
+    done = bnsweep("query", "--db", db, "--where", "gamma=1")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("bnsweep: error: unknown field 'gamma'")
