@@ -212,9 +212,9 @@ def test_new_spec_text_replaces_the_text_and_keeps_the_links(store: Store) -> No
 def test_registering_thousands_of_cells_takes_few_statements(store: Store) -> None:
     specs = [
         make_spec(bn_scale_init=g, lr=lr, seed=s)
-        for g in (1.0, 0.5, 0.2, 0.1, 0.05)
+        for g in (1.0, 0.5, 0.2, 0.1)
         for lr in (0.1, 0.05, 0.01, 0.005)
-        for s in range(1, 151)
+        for s in range(1, 126)
     ]
     statements = []
 
@@ -228,7 +228,7 @@ def test_registering_thousands_of_cells_takes_few_statements(store: Store) -> No
         elapsed = time.monotonic() - started
     finally:
         sa.event.remove(store._engine, "before_cursor_execute", count)
-    assert info.cells == 3000
+    assert info.cells == 2000
     assert len(statements) <= 20, len(statements)
     assert elapsed < 15, elapsed
     assert len(store.completed_cells(specs)) == 0
