@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
@@ -347,12 +347,18 @@ class EpochRecorded:
 
     spec_hash: str
     seed: int
-    metrics: EpochValues
+    #: The worker's `EpochMetrics` or a mapping with its keys; always `EpochValues` once built.
+    metrics: EpochValues | EpochMetricsLike | Mapping[str, object]
 
     def __post_init__(self) -> None:
         _check_cell(self.spec_hash, self.seed)
         if not isinstance(self.metrics, EpochValues):
             object.__setattr__(self, "metrics", EpochValues.from_metrics(self.metrics))
+
+    @property
+    def values(self) -> EpochValues:
+        assert isinstance(self.metrics, EpochValues)
+        return self.metrics
 
 
 @dataclass(frozen=True)
@@ -430,7 +436,7 @@ class TrialFailed:
         object.__setattr__(self, "finished_at", _utc(self.finished_at))
 
 
-Event = Union[TrialStarted, EpochRecorded, TrialFinished, TrialFailed]  # noqa: UP007
+Event = TrialStarted | EpochRecorded | TrialFinished | TrialFailed
 _EVENT_TYPES = (TrialStarted, EpochRecorded, TrialFinished, TrialFailed)
 
 
@@ -1081,10 +1087,10 @@ class Store:
         for item in events:
             cell = state[(item.spec_hash, item.seed)]
             if isinstance(item, EpochRecorded):
-                row = {"trial_id": cell.id, **vars(item.metrics)}
+                row = {"trial_id": cell.id, **vars(item.values)}
                 # Once final, a trial's epochs are kept as they are; a gap may still be filled.
                 target = fills if cell.status in FINAL_STATUSES else upserts
-                target[(cell.id, item.metrics.epoch)] = row
+                target[(cell.id, item.values.epoch)] = row
                 continue
             if cell.status in FINAL_STATUSES:
                 log.debug("ignoring %s for %s trial %d", type(item).__name__, cell.status, cell.id)

@@ -408,7 +408,7 @@ def test_from_result_takes_the_workers_result_type() -> None:
     event = TrialFinished.from_result("abc", 1, outcome)
     assert (event.status, event.best_epoch, event.test_acc) == ("completed", 3, 0.88)
     metrics = trial.EpochMetrics(1, 2.0, 2.1, 0.3, 0.29, 0.1, 1.5)
-    assert EpochRecorded("abc", 1, metrics=metrics).metrics.val_acc == 0.3
+    assert EpochRecorded("abc", 1, metrics=metrics).values.val_acc == 0.3
 
 
 # -- queries -------------------------------------------------------------------------------------
