@@ -88,7 +88,8 @@ class DataSplits:
             x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
             if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1:] != shape:
                 raise ValueError(
-                    f"{split}_x: expected uint8 [N, {tuple(shape)}], got {x.dtype} {tuple(x.shape)}"
+                    f"{split}_x: expected uint8 [N, {', '.join(map(str, shape))}], "
+                    f"got {x.dtype} {tuple(x.shape)}"
                 )
             if y.dtype != torch.int64 or y.shape != (len(x),):
                 raise ValueError(
