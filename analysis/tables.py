@@ -1038,10 +1038,11 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2r
 table { border-collapse: collapse; margin: 1rem 0; }
 caption { caption-side: top; font-weight: 600; text-align: left; padding-bottom: .5rem; }
 th, td { padding: .25rem .75rem; }
+tbody th { text-align: left; font-weight: normal; }
 thead tr:first-child th { border-top: 2px solid #222; }
 thead tr:last-child th { border-bottom: 1px solid #222; }
-tbody tr.block-start td { border-top: 1px solid #888; }
-tbody:last-of-type tr:last-child td { border-bottom: 2px solid #222; }
+tbody tr.block-start > * { border-top: 1px solid #888; }
+tbody tr:last-child > * { border-bottom: 2px solid #222; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.base td { font-style: italic; }
 p.note { font-size: .9rem; max-width: 60rem; margin: .25rem 0; }

@@ -1,0 +1,80 @@
+"""The one module of `analysis` that reads the results store (through its public API only).
+
+Everything else in `analysis` takes DataFrames, so tables and plots can be built from any
+frame with the store's columns: a notebook, a CSV export, a fabricated benchmark set.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+def load_results(url: str | None, sweep: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, epochs) of every trial linked to `sweep` (all trials when None).
+
+    The epochs frame keeps the store's column names: the epoch's own learning rate and wall
+    time are `epoch_lr` and `epoch_seconds`, apart from the spec's `lr` (α).
+
+    A trial belongs to every sweep that registered its cell, so the frames include results
+    of earlier launches and of other sweeps that share the cells. Trial-level rows come from one
+    query (`Store.trials`), not one per trial.
+    """
+    from service.store.api import Store
+
+    with Store.open(url, create=False) as store:
+        trials = store.trials(sweep=sweep)
+        epochs = store.epochs(sweep=sweep)
+    log.info("loaded %d trials and %d epoch rows", len(trials), len(epochs))
+    return trials, epochs
+
+
+def load_trials(url: str | None, sweep: str | None) -> pd.DataFrame:
+    """Only the trials frame: what the tables need (epochs are for the curves)."""
+    from service.store.api import Store
+
+    with Store.open(url, create=False) as store:
+        return store.trials(sweep=sweep)
+
+
+def load_cells(url: str | None, cells: Iterable[tuple[str, int]]) -> pd.DataFrame:
+    """The trials of the given (spec_hash, seed) cells, whichever sweeps they were run by."""
+    from service.store.api import Store
+
+    wanted = set(cells)
+    hashes = sorted({h for h, _ in wanted})
+    with Store.open(url, create=False) as store:
+        trials = store.trials(where={"spec_hash": hashes}) if hashes else store.trials()
+    if trials.empty:
+        return trials
+    keep = [(h, int(s)) in wanted for h, s in zip(trials["spec_hash"], trials["seed"], strict=True)]
+    return trials.loc[keep].reset_index(drop=True)
+
+
+def sweep_report(url: str | None, sweep: str) -> dict[str, Any] | None:
+    """The `report:` mapping of the spec text the sweep was registered with (None if absent)."""
+    import yaml
+
+    from service.store.api import Store
+
+    with Store.open(url, create=False) as store:
+        text = store.get_sweep(sweep).spec_text
+    try:
+        data = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        log.warning(
+            "the stored spec of sweep %r is not valid YAML; using the default layout", sweep
+        )
+        return None
+    report = data.get("report") if isinstance(data, dict) else None
+    if report is not None and not isinstance(report, dict):
+        log.warning(
+            "the stored spec of sweep %r has a report: that is not a mapping; ignored", sweep
+        )
+        return None
+    return report

@@ -1,0 +1,214 @@
+"""`bnsweep tables` and `bnsweep plots`: regenerate the significance tables and figures.
+
+Tables always reflect every completed trial in the store linked to the sweep: a trial is
+shared by every sweep that registered its cell, so results of earlier launches and of other
+sweeps with the same cells count too. `bnsweep launch` calls `render_sweep_tables` at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import shutil
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from analysis.tables import Table
+
+log = logging.getLogger(__name__)
+
+# Literal here so `bnsweep --help` does not import scipy; a test keeps them equal to the
+# registries in analysis.tables / analysis.stats.
+FORMATS = ("md", "latex", "html", "csv", "term")
+CORRECTIONS = ("none", "holm")
+TESTS = ("t", "wilcoxon")
+LAYOUT_KINDS = ("gamma", "formulation", "methods")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    tables = subparsers.add_parser(
+        "tables",
+        help="significance tables of a sweep (Markdown, LaTeX, HTML, CSV, terminal)",
+        description="Test every arm against BASE (one-sided paired t-test over seeds, Sect. 4.3) "
+        "and print or write the paper's tables from every completed trial in the store.",
+    )
+    source = tables.add_mutually_exclusive_group()
+    source.add_argument("--sweep", help="a sweep registered in the store (default: all trials)")
+    source.add_argument("--spec", help="a sweep spec (YAML): its cells, whichever sweep ran them")
+    tables.add_argument("--format", choices=FORMATS, default="term", help="default: term")
+    tables.add_argument("--out", help="write <out>/<sweep>.<ext> instead of printing")
+    tables.add_argument(
+        "--alpha", type=float, default=0.05, help="significant when p ≤ alpha (default 0.05)"
+    )
+    tables.add_argument(
+        "--correction", choices=CORRECTIONS, default="none", help="across one table (default none)"
+    )
+    tables.add_argument("--test", choices=TESTS, default="t", help="paired test (default t)")
+    tables.add_argument(
+        "--layout",
+        choices=LAYOUT_KINDS,
+        help="override the spec's report: layout (default: the spec's, else inferred)",
+    )
+    tables.add_argument(
+        "--db", help="results store URL (default: BNSWEEP_DB or sqlite:///bnsweep.db)"
+    )
+    tables.set_defaults(func=run_tables)
+
+    plots = subparsers.add_parser(
+        "plots",
+        help="figures of a sweep: accuracy vs γ per α, validation curves (PNG and PDF)",
+        description="Accuracy against γ (log axis) per α with ± std bars and the BASE level, and "
+        "validation-accuracy curves per arm (mean ± std over seeds).",
+    )
+    plots.add_argument("--sweep", help="a sweep registered in the store (default: all trials)")
+    plots.add_argument("--out", help="output folder (default: plots/<sweep>)")
+    plots.add_argument(
+        "--db", help="results store URL (default: BNSWEEP_DB or sqlite:///bnsweep.db)"
+    )
+    plots.set_defaults(func=run_plots)
+
+
+# -- shared steps ------------------------------------------------------------------------------
+def _options(values: Mapping[str, Any]) -> Any:
+    from analysis.stats import AnalysisOptions
+
+    known = {"alpha", "correction", "test", "confidence", "power"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        from analysis.pairing import AnalysisError
+
+        raise AnalysisError(
+            f"unknown table option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}"
+        )
+    return AnalysisOptions(**{k: v for k, v in values.items() if v is not None})
+
+
+def _layout(report: Mapping[str, Any] | None, kind: str | None) -> Any:
+    from analysis.tables import TableLayout
+
+    layout = TableLayout.from_dict(report)
+    return dataclasses.replace(layout, kind=kind) if kind is not None else layout
+
+
+def _render(tables: list[Table], fmt: str, *, for_terminal: bool) -> str:
+    from analysis.tables import render, render_term
+
+    if fmt == "term" and for_terminal:
+        # Styled only when a person reads it: bold and underline become ANSI codes.
+        return render_term(tables, width=shutil.get_terminal_size().columns, styles=True)
+    return render(tables, fmt)
+
+
+def _write(text: str, out: str | Path, name: str, fmt: str) -> Path:
+    from analysis.tables import RENDERERS
+
+    path = Path(out) / f"{_safe_name(name)}.{RENDERERS[fmt].extension}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _safe_name(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or "tables"
+
+
+def tables_for(
+    trials: pd.DataFrame,
+    report: Mapping[str, Any] | None = None,
+    layout_kind: str | None = None,
+    **options: Any,
+) -> list[Table]:
+    """Tables of a trials frame with a spec's `report:` mapping and table options."""
+    from analysis.tables import build_tables
+
+    return build_tables(trials, _layout(report, layout_kind), _options(options))
+
+
+def render_sweep_tables(
+    store_url: str | None,
+    sweep_name: str,
+    fmt: str = "term",
+    out: str | Path | None = None,
+    *,
+    empty_ok: bool = True,
+    **options: Any,
+) -> str:
+    """The tables of a stored sweep, rendered as `fmt` (layout from the sweep's `report:`).
+
+    With `out`, also writes `<out>/<sweep>.<ext>`. `options` are `AnalysisOptions` fields
+    (alpha, correction, test, ...). With `empty_ok` (what `launch` wants at the end of a sweep
+    in which nothing completed) a sweep without any completed trial gives a one-line message
+    instead of raising `AnalysisError`.
+    """
+    from analysis.pairing import AnalysisError
+    from analysis.source import load_trials, sweep_report
+
+    if fmt not in FORMATS:
+        from workers.errors import choice_error
+
+        raise choice_error("format", fmt, FORMATS)
+    trials = load_trials(store_url, sweep_name)
+    try:
+        tables = tables_for(trials, sweep_report(store_url, sweep_name), **options)
+    except AnalysisError as err:
+        if not empty_ok:
+            raise
+        return f"sweep {sweep_name}: no tables yet ({err})"
+    text = _render(tables, fmt, for_terminal=out is None and sys.stdout.isatty())
+    if out is not None:
+        log.info("wrote %s", _write(text, out, sweep_name, fmt))
+    return text
+
+
+# -- handlers ----------------------------------------------------------------------------------
+def _spec_trials(args: argparse.Namespace) -> tuple[str, str | None, Any, pd.DataFrame]:
+    """(name, store url, report mapping, trials) for --spec: the spec's cells, from any sweep."""
+    from analysis.source import load_cells
+    from service.commands.launch import database_url
+    from service.sweep import expand, load_sweep_spec
+
+    spec = load_sweep_spec(args.spec)
+    url = database_url(args.db, spec.database)
+    trials = load_cells(url, ((t.spec_hash, t.seed) for t in expand(spec)))
+    return spec.name, url, spec.report, trials
+
+
+def run_tables(args: argparse.Namespace) -> int:
+    from analysis.source import load_trials, sweep_report
+
+    options = {"alpha": args.alpha, "correction": args.correction, "test": args.test}
+    if args.spec:
+        name, _, report, trials = _spec_trials(args)
+    else:
+        name = args.sweep or "all"
+        trials = load_trials(args.db, args.sweep)
+        report = sweep_report(args.db, args.sweep) if args.sweep else None
+    tables = tables_for(trials, report, args.layout, **options)
+    if args.out:
+        text = _render(tables, args.format, for_terminal=False)
+        print(_write(text, args.out, name, args.format))
+    else:
+        text = _render(tables, args.format, for_terminal=sys.stdout.isatty())
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def run_plots(args: argparse.Namespace) -> int:
+    from analysis.plots import make_plots
+    from analysis.source import load_results, sweep_report
+
+    trials, epochs = load_results(args.db, args.sweep)
+    report = sweep_report(args.db, args.sweep) if args.sweep else None
+    out = Path(args.out) if args.out else Path("plots") / _safe_name(args.sweep or "all")
+    paths = make_plots(trials, epochs, out, _layout(report, None))
+    for path in paths:
+        print(path)
+    if not paths:
+        print(f"nothing to plot for {args.sweep or 'the store'}", file=sys.stderr)
+    return 0

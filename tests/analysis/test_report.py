@@ -1,0 +1,211 @@
+"""`bnsweep tables` and `bnsweep plots` end to end on a real SQLite store, through `service.cli`."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import service.cli
+from service.commands.report import render_sweep_tables
+from service.store.api import EpochRecorded, Store, TrialFinished, TrialStarted
+from service.sweep import expand, parse_sweep_spec
+
+Run = Callable[..., tuple[int, str, str]]
+
+SPEC = textwrap.dedent(
+    """\
+    name: small
+    defaults: {dataset: digits, arch: resnet8, epochs: 2, batch_size: 64, bn_lr_divisor: 100}
+    grids:
+      - {bn_scale_init: [0.1, 0.5], lr: [0.1, 0.01]}
+    base: true
+    seeds: 4
+    report: {layout: gamma, title: Digits table}
+    """
+)
+# A second sweep that shares the γ = 0.1 and BASE cells and was never given its own results.
+OTHER = textwrap.dedent(
+    """\
+    name: other
+    defaults: {dataset: digits, arch: resnet8, epochs: 2, batch_size: 64, bn_lr_divisor: 100}
+    grids:
+      - {bn_scale_init: [0.1], lr: [0.1, 0.01]}
+    base: true
+    seeds: 4
+    """
+)
+
+
+def _score(spec) -> float:
+    # γ = 0.1 gains 1.5 points at every seed (± noise), γ = 0.5 gains nothing.
+    noise = np.random.default_rng(spec.seed).normal(0, 0.3)
+    gain = 1.5 if spec.bn_scale_init == 0.1 else 0.0
+    return (88.0 + spec.seed * 0.4 + gain + noise * (spec.bn_scale_init != 1.0)) / 100
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('report') / 'results.db'}"
+    spec = parse_sweep_spec(SPEC)
+    cells = expand(spec)
+    with Store.open(url) as store:
+        store.register_sweep("small", SPEC, cells)
+        store.register_sweep("other", OTHER, expand(parse_sweep_spec(OTHER)))
+        # Registered, never run: every trial pending.
+        empty = OTHER.replace("name: other", "name: empty").replace("[0.1]", "[0.05]")
+        empty = empty.replace("base: true", "base: false")
+        store.register_sweep("empty", empty, expand(parse_sweep_spec(empty)))
+        events = []
+        for cell in cells:
+            acc = _score(cell)
+            events.append(TrialStarted(cell.spec_hash, cell.seed))
+            for e in (1, 2):
+                metrics = dict(
+                    epoch=e,
+                    train_loss=1 / e,
+                    val_loss=1 / e,
+                    val_acc=acc - 0.02 / e,
+                    test_acc=acc,
+                    lr=cell.lr,
+                    seconds=1.0,
+                )
+                events.append(EpochRecorded(cell.spec_hash, cell.seed, metrics))
+            if (cell.bn_scale_init, cell.lr, cell.seed) == (0.5, 0.01, 4):
+                events.append(
+                    TrialFinished(cell.spec_hash, cell.seed, "diverged", diverged_epoch=2)
+                )
+            elif not (cell.bn_scale_init == 1.0 and cell.lr == 0.1 and cell.seed == 1):
+                events.append(
+                    TrialFinished(
+                        cell.spec_hash,
+                        cell.seed,
+                        "completed",
+                        epochs_run=2,
+                        best_epoch=2,
+                        best_val_acc=acc,
+                        test_acc=acc,
+                        final_test_acc=acc,
+                        seconds=2.0,
+                    )
+                )
+        store.apply(events)
+    return url
+
+
+@pytest.fixture
+def bnsweep(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
+    """Run `bnsweep ARGS...` in-process with only this command module: (code, stdout, stderr)."""
+    monkeypatch.setattr(service.cli, "COMMAND_MODULES", ("service.commands.report",))
+    monkeypatch.delenv("BNSWEEP_DB", raising=False)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            code = service.cli.main(list(argv))
+        except SystemExit as exit_:
+            code = int(exit_.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def test_tables_of_a_sweep_in_markdown(bnsweep: Run, db: str) -> None:
+    code, out, err = bnsweep("tables", "--sweep", "small", "--db", db, "--format", "md")
+    assert code == 0, err
+    assert out.startswith("### Digits table")  # the stored spec's report: section
+    lines = {
+        line.split(" | ")[0].strip("| "): line for line in out.splitlines() if line.startswith("| ")
+    }
+    assert lines["0.10"].count("**") == 4  # significant at both α
+    assert "**" not in lines["0.50"] and "**" not in lines["BASE"]
+    assert "<u>" in lines["0.10"]
+    assert "BASE not completed (running)" not in out  # reasons live in the CSV
+    assert "Diverged runs" in out and "seed 4" in out
+
+
+def test_tables_csv_to_a_folder(bnsweep: Run, db: str, tmp_path: Path) -> None:
+    code, out, _ = bnsweep(
+        "tables",
+        "--sweep",
+        "small",
+        "--db",
+        db,
+        "--format",
+        "csv",
+        "--out",
+        str(tmp_path),
+        "--correction",
+        "holm",
+        "--test",
+        "wilcoxon",
+    )
+    assert code == 0 and out.strip() == str(tmp_path / "small.csv")
+    text = (tmp_path / "small.csv").read_text()
+    assert "wilcoxon" in text and "1: BASE not completed (running)" in text
+
+
+def test_spec_file_shows_its_cells_whichever_sweep_ran_them(
+    bnsweep: Run, db: str, tmp_path: Path
+) -> None:
+    spec = tmp_path / "other.yaml"
+    spec.write_text(OTHER.replace("name: other", "name: never-launched"))
+    code, out, err = bnsweep("tables", "--spec", str(spec), "--db", db, "--format", "md")
+    assert code == 0, err
+    assert "| 0.10 |" in out and "| 0.50 |" not in out
+    code, shared, _ = bnsweep("tables", "--sweep", "other", "--db", db, "--format", "md")
+    assert code == 0 and shared.split("\n", 1)[1] == out.split("\n", 1)[1]
+
+
+def test_terminal_is_the_default_format(bnsweep: Run, db: str) -> None:
+    code, out, _ = bnsweep("tables", "--sweep", "small", "--db", db)
+    assert code == 0 and "┃ γ" in out and "\x1b[" not in out  # no ANSI codes when not a TTY
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--sweep", "nope"], "no sweep named 'nope'"),
+        (["--sweep", "empty"], "no completed trial"),
+        (["--sweep", "small", "--alpha", "2"], r"alpha: must be a number in \(0, 1\)"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(bnsweep: Run, db: str, argv, message) -> None:
+    code, out, err = bnsweep("tables", *argv, "--db", db)
+    assert code == 2 and out == ""
+    assert err.startswith("bnsweep: error: ") and len(err.strip().splitlines()) == 1
+    import re
+
+    assert re.search(message, err)
+
+
+def test_render_sweep_tables_for_launch(db: str, tmp_path: Path) -> None:
+    text = render_sweep_tables(db, "small", fmt="latex", out=tmp_path, alpha=0.01)
+    assert r"\textbf{" in text and (tmp_path / "small.tex").read_text() == text
+    assert "p $\\leq$ 0.01" in text
+    # At the end of a sweep in which nothing completed, launch gets a line, not an exception.
+    assert render_sweep_tables(db, "empty").startswith(
+        "sweep empty: no tables yet (no completed trial"
+    )
+    from analysis.pairing import AnalysisError
+
+    with pytest.raises(AnalysisError):
+        render_sweep_tables(db, "empty", empty_ok=False)
+
+
+def test_plots_write_png_and_pdf(bnsweep: Run, db: str, tmp_path: Path) -> None:
+    code, out, err = bnsweep("plots", "--sweep", "small", "--db", db, "--out", str(tmp_path))
+    assert code == 0, err
+    paths = [Path(p) for p in out.split()]
+    assert {p.name for p in paths} == {
+        "accuracy_vs_gamma.png",
+        "accuracy_vs_gamma.pdf",
+        "validation_curves.png",
+        "validation_curves.pdf",
+    }
+    assert all(p.stat().st_size > 1000 for p in paths)
+    assert paths[0].read_bytes()[:4] == b"\x89PNG" and paths[1].read_bytes()[:4] == b"%PDF"
