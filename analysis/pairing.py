@@ -105,9 +105,11 @@ class PreparedTrials:
     experiments: pd.DataFrame
     arms: tuple[Arm, ...]
 
+    experiment_keys: tuple[tuple[tuple[str, Any], ...], ...]
+
     def experiment_key(self, exp_id: int) -> tuple[tuple[str, Any], ...]:
-        row = self.experiments.iloc[exp_id]
-        return tuple((f, _plain(row[f])) for f in self.experiment_fields)
+        """((field, value), ...) of experiment `exp_id`, values as plain Python scalars."""
+        return self.experiment_keys[exp_id]
 
 
 def _plain(value: Any) -> Any:
@@ -180,9 +182,14 @@ def prepare_trials(trials: pd.DataFrame) -> PreparedTrials:
         )
     )
     df["_base"] = np.array([a.is_base for a in arms], dtype=bool)[df["_arm"].to_numpy()]
-    return PreparedTrials(
-        df.reset_index(drop=True), exp_fields, experiments.reset_index(drop=True), arms
+    experiments = experiments.reset_index(drop=True)
+    # Built column-wise once: per-experiment row lookups cost ~0.2 ms each, seconds at 100k trials.
+    columns = [[_plain(v) for v in experiments[f].tolist()] for f in exp_fields]
+    keys = tuple(
+        tuple(zip(exp_fields, values, strict=True))
+        for values in (zip(*columns, strict=True) if columns else [()] * len(experiments))
     )
+    return PreparedTrials(df.reset_index(drop=True), exp_fields, experiments, arms, keys)
 
 
 def summarise(prepared: PreparedTrials, scale: float = 100.0) -> pd.DataFrame:
@@ -278,21 +285,26 @@ def pair_prepared(prepared: PreparedTrials) -> dict[tuple[int, int], Comparison]
     arm_ids = pairs["_arm"].to_numpy()
     seeds = pairs["seed"].to_numpy(dtype=np.int64)
     starts = np.flatnonzero(np.r_[True, (np.diff(exp_ids) != 0) | (np.diff(arm_ids) != 0)])
-    ends = np.r_[starts[1:], len(pairs)]
+    group = np.cumsum(np.isin(np.arange(len(pairs)), starts)) - 1
+    # Kept and dropped rows as flat Python lists with per-group bounds: slicing lists is ~10x
+    # cheaper than slicing numpy arrays 6,000 times at 100k trials.
+    kept_bounds = np.searchsorted(group[ok], np.arange(len(starts) + 1))
+    drop_bounds = np.searchsorted(group[~ok], np.arange(len(starts) + 1))
+    k_seeds, k_arm, k_base = seeds[ok].tolist(), a_acc[ok].tolist(), b_acc[ok].tolist()
+    d_seeds, d_why = seeds[~ok].tolist(), why[~ok].tolist()
     out: dict[tuple[int, int], Comparison] = {}
-    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-        exp_id, arm_id = int(exp_ids[s]), int(arm_ids[s])
-        keep = ok[s:e]
+    for g, (exp_id, arm_id) in enumerate(
+        zip(exp_ids[starts].tolist(), arm_ids[starts].tolist(), strict=True)
+    ):
+        k0, k1 = int(kept_bounds[g]), int(kept_bounds[g + 1])
+        d0, d1 = int(drop_bounds[g]), int(drop_bounds[g + 1])
         out[(exp_id, arm_id)] = Comparison(
             arm=prepared.arms[arm_id],
             experiment=prepared.experiment_key(exp_id),
-            seeds=tuple(seeds[s:e][keep].tolist()),
-            arm_scores=tuple(a_acc[s:e][keep].tolist()),
-            base_scores=tuple(b_acc[s:e][keep].tolist()),
-            dropped=tuple(
-                DroppedSeed(int(sd), str(r))
-                for sd, r in zip(seeds[s:e][~keep], why[s:e][~keep], strict=True)
-            ),
+            seeds=tuple(k_seeds[k0:k1]),
+            arm_scores=tuple(k_arm[k0:k1]),
+            base_scores=tuple(k_base[k0:k1]),
+            dropped=tuple(map(DroppedSeed, d_seeds[d0:d1], d_why[d0:d1])),
         )
     return out
 

@@ -156,8 +156,15 @@ def _degenerate(diffs: np.ndarray, scale: np.ndarray, test: str) -> np.ndarray:
     return np.where(spread <= CONSTANT_RTOL * scale, CONSTANT, "").astype(object)
 
 
-def _test_block(arm: np.ndarray, base: np.ndarray, options: AnalysisOptions) -> list[CellStats]:
-    """Test k comparisons of n pairs each: arm and base are [k, n], aligned by seed."""
+_COLUMNS = ("mean_diff", "ci_low", "ci_high", "effect", "statistic", "df", "p")
+
+
+def _test_block(
+    arm: np.ndarray, base: np.ndarray, options: AnalysisOptions
+) -> dict[str, np.ndarray]:
+    """Test k comparisons of n pairs each: arm and base are [k, n], aligned by seed.
+
+    Returns one array of k values per `_COLUMNS` name, plus `why` (degenerate reason or "")."""
     k, n = arm.shape
     diffs = arm - base
     scale = np.maximum(
@@ -177,43 +184,61 @@ def _test_block(arm: np.ndarray, base: np.ndarray, options: AnalysisOptions) -> 
     ok = why == ""
     if ok.any():
         statistic[ok], p[ok], df[ok] = TESTS[options.test](arm[ok], base[ok])
+    return {
+        "mean_diff": mean,
+        "ci_low": mean - half,
+        "ci_high": mean + half,
+        "effect": effect,
+        "statistic": statistic,
+        "df": df,
+        "p": p,
+        "n": np.full(k, n),
+        "why": why,
+    }
+
+
+def _results(columns: dict[str, np.ndarray], options: AnalysisOptions) -> list[CellStats]:
+    """CellStats from column arrays, with p adjusted across all of them (one family)."""
+    adjusted = CORRECTIONS[options.correction](columns["p"])
+    tested = columns["why"] == ""
+    significant = tested & np.isfinite(adjusted) & (adjusted <= options.alpha)
+    values = [columns[c].tolist() for c in _COLUMNS]
     return [
-        CellStats(
-            test=options.test,
-            n=n,
-            mean_diff=float(mean[i]),
-            ci_low=float(mean[i] - half[i]),
-            ci_high=float(mean[i] + half[i]),
-            effect=float(effect[i]),
-            statistic=float(statistic[i]),
-            df=float(df[i]),
-            p=float(p[i]),
-            p_adjusted=float(p[i]),
-            significant=False,
-            degenerate=str(why[i]) or None,
+        CellStats(options.test, n, md, lo, hi, eff, stat, df, p, adj, sig, str(why) or None)
+        for n, md, lo, hi, eff, stat, df, p, adj, sig, why in zip(
+            columns["n"].tolist(),
+            *values,
+            adjusted.tolist(),
+            significant.tolist(),
+            columns["why"].tolist(),
+            strict=True,
         )
-        for i in range(k)
     ]
 
 
 def evaluate_comparisons(
     comparisons: Sequence[Comparison], options: AnalysisOptions | None = None, scale: float = 100.0
 ) -> list[CellStats]:
-    """Test each comparison (arm better than BASE) and correct across all of them together.
+    """Test each comparison (arm better than BASE) and correct across all of them together
+    (they are one family: the comparisons of one table).
 
     `scale` multiplies the scores first: 100 reports differences in percentage points.
     """
     options = options or AnalysisOptions()
-    results: list[CellStats | None] = [None] * len(comparisons)
+    total = len(comparisons)
+    columns: dict[str, np.ndarray] = {c: np.full(total, np.nan) for c in _COLUMNS}
+    columns["n"] = np.zeros(total, dtype=np.int64)
+    columns["why"] = np.full(total, "", dtype=object)
     by_n: dict[int, list[int]] = {}
     for i, comp in enumerate(comparisons):
         by_n.setdefault(comp.n, []).append(i)
     for n, idx in by_n.items():
         arm = np.array([comparisons[i].arm_scores for i in idx], dtype=float).reshape(len(idx), n)
         base = np.array([comparisons[i].base_scores for i in idx], dtype=float).reshape(len(idx), n)
-        for i, res in zip(idx, _test_block(arm * scale, base * scale, options), strict=True):
-            results[i] = res
-    return correct([r for r in results if r is not None], options)
+        block = _test_block(arm * scale, base * scale, options)
+        for name, values in block.items():
+            columns[name][idx] = values
+    return _results(columns, options)
 
 
 def correct(results: Sequence[CellStats], options: AnalysisOptions) -> list[CellStats]:
@@ -244,7 +269,7 @@ def paired_test(
             f"paired test needs equally many scores, got {a.shape[1]} and {b.shape[1]}"
         )
     options = options or AnalysisOptions()
-    return correct(_test_block(a, b, options), dataclasses.replace(options, correction="none"))[0]
+    return _results(_test_block(a, b, options), dataclasses.replace(options, correction="none"))[0]
 
 
 @functools.lru_cache(maxsize=256)

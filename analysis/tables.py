@@ -147,7 +147,7 @@ FORMULATION_NAMES: dict[str, str] = {
 
 
 def _display(name: str) -> FieldDisplay:
-    return FIELD_DISPLAY.get(name, FieldDisplay(name))
+    return FIELD_DISPLAY.get(name) or FieldDisplay(name)
 
 
 def _formulation_name(formulation: str) -> str:
