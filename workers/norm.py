@@ -297,37 +297,14 @@ def _none(in_channels: int, gamma: float, stats: Stats | None) -> nn.Module:
 
 
 #: name → builder `(in_channels, γ, stats) -> module` prepended to the network (Sect. 3.4).
+#: `stats` is the training split's per-channel (mean, std) in [0, 1] units, as computed by
+#: `workers.data.channel_stats`; only `offline` uses it.
 INPUT_NORMS: dict[str, InputNormBuilder] = {
     "bn": _input_bn,
     "fixed": _fixed,
     "offline": _offline,
     "none": _none,
 }
-
-
-def channel_stats(images: Tensor, chunk: int = 1024) -> Stats:
-    """Per-channel mean and std over every pixel of `images` [N, C, H, W], scaled to [0, 1].
-
-    The "offline" statistics of Sect. 3.4, computed once from the training split. uint8 images
-    are divided by 255, floats are taken as already in [0, 1]; sums run in float64, a chunk of
-    images at a time, so a large uint8 tensor is never copied whole as floats.
-    """
-    if images.ndim != 4 or images.shape[0] == 0:
-        raise DataError(
-            f"channel_stats: expected a non-empty [N, C, H, W] tensor, got {tuple(images.shape)}"
-        )
-    scale = 255.0 if images.dtype == torch.uint8 else 1.0
-    channels = images.shape[1]
-    total = torch.zeros(channels, dtype=torch.float64)
-    total_sq = torch.zeros(channels, dtype=torch.float64)
-    for start in range(0, images.shape[0], chunk):
-        block = images[start : start + chunk].to(torch.float64) / scale
-        total += block.sum(dim=(0, 2, 3))
-        total_sq += block.square().sum(dim=(0, 2, 3))
-    count = images.shape[0] * images.shape[2] * images.shape[3]
-    mean = total / count
-    var = (total_sq / count - mean.square()).clamp_min(0.0)
-    return mean.float(), var.sqrt().float()
 
 
 __all__ = [
@@ -345,7 +322,6 @@ __all__ = [
     "bn_modules",
     "bn_other_parameters",
     "bn_scale_parameters",
-    "channel_stats",
     "check_bn_scale",
     "set_bn_scale",
 ]

@@ -18,7 +18,6 @@ from workers.norm import (
     bn_modules,
     bn_other_parameters,
     bn_scale_parameters,
-    channel_stats,
     set_bn_scale,
 )
 
@@ -219,15 +218,3 @@ def test_offline_needs_matching_positive_stats() -> None:
         INPUT_NORMS["offline"](3, 0.1, (torch.zeros(1), torch.ones(1)))
     with pytest.raises(DataError, match="std must be > 0"):
         INPUT_NORMS["offline"](3, 0.1, (torch.zeros(3), torch.tensor([1.0, 0.0, 1.0])))
-
-
-def test_channel_stats_over_every_pixel_in_chunks() -> None:
-    torch.manual_seed(3)
-    images = torch.randint(0, 256, (7, 3, 4, 5), dtype=torch.uint8)
-    mean, std = channel_stats(images, chunk=3)
-    floats = images.double() / 255
-    torch.testing.assert_close(mean, floats.mean(dim=(0, 2, 3)).float())
-    torch.testing.assert_close(std, floats.std(dim=(0, 2, 3), unbiased=False).float())
-    torch.testing.assert_close(channel_stats(floats.float())[0], mean)
-    with pytest.raises(DataError, match="channel_stats"):
-        channel_stats(torch.zeros(0, 3, 2, 2))
