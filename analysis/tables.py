@@ -339,6 +339,7 @@ class _RowPlan:
     details: tuple[str, ...]
     is_base: bool = False
     arm: Arm | None = None
+    candidates: tuple[int, ...] = ()  # arm ids a best-of row chose from
 
 
 def _gamma_allowed(arm: Arm, layout: TableLayout) -> bool:
@@ -433,9 +434,10 @@ def _best_of_row(
     texts = {describe(a) for a in chosen}
     if len(texts) == 1:
         text = texts.pop()
-        return _RowPlan(f"{label} ({text})" if text else label, tuple(picks), ("",) * len(picks))
+        row_label = f"{label} ({text})" if text else label
+        return _RowPlan(row_label, tuple(picks), ("",) * len(picks), candidates=tuple(candidates))
     details = tuple(describe(data.arms[p[1]]) if p is not None else "" for p in picks)
-    return _RowPlan(label, tuple(picks), details)
+    return _RowPlan(label, tuple(picks), details, candidates=tuple(candidates))
 
 
 def _finite_or(x: float, default: float = -math.inf) -> float:
@@ -638,8 +640,10 @@ def _build_table(
             by_block[bk], arms_by_exp_t, prepared.arms, summaries, columns, layout, gamma_format
         )
         plans.append((bk, spec.plan(data)))
-    shown = {prepared.arms[a] for _, a in _picks(plans)}
-    hidden = {prepared.arms[a] for _, a in summaries if not prepared.arms[a].is_base} - shown
+    considered = {a for _, a in _picks(plans)} | {
+        a for _, rows in plans for r in rows for a in r.candidates
+    }
+    hidden = {prepared.arms[a] for _, a in summaries if a not in considered}
 
     # One family for the correction: every tested comparison the table shows.
     shown_pairs = sorted(
@@ -670,6 +674,7 @@ def _build_table(
             "No BASE arm (standard BN, γ = 1, c = 1) in these results: nothing to compare with, "
             "so no cell is bold."
         )
+    notes.extend(_selection_notes(plans, prepared.arms))
     if hidden:
         names = ", ".join(_arm_text(a) for a in sorted(hidden))
         notes.append(f"Arms not shown by the {kind} layout: {names}.")
@@ -794,6 +799,27 @@ def _build_block(
         rows.append(Row(plan.label, tuple(cells), plan.is_base, plan.arm))
     label = ", ".join(_display(f).label(v) for f, v in key)
     return Block(label, key, tuple(rows), tuple(block_notes))
+
+
+def _selection_notes(plans: Sequence[tuple[Any, list[_RowPlan]]], arms: Sequence[Arm]) -> list[str]:
+    """Say which γ a best-of row chose from (Tables 2 and 6), and that the choice is made on
+    the same runs the test uses, which no correction here accounts for."""
+    pools: dict[str, set[Arm]] = {}
+    for _, rows in plans:
+        for r in rows:
+            if len(r.candidates) > 1:
+                name = r.label.split(" (")[0]
+                pools.setdefault(name, set()).update(arms[a] for a in r.candidates)
+    notes = []
+    for name, pool in pools.items():
+        gammas = ", ".join(f"{g:g}" for g in sorted({a.gamma for a in pool}))
+        cs = sorted({a.c for a in pool})
+        c_text = f" (c = {', '.join(f'{c:g}' for c in cs)})"
+        notes.append(
+            f"{name}: in each column the γ with the highest mean among {gammas}{c_text}; the "
+            "choice uses the same runs as the test and is not corrected for."
+        )
+    return notes
 
 
 def _diverged_notes(
