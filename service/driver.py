@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 Cell = tuple[str, int]  # (spec_hash, seed): the store's key for one run
 DONE_MARKER = ".bnsweep-finished"
+#: Set on a cluster whose checkpoint folder is shared by every node (a compose volume, a mount
+#: that /proc/mounts does not report as a network filesystem); the spec's field wins.
+SHARED_STORAGE_ENV = "BNSWEEP_SHARED_STORAGE"
 #: Filesystems on which a folder is visible from every node, so checkpoints can live there.
 SHARED_FILESYSTEMS = frozenset(
     {
@@ -378,14 +381,18 @@ def storage_root(sweep: SweepSpec, base_dir: Path | None = None) -> str:
 def check_storage_is_shared(sweep: SweepSpec, root: str, nodes: int) -> None:
     """Refuse a node-local checkpoint folder on a multi-node cluster: the first checkpoint written
     on another node would be unreachable for a retry elsewhere."""
-    if nodes <= 1 or "://" in root or sweep.shared_storage:
+    declared = sweep.shared_storage
+    if declared is None and os.environ.get(SHARED_STORAGE_ENV):
+        declared = os.environ[SHARED_STORAGE_ENV].strip().lower() in ("1", "true", "yes")
+    if nodes <= 1 or "://" in root or declared:
         return
-    if sweep.shared_storage is None and _filesystem_type(root) in SHARED_FILESYSTEMS:
+    if declared is None and _filesystem_type(root) in SHARED_FILESYSTEMS:
         return
     raise SpecError(
         f"storage: {root} is a local path but the Ray cluster has {nodes} nodes; checkpoints need "
         "shared storage visible from every node: a shared filesystem (NFS, Lustre, …) or object "
-        "storage (s3://…, gs://…). If this folder is shared, set `shared_storage: true`."
+        "storage (s3://…, gs://…). If this folder is shared, set `shared_storage: true` "
+        f"in the spec or {SHARED_STORAGE_ENV}=1."
     )
 
 
@@ -496,7 +503,7 @@ def _new_tuner(
     return tune.Tuner(
         _trainable(sweep, frozenset()),
         param_space=param_space,
-        tune_config=tune.TuneConfig(max_concurrent_trials=sweep.max_concurrent, reuse_actors=False),
+        tune_config=tune.TuneConfig(max_concurrent_trials=sweep.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(
             name=name,
             storage_path=_join(root, sweep.name),

@@ -73,6 +73,9 @@ class TrialResult:
 
 SaveCheckpoint = Callable[[str | Path], Path]
 OnEpoch = Callable[[EpochMetrics, SaveCheckpoint], None]
+#: Looks at the model at initialisation (epoch 0) and after every epoch, before `on_epoch`.
+#: It must leave no trace: BN running statistics, RNG states and weights as it found them.
+Inspect = Callable[[nn.Module, int, DataSplits], None]
 
 
 @dataclass
@@ -218,11 +221,13 @@ def run_trial(
     spec: TrialSpec,
     on_epoch: OnEpoch | None = None,
     checkpoint: str | Path | None = None,
+    inspect: Inspect | None = None,
 ) -> TrialResult:
     """Train `spec` to the end (or to divergence) and return its result.
 
     `on_epoch(metrics, save)` runs after every epoch; `save(folder)` writes a checkpoint from
     which `run_trial(spec, checkpoint=folder)` continues with exactly the same metrics.
+    `inspect(model, epoch, data)` sees the model at initialisation and after each epoch.
     """
     device = resolve_device(spec.device)
     seed_everything(spec.seed)
@@ -295,6 +300,8 @@ def run_trial(
         )
         progress.observe(metrics)
         progress.seconds += metrics.seconds
+        if inspect is not None:
+            inspect(model, epoch, data)
         if on_epoch is not None:
             on_epoch(metrics, save)
     return _result(progress)
