@@ -1,0 +1,69 @@
+"""Imports point one way (DESIGN.md, house rule 6): workers ← service.store ← analysis ← CLI/driver.
+
+Checked on the source text, so a lazy import inside a function counts as much as a top-level one.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def _modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def _violations(
+    files: list[Path], forbidden: tuple[str, ...], allowed: tuple[str, ...] = ()
+) -> list[str]:
+    found = []
+    for path in files:
+        for name in sorted(_imports(path)):
+            if name.startswith(allowed):
+                continue
+            if any(name == f or name.startswith(f + ".") for f in forbidden):
+                found.append(f"{path.relative_to(ROOT)} imports {name}")
+    return found
+
+
+def test_workers_are_plain_pytorch() -> None:
+    """A trial runs from a notebook: no service, analysis, Ray or SQLAlchemy."""
+    assert (
+        _violations(_modules("workers"), ("service", "analysis", "ray", "sqlalchemy", "alembic"))
+        == []
+    )
+
+
+def test_the_store_does_not_reach_up() -> None:
+    files = _modules("service/store")
+    bad = ("analysis", "ray", "service.driver", "service.cli", "service.commands", "service.sweep")
+    assert _violations(files, bad) == []
+
+
+def test_analysis_reads_the_store_in_one_module_only() -> None:
+    files = [p for p in _modules("analysis") if p.name != "source.py"]
+    assert _violations(files, ("service", "ray", "sqlalchemy")) == []
+    source = ROOT / "analysis" / "source.py"
+    assert (
+        _violations([source], ("service", "ray"), allowed=("service.store.api", "service.store"))
+        == []
+    )
+
+
+@pytest.mark.parametrize("package", ["workers", "service", "analysis"])
+def test_every_module_parses(package: str) -> None:
+    assert _modules(package), f"{package} has no modules"
