@@ -268,6 +268,8 @@ def run_trial(
             folder, _state(spec, progress, model, optimizer, scheduler, generator)
         )
 
+    if inspect is not None and checkpoint is None:
+        inspect(model, 0, data)  # the network at initialisation, before any update
     for epoch in range(progress.epoch + 1, spec.epochs + 1):
         started = time.perf_counter()
         lr = spec.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
