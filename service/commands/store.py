@@ -30,6 +30,16 @@ _TRIAL_RESULT_COLUMNS = (
     "seconds",
 )
 _EPOCH_RESULT_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "test_acc", "epoch_lr")
+_DIAGNOSTIC_RESULT_COLUMNS = (
+    "epoch",
+    "depth",
+    "layer",
+    "gamma_mean",
+    "gamma_drift",
+    "beta_drift",
+    "outlier_fraction",
+    "gradient_factor",
+)
 #: Short headers, so a table of a dozen columns fits a terminal; the paper's symbols for γ and c.
 _HEADERS = {
     "spec_hash": "hash",
@@ -41,6 +51,11 @@ _HEADERS = {
     "train_loss": "train loss",
     "val_loss": "val loss",
     "epoch_lr": "lr now",
+    "gamma_mean": "γ mean",
+    "gamma_drift": "γ drift",
+    "beta_drift": "β drift",
+    "outlier_fraction": ">6σ",
+    "gradient_factor": "grad factor",
 }
 
 
@@ -82,9 +97,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     query = subparsers.add_parser(
         "query",
-        help="print trials (or epochs) from the results database",
-        description="Print one row per trial, or per epoch with --epochs. Filters are exact "
-        "matches on a field; repeat a field to accept any of several values.",
+        help="print trials (or epochs, or BN diagnostics) from the results database",
+        description="Print one row per trial, per epoch with --epochs, or per BN layer and "
+        "epoch with --diagnostics. Filters are exact matches on a field; repeat a field to "
+        "accept any of several values.",
     )
     query.add_argument("--sweep", default=None, metavar="NAME", help="only trials of this sweep")
     query.add_argument(
@@ -94,7 +110,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="FIELD=VALUE",
         help="keep rows whose FIELD equals VALUE, e.g. --where lr=0.1 --where seed=3",
     )
-    query.add_argument("--epochs", action="store_true", help="one row per epoch instead")
+    rows = query.add_mutually_exclusive_group()
+    rows.add_argument("--epochs", action="store_true", help="one row per epoch instead")
+    rows.add_argument(
+        "--diagnostics",
+        action="store_true",
+        help="one row per (trial, epoch, BN layer): γ/β drift, >6σ fraction, gradient factor "
+        "(epoch 0 = initialisation; see docs/diagnostics.md)",
+    )
     query.add_argument("--format", choices=FORMATS, default="table", help="default: table")
     _add_db(query)
     query.set_defaults(func=run_query)
@@ -158,13 +181,16 @@ def run_query(args: argparse.Namespace) -> int:
 
     where = parse_where(args.where)
     # Checked before the database is opened: a typo in a field never touches the store.
-    check_where(where, epochs=args.epochs)
+    diagnostics = getattr(args, "diagnostics", False)
+    check_where(where, epochs=args.epochs, diagnostics=diagnostics)
     with Store.open(args.db, create=False) as store:
-        if args.epochs:
+        if diagnostics:
+            frame = store.diagnostics(sweep=args.sweep, where=where)
+        elif args.epochs:
             frame = store.epochs(sweep=args.sweep, where=where)
         else:
             frame = store.trials(sweep=args.sweep, where=where)
-    _write_frame(frame, args.format, epochs=args.epochs)
+    _write_frame(frame, args.format, epochs=args.epochs, diagnostics=diagnostics)
     return 0
 
 
@@ -219,17 +245,17 @@ def seed_ranges(seeds: Sequence[int]) -> str:
     return ", ".join(parts) if ordered else ""
 
 
-def _write_frame(frame: pd.DataFrame, fmt: str, *, epochs: bool) -> None:
+def _write_frame(frame: pd.DataFrame, fmt: str, *, epochs: bool, diagnostics: bool = False) -> None:
     if fmt == "csv":
         frame.to_csv(sys.stdout, index=False)
     elif fmt == "json":
         # One JSON array of row objects; missing values are null and times ISO 8601 in UTC.
         sys.stdout.write(frame.to_json(orient="records", date_format="iso") + "\n")
     else:
-        _print_table(frame, epochs=epochs)
+        _print_table(frame, epochs=epochs, diagnostics=diagnostics)
 
 
-def _print_table(frame: pd.DataFrame, *, epochs: bool) -> None:
+def _print_table(frame: pd.DataFrame, *, epochs: bool, diagnostics: bool = False) -> None:
     """The columns that tell rows apart (hash, seed, spec fields that vary) and the results."""
     from rich.table import Table
 
@@ -238,9 +264,13 @@ def _print_table(frame: pd.DataFrame, *, epochs: bool) -> None:
 
     varying = [c for c in SPEC_COLUMNS if frame[c].nunique(dropna=False) > 1]
     spec_columns = varying or list(ARM_FIELDS)
-    results = _EPOCH_RESULT_COLUMNS if epochs else _TRIAL_RESULT_COLUMNS
+    if diagnostics:
+        results, what = _DIAGNOSTIC_RESULT_COLUMNS, "diagnostic rows"
+    elif epochs:
+        results, what = _EPOCH_RESULT_COLUMNS, "epoch rows"
+    else:
+        results, what = _TRIAL_RESULT_COLUMNS, "trials"
     columns = ["spec_hash", "seed", *spec_columns, *results]
-    what = "epoch rows" if epochs else "trials"
     table = Table(title=f"{len(frame)} {what}", title_justify="left")
     for column in columns:
         numeric = frame[column].dtype.kind in "iuf"

@@ -43,6 +43,7 @@ from service.store.models import (
     SPEC_COLUMN_TYPES,
     STATUSES,
     VERSION_TABLE,
+    Diagnostic,
     Epoch,
     Sweep,
     SweepTrial,
@@ -436,8 +437,108 @@ class TrialFailed:
         object.__setattr__(self, "finished_at", _utc(self.finished_at))
 
 
-Event = TrialStarted | EpochRecorded | TrialFinished | TrialFailed
-_EVENT_TYPES = (TrialStarted, EpochRecorded, TrialFinished, TrialFailed)
+class LayerDiagnosticsLike(Protocol):
+    """What `workers.diagnostics.LayerDiagnostics` provides; a mapping with its keys also works."""
+
+    layer: str
+    depth: int
+    module: str
+    channels: int
+    gamma_mean: float
+    gamma_std: float
+    beta_mean: float
+    beta_std: float
+    gamma_drift: float
+    beta_drift: float
+    outlier_fraction: float
+    gradient_factor: float
+
+
+#: The measured values of one BN layer, in the order of the `diagnostics` table.
+DIAGNOSTIC_VALUES: tuple[str, ...] = (
+    "gamma_mean",
+    "gamma_std",
+    "beta_mean",
+    "beta_std",
+    "gamma_drift",
+    "beta_drift",
+    "outlier_fraction",
+    "gradient_factor",
+)
+
+
+@dataclass(frozen=True)
+class LayerValues:
+    """One BN layer's diagnostics as stored (docs/diagnostics.md); NaN becomes None."""
+
+    layer: str
+    depth: int
+    module: str
+    channels: int
+    gamma_mean: float | None
+    gamma_std: float | None
+    beta_mean: float | None
+    beta_std: float | None
+    gamma_drift: float | None
+    beta_drift: float | None
+    outlier_fraction: float | None
+    gradient_factor: float | None
+
+    @classmethod
+    def from_layer(cls, layer: LayerDiagnosticsLike | Mapping[str, object]) -> LayerValues:
+        name = _get(layer, "layer")
+        if not isinstance(name, str) or not name or len(name) > 255:
+            raise StoreError(f"layer: expected a module path of 1-255 characters, got {name!r}")
+        module = _get(layer, "module")
+        if not isinstance(module, str) or not module or len(module) > 64:
+            raise StoreError(f"module ({name}): expected a class name, got {module!r}")
+        counts: dict[str, int] = {}
+        for key in ("depth", "channels"):
+            value = _opt_int(key, _get(layer, key))
+            if value is None or value < 0:
+                raise StoreError(f"{key} ({name}): expected an integer >= 0, got {value!r}")
+            counts[key] = value
+        values = {key: _opt_float(key, _get(layer, key)) for key in DIAGNOSTIC_VALUES}
+        fraction = values["outlier_fraction"]
+        if fraction is not None and not 0.0 <= fraction <= 1.0:
+            raise StoreError(f"outlier_fraction ({name}): a fraction in [0, 1], got {fraction!r}")
+        return cls(layer=name, module=module, **counts, **values)
+
+
+@dataclass(frozen=True)
+class DiagnosticsRecorded:
+    """The BN diagnostics of one epoch (0 = initialisation), one entry per BN layer; upserted
+    on (trial, epoch, layer), so replayed epochs overwrite themselves as epoch metrics do."""
+
+    spec_hash: str
+    seed: int
+    epoch: int
+    #: The worker's `LayerDiagnostics` or mappings with their keys; `LayerValues` once built.
+    layers: tuple[LayerValues | LayerDiagnosticsLike | Mapping[str, object], ...]
+
+    def __post_init__(self) -> None:
+        _check_cell(self.spec_hash, self.seed)
+        epoch = _opt_int("epoch", self.epoch)
+        if epoch is None or epoch < 0:
+            raise StoreError(f"epoch: expected an integer >= 0, got {self.epoch!r}")
+        object.__setattr__(self, "epoch", epoch)
+        layers = tuple(
+            item if isinstance(item, LayerValues) else LayerValues.from_layer(item)
+            for item in self.layers
+        )
+        names = [layer.layer for layer in layers]
+        if len(set(names)) != len(names):
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            raise StoreError(f"layers: each BN layer once per epoch; repeated: {repeated}")
+        object.__setattr__(self, "layers", layers)
+
+    @property
+    def values(self) -> tuple[LayerValues, ...]:
+        return self.layers  # type: ignore[return-value]
+
+
+Event = TrialStarted | EpochRecorded | DiagnosticsRecorded | TrialFinished | TrialFailed
+_EVENT_TYPES = (TrialStarted, EpochRecorded, DiagnosticsRecorded, TrialFinished, TrialFailed)
 
 
 # -- columns, filters and DataFrames -----------------------------------------------------------
@@ -488,6 +589,33 @@ EPOCH_COLUMNS: dict[str, str] = {
 }
 
 
+#: Columns of `Store.diagnostics()`: one row per (trial, epoch, BN layer); epoch 0 is the
+#: network at initialisation. NaN (a BN the probe never reached) reads back as NaN.
+DIAGNOSTIC_COLUMNS: dict[str, str] = {
+    "trial_id": "int64",
+    "spec_hash": "str",
+    "seed": "int64",
+    **{name: TRIAL_COLUMNS[name] for name in SPEC_COLUMNS},
+    "epoch": "int64",
+    "layer": "str",
+    "depth": "int64",
+    "module": "str",
+    "channels": "int64",
+    **dict.fromkeys(DIAGNOSTIC_VALUES, "float64"),
+}
+
+
+def _diagnostic_select_columns() -> list[sa.ColumnElement[Any]]:
+    trial, diag = Trial.__table__.c, Diagnostic.__table__.c
+    return [
+        trial.id.label("trial_id"),
+        trial.spec_hash,
+        trial.seed,
+        *(trial[name] for name in SPEC_COLUMNS),
+        *(diag[name] for name in list(DIAGNOSTIC_COLUMNS)[3 + len(SPEC_COLUMNS) :]),
+    ]
+
+
 def _trial_select_columns() -> list[sa.ColumnElement[Any]]:
     table = Trial.__table__.c
     return [table.id.label("trial_id")] + [table[name] for name in list(TRIAL_COLUMNS)[1:]]
@@ -525,9 +653,13 @@ TRIAL_FILTER_FIELDS: tuple[str, ...] = (
     "package_version",
 )
 EPOCH_FILTER_FIELDS: tuple[str, ...] = (*TRIAL_FILTER_FIELDS, "epoch")
+_DIAGNOSTIC_OWN_FIELDS = ("epoch", "layer", "depth", "module")
+DIAGNOSTIC_FILTER_FIELDS: tuple[str, ...] = (*TRIAL_FILTER_FIELDS, *_DIAGNOSTIC_OWN_FIELDS)
 
 
-def _filter_column(name: str) -> sa.ColumnElement[Any]:
+def _filter_column(name: str, diagnostics: bool = False) -> sa.ColumnElement[Any]:
+    if diagnostics and name in _DIAGNOSTIC_OWN_FIELDS:
+        return Diagnostic.__table__.c[name]
     return Epoch.__table__.c.epoch if name == "epoch" else Trial.__table__.c[name]
 
 
@@ -555,19 +687,22 @@ def _coerce(name: str, kind: type, value: object) -> object:
 
 
 def check_where(
-    where: Mapping[str, object] | None, *, epochs: bool = False
+    where: Mapping[str, object] | None, *, epochs: bool = False, diagnostics: bool = False
 ) -> dict[str, tuple[object, ...]]:
     """Validate and coerce filters: field → tuple of accepted values (a list means any of them).
 
     An unknown field raises StoreError listing the valid ones; a value that does not fit the
     column's type raises StoreError naming the field.
     """
-    allowed = EPOCH_FILTER_FIELDS if epochs else TRIAL_FILTER_FIELDS
+    if diagnostics:
+        allowed = DIAGNOSTIC_FILTER_FIELDS
+    else:
+        allowed = EPOCH_FILTER_FIELDS if epochs else TRIAL_FILTER_FIELDS
     checked: dict[str, tuple[object, ...]] = {}
     for name, value in (where or {}).items():
         if name not in allowed:
             raise StoreError(f"unknown field {name!r} in where; valid fields: {', '.join(allowed)}")
-        kind = _filter_column(name).type.python_type
+        kind = _filter_column(name, diagnostics).type.python_type
         values = value if isinstance(value, (list, tuple, set, frozenset)) else (value,)
         if not values:
             raise StoreError(f"where {name}: expected at least one value")
@@ -575,11 +710,13 @@ def check_where(
     return checked
 
 
-def _where_clauses(checked: Mapping[str, tuple[object, ...]]) -> list[sa.ColumnElement[bool]]:
+def _where_clauses(
+    checked: Mapping[str, tuple[object, ...]], diagnostics: bool = False
+) -> list[sa.ColumnElement[bool]]:
     # Values travel as bound parameters; nothing from the user is pasted into SQL text.
     clauses: list[sa.ColumnElement[bool]] = []
     for name, values in checked.items():
-        column = _filter_column(name)
+        column = _filter_column(name, diagnostics)
         present = [v for v in values if v is not None]
         parts: list[sa.ColumnElement[bool]] = []
         if present:
@@ -1083,6 +1220,8 @@ class Store:
         now = _now()
         upserts: dict[tuple[int, int], dict[str, object]] = {}
         fills: dict[tuple[int, int], dict[str, object]] = {}
+        layer_upserts: dict[tuple[int, int, str], dict[str, object]] = {}
+        layer_fills: dict[tuple[int, int, str], dict[str, object]] = {}
         trials = Trial.__table__
         for item in events:
             cell = state[(item.spec_hash, item.seed)]
@@ -1091,6 +1230,16 @@ class Store:
                 # Once final, a trial's epochs are kept as they are; a gap may still be filled.
                 target = fills if cell.status in FINAL_STATUSES else upserts
                 target[(cell.id, item.values.epoch)] = row
+                continue
+            if isinstance(item, DiagnosticsRecorded):
+                # The same rule as epochs: a final trial's rows are kept, gaps may be filled.
+                layer_target = layer_fills if cell.status in FINAL_STATUSES else layer_upserts
+                for layer in item.values:
+                    layer_target[(cell.id, item.epoch, layer.layer)] = {
+                        "trial_id": cell.id,
+                        "epoch": item.epoch,
+                        **vars(layer),
+                    }
                 continue
             if cell.status in FINAL_STATUSES:
                 log.debug("ignoring %s for %s trial %d", type(item).__name__, cell.status, cell.id)
@@ -1151,6 +1300,30 @@ class Store:
         if fills:
             conn.execute(
                 self._insert(epochs).on_conflict_do_nothing(index_elements=["trial_id", "epoch"]),
+                list(fills.values()),
+            )
+        self._write_layers(conn, layer_upserts, layer_fills)
+
+    def _write_layers(
+        self,
+        conn: sa.Connection,
+        upserts: Mapping[tuple[int, int, str], dict[str, object]],
+        fills: Mapping[tuple[int, int, str], dict[str, object]],
+    ) -> None:
+        table = Diagnostic.__table__
+        key = ["trial_id", "epoch", "layer"]
+        if upserts:
+            statement = self._insert(table)
+            names = [c.name for c in table.c if c.name not in key]
+            conn.execute(
+                statement.on_conflict_do_update(
+                    index_elements=key, set_={name: statement.excluded[name] for name in names}
+                ),
+                list(upserts.values()),
+            )
+        if fills:
+            conn.execute(
+                self._insert(table).on_conflict_do_nothing(index_elements=key),
                 list(fills.values()),
             )
 
@@ -1232,6 +1405,7 @@ class Store:
         checked: Mapping[str, tuple[object, ...]],
         statuses: tuple[str, ...] = (),
         from_: sa.FromClause | None = None,
+        diagnostics: bool = False,
     ) -> sa.Select[Any]:
         query = sa.select(*columns)
         if from_ is not None:
@@ -1242,7 +1416,7 @@ class Store:
                 .join(Sweep, Sweep.id == SweepTrial.sweep_id)
                 .where(Sweep.name == sweep)
             )
-        query = query.where(*_where_clauses(checked))
+        query = query.where(*_where_clauses(checked, diagnostics))
         if statuses:
             query = query.where(Trial.status.in_(statuses))
         return query
@@ -1292,6 +1466,32 @@ class Store:
         if not rows and sweep is not None:
             self.get_sweep(sweep)
         return _frame(rows, EPOCH_COLUMNS)
+
+    def diagnostics(
+        self, sweep: str | None = None, where: Mapping[str, object] | None = None
+    ) -> pd.DataFrame:
+        """One row per (trial, epoch, BN layer) with the trial's spec_hash, seed and spec
+        columns (columns and dtypes: `DIAGNOSTIC_COLUMNS`), in spec, seed, epoch, depth order.
+        `where` also accepts `epoch`, `layer`, `depth` and `module`."""
+        checked = check_where(where, diagnostics=True)
+        trial_table, diag_table = Trial.__table__, Diagnostic.__table__
+        query = self._select(
+            _diagnostic_select_columns(),
+            sweep,
+            checked,
+            from_=diag_table.join(trial_table, trial_table.c.id == diag_table.c.trial_id),
+            diagnostics=True,
+        ).order_by(
+            *(trial_table.c[name] for name in SPEC_COLUMNS),
+            trial_table.c.seed,
+            diag_table.c.epoch,
+            diag_table.c.depth,
+            diag_table.c.layer,
+        )
+        rows = self._run(lambda conn: conn.execute(query).all(), "querying diagnostics")
+        if not rows and sweep is not None:
+            self.get_sweep(sweep)
+        return _frame(rows, DIAGNOSTIC_COLUMNS)
 
     def sweep_status(self, name: str) -> SweepStatus:
         """Counts by status and the seeds each arm still lacks, for the sweep called `name`."""

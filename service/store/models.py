@@ -185,3 +185,32 @@ class SweepTrial(Base):
     trial_id: Mapped[int] = mapped_column(
         sa.ForeignKey("trials.id", ondelete="CASCADE"), primary_key=True
     )
+
+
+class Diagnostic(Base):
+    """One BN layer of one trial at one epoch (epoch 0: initialisation); docs/diagnostics.md.
+
+    The key is `(trial_id, epoch, layer)`, the layer being the BN module's path in the model.
+    The foreign key is to `trials`, not `epochs`: epoch 0 has no epoch row, and a run's
+    diagnostics and epoch metrics arrive as separate events.
+    """
+
+    __tablename__ = "diagnostics"
+
+    trial_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("trials.id", ondelete="CASCADE"), primary_key=True
+    )
+    epoch: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    layer: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    depth: Mapped[int]  # position of the BN in the forward pass, 0 = first
+    module: Mapped[str]  # the BN class name
+    channels: Mapped[int]
+    # NaN is NULL, as in `epochs`: a BN the probe's forward never reached has no probe values.
+    gamma_mean: Mapped[float | None]
+    gamma_std: Mapped[float | None]
+    beta_mean: Mapped[float | None]
+    beta_std: Mapped[float | None]
+    gamma_drift: Mapped[float | None]
+    beta_drift: Mapped[float | None]
+    outlier_fraction: Mapped[float | None]
+    gradient_factor: Mapped[float | None]

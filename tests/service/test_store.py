@@ -135,7 +135,9 @@ def pg_database(postgres_url: str) -> Iterator[str]:
 def _empty_tables(url: str) -> None:
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        conn.exec_driver_sql("TRUNCATE sweep_trials, epochs, trials, sweeps RESTART IDENTITY")
+        conn.exec_driver_sql(
+            "TRUNCATE diagnostics, sweep_trials, epochs, trials, sweeps RESTART IDENTITY"
+        )
     engine.dispose()
 
 
@@ -566,11 +568,11 @@ def test_opening_without_create_never_makes_a_database(tmp_path: Path) -> None:
 def _migrations_with_a_second_revision(tmp_path: Path) -> Path:
     location = tmp_path / "migrations"
     shutil.copytree(api._script_location(), location, ignore=shutil.ignore_patterns("__pycache__"))
-    (location / "versions" / "0002_test.py").write_text(
+    (location / "versions" / "9000_test.py").write_text(
         '"""A later revision, for the test of the schema rule."""\n'
         "from alembic import op\n"
-        'revision = "0002"\n'
-        'down_revision = "0001"\n'
+        'revision = "9000"\n'
+        f'down_revision = "{api.head_revision()}"\n'
         "branch_labels = None\n"
         "depends_on = None\n\n\n"
         "def upgrade():\n"
@@ -587,15 +589,16 @@ def test_a_database_behind_head_is_upgraded_only_on_request(
     url = f"sqlite:///{tmp_path / 'old.db'}"
     with Store.open(url) as store:
         store.register_sweep("demo", "x", grid()[:2])
+    head = api.head_revision()
     location = _migrations_with_a_second_revision(tmp_path)
     monkeypatch.setattr(api, "_script_location", lambda: location)
     with pytest.raises(
-        StoreError, match=r"revision 0001, this bnsweep needs 0002: run `bnsweep db upgrade --db"
+        StoreError, match=rf"revision {head}, this bnsweep needs 9000: run `bnsweep db upgrade --db"
     ):
         Store.open(url)
     with Store.open(url, check_schema=False) as store:
-        assert store.upgrade() == ("0001", "0002")
-        assert store.upgrade() == ("0002", "0002")
+        assert store.upgrade() == (head, "9000")
+        assert store.upgrade() == ("9000", "9000")
     with Store.open(url) as store:
         assert len(store.trials()) == 2  # the data came through the migration
 
