@@ -48,6 +48,17 @@ class Resources(BaseModel):
         return value
 
 
+class Diagnostics(BaseModel):
+    """BN diagnostics of every trial (docs/diagnostics.md): at initialisation, every `every`
+    epochs and at the last epoch; `every: 0` turns them off. They never change a result."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    every: int = Field(1, ge=0)
+    #: Validation images in the probe batch; default: the trial's batch size.
+    probe_size: int | None = Field(None, ge=2)
+
+
 class SweepSpec(BaseModel):
     """One sweep: trial defaults, grids of axes, the BASE arm, seeds, resources and storage."""
 
@@ -66,6 +77,7 @@ class SweepSpec(BaseModel):
     shared_storage: bool | None = None
     database: str | None = None
     report: dict[str, Any] | None = None
+    diagnostics: Diagnostics = Field(default_factory=Diagnostics)
 
     @field_validator("name")
     @classmethod
@@ -184,11 +196,9 @@ def _first_error(err: ValidationError) -> str:
     loc = ".".join(str(p) for p in first["loc"] if p not in ("function-after",))
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        allowed = (
-            ", ".join(SweepSpec.model_fields)
-            if len(first["loc"]) == 1
-            else ", ".join(Resources.model_fields)
-        )
+        nested = {"resources": Resources, "diagnostics": Diagnostics}
+        model = nested.get(str(first["loc"][0]), SweepSpec) if len(first["loc"]) > 1 else SweepSpec
+        allowed = ", ".join(model.model_fields)
         message = f"unknown key; allowed: {allowed}"
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
     return f"{loc}: {message}{more}" if loc else f"{message}{more}"
