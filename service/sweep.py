@@ -114,6 +114,16 @@ class SweepSpec(BaseModel):
             raise ValueError("an explicit list must be non-empty, without repeats, and >= 0")
         return value
 
+    @field_validator("report")
+    @classmethod
+    def _report(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # The table layout is analysis's to define; checking it here fails a bad spec at launch,
+        # not after hours of training when the tables are rendered.
+        from analysis.tables import TableLayout
+
+        TableLayout.from_dict(value)
+        return value
+
     @model_validator(mode="after")
     def _cells_are_valid(self) -> SweepSpec:
         # Build every distinct trial once so a bad value fails at load time, naming the field.

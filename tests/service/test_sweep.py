@@ -65,6 +65,7 @@ def test_explicit_seed_list() -> None:
         (("seeds: 3", "seeds: 3\nmax_concurrent: 0"), "max_concurrent"),
         (("seeds: 3", "seeds: 3\nretries: -1"), "retries"),
         (("seeds: 3", "seeds: [1, 2"), "not valid YAML"),
+        (("seeds: 3", "seeds: 3\nreport: {layout: pie}"), "report"),
     ],
 )
 def test_bad_specs_give_one_line_naming_the_field(change: tuple[str, str], message: str) -> None:
