@@ -12,14 +12,16 @@ The flow of one launch (docs/architecture.md):
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import socket
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +29,7 @@ from typing import Any
 
 import ray
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 
 from service.store.api import EpochRecorded, Store, TrialFailed, TrialFinished, TrialStarted
 from service.sweep import SweepSpec, expand
@@ -38,6 +41,25 @@ log = logging.getLogger(__name__)
 
 Cell = tuple[str, int]  # (spec_hash, seed): the store's key for one run
 DONE_MARKER = ".bnsweep-finished"
+#: Written beside every epoch checkpoint: which cell and epoch it holds, readable without torch,
+#: so a relaunch can find in-flight cells' checkpoints in an experiment Tune cannot restore.
+CELL_FILE = "bnsweep-cell.json"
+#: Defaults the driver gives Ray Tune; a value already in the environment wins.
+TUNE_ENV_DEFAULTS = {
+    # With num_to_keep=1 every epoch checkpoint forces an experiment snapshot, on purpose (a
+    # restore must never point at a deleted checkpoint); Tune warns about that at every epoch.
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # The store is the record of every epoch; Tune's per-trial CSV and TensorBoard files would
+    # repeat it, written from the driver loop at every result. `_new_tuner` keeps the JSON one:
+    # Tune reads result.json back when an experiment ends.
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    # The new output engine prints an experiment banner and paths whatever `verbose` says; the
+    # legacy one at verbose=0 prints nothing, and `Progress` is the display.
+    "RAY_AIR_NEW_OUTPUT": "0",
+}
+#: Loggers that speak at INFO inside every trial ("Checkpoint successfully created at ..." at
+#: each epoch); their warnings and errors still come through.
+WORKER_QUIET_LOGGERS = ("ray.train", "ray.tune")
 #: Set on a cluster whose checkpoint folder is shared by every node (a compose volume, a mount
 #: that /proc/mounts does not report as a network filesystem); the spec's field wins.
 SHARED_STORAGE_ENV = "BNSWEEP_SHARED_STORAGE"
@@ -110,14 +132,18 @@ def _arm_label(spec: TrialSpec) -> str:
 
 
 # -- the trainable (runs on the workers) ----------------------------------------------------
-def train_cell(config: dict[str, Any], skip: frozenset[Cell] = frozenset()) -> None:
+def train_cell(
+    config: dict[str, Any],
+    skip: frozenset[Cell] = frozenset(),
+    resume_from: Mapping[Cell, str] | None = None,
+) -> None:
     """One cell as a Ray Tune function trainable: report every epoch with a checkpoint."""
+    _quiet_worker_logs()
     spec = TrialSpec.from_dict(config["cell"])
     if cell_of(spec) in skip:  # completed while this experiment was interrupted
         tune.report({"kind": "skipped"})
         return
-    restored = tune.get_checkpoint()
-    resume_dir = restored.to_directory() if restored is not None else None
+    resume_dir = _resume_dir((resume_from or {}).get(cell_of(spec)))
     resumed_from = _checkpoint_epoch(resume_dir)
     tune.report(
         {
@@ -131,6 +157,7 @@ def train_cell(config: dict[str, Any], skip: frozenset[Cell] = frozenset()) -> N
     def on_epoch(metrics: EpochMetrics, save: Any) -> None:
         with tempfile.TemporaryDirectory(prefix="bnsweep-ckpt-") as folder:
             save(folder)
+            _write_cell_file(folder, spec, metrics.epoch)
             tune.report(
                 {"kind": "epoch", **asdict(metrics)},
                 checkpoint=tune.Checkpoint.from_directory(folder),
@@ -145,9 +172,44 @@ def train_cell(config: dict[str, Any], skip: frozenset[Cell] = frozenset()) -> N
     )
 
 
+def _quiet_worker_logs() -> None:
+    for name in WORKER_QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _resume_dir(found: str | None) -> str | None:
+    """Where this trial continues from: Tune's checkpoint of an earlier attempt (a retry, a
+    restored experiment), else `found`, one a relaunch found in an abandoned experiment."""
+    restored = tune.get_checkpoint()
+    if restored is None:
+        return found
+    import pyarrow.fs
+
+    if isinstance(restored.filesystem, pyarrow.fs.LocalFileSystem):
+        return restored.path  # read in place: `to_directory` would leave a copy behind
+    return restored.to_directory()
+
+
+def _write_cell_file(folder: str | Path, spec: TrialSpec, epoch: int) -> None:
+    cell = {"spec_hash": spec.spec_hash, "seed": spec.seed, "epoch": epoch}
+    (Path(folder) / CELL_FILE).write_text(json.dumps(cell))
+
+
+def _read_cell_file(folder: str | Path) -> tuple[Cell, int] | None:
+    """(cell, epoch) of a checkpoint folder written by `train_cell`; None for anything else."""
+    try:
+        cell = json.loads((Path(folder) / CELL_FILE).read_text())
+        return (str(cell["spec_hash"]), int(cell["seed"])), int(cell["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _checkpoint_epoch(folder: str | None) -> int:
     if folder is None:
         return 0
+    found = _read_cell_file(folder)
+    if found is not None:
+        return found[1]
     from workers.checkpoint import load_checkpoint
 
     return int(load_checkpoint(folder)["progress"]["epoch"])
@@ -167,7 +229,8 @@ def _device_name(spec: TrialSpec) -> str:
 class LaunchSummary:
     """What one launch did, for the CLI and the tests."""
 
-    ran: int = 0
+    ran: int = 0  # cells that started training (each counted once, whatever its retries)
+    starts: int = 0  # trial starts, retries and resumptions included
     completed: int = 0
     diverged: int = 0
     failed: int = 0
@@ -211,10 +274,12 @@ class StoreCallback(tune.Callback):
             self.summary.skipped += 1
             self.progress.finished(key, "skipped")
         elif kind == "started":
-            self.summary.ran += 1
+            self.summary.ran += key not in self.summary.attempted
+            self.summary.starts += 1
             self.summary.attempted.add(key)
-            if result.get("resumed_from_epoch"):
-                self.summary.resumed[key] = int(result["resumed_from_epoch"])
+            resumed_from = int(result.get("resumed_from_epoch") or 0)
+            if resumed_from:
+                self.summary.resumed[key] = resumed_from
             self._pending.append(
                 TrialStarted(
                     *key,
@@ -224,10 +289,11 @@ class StoreCallback(tune.Callback):
                     started_at=now,
                 )
             )
-            self.progress.started(key)
+            self.progress.started(key, resumed_from)
         elif kind == "epoch":
             metrics = EpochMetrics(**{f.name: result[f.name] for f in fields(EpochMetrics)})
             self._pending.append(EpochRecorded(*key, metrics=metrics))
+            self.progress.epoch(key, metrics.epoch)
         elif kind == "final":
             outcome = TrialResult(
                 **{f.name: result[f.name] for f in fields(TrialResult) if f.name != "history"}
@@ -291,21 +357,33 @@ def _now() -> datetime:
 
 # -- progress -------------------------------------------------------------------------------
 class Progress:
-    """Cells done / running / pending / failed and an ETA, on stderr.
+    """Cells done / running / pending / failed and an ETA, on a stream (stderr by default).
 
-    A terminal gets a live line; a log file gets a line every `every` seconds.
+    A terminal gets one live line; anything else (a log file, `ray job logs`) gets a plain line
+    when something changed, at most every `every` seconds, and a last one at the end. The ETA
+    is the epochs still to train divided by the epochs trained per second so far in this
+    launch, so it is there after the first epoch and does not wait for a whole cell.
     """
 
     def __init__(
-        self, total: int, already_done: int, every: float = 10.0, stream: Any = None
+        self,
+        total: int,
+        already_done: int,
+        epochs: Mapping[Cell, int] | None = None,
+        every: float = 10.0,
+        stream: Any = None,
     ) -> None:
         self.total, self.already_done = total, already_done
         self.stream = stream or sys.stderr
         self.every = every
+        self.planned: dict[Cell, int] = dict(epochs or {})  # cell → epochs it runs to
+        self.reached: dict[Cell, int] = {}  # cell → last epoch seen (resumed ones start later)
+        self.trained = 0  # epochs trained in this launch: the rate behind the ETA
         self.running: set[Cell] = set()
         self.outcomes: Counter[str] = Counter()
         self.started_at = time.monotonic()
-        self._last = 0.0
+        self._last = -math.inf
+        self._changed = True
         self._live = None
         if getattr(self.stream, "isatty", lambda: False)():
             from rich.console import Console
@@ -316,33 +394,52 @@ class Progress:
             )
             self._live.start()
 
-    def started(self, key: Cell) -> None:
+    def started(self, key: Cell, resumed_from: int = 0) -> None:
         self.running.add(key)
+        self.reached[key] = max(self.reached.get(key, 0), resumed_from)
+        self._changed = True
+
+    def epoch(self, key: Cell, epoch: int) -> None:
+        if epoch > self.reached.get(key, 0):
+            self.trained += 1
+        self.reached[key] = max(self.reached.get(key, 0), epoch)
+        self._changed = True
 
     def finished(self, key: Cell, status: str) -> None:
         self.running.discard(key)
         self.outcomes[status] += 1
+        self.reached[key] = self.planned.get(key, 0)  # nothing left to train for this cell
+        self._changed = True
+
+    def counts(self) -> dict[str, int]:
+        # A skipped cell (a restored experiment's, completed meanwhile) is in `already_done`.
+        done = self.already_done + self.outcomes["completed"]
+        failed, diverged = self.outcomes["failed"], self.outcomes["diverged"]
+        running = len(self.running)
+        pending = max(self.total - done - failed - diverged - running, 0)
+        return {
+            "done": done,
+            "running": running,
+            "pending": pending,
+            "failed": failed,
+            "diverged": diverged,
+        }
+
+    def eta(self, elapsed: float) -> float | None:
+        """Seconds left at the rate so far; None before the first epoch."""
+        if self.trained == 0:
+            return None
+        left = sum(max(n - self.reached.get(key, 0), 0) for key, n in self.planned.items())
+        return left * elapsed / self.trained
 
     def line(self) -> str:
-        finished_now = sum(self.outcomes.values())
-        done = self.already_done + self.outcomes["completed"] + self.outcomes["skipped"]
-        pending = max(
-            self.total
-            - done
-            - self.outcomes["diverged"]
-            - self.outcomes["failed"]
-            - len(self.running),
-            0,
-        )
+        c = self.counts()
         elapsed = time.monotonic() - self.started_at
-        if finished_now:
-            eta = _clock(elapsed / finished_now * (pending + len(self.running)))
-        else:
-            eta = "--"
+        eta = self.eta(elapsed)
         return (
-            f"cells {self.total}: {done} done, {len(self.running)} running, {pending} pending, "
-            f"{self.outcomes['failed']} failed, {self.outcomes['diverged']} diverged | "
-            f"elapsed {_clock(elapsed)}, ETA {eta}"
+            f"cells {self.total}: {c['done']} done, {c['running']} running, "
+            f"{c['pending']} pending, {c['failed']} failed, {c['diverged']} diverged | "
+            f"elapsed {_clock(elapsed)}, ETA {'--' if eta is None else _clock(eta)}"
         )
 
     def refresh(self, force: bool = False) -> None:
@@ -350,9 +447,10 @@ class Progress:
             self._live.update(self.line())
             return
         now = time.monotonic()
-        if force or now - self._last >= self.every:
-            self._last = now
-            print(self.line(), file=self.stream, flush=True)
+        if force or (self._changed and now - self._last >= self.every):
+            self._last, self._changed = now, False
+            self.stream.write(self.line() + "\n")
+            self.stream.flush()
 
     def close(self) -> None:
         if self._live is not None:
@@ -418,20 +516,35 @@ def _filesystem_type(path: str) -> str | None:
     return kind
 
 
-def _unfinished_experiments(root: str, sweep_name: str) -> list[str]:
-    """Experiment folders of this sweep that a crash left behind, newest first (local paths only;
-    on object storage an interrupted experiment is recovered through the store's view)."""
+def _unfinished_experiments(root: str, sweep_name: str) -> list[Path]:
+    """Experiment folders of this sweep that no launch finished (a crash, a kill, a lost node
+    under the driver), newest first. Local paths only: on object storage an interrupted
+    experiment is recovered through the store's view alone."""
     if "://" in root:
         return []
     folder = Path(root) / sweep_name
     if not folder.is_dir():
         return []
-    candidates = [p for p in folder.iterdir() if p.is_dir() and not (p / DONE_MARKER).exists()]
-    return [
-        str(p)
-        for p in sorted(candidates, key=lambda p: p.name, reverse=True)
-        if tune.Tuner.can_restore(str(p))
-    ]
+    unfinished = [p for p in folder.iterdir() if p.is_dir() and not (p / DONE_MARKER).exists()]
+    return sorted(unfinished, key=lambda p: p.name, reverse=True)
+
+
+def _found_checkpoints(folders: Sequence[Path]) -> dict[Cell, tuple[int, str]]:
+    """The latest epoch checkpoint of every cell in these experiment folders: cell → (epoch,
+    folder). Tune keeps each trial's checkpoints as <trial>/checkpoint_NNNNNN/."""
+    found: dict[Cell, tuple[int, str]] = {}
+    for folder in folders:
+        for cell_file in folder.glob(f"*/checkpoint_*/{CELL_FILE}"):
+            read = _read_cell_file(cell_file.parent)
+            if read is not None and read[1] > found.get(read[0], (0, ""))[0]:
+                found[read[0]] = (read[1], str(cell_file.parent))
+    return found
+
+
+def _mark_finished(path: str | Path, note: str) -> None:
+    """A later launch neither restores nor scans a folder with this marker."""
+    if "://" not in str(path) and Path(path).is_dir():
+        (Path(path) / DONE_MARKER).write_text(f"{_now().isoformat()} {note}\n")
 
 
 # -- the launch -----------------------------------------------------------------------------
@@ -440,12 +553,35 @@ def connect(address: str | None, num_cpus: int | None = None, num_gpus: int | No
     local Ray. Token authentication stays whatever the cluster has: on by default."""
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
-        if address or os.environ.get("RAY_ADDRESS"):
-            kwargs["address"] = address or os.environ["RAY_ADDRESS"]
+        target = address or os.environ.get("RAY_ADDRESS")
+        if target:
+            kwargs["address"] = target
         else:
+            # No dashboard for a local run: it starts slowly and nobody looks at it.
             kwargs.update(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False)
-        ray.init(**kwargs)
+        try:
+            ray.init(**kwargs)
+        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as err:
+            raise BnsweepError(_connect_error(target, err)) from err
     return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+def _connect_error(target: str | None, err: BaseException) -> str:
+    where = f"the Ray cluster at {target}" if target else "a local Ray"
+    chain = [err]
+    while chain[-1].__cause__ is not None and len(chain) < 5:
+        chain.append(chain[-1].__cause__)
+    if any(
+        isinstance(e, ray.exceptions.AuthenticationError) or "InvalidAuthToken" in str(e)
+        for e in chain
+    ):
+        return (
+            f"cannot connect to {where}: its authentication token is missing or different here; "
+            "set RAY_AUTH_MODE=token and give this machine the cluster's token "
+            "(~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN; docs/cluster.md)"
+        )
+    first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    return f"cannot connect to {where}: {first}"
 
 
 def launch(
@@ -458,56 +594,139 @@ def launch(
     num_cpus: int | None = None,
     progress_stream: Any = None,
 ) -> LaunchSummary:
-    """Run every missing cell of `sweep`; return what happened. Safe to call again at any time."""
+    """Run every missing cell of `sweep`; return what happened. Safe to call again at any time.
+
+    Phases: plan against the store; restore the newest experiment a killed launch left behind;
+    then run whatever the store still lacks as a new experiment, each in-flight cell continuing
+    from the latest checkpoint the abandoned folders hold.
+    """
     launch_plan = plan(sweep, store)
     store.register_sweep(sweep.name, spec_text, launch_plan.cells)
     summary = LaunchSummary()
     if not launch_plan.missing:
         return summary
+    _tune_environment()
     nodes = connect(address, num_cpus=num_cpus)
     root = storage_root(sweep, base_dir)
     check_storage_is_shared(sweep, root, nodes)
-    progress = Progress(len(launch_plan.cells), len(launch_plan.completed), stream=progress_stream)
+    progress = Progress(
+        len(launch_plan.cells),
+        len(launch_plan.completed),
+        epochs={cell_of(c): c.epochs for c in launch_plan.missing},
+        stream=progress_stream,
+    )
     callback = StoreCallback(store, summary, progress)
     try:
-        for path in _unfinished_experiments(root, sweep.name)[:1]:
-            summary.restored_experiment = path
-            skip = frozenset(store.completed_cells(launch_plan.cells))
-            tuner = tune.Tuner.restore(
-                path, trainable=_trainable(sweep, skip), resume_unfinished=True, resume_errored=True
-            )
-            _attach(tuner, callback)
-            _fit(tuner, path)
-        # Whatever the restored experiment did not cover (or when there was none): the store's view.
-        # Cells the restored run tried and failed past its retries wait for the next launch.
-        missing = [c for c in plan(sweep, store).missing if cell_of(c) not in summary.attempted]
-        if missing:
-            name = datetime.now(timezone.utc).strftime("launch-%Y%m%dT%H%M%S%f")
-            tuner = _new_tuner(sweep, missing, root, name, callback)
-            _fit(tuner, _join(_join(root, sweep.name), name))
+        unfinished = _unfinished_experiments(root, sweep.name)
+        if unfinished:
+            _restore_experiment(unfinished[0], sweep, store, launch_plan, callback, summary)
+        _run_missing(sweep, store, root, unfinished, callback, summary)
     finally:
         callback.flush()
         progress.close()
     return summary
 
 
-def _trainable(sweep: SweepSpec, skip: frozenset[Cell]) -> Any:
+def _tune_environment() -> None:
+    for key, value in TUNE_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def _restore_experiment(
+    path: Path,
+    sweep: SweepSpec,
+    store: Store,
+    launch_plan: LaunchPlan,
+    callback: StoreCallback,
+    summary: LaunchSummary,
+) -> None:
+    """Resume an interrupted experiment with `Tuner.restore`: its running and errored trials
+    continue from their last checkpoints; cells the store has completed meanwhile are skipped.
+
+    A folder Tune cannot restore (killed before its first snapshot, a snapshot cut short) is
+    left to `_run_missing`, which still resumes its cells from the checkpoints it holds.
+    """
+    if not tune.Tuner.can_restore(str(path)):
+        log.info("experiment %s has no restorable state; resuming from the store's view", path)
+        return
+    skip = frozenset(store.completed_cells(launch_plan.cells))
+    try:
+        tuner = tune.Tuner.restore(
+            str(path),
+            trainable=_trainable(sweep, skip),
+            resume_unfinished=True,
+            resume_errored=True,
+        )
+        _attach(tuner, callback)
+        summary.restored_experiment = str(path)
+        _fit(tuner, str(path))
+    except BnsweepError:
+        raise  # the store or the spec: a fresh experiment would fail the same way
+    except Exception as err:
+        # Anything from Tune's pickled state of a killed run; resuming from checkpoints is safe.
+        callback.flush()
+        summary.restored_experiment = None
+        log.warning(
+            "could not restore the interrupted experiment %s (%s: %s); resuming its cells from "
+            "their checkpoints instead",
+            path,
+            type(err).__name__,
+            str(err).splitlines()[0] if str(err) else "",
+        )
+
+
+def _run_missing(
+    sweep: SweepSpec,
+    store: Store,
+    root: str,
+    unfinished: Sequence[Path],
+    callback: StoreCallback,
+    summary: LaunchSummary,
+) -> None:
+    """Whatever the store still lacks, as a new experiment. Cells a restored run tried and
+    failed past its retries wait for the next launch rather than run twice in one."""
+    missing = [c for c in plan(sweep, store).missing if cell_of(c) not in summary.attempted]
+    abandoned = [p for p in unfinished if not (p / DONE_MARKER).exists()]
+    if missing:
+        found = _found_checkpoints(abandoned)
+        resume_from = {cell_of(c): found[cell_of(c)][1] for c in missing if cell_of(c) in found}
+        name = datetime.now(timezone.utc).strftime("launch-%Y%m%dT%H%M%S%f")
+        tuner = _new_tuner(sweep, missing, root, name, callback, resume_from)
+        _fit(tuner, _join(_join(root, sweep.name), name))
+    # Only now: had this launch been killed too, the next one would still find these checkpoints.
+    for path in abandoned:
+        _mark_finished(path, "superseded by a later launch")
+
+
+def _trainable(
+    sweep: SweepSpec, skip: frozenset[Cell], resume_from: Mapping[Cell, str] | None = None
+) -> Any:
     resources = {"cpu": sweep.resources.cpus, "gpu": sweep.resources.gpus}
-    return tune.with_resources(tune.with_parameters(train_cell, skip=skip), resources)
+    trainable = tune.with_parameters(train_cell, skip=skip, resume_from=dict(resume_from or {}))
+    return tune.with_resources(trainable, resources)
 
 
 def _new_tuner(
-    sweep: SweepSpec, cells: Sequence[TrialSpec], root: str, name: str, callback: StoreCallback
+    sweep: SweepSpec,
+    cells: Sequence[TrialSpec],
+    root: str,
+    name: str,
+    callback: StoreCallback,
+    resume_from: Mapping[Cell, str] | None = None,
 ) -> tune.Tuner:
-    param_space = {"cell": tune.grid_search([_cell_config(c) for c in cells])}
     return tune.Tuner(
-        _trainable(sweep, frozenset()),
-        param_space=param_space,
-        tune_config=tune.TuneConfig(max_concurrent_trials=sweep.max_concurrent, reuse_actors=True),
+        _trainable(sweep, frozenset(), resume_from),
+        # One grid axis whose values are the cells: Tune runs exactly these, nothing crossed.
+        param_space={"cell": tune.grid_search([_cell_config(c) for c in cells])},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=sweep.max_concurrent,
+            reuse_actors=True,
+            trial_dirname_creator=_trial_dirname,
+        ),
         run_config=tune.RunConfig(
             name=name,
             storage_path=_join(root, sweep.name),
-            callbacks=[callback],
+            callbacks=[callback, JsonLoggerCallback()],
             failure_config=tune.FailureConfig(max_failures=sweep.retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             verbose=0,
@@ -520,13 +739,23 @@ def _cell_config(spec: TrialSpec) -> dict[str, Any]:
     return spec.to_dict()
 
 
+def _trial_dirname(trial: Any) -> str:
+    """<spec_hash>-seed<seed>-<trial id>: short, and says which cell a folder holds."""
+    spec = TrialSpec.from_dict(trial.config["cell"])
+    return f"{spec.spec_hash}-seed{spec.seed}-{trial.trial_id}"
+
+
 def _join(root: str, name: str) -> str:
     return f"{root.rstrip('/')}/{name}" if "://" in root else str(Path(root) / name)
 
 
 def _attach(tuner: tune.Tuner, callback: StoreCallback) -> None:
-    """A restored Tuner carries the unpickled shell of the old callback; put the live one in."""
-    tuner._local_tuner.get_run_config().callbacks = [callback]
+    """A restored Tuner carries the unpickled shell of the old store callback; put the live one
+    in, beside the JSON logger it was pickled with."""
+    run_config = tuner._local_tuner.get_run_config()
+    run_config.callbacks = [callback] + [
+        c for c in run_config.callbacks or [] if not isinstance(c, StoreCallback)
+    ]
 
 
 def _fit(tuner: tune.Tuner, path: str) -> None:
@@ -534,6 +763,4 @@ def _fit(tuner: tune.Tuner, path: str) -> None:
         tuner.fit()
     except (ray.exceptions.RayError, tune.TuneError) as err:
         raise BnsweepError(f"the Ray Tune run stopped: {err}") from err
-    # Marks the experiment as done so a later launch does not try to restore it.
-    if "://" not in path and Path(path).is_dir():
-        (Path(path) / DONE_MARKER).write_text(_now().isoformat())
+    _mark_finished(path, "finished")
