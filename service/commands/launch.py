@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.store.api import Store
+    from service.sweep import SweepSpec
 
 DEFAULT_DB = "sqlite:///bnsweep.db"
 
@@ -39,31 +44,76 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.store.api import Store, redact_url
+    from service.store.api import Store
     from service.sweep import load_sweep_spec
 
     sweep = load_sweep_spec(args.spec)
-    spec_text = Path(args.spec).read_text(encoding="utf-8")
+    spec_text = _without_password(Path(args.spec).read_text(encoding="utf-8"), sweep.database)
     url = database_url(args.db, sweep.database)
+    if args.dry_run:
+        return dry_run(sweep, url)
+
+    from service.driver import launch
+
     with Store.open(url) as store:
-        if args.dry_run:
-            from service.driver import plan
-
-            print(plan(sweep, store).describe())
-            print(f"store: {redact_url(url)}")
-            return 0
-
-        from service.driver import launch
-
         summary = launch(sweep, store, spec_text, address=args.address, num_cpus=args.num_cpus)
-        print(
-            f"sweep {sweep.name}: ran {summary.ran} trials this launch "
-            f"({summary.completed} completed, {summary.diverged} diverged, {summary.failed} failed"
-            + (f", {len(summary.resumed)} resumed from checkpoints" if summary.resumed else "")
-            + ")"
-        )
+    resumed = f", {len(summary.resumed)} resumed from checkpoints" if summary.resumed else ""
+    print(
+        f"sweep {sweep.name}: ran {summary.ran} cells this launch ({summary.completed} completed, "
+        f"{summary.diverged} diverged, {summary.failed} failed{resumed})"
+    )
     if not args.no_tables:
         from service.commands.report import render_sweep_tables
 
         print(render_sweep_tables(url, sweep.name, fmt="term"))
     return 0
+
+
+def dry_run(sweep: SweepSpec, url: str) -> int:
+    """Print the plan; write nothing. A database that does not exist yet is read as empty
+    rather than created."""
+    from service.driver import LaunchPlan, plan
+    from service.store.api import redact_url
+    from service.sweep import expand
+
+    store = _open_existing(url)
+    if store is None:
+        launch_plan = LaunchPlan(sweep, tuple(expand(sweep)), frozenset())
+        where = f"store: {redact_url(url)} (none yet; a launch creates it)"
+    else:
+        with store:
+            launch_plan = plan(sweep, store)
+        where = f"store: {redact_url(url)}"
+    print(launch_plan.describe())
+    print(where)
+    return 0
+
+
+def _open_existing(url: str) -> Store | None:
+    """The store at `url` opened without creating anything; None when it has no bnsweep schema
+    yet (no SQLite file, an empty PostgreSQL database)."""
+    import sqlalchemy as sa
+
+    from service.store.api import Store, normalize_url
+
+    parsed = sa.make_url(normalize_url(url))
+    path = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    if path not in (None, "", ":memory:") and not Path(str(path)).expanduser().exists():
+        return None
+    with Store.open(url, check_schema=False) as probe:
+        if probe.schema_revision() is None:
+            return None
+    return Store.open(url, create=False)  # still refuses a schema of another bnsweep version
+
+
+def _without_password(spec_text: str, database: str | None) -> str:
+    """The spec as the store keeps it: a password in its `database` URL becomes ***."""
+    if not database:
+        return spec_text
+    import sqlalchemy as sa
+
+    try:
+        password = sa.make_url(database.strip()).password
+    except (sa.exc.ArgumentError, ValueError):
+        return spec_text
+    return spec_text.replace(str(password), "***") if password else spec_text
