@@ -1,4 +1,5 @@
-"""Figures: test accuracy against γ per α with the BASE level, and validation-accuracy curves.
+"""Figures: test accuracy against γ per α with the BASE level, validation-accuracy curves, and the
+BN diagnostics (γ/β drift, the >6σ fraction, the gradient factor at initialisation).
 
 Figures are built with `matplotlib.figure.Figure` directly (no pyplot, no global backend
 state), so plotting works headless and inside a long-running service. Each figure is saved as
@@ -213,8 +214,279 @@ def make_plots(
     epochs: pd.DataFrame,
     out_dir: str | Path,
     layout: TableLayout | None = None,
+    diagnostics: pd.DataFrame | None = None,
 ) -> list[Path]:
-    """Every figure `bnsweep plots` draws."""
-    return plot_accuracy_vs_gamma(trials, out_dir, layout) + plot_validation_curves(
-        epochs, out_dir, trials, columns=(layout or TableLayout()).columns
+    """Every figure `bnsweep plots` draws; the BN diagnostics figures when `diagnostics` (the
+    store's `diagnostics()` frame) has rows."""
+    columns = (layout or TableLayout()).columns
+    paths = plot_accuracy_vs_gamma(trials, out_dir, layout) + plot_validation_curves(
+        epochs, out_dir, trials, columns=columns
     )
+    if diagnostics is not None and not diagnostics.empty:
+        paths += plot_diagnostics(diagnostics, out_dir, trials, columns=columns)
+    return paths
+
+
+# -- BN diagnostics (docs/diagnostics.md) -------------------------------------------------------
+
+#: σ_act of ReLU(z), z ~ N(0, 1), exactly (Eqn. 23 rounds it to 0.58).
+SIGMA_ACT = float(np.sqrt(0.5 - 1.0 / (2.0 * np.pi)))
+#: Eqn. 22-24 for a plain conv–BN–ReLU stack with Kaiming fan-in weights (Σ w² ≈ 2, Sect. 3.3):
+#: γ_curr / √(σ²_act·γ²_prev·Σw²) = 1 / (σ_act·√2) ≈ 1.21 for every BN after the first.
+PLAIN_GRADIENT_FACTOR = 1.0 / (SIGMA_ACT * float(np.sqrt(2.0)))
+#: Fields that change a network at initialisation (α, c, epochs, momentum and decay do not).
+INIT_FIELDS: tuple[str, ...] = (
+    "dataset",
+    "input_norm",
+    "formulation",
+    "batch_size",
+    "val_fraction",
+    "precision",
+    "memory_format",
+)
+_DIAGNOSTIC_NEEDS = ("spec_hash", "seed", "epoch", "layer", "depth", *ARM_FIELDS)
+
+
+def plot_diagnostics(
+    diagnostics: pd.DataFrame,
+    out_dir: str | Path,
+    trials: pd.DataFrame | None = None,
+    columns: str = "lr",
+) -> list[Path]:
+    """The three BN diagnostics figures: drift at the end of training, the >6σ fraction over
+    epochs, and the gradient factor at initialisation."""
+    return (
+        plot_bn_drift(diagnostics, out_dir, trials, columns)
+        + plot_outlier_fraction(diagnostics, out_dir, trials, columns)
+        + plot_gradient_factor_at_init(diagnostics, out_dir)
+    )
+
+
+def _check_diagnostics(frame: pd.DataFrame, values: Sequence[str]) -> None:
+    missing = sorted(set(_DIAGNOSTIC_NEEDS) - set(frame.columns) | set(values) - set(frame.columns))
+    if missing:
+        from analysis.pairing import AnalysisError
+
+        raise AnalysisError(f"diagnostics table lacks column(s) {', '.join(missing)}")
+
+
+def _completed_only(frame: pd.DataFrame, trials: pd.DataFrame | None) -> pd.DataFrame:
+    if trials is None or "spec_hash" not in trials.columns:
+        return frame
+    done = trials.loc[trials["status"].astype(str) == COMPLETED, ["spec_hash", "seed"]]
+    return frame.merge(done.drop_duplicates(), on=["spec_hash", "seed"])
+
+
+def _arm_name(arm: tuple[Any, ...]) -> str:
+    formulation, gamma, c = arm
+    return "BASE" if _is_base(arm) else f"{formulation} γ={gamma:g} c={c:g}"
+
+
+def _panels(
+    df: pd.DataFrame, columns: str, fields: Sequence[str] = EXPERIMENT_FIELDS
+) -> tuple[list[str], list[Any]]:
+    """(fields that split figures, values of `columns` that split panels), as the curves do."""
+    group_fields = [
+        f for f in fields if f in df.columns and f != columns and df[f].nunique(dropna=False) > 1
+    ]
+    col_values = sorted(df[columns].unique(), reverse=True) if columns in df.columns else [None]
+    return group_fields, col_values
+
+
+def _groups(df: pd.DataFrame, fields: list[str]) -> Any:
+    if not fields:
+        return [("", df)]
+    out = []
+    for key, part in df.groupby(fields, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        out.append((", ".join(f"{f}={v}" for f, v in zip(fields, key, strict=True)), part))
+    return out
+
+
+def _panel_title(value: Any, columns: str) -> str:
+    if value is None:
+        return ""
+    return f"α = {value:g}" if columns == "lr" else f"{columns} = {value}"
+
+
+def _depth_ticks(ax: Any, part: pd.DataFrame) -> None:
+    """Layer paths as tick labels, so a dip can be read off as 'stages.1.bn1'."""
+    names = part.drop_duplicates("depth").sort_values("depth")
+    if len(names) > 40:
+        return
+    ax.set_xticks(names["depth"].to_numpy())
+    ax.set_xticklabels(
+        [str(n).removeprefix("body.") for n in names["layer"]], rotation=90, fontsize=6
+    )
+
+
+def plot_bn_drift(
+    diagnostics: pd.DataFrame,
+    out_dir: str | Path,
+    trials: pd.DataFrame | None = None,
+    columns: str = "lr",
+) -> list[Path]:
+    """Mean |γ − γ_init| and mean |β − β_init| per BN layer (by depth) at each run's last recorded
+    epoch, mean over seeds, one line per arm: how far BN's affine parameters move in training
+    (the paper's first observation, Sect. 1 and 3.2). Completed runs only when `trials` is given."""
+    _check_diagnostics(diagnostics, ("gamma_drift", "beta_drift"))
+    df = _completed_only(diagnostics, trials)
+    if df.empty:
+        return []
+    last = df.groupby(["spec_hash", "seed"])["epoch"].transform("max")
+    df = df[(df["epoch"] == last) & (df["epoch"] > 0)]
+    if df.empty:
+        log.info("no diagnostics after training to plot")
+        return []
+    group_fields, col_values = _panels(df, columns)
+    paths: list[Path] = []
+    for label, part in _groups(df, group_fields):
+        fig, axes = _new_grid(2, len(col_values))
+        for j, cv in enumerate(col_values):
+            panel = part if cv is None else part[part[columns] == cv]
+            for row, (value, name) in enumerate(
+                (("gamma_drift", "mean |γ − γ_init|"), ("beta_drift", "mean |β − β_init|"))
+            ):
+                ax = axes[row][j]
+                _arm_lines(ax, panel, "depth", value)
+                ax.set_ylabel(name)
+                ax.set_yscale("symlog", linthresh=1e-4)
+                ax.grid(True, alpha=0.3)
+                if row == 0:
+                    ax.set_title(_panel_title(cv, columns), fontsize=10)
+                    ax.legend(fontsize=7)
+                else:
+                    _depth_ticks(ax, panel)
+                    ax.set_xlabel("BN layer (forward order)")
+        fig.suptitle(
+            "BN γ and β drift from initialisation, end of training"
+            + (f"\n{label}" if label else ""),
+            fontsize=10,
+        )
+        paths += _save(fig, Path(out_dir), "bn_drift" + (f"_{_slug(label)}" if label else ""))
+    return paths
+
+
+def plot_outlier_fraction(
+    diagnostics: pd.DataFrame,
+    out_dir: str | Path,
+    trials: pd.DataFrame | None = None,
+    columns: str = "lr",
+) -> list[Path]:
+    """Fraction of normalised values with |X̂| > 6 (Sect. 3.2) on the probe batch, averaged
+    over a run's BN layers, per epoch (0 = initialisation): mean ± std over seeds per arm."""
+    _check_diagnostics(diagnostics, ("outlier_fraction",))
+    df = _completed_only(diagnostics, trials)
+    if df.empty:
+        return []
+    keys = [c for c in df.columns if c in EXPERIMENT_FIELDS or c in ARM_FIELDS]
+    per_run = (
+        df.groupby([*keys, "seed", "epoch"], dropna=False)["outlier_fraction"].mean().reset_index()
+    )
+    group_fields, col_values = _panels(per_run, columns)
+    paths: list[Path] = []
+    for label, part in _groups(per_run, group_fields):
+        fig, axes = _new_figure(len(col_values))
+        for ax, cv in zip(axes, col_values, strict=True):
+            panel = part if cv is None else part[part[columns] == cv]
+            _arm_lines(ax, panel, "epoch", "outlier_fraction", band=True)
+            ax.set_yscale("symlog", linthresh=1e-6)
+            ax.set_xlabel("epoch (0 = initialisation)")
+            ax.set_ylabel("fraction of |X̂| > 6, mean over BN layers")
+            ax.set_title(_panel_title(cv, columns), fontsize=10)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7)
+        if label:
+            fig.suptitle(label, fontsize=10)
+        paths += _save(fig, Path(out_dir), "bn_outliers" + (f"_{_slug(label)}" if label else ""))
+    return paths
+
+
+def plot_gradient_factor_at_init(diagnostics: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """The BN gradient factor γ/√(σ²_B + ε) per layer at initialisation (epoch 0), one line per
+    γ (mean over seeds and c; c acts only after the first update), a panel per network.
+
+    Eqn. 24 predicts the lines to coincide (γ_prev in σ_B cancels γ_curr) for every BN after
+    the first, at 1/(σ_act·√2) in a plain conv–BN–ReLU stack with Kaiming fan-in weights (the
+    dotted line). The figure shows where a network departs: the first BN (and, without the
+    input BN of Sect. 3.4, the stem's) scales with γ; in residual networks a BN that reads a
+    block's output (branch + shortcut) sits below the line, because the shortcut adds its own
+    variance to σ²_B."""
+    _check_diagnostics(diagnostics, ("gradient_factor",))
+    df = diagnostics[diagnostics["epoch"] == 0]
+    if df.empty:
+        log.info("no diagnostics at initialisation to plot")
+        return []
+    group_fields, archs = _panels(df, "arch", INIT_FIELDS)
+    keys = [*group_fields, *(["arch"] if "arch" in df.columns else []), "bn_scale_init", "depth"]
+    lines = (
+        df.groupby(keys, dropna=False)
+        .agg(factor=("gradient_factor", "mean"), layer=("layer", "first"))
+        .reset_index()
+    )
+    paths: list[Path] = []
+    for label, part in _groups(lines, group_fields):
+        fig, axes = _new_figure(len(archs))
+        for ax, arch in zip(axes, archs, strict=True):
+            panel = part if arch is None else part[part["arch"] == arch]
+            gammas = sorted(panel["bn_scale_init"].unique(), reverse=True)
+            for k, gamma in enumerate(gammas):
+                line = panel[panel["bn_scale_init"] == gamma].sort_values("depth")
+                ax.plot(
+                    line["depth"].to_numpy(),
+                    line["factor"].to_numpy(),
+                    marker="os^v<>"[k % 6],
+                    markersize=4,
+                    color=f"C{k % 10}",
+                    label=f"γ = {gamma:g}",
+                )
+            ax.axhline(
+                PLAIN_GRADIENT_FACTOR,
+                color="black",
+                linestyle=":",
+                linewidth=1,
+                label="Eqn. 24, plain conv–BN–ReLU",
+            )
+            ax.set_yscale("log")
+            _depth_ticks(ax, panel)
+            ax.set_xlabel("BN layer (forward order)")
+            ax.set_ylabel("gradient factor γ/√(σ²_B + ε)")
+            ax.set_title(str(arch) if arch is not None else "", fontsize=10)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.suptitle(
+            "BN gradient factor at initialisation" + (f"\n{label}" if label else ""), fontsize=10
+        )
+        paths += _save(
+            fig, Path(out_dir), "gradient_factor_init" + (f"_{_slug(label)}" if label else "")
+        )
+    return paths
+
+
+def _arm_lines(ax: Any, df: pd.DataFrame, x: str, value: str, band: bool = False) -> None:
+    """One line per arm (mean over seeds, ± std band), BASE last, dashed and black."""
+    curves = df.groupby([*ARM_FIELDS, x], dropna=False)[value].agg(["mean", "std"]).reset_index()
+    arms = sorted(curves.groupby(list(ARM_FIELDS), sort=True), key=lambda kv: _is_base(kv[0]))
+    for k, (arm, line) in enumerate(arms):
+        line = line.sort_values(x)
+        is_base = _is_base(arm)
+        color = "black" if is_base else f"C{k % 10}"
+        xs, m = line[x].to_numpy(), line["mean"].to_numpy()
+        ax.plot(
+            xs,
+            m,
+            color=color,
+            linestyle="--" if is_base else "-",
+            marker="." if len(xs) < 60 else None,
+            label=_arm_name(arm),
+        )
+        if band:
+            s = np.nan_to_num(line["std"].to_numpy())
+            ax.fill_between(xs, np.maximum(m - s, 0), m + s, color=color, alpha=0.15, linewidth=0)
+
+
+def _new_grid(nrows: int, ncols: int) -> tuple[Figure, Any]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.5 * ncols, 3.0 * nrows + 0.6), layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=False, sharex="col")
