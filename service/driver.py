@@ -31,8 +31,16 @@ import ray
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
-from service.store.api import EpochRecorded, Store, TrialFailed, TrialFinished, TrialStarted
+from service.store.api import (
+    DiagnosticsRecorded,
+    EpochRecorded,
+    Store,
+    TrialFailed,
+    TrialFinished,
+    TrialStarted,
+)
 from service.sweep import SweepSpec, expand
+from workers.diagnostics import BNDiagnostics
 from workers.errors import BnsweepError, SpecError
 from workers.spec import TrialSpec
 from workers.trial import EpochMetrics, TrialResult, run_trial
@@ -136,8 +144,12 @@ def train_cell(
     config: dict[str, Any],
     skip: frozenset[Cell] = frozenset(),
     resume_from: Mapping[Cell, str] | None = None,
+    diagnostics: Mapping[str, Any] | None = None,
 ) -> None:
-    """One cell as a Ray Tune function trainable: report every epoch with a checkpoint."""
+    """One cell as a Ray Tune function trainable: report every epoch with a checkpoint.
+
+    `diagnostics` is the sweep's `diagnostics:` section as a dict (every epoch when absent);
+    each epoch report carries the BN diagnostics recorded since the previous one."""
     _quiet_worker_logs()
     spec = TrialSpec.from_dict(config["cell"])
     if cell_of(spec) in skip:  # completed while this experiment was interrupted
@@ -154,22 +166,45 @@ def train_cell(
         }
     )
 
+    inspector = _inspector(spec, diagnostics)
+
     def on_epoch(metrics: EpochMetrics, save: Any) -> None:
         with tempfile.TemporaryDirectory(prefix="bnsweep-ckpt-") as folder:
             save(folder)
             _write_cell_file(folder, spec, metrics.epoch)
             tune.report(
-                {"kind": "epoch", **asdict(metrics)},
+                {"kind": "epoch", **asdict(metrics), **_diagnostics_report(inspector)},
                 checkpoint=tune.Checkpoint.from_directory(folder),
             )
 
-    result = run_trial(spec, on_epoch=on_epoch, checkpoint=resume_dir)
+    result = run_trial(spec, on_epoch=on_epoch, checkpoint=resume_dir, inspect=inspector)
     tune.report(
         {
             "kind": "final",
             **{f.name: getattr(result, f.name) for f in fields(TrialResult) if f.name != "history"},
         }
     )
+
+
+def _inspector(spec: TrialSpec, settings: Mapping[str, Any] | None) -> BNDiagnostics | None:
+    settings = dict(settings or {})
+    every = int(settings.get("every", 1))
+    if every == 0:
+        return None
+    return BNDiagnostics.for_spec(spec, every=every, probe_size=settings.get("probe_size"))
+
+
+def _diagnostics_report(inspector: BNDiagnostics | None) -> dict[str, Any]:
+    """`{"diagnostics": [{"epoch": e, "layers": [plain dicts]}, ...]}`, or nothing to add."""
+    records = inspector.take() if inspector is not None else {}
+    if not records:
+        return {}
+    return {
+        "diagnostics": [
+            {"epoch": epoch, "layers": [layer.to_dict() for layer in layers]}
+            for epoch, layers in sorted(records.items())
+        ]
+    }
 
 
 def _quiet_worker_logs() -> None:
@@ -293,6 +328,10 @@ class StoreCallback(tune.Callback):
         elif kind == "epoch":
             metrics = EpochMetrics(**{f.name: result[f.name] for f in fields(EpochMetrics)})
             self._pending.append(EpochRecorded(*key, metrics=metrics))
+            self._pending += [
+                DiagnosticsRecorded(*key, epoch=item["epoch"], layers=tuple(item["layers"]))
+                for item in result.get("diagnostics") or ()
+            ]
             self.progress.epoch(key, metrics.epoch)
         elif kind == "final":
             outcome = TrialResult(
@@ -702,7 +741,12 @@ def _trainable(
     sweep: SweepSpec, skip: frozenset[Cell], resume_from: Mapping[Cell, str] | None = None
 ) -> Any:
     resources = {"cpu": sweep.resources.cpus, "gpu": sweep.resources.gpus}
-    trainable = tune.with_parameters(train_cell, skip=skip, resume_from=dict(resume_from or {}))
+    trainable = tune.with_parameters(
+        train_cell,
+        skip=skip,
+        resume_from=dict(resume_from or {}),
+        diagnostics=sweep.diagnostics.model_dump(),
+    )
     return tune.with_resources(trainable, resources)
 
 
