@@ -144,7 +144,7 @@ def test_filters_sweeps_and_missing_values(store: Store) -> None:
     assert len(store.diagnostics(where={"module": "InputBatchNorm2d"})) == 3
     empty = store.diagnostics(where={"bn_scale_init": 0.9})
     assert empty.empty and list(empty.columns) == list(DIAGNOSTIC_COLUMNS)
-    with pytest.raises(StoreError, match="unknown field 'gamma'.*valid fields:.*layer"):
+    with pytest.raises(StoreError, match=r"unknown field 'gamma'.*valid fields:.*layer"):
         store.diagnostics(where={"gamma": 1})
     with pytest.raises(StoreError, match="no sweep named"):
         store.diagnostics(sweep="nope")
@@ -241,3 +241,48 @@ def test_the_store_callback_writes_the_epoch_reports_diagnostics(tmp_path: Path)
         frame = store.diagnostics()
         progress.stream.close()
     assert sorted(set(frame["epoch"])) == [0, 1] and len(frame) == 2 * len(LAYERS)
+
+
+# -- a real launch ----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(600)
+def test_a_launch_stores_the_diagnostics_the_sweep_asks_for(tmp_path: Path) -> None:
+    """One cell on a local Ray: initialisation, every 2nd epoch and the last one are stored."""
+    import io
+    import logging
+
+    import ray
+    import yaml
+
+    from service.driver import launch
+    from service.sweep import parse_sweep_spec
+
+    text = yaml.safe_dump(
+        {
+            "name": "diag",
+            "defaults": {"dataset": "digits", "arch": "resnet8", "epochs": 3, "device": "cpu"},
+            "grids": [{"bn_scale_init": [0.5]}],
+            "base": False,
+            "seeds": 1,
+            "resources": {"cpus": 1},
+            "retries": 0,
+            "storage": str(tmp_path / "runs"),
+            "diagnostics": {"every": 2, "probe_size": 64},
+        }
+    )
+    url = f"sqlite:///{tmp_path / 'diag.db'}"
+    ray.init(num_cpus=1, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        with Store.open(url) as store:
+            summary = launch(parse_sweep_spec(text), store, text, progress_stream=io.StringIO())
+            frame = store.diagnostics(sweep="diag")
+    finally:
+        ray.shutdown()
+    assert summary.completed == 1
+    assert sorted(set(frame["epoch"])) == [0, 2, 3]
+    per_epoch = frame.groupby("epoch")["layer"].count()
+    assert per_epoch.nunique() == 1 and per_epoch.iloc[0] == 10  # input BN + resnet8's nine
+    at_init = frame[frame["epoch"] == 0]
+    assert (at_init["gamma_drift"] == 0).all() and (at_init["beta_drift"] == 0).all()
+    assert (frame.loc[frame["epoch"] == 3, "gamma_drift"] > 0).any()
