@@ -34,6 +34,15 @@ def load_results(url: str | None, sweep: str | None) -> tuple[pd.DataFrame, pd.D
     return trials, epochs
 
 
+def load_diagnostics(url: str | None, sweep: str | None) -> pd.DataFrame:
+    """The BN diagnostics of every trial linked to `sweep` (all when None): one row per
+    (trial, epoch, BN layer), epoch 0 being initialisation (docs/diagnostics.md)."""
+    from service.store.api import Store
+
+    with Store.open(url, create=False) as store:
+        return store.diagnostics(sweep=sweep)
+
+
 def load_trials(url: str | None, sweep: str | None) -> pd.DataFrame:
     """Only the trials frame: what the tables need (epochs are for the curves)."""
     from service.store.api import Store

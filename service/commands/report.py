@@ -62,9 +62,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     plots = subparsers.add_parser(
         "plots",
-        help="figures of a sweep: accuracy vs γ per α, validation curves (PNG and PDF)",
-        description="Accuracy against γ (log axis) per α with ± std bars and the BASE level, and "
-        "validation-accuracy curves per arm (mean ± std over seeds).",
+        help="figures of a sweep: accuracy vs γ per α, validation curves, BN diagnostics "
+        "(PNG and PDF)",
+        description="Accuracy against γ (log axis) per α with ± std bars and the BASE level, "
+        "validation-accuracy curves per arm (mean ± std over seeds), and from the BN diagnostics: "
+        "γ/β drift per layer at the end of training, the >6σ fraction over epochs, and the "
+        "gradient factor per layer at initialisation per γ (docs/diagnostics.md).",
     )
     plots.add_argument("--sweep", help="a sweep registered in the store (default: all trials)")
     plots.add_argument("--out", help="output folder (default: plots/<sweep>)")
@@ -201,12 +204,13 @@ def run_tables(args: argparse.Namespace) -> int:
 
 def run_plots(args: argparse.Namespace) -> int:
     from analysis.plots import make_plots
-    from analysis.source import load_results, sweep_report
+    from analysis.source import load_diagnostics, load_results, sweep_report
 
     trials, epochs = load_results(args.db, args.sweep)
+    diagnostics = load_diagnostics(args.db, args.sweep)
     report = sweep_report(args.db, args.sweep) if args.sweep else None
     out = Path(args.out) if args.out else Path("plots") / _safe_name(args.sweep or "all")
-    paths = make_plots(trials, epochs, out, _layout(report, None))
+    paths = make_plots(trials, epochs, out, _layout(report, None), diagnostics=diagnostics)
     for path in paths:
         print(path)
     if not paths:

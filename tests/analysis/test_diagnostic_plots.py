@@ -147,6 +147,45 @@ def test_measured_diagnostics_plot_the_plain_stack_and_resnet8(tmp_path: Path) -
     assert np.allclose(plain["gradient_factor"], PLAIN_GRADIENT_FACTOR, rtol=0.1)
 
 
+def test_bnsweep_plots_draws_the_diagnostics_of_a_stored_sweep(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.cli import main
+    from service.store.api import DiagnosticsRecorded, Store, TrialFinished, TrialStarted
+    from service.sweep import expand, parse_sweep_spec
+
+    text = (
+        "name: diag\n"
+        "defaults: {dataset: digits, arch: resnet8, epochs: 2, bn_lr_divisor: 100}\n"
+        "grids: [{bn_scale_init: [0.1]}]\n"
+        "seeds: 2\n"
+    )
+    cells = expand(parse_sweep_spec(text))
+    rows = frame(arms=ARMS, seeds=(1, 2), epochs=(0, 1, 2))
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    with Store.open(url) as store:
+        store.register_sweep("diag", text, cells)
+        events: list[object] = []
+        for cell in cells:
+            key = (cell.spec_hash, cell.seed)
+            arm = rows[
+                (rows["bn_scale_init"] == cell.bn_scale_init)
+                & (rows["bn_lr_divisor"] == cell.bn_lr_divisor)
+                & (rows["seed"] == cell.seed)
+            ]
+            events.append(TrialStarted(*key))
+            for epoch, part in arm.groupby("epoch"):
+                layers = tuple(part[list(DIAGNOSTIC_COLUMNS)[-12:]].to_dict("records"))
+                events.append(DiagnosticsRecorded(*key, int(epoch), layers))
+            events.append(
+                TrialFinished(*key, "completed", epochs_run=2, best_epoch=2, test_acc=0.9)
+            )
+        store.apply(events)
+    assert main(["plots", "--sweep", "diag", "--db", url, "--out", str(tmp_path / "out")]) == 0
+    written = {Path(p).name for p in capsys.readouterr().out.split()}
+    assert {"bn_drift.png", "bn_outliers.png", "gradient_factor_init.png"} <= written
+
+
 def measured_at_init(gammas=(1.0, 0.5, 0.1)) -> pd.DataFrame:
     """Diagnostics at initialisation of Fig. 1's plain stack and of resnet8, as store rows."""
     import torch
@@ -183,7 +222,7 @@ def measured_at_init(gammas=(1.0, 0.5, 0.1)) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    # `python -m tests.analysis.test_diagnostic_plots` regenerates docs/img/gradient_factor_init.png.
+    # `python -m tests.analysis.test_diagnostic_plots` redraws docs/img/gradient_factor_init.png
     import shutil
     import tempfile
 
