@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import socket
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray import tune
+from ray import cloudpickle, tune
 from ray.tune.logger import JsonLoggerCallback
 
 from service.store.api import (
@@ -64,6 +65,9 @@ TUNE_ENV_DEFAULTS = {
     # The new output engine prints an experiment banner and paths whatever `verbose` says; the
     # legacy one at verbose=0 prints nothing, and `Progress` is the display.
     "RAY_AIR_NEW_OUTPUT": "0",
+    # A failed trial's whole traceback, at every retry, for every cell; `StoreCallback` logs one
+    # line per failure instead, naming the error.txt that keeps the traceback.
+    "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
 }
 #: Loggers that speak at INFO inside every trial ("Checkpoint successfully created at ..." at
 #: each epoch); their warnings and errors still come through.
@@ -348,12 +352,28 @@ class StoreCallback(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         spec = TrialSpec.from_dict(trial.config["cell"])
-        self._pending.append(
-            TrialFailed(*cell_of(spec), error=_trial_error(trial), finished_at=_now())
+        error = _trial_error(trial)
+        log.warning(
+            "%s seed %d failed: %s (traceback in %s)",
+            _arm_label(spec),
+            spec.seed,
+            error,
+            getattr(trial, "error_file", None) or "the Ray logs",
         )
+        self._pending.append(TrialFailed(*cell_of(spec), error=error, finished_at=_now()))
         self.summary.failed += 1
         self.progress.finished(cell_of(spec), "failed")
         self.flush()
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        spec = TrialSpec.from_dict(trial.config["cell"])
+        log.warning(
+            "%s seed %d failed (%s); retrying from its last checkpoint (failure %d)",
+            _arm_label(spec),
+            spec.seed,
+            _trial_error(trial),
+            trial.num_failures,
+        )
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self.maybe_flush()
@@ -374,11 +394,35 @@ class StoreCallback(tune.Callback):
 
 
 def _trial_error(trial: Any) -> str:
-    error = trial.get_error() if hasattr(trial, "get_error") else None
-    text = str(error) if error is not None else "trial failed without an error message"
-    # The last line of a traceback says what happened; keep the whole text short for the table.
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return (lines[-1] if lines else text)[:2000]
+    """What went wrong in a trial, as one line: the trial's own exception ("DataError: ...") when
+    Tune pickled it, else the last line of the traceback text it wrote.
+
+    Both files are read from the trial's folder on the driver (`local_path`), where Tune has
+    just written them; `Trial.get_error()` reads the storage copy, which may not be synced yet.
+    """
+    pickled = getattr(trial, "pickled_error_file", None)
+    if pickled and Path(pickled).is_file():
+        try:
+            with open(pickled, "rb") as f:
+                error = cloudpickle.load(f)
+        except (OSError, pickle.UnpicklingError, AttributeError, ImportError, EOFError):
+            error = None
+        if isinstance(error, ray.exceptions.RayTaskError) and error.cause is not None:
+            cause = error.cause
+            return _one_line(f"{type(cause).__name__}: {cause}")
+        if error is not None:
+            return _one_line(f"{type(error).__name__}: {str(error).strip().splitlines()[0]}")
+    text_file = getattr(trial, "error_file", None)
+    if text_file and Path(text_file).is_file():
+        text = Path(text_file).read_text(errors="replace")
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        if lines:
+            return _one_line(lines[-1])  # a traceback's last line says what happened
+    return "the trial failed without an error message"
+
+
+def _one_line(text: str, limit: int = 2000) -> str:
+    return " ".join(text.split())[:limit]
 
 
 def _package_version() -> str:

@@ -1,0 +1,387 @@
+"""The Ray Tune driver on a real local Ray and a real SQLite store: what a launch trains, what it
+records, what a relaunch skips, and how errors, divergences, resources and caps come out.
+
+One local Ray (2 CPUs) serves the whole module; every sweep is tiny (resnet8 on digits).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import logging
+import os
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import ray
+import yaml
+
+from service import driver
+from service.cli import main
+from service.driver import LaunchSummary, Progress, cell_of, check_storage_is_shared, launch
+from service.store.api import EpochRecorded, Store, TrialStarted
+from service.sweep import expand, load_sweep_spec, parse_sweep_spec
+from workers.errors import SpecError
+from workers.trial import run_trial
+
+pytestmark = pytest.mark.timeout(600)
+
+
+# -- helpers (also used by test_reliability.py) ---------------------------------------------
+def write_spec(folder: Path, name: str, **overrides: Any) -> Path:
+    """A tiny sweep: resnet8 on digits, γ=0.5 (c=100) and BASE, 2 seeds, 2 epochs; an override
+    of None removes that key."""
+    spec: dict[str, Any] = {
+        "name": name,
+        "defaults": {
+            "dataset": "digits",
+            "arch": "resnet8",
+            "epochs": 2,
+            "batch_size": 64,
+            "device": "cpu",
+        },
+        "grids": [{"bn_scale_init": [0.5], "bn_lr_divisor": [100]}],
+        "base": True,
+        "seeds": 2,
+        "resources": {"cpus": 1},
+        "max_concurrent": 2,
+        "retries": 1,
+        "storage": str(folder / "runs"),
+    }
+    spec["defaults"].update(overrides.pop("defaults", {}))
+    for key, value in overrides.items():  # None removes a key
+        if value is None:
+            spec.pop(key, None)
+        else:
+            spec[key] = value
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def run_launch(spec_path: Path, url: str, **kwargs: Any) -> tuple[LaunchSummary, str]:
+    """`launch()` as the CLI calls it; returns the summary and what the progress display wrote."""
+    stream = io.StringIO()
+    sweep = load_sweep_spec(spec_path)
+    with Store.open(url) as store:
+        summary = launch(
+            sweep, store, spec_path.read_text(encoding="utf-8"), progress_stream=stream, **kwargs
+        )
+    return summary, stream.getvalue()
+
+
+def results(url: str, sweep: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    with Store.open(url, create=False) as store:
+        return store.trials(sweep=sweep), store.epochs(sweep=sweep)
+
+
+def assert_never_overlapping(trials: pd.DataFrame) -> None:
+    """No trial started before the previous one (in start order) finished."""
+    spans = trials.sort_values("started_at")[["started_at", "finished_at"]].to_numpy()
+    for (_, finished), (started, _) in itertools.pairwise(spans):
+        assert started >= finished, f"a trial started at {started}, before {finished}"
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    yield
+    ray.shutdown()
+
+
+# -- a launch, then a relaunch ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny(local_ray: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One tiny sweep launched once and then again; the tests below read what it left."""
+    folder = tmp_path_factory.mktemp("tiny")
+    spec = write_spec(folder, "tiny")
+    url = f"sqlite:///{folder / 'tiny.db'}"
+    first, progress = run_launch(spec, url)
+    trials, epochs = results(url, "tiny")
+    digest = file_digest(folder / "tiny.db")
+    again, _ = run_launch(spec, url)
+    return {
+        "spec": spec,
+        "url": url,
+        "db": folder / "tiny.db",
+        "first": first,
+        "progress": progress,
+        "trials": trials,
+        "epochs": epochs,
+        "digest": digest,
+        "again": again,
+    }
+
+
+def test_a_launch_trains_every_cell_exactly_once(tiny: dict[str, Any]) -> None:
+    first, trials = tiny["first"], tiny["trials"]
+    assert (first.ran, first.completed, first.failed, first.diverged) == (4, 4, 0, 0)
+    assert first.starts == 4 and not first.resumed
+    assert len(trials) == 4
+    assert set(trials["status"]) == {"completed"}
+    assert list(trials["attempts"]) == [1, 1, 1, 1]
+    cells = {cell_of(c) for c in expand(load_sweep_spec(tiny["spec"]))}
+    assert set(zip(trials["spec_hash"], trials["seed"], strict=True)) == cells
+
+
+def test_every_epoch_and_the_run_details_are_stored(tiny: dict[str, Any]) -> None:
+    trials, epochs = tiny["trials"], tiny["epochs"]
+    assert epochs.groupby("trial_id")["epoch"].apply(sorted).tolist() == [[1, 2]] * 4
+    assert trials["epochs_run"].tolist() == [2] * 4
+    assert trials["host"].str.len().min() > 0
+    assert set(trials["device"]) == {"cpu"}
+    assert trials["package_version"].notna().all()
+    assert (trials["seconds"] > 0).all()
+    assert trials["test_acc"].between(0, 1).all() and trials["best_val_acc"].between(0, 1).all()
+    assert trials["best_epoch"].isin([1, 2]).all()
+    assert (trials["finished_at"] > trials["started_at"]).all()
+    assert epochs["val_acc"].between(0, 1).all() and (epochs["epoch_seconds"] > 0).all()
+
+
+def test_a_relaunch_runs_nothing_and_writes_nothing(tiny: dict[str, Any]) -> None:
+    again = tiny["again"]
+    assert (again.ran, again.starts, again.completed, again.failed) == (0, 0, 0, 0)
+    trials, epochs = results(tiny["url"], "tiny")
+    pd.testing.assert_frame_equal(trials, tiny["trials"])
+    assert len(epochs) == len(tiny["epochs"])
+
+
+def test_progress_shows_cells_by_state_and_an_eta(tiny: dict[str, Any]) -> None:
+    lines = tiny["progress"].strip().splitlines()
+    assert lines[0].startswith("cells 4: 0 done, 0 running, 4 pending, 0 failed, 0 diverged")
+    assert lines[-1].startswith("cells 4: 4 done, 0 running, 0 pending, 0 failed, 0 diverged")
+    assert all("ETA" in line and "elapsed" in line for line in lines)
+    assert "ETA 0:00:00" in lines[-1]
+
+
+def test_the_experiment_folder_is_marked_finished(tiny: dict[str, Any]) -> None:
+    runs = tiny["spec"].parent / "runs" / "tiny"
+    (experiment,) = runs.iterdir()
+    assert (experiment / driver.DONE_MARKER).read_text().strip().endswith("finished")
+    # Short trial folders that say which cell they hold.
+    names = sorted(p.name for p in experiment.iterdir() if p.is_dir())
+    assert len(names) == 4 and all("-seed" in n for n in names)
+
+
+def test_dry_run_prints_totals_and_writes_nothing(
+    tiny: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = str(tiny["spec"])
+    before = file_digest(tiny["db"])
+    assert main(["launch", spec, "--db", tiny["url"], "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "sweep tiny: 4 cells (2 trial specs x 2 seeds), 4 completed, 0 to run" in out
+    assert file_digest(tiny["db"]) == before
+
+    fresh = tmp_path / "sub" / "fresh.db"
+    assert main(["launch", spec, "--db", f"sqlite:///{fresh}", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "4 cells (2 trial specs x 2 seeds), 0 completed, 4 to run" in out
+    assert "BASE" in out and "γ=0.5 c=100" in out
+    assert "none yet" in out
+    assert not fresh.exists() and not fresh.parent.exists()
+
+
+# -- errors, divergences, caps and resources ----------------------------------------------------
+@pytest.fixture(scope="module")
+def troubled(local_ray: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A cell whose data is missing, one that diverges, one that trains; one trial at a time."""
+    folder = tmp_path_factory.mktemp("troubled")
+    spec = write_spec(
+        folder,
+        "troubled",
+        grids=[
+            {"dataset": ["cifar10"], "data_root": [str(folder / "no-such-folder")]},
+            {"lr": [1e38]},
+            {"lr": [0.05]},
+        ],
+        base=False,
+        seeds=[1],
+        retries=0,
+        max_concurrent=1,
+    )
+    url = f"sqlite:///{folder / 'troubled.db'}"
+    first, progress = run_launch(spec, url)
+    trials, epochs = results(url, "troubled")
+    again, _ = run_launch(spec, url)
+    after, _ = results(url, "troubled")
+    return {"first": first, "progress": progress, "trials": trials, "epochs": epochs,
+            "again": again, "after": after}  # fmt: skip
+
+
+def test_an_error_is_recorded_and_the_other_cells_still_run(troubled: dict[str, Any]) -> None:
+    first, trials = troubled["first"], troubled["trials"]
+    assert (first.completed, first.diverged, first.failed) == (1, 1, 1)
+    failed = trials[trials["status"] == "failed"].iloc[0]
+    assert failed["dataset"] == "cifar10"
+    assert "no-such-folder" in failed["error"] and "does not exist" in failed["error"]
+    assert "\n" not in failed["error"]
+    assert set(trials["status"]) == {"failed", "diverged", "completed"}
+    assert "1 failed, 1 diverged" in troubled["progress"].strip().splitlines()[-1]
+
+
+def test_a_divergence_is_recorded_with_its_epoch(troubled: dict[str, Any]) -> None:
+    trials, epochs = troubled["trials"], troubled["epochs"]
+    diverged = trials[trials["status"] == "diverged"].iloc[0]
+    assert diverged["lr"] == 1e38
+    assert diverged["diverged_epoch"] == 1
+    assert "training loss became" in diverged["error"]
+    rows = epochs[epochs["trial_id"] == diverged["trial_id"]]
+    assert rows["epoch"].tolist() == [1] and rows["val_acc"].isna().all()
+
+
+def test_the_concurrency_cap_runs_one_trial_at_a_time(troubled: dict[str, Any]) -> None:
+    assert_never_overlapping(troubled["trials"])
+
+
+def test_a_relaunch_retries_failed_cells_but_not_diverged_ones(troubled: dict[str, Any]) -> None:
+    again, after = troubled["again"], troubled["after"]
+    assert (again.ran, again.failed, again.diverged, again.completed) == (1, 1, 0, 0)
+    by_status = after.set_index("status")
+    assert by_status.loc["failed", "attempts"] == 2
+    assert by_status.loc["diverged", "attempts"] == 1
+    assert by_status.loc["completed", "attempts"] == 1
+
+
+# -- resuming from an experiment Tune cannot restore --------------------------------------------
+class _Stop(Exception):
+    """Ends a fabricated trial after its second epoch, as a killed driver would."""
+
+
+def _abandon_after_two_epochs(sweep_spec: Any, root: Path, url: str) -> tuple[tuple, dict]:
+    """A 3-epoch cell trained for 2 epochs by a 'killed launch': its checkpoint in an experiment
+    folder whose Tune state is corrupt, its start and epochs in the store."""
+    cell = expand(sweep_spec)[0]
+    trial_dir = root / sweep_spec.name / "launch-19700101T000000000000" / f"{cell.spec_hash}-x"
+    recorded = []
+
+    def on_epoch(metrics: Any, save: Any) -> None:
+        recorded.append(metrics)
+        folder = trial_dir / f"checkpoint_{metrics.epoch - 1:06d}"
+        save(folder)
+        driver._write_cell_file(folder, cell, metrics.epoch)
+        if metrics.epoch == 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        run_trial(cell, on_epoch=on_epoch)
+    (trial_dir.parent / "tuner.pkl").write_bytes(b"not a pickle")  # Tune cannot restore this
+    with Store.open(url) as store:
+        store.register_sweep(sweep_spec.name, "abandoned", expand(sweep_spec))
+        store.apply([TrialStarted(*cell_of(cell), host="old", device="cpu")])
+        store.apply([EpochRecorded(*cell_of(cell), metrics=m) for m in recorded])
+    return cell_of(cell), {m.epoch: m.val_acc for m in recorded}
+
+
+def test_cells_resume_from_the_checkpoints_of_an_experiment_tune_cannot_restore(
+    local_ray: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two CPUs per trial on a 2-CPU Ray: trials must run one at a time, with no cap set.
+    spec_path = write_spec(
+        tmp_path,
+        "abandoned",
+        defaults={"epochs": 3},
+        seeds=1,
+        resources={"cpus": 2},
+        max_concurrent=None,
+    )
+    sweep = load_sweep_spec(spec_path)
+    url = f"sqlite:///{tmp_path / 'abandoned.db'}"
+    cell, earlier = _abandon_after_two_epochs(sweep, tmp_path / "runs", url)
+
+    with caplog.at_level(logging.WARNING, logger="service.driver"):
+        summary, _ = run_launch(spec_path, url)
+    assert "could not restore the interrupted experiment" in caplog.text
+    assert summary.restored_experiment is None
+    assert summary.resumed == {cell: 2}
+    assert (summary.ran, summary.completed) == (2, 2)
+
+    trials, epochs = results(url, "abandoned")
+    assert set(trials["status"]) == {"completed"}
+    resumed = trials.set_index(["spec_hash", "seed"]).loc[cell]
+    assert resumed["attempts"] == 2 and resumed["epochs_run"] == 3
+    rows = epochs.set_index(["spec_hash", "seed"]).loc[[cell]]
+    assert rows["epoch"].tolist() == [1, 2, 3]
+    # Epochs 1-2 are the abandoned run's, kept as they were; 3 continued from its checkpoint.
+    assert rows["val_acc"].tolist()[:2] == [earlier[1], earlier[2]]
+    assert_never_overlapping(trials)
+    old = tmp_path / "runs" / "abandoned" / "launch-19700101T000000000000"
+    assert "superseded" in (old / driver.DONE_MARKER).read_text()
+
+
+# -- pieces without Ray -----------------------------------------------------------------------
+def _sweep(**fields: Any) -> Any:
+    base = {"name": "s", "grids": [{"lr": [0.1]}], "defaults": {"dataset": "digits"}}
+    return parse_sweep_spec(yaml.safe_dump({**base, **fields}))
+
+
+def test_a_local_checkpoint_folder_is_refused_on_several_nodes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv(driver.SHARED_STORAGE_ENV, raising=False)
+    root = str(tmp_path / "runs")
+    with pytest.raises(SpecError, match="shared storage") as err:
+        check_storage_is_shared(_sweep(), root, nodes=3)
+    assert "\n" not in str(err.value) and "shared_storage: true" in str(err.value)
+    check_storage_is_shared(_sweep(), root, nodes=1)
+    check_storage_is_shared(_sweep(), "s3://bucket/runs", nodes=3)
+    check_storage_is_shared(_sweep(shared_storage=True), root, nodes=3)
+    monkeypatch.setenv(driver.SHARED_STORAGE_ENV, "1")
+    check_storage_is_shared(_sweep(), root, nodes=3)
+    # The spec's word wins over the environment's.
+    with pytest.raises(SpecError, match="shared storage"):
+        check_storage_is_shared(_sweep(shared_storage=False), root, nodes=3)
+
+
+def test_progress_counts_and_eta_from_epochs() -> None:
+    stream = io.StringIO()
+    a, b, c = ("a", 1), ("b", 1), ("c", 1)
+    progress = Progress(5, 2, epochs={a: 4, b: 4, c: 4}, every=0.0, stream=stream)
+    assert progress.eta(10.0) is None
+    progress.started(a)
+    progress.started(b, resumed_from=2)
+    for epoch in (1, 2):
+        progress.epoch(a, epoch)
+    progress.epoch(b, 3)
+    assert progress.counts() == {
+        "done": 2, "running": 2, "pending": 1, "failed": 0, "diverged": 0,
+    }  # fmt: skip
+    # 3 epochs trained in 30 s; left: a 2, b 1, c 4 → 7 epochs → 70 s.
+    assert progress.eta(30.0) == pytest.approx(70.0)
+    progress.finished(a, "completed")
+    progress.finished(b, "failed")
+    progress.finished(("old", 1), "skipped")  # a restored run's completed cell: already done
+    assert progress.counts() == {
+        "done": 3, "running": 0, "pending": 1, "failed": 1, "diverged": 0,
+    }  # fmt: skip
+    progress.refresh()
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    assert lines[-1].startswith("cells 5: 3 done, 0 running, 1 pending, 1 failed, 0 diverged")
+
+
+def test_the_callback_pickles_without_the_store(tmp_path: Path) -> None:
+    with Store.open(f"sqlite:///{tmp_path / 'p.db'}") as store:
+        progress = Progress(1, 0, stream=io.StringIO())
+        callback = driver.StoreCallback(store, LaunchSummary(), progress)
+        assert pickle.loads(pickle.dumps(callback)).__dict__ == {}
+
+
+def test_tune_output_settings_are_defaults_the_user_can_override(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key in driver.TUNE_ENV_DEFAULTS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "1")
+    driver._tune_environment()
+    assert os.environ["TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"] == "0"
+    assert os.environ["RAY_AIR_NEW_OUTPUT"] == "1"
