@@ -23,6 +23,7 @@ import re
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,15 @@ from service.sweep import expand, load_sweep_spec
 
 from .conftest import RayCluster, report_timing, script, wait_gone
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(900)]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def end_to_end(test: Callable[..., None]) -> Callable[..., None]:
+    """The two cluster tests need PostgreSQL and minutes; none may hang past 15 minutes."""
+    for mark in (pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(900)):
+        test = mark(test)
+    return test
+
 
 #: Tiny on purpose: the real 8×8 digits and ResNet-8 on CPU, one CPU per trial.
 TRIAL_DEFAULTS = {
@@ -136,6 +145,35 @@ def table_cells(markdown: str) -> dict[str, tuple[float, float]]:
     return rows
 
 
+def _compose_environment(service: str) -> dict[str, str]:
+    compose = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
+    environment = compose["services"][service]["environment"]
+    if isinstance(environment, list):
+        environment = dict(item.partition("=")[::2] for item in environment)
+    return {key: str(value) for key, value in environment.items()}
+
+
+def test_compose_sets_what_this_topology_relies_on() -> None:
+    # The tests below run the head with BNSWEEP_SHARED_STORAGE=1 and the workers with a
+    # writable BNSWEEP_CACHE_DIR; the compose cluster must do the same, or a paper spec fails
+    # its storage check there (and CUB/Cars decode their images again in every trial).
+    assert _compose_environment("ray-head").get("BNSWEEP_SHARED_STORAGE") == "1"
+    cache = _compose_environment("ray-worker").get("BNSWEEP_CACHE_DIR", "")
+    mounts = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())["services"][
+        "ray-worker"
+    ]["volumes"]
+    writable = [
+        m.split(":")[1] if isinstance(m, str) else m["target"]
+        for m in mounts
+        if (isinstance(m, str) and not m.endswith(":ro"))
+        or (isinstance(m, dict) and not m.get("read_only"))
+    ]
+    assert any(cache.startswith(target.rstrip("/") + "/") for target in writable), (
+        f"BNSWEEP_CACHE_DIR={cache!r} is not on a writable volume of ray-worker ({writable})"
+    )
+
+
+@end_to_end
 def test_a_sweep_submitted_as_a_ray_job_is_stored_once_per_cell_and_tabulated(
     ray_cluster: RayCluster, database: str
 ) -> None:
@@ -197,6 +235,7 @@ def _progress(engine: sa.Engine) -> list[tuple[str, int, str, int]]:
     return [(r[0], r[1], r[2], r[3]) for r in rows]
 
 
+@end_to_end
 def test_losing_the_worker_node_mid_sweep_still_completes_every_cell_once(
     ray_cluster: RayCluster, database: str
 ) -> None:
