@@ -640,8 +640,11 @@ def connect(address: str | None, num_cpus: int | None = None, num_gpus: int | No
         if target:
             kwargs["address"] = target
         else:
-            # No dashboard for a local run: it starts slowly and nobody looks at it.
-            kwargs.update(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False)
+            # A Ray of our own ("local"), never one a `ray start` on this machine left recorded
+            # in /tmp/ray; no dashboard: it starts slowly and nobody looks at it.
+            kwargs.update(
+                address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False
+            )
         try:
             ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ray.exceptions.RayError) as err:
