@@ -64,7 +64,10 @@ def run(args: argparse.Namespace) -> int:
         TextColumn("{task.fields[status]}"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as bar:
+    # Off a terminal rich would only print the bar's last frame, also before an error line.
+    with Progress(
+        *columns, console=console, transient=False, disable=not console.is_terminal
+    ) as bar:
         task = bar.add_task("train", total=spec.epochs, status="", completed=0)
 
         def on_epoch(m, save):
