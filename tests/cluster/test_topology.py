@@ -7,7 +7,7 @@ own temp dir and CPUs), and a checkpoint folder both nodes see. The sweep goes i
 `ray job submit -- bnsweep launch SPEC --db URL`; results come out through `bnsweep query` and
 `bnsweep tables`, each a process of its own.
 
-The second test SIGKILLs every process of the worker node while one cell is half-trained, then
+The second test SIGKILLs every process of the worker node while one cell is part-trained, then
 starts a replacement node, as compose's restart policy or a cluster manager would. The head has
 no CPUs, so without a replacement the job waits for one: Ray Tune keeps the retried trial
 pending until a node with room joins, and that is the documented behaviour (docs/cluster.md).
