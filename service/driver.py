@@ -31,6 +31,9 @@ from typing import Any
 import ray
 from ray import cloudpickle, tune
 from ray.tune.logger import JsonLoggerCallback
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
 
 from service.store.api import (
     DiagnosticsRecorded,
@@ -469,9 +472,6 @@ class Progress:
         self._changed = True
         self._live = None
         if getattr(self.stream, "isatty", lambda: False)():
-            from rich.console import Console
-            from rich.live import Live
-
             self._live = Live(
                 console=Console(file=self.stream), refresh_per_second=2, transient=False
             )
@@ -527,7 +527,7 @@ class Progress:
 
     def refresh(self, force: bool = False) -> None:
         if self._live is not None:
-            self._live.update(self.line())
+            self._live.update(Text(self.line()))  # Text: plain, no markup or number colouring
             return
         now = time.monotonic()
         if force or (self._changed and now - self._last >= self.every):
@@ -537,7 +537,7 @@ class Progress:
 
     def close(self) -> None:
         if self._live is not None:
-            self._live.update(self.line())
+            self._live.update(Text(self.line()))
             self._live.stop()
         else:
             self.refresh(force=True)

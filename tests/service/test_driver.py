@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import pickle
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -367,6 +368,26 @@ def test_progress_counts_and_eta_from_epochs() -> None:
     progress.close()
     lines = stream.getvalue().splitlines()
     assert lines[-1].startswith("cells 5: 3 done, 0 running, 1 pending, 1 failed, 0 diverged")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_on_a_terminal_is_one_live_line() -> None:
+    stream = _Terminal()
+    progress = Progress(3, 1, epochs={("a", 1): 2, ("b", 1): 2}, stream=stream)
+    progress.started(("a", 1))
+    progress.epoch(("a", 1), 1)
+    progress.refresh()
+    progress.finished(("a", 1), "completed")
+    progress.close()
+    text = stream.getvalue()
+    assert "\x1b[" in text  # drawn in place with terminal control codes
+    final = " ".join(re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text).split())  # a narrow one wraps
+    assert final.endswith("cells 3: 2 done, 0 running, 1 pending, 0 failed, 0 diverged | "
+                          "elapsed 0:00:00, ETA 0:00:00")  # fmt: skip
 
 
 def test_the_callback_pickles_without_the_store(tmp_path: Path) -> None:
