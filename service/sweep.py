@@ -55,7 +55,7 @@ class Diagnostics(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     every: int = Field(1, ge=0)
-    #: Validation images in the probe batch; default: the trial's batch size.
+    #: Validation images in the probe batch; default: 64, or the batch size when smaller.
     probe_size: int | None = Field(None, ge=2)
 
 
