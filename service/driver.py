@@ -637,6 +637,15 @@ def connect(address: str | None, num_cpus: int | None = None, num_gpus: int | No
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
         target = address or os.environ.get("RAY_ADDRESS")
+        if target and target.startswith("ray://"):
+            # Under Ray Client, Tune runs on the cluster and takes our callbacks there, without
+            # the store: results would never be written.
+            raise BnsweepError(
+                f"--address {target}: a Ray Client address cannot run a sweep (Tune would run "
+                "on the cluster, away from the results store); submit the launch as a Ray job "
+                "(`ray job submit -- bnsweep launch SPEC`, docs/cluster.md) or run it on a "
+                "cluster node with the GCS address (HOST:6379)"
+            )
         if target:
             kwargs["address"] = target
         else:

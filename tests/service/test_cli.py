@@ -202,6 +202,17 @@ def test_bad_queries_are_one_line_and_leave_the_store_alone(
     assert digest() == before
 
 
+def test_a_ray_client_address_is_refused_before_anything_runs(
+    tmp_path: Path, db: tuple[str, Callable[[], str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, _ = db
+    spec = tmp_path / "good.yaml"
+    spec.write_text(yaml.safe_dump(GOOD), encoding="utf-8")
+    assert main(["launch", str(spec), "--db", url, "--address", "ray://head:10001"]) == 2
+    one_error_line(capsys, "ray://head:10001", "ray job submit")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_an_argparse_mistake_exits_2_naming_the_argument(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
