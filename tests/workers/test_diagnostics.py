@@ -257,6 +257,14 @@ def test_resnet8_keeps_the_cancellation_but_departs_from_the_plain_level() -> No
     for name in after_shortcut:
         assert by_name[name] < 0.85 * plain_level, (name, by_name[name])
     assert by_name["body.stages.0.bn2"] == pytest.approx(plain_level, rel=0.1)
+    # Without the input BN (Sect. 3.4) the stem's BN reads γ-free data: its factor scales with γ.
+
+    def fixed_input(gamma: float) -> nn.Module:
+        return build_model("resnet8", 10, 3, True, "standard", gamma, "fixed")
+
+    fixed = _factors_at_init(fixed_input, torch.rand(128, 3, 16, 16, generator=_g()))
+    stem = [fixed[g][0].gradient_factor / g for g in fixed]
+    assert fixed[1.0][0].layer == "body.stem.1" and _relative_spread(stem) < 1e-3
 
 
 def _g() -> torch.Generator:
