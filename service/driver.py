@@ -39,6 +39,7 @@ from service.store.api import (
     DiagnosticsRecorded,
     EpochRecorded,
     Store,
+    StoreError,
     TrialFailed,
     TrialFinished,
     TrialStarted,
@@ -163,13 +164,16 @@ def train_cell(
         tune.report({"kind": "skipped"})
         return
     resume_dir = _resume_dir((resume_from or {}).get(cell_of(spec)))
-    resumed_from = _checkpoint_epoch(resume_dir)
+    # Epochs up to the checkpoint, sent again: their rows may have been in the driver's buffer
+    # when it died, and training goes on after them, so this is their last chance to be stored.
+    history = _checkpoint_history(resume_dir)
     tune.report(
         {
             "kind": "started",
             "host": socket.gethostname(),
             "device": _device_name(spec),
-            "resumed_from_epoch": resumed_from,
+            "resumed_from_epoch": history[-1]["epoch"] if history else 0,
+            "history": history,
         }
     )
 
@@ -178,7 +182,8 @@ def train_cell(
     def on_epoch(metrics: EpochMetrics, save: Any) -> None:
         with tempfile.TemporaryDirectory(prefix="bnsweep-ckpt-") as folder:
             save(folder)
-            _write_cell_file(folder, spec, metrics.epoch)
+            history.append(asdict(metrics))
+            _write_cell_file(folder, spec, history)
             tune.report(
                 {"kind": "epoch", **asdict(metrics), **_diagnostics_report(inspector)},
                 checkpoint=tune.Checkpoint.from_directory(folder),
@@ -232,8 +237,14 @@ def _resume_dir(found: str | None) -> str | None:
     return restored.to_directory()
 
 
-def _write_cell_file(folder: str | Path, spec: TrialSpec, epoch: int) -> None:
-    cell = {"spec_hash": spec.spec_hash, "seed": spec.seed, "epoch": epoch}
+def _write_cell_file(folder: str | Path, spec: TrialSpec, history: list[dict[str, Any]]) -> None:
+    """The cell, its last epoch and every epoch's metrics so far, beside the checkpoint."""
+    cell = {
+        "spec_hash": spec.spec_hash,
+        "seed": spec.seed,
+        "epoch": history[-1]["epoch"] if history else 0,
+        "history": history,
+    }
     (Path(folder) / CELL_FILE).write_text(json.dumps(cell))
 
 
@@ -246,15 +257,16 @@ def _read_cell_file(folder: str | Path) -> tuple[Cell, int] | None:
         return None
 
 
-def _checkpoint_epoch(folder: str | None) -> int:
+def _checkpoint_history(folder: str | None) -> list[dict[str, Any]]:
+    """The metrics of every epoch a checkpoint holds (EpochMetrics as dicts), oldest first."""
     if folder is None:
-        return 0
-    found = _read_cell_file(folder)
-    if found is not None:
-        return found[1]
-    from workers.checkpoint import load_checkpoint
+        return []
+    try:
+        return list(json.loads((Path(folder) / CELL_FILE).read_text())["history"])
+    except (OSError, ValueError, KeyError, TypeError):
+        from workers.checkpoint import load_checkpoint  # a checkpoint without our cell file
 
-    return int(load_checkpoint(folder)["progress"]["epoch"])
+        return list(load_checkpoint(folder)["progress"]["history"])
 
 
 def _device_name(spec: TrialSpec) -> str:
@@ -298,6 +310,7 @@ class StoreCallback(tune.Callback):
         self._pending: list[Any] = []
         self._last_flush = time.monotonic()
         self._package_version = _package_version()
+        self.failure: StoreError | None = None  # the store gave up: the launch stops with this
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its RunConfig (callbacks included) into the experiment folder; the store's
@@ -331,6 +344,8 @@ class StoreCallback(tune.Callback):
                     started_at=now,
                 )
             )
+            # The epochs a resumed trial's checkpoint covers (upserts: stored ones stay as are).
+            self._pending += [EpochRecorded(*key, metrics=m) for m in result.get("history") or ()]
             self.progress.started(key, resumed_from)
         elif kind == "epoch":
             metrics = EpochMetrics(**{f.name: result[f.name] for f in fields(EpochMetrics)})
@@ -390,8 +405,14 @@ class StoreCallback(tune.Callback):
             self.flush()
 
     def flush(self) -> None:
-        if self._pending:
-            self.store.apply(self._pending)  # retried inside the store; idempotent
+        if self._pending and self.failure is None:
+            try:
+                self.store.apply(self._pending)  # retried inside the store; idempotent
+            except StoreError as err:
+                # Raised inside Tune's loop, it reaches `launch` as a TuneError wrapping a
+                # traceback; kept here, it is what the user is told.
+                self.failure = err
+                raise
             self._pending = []
         self._last_flush = time.monotonic()
 
@@ -717,7 +738,8 @@ def launch(
             _restore_experiment(unfinished[0], sweep, store, launch_plan, callback, summary)
         _run_missing(sweep, store, root, unfinished, callback, summary)
     finally:
-        callback.flush()
+        if callback.failure is None:
+            callback.flush()
         progress.close()
     return summary
 
@@ -754,7 +776,7 @@ def _restore_experiment(
         )
         _attach(tuner, callback)
         summary.restored_experiment = str(path)
-        _fit(tuner, str(path))
+        _fit(tuner, str(path), callback)
     except BnsweepError:
         raise  # the store or the spec: a fresh experiment would fail the same way
     except Exception as err:
@@ -787,7 +809,7 @@ def _run_missing(
         resume_from = {cell_of(c): found[cell_of(c)][1] for c in missing if cell_of(c) in found}
         name = datetime.now(timezone.utc).strftime("launch-%Y%m%dT%H%M%S%f")
         tuner = _new_tuner(sweep, missing, root, name, callback, resume_from)
-        _fit(tuner, _join(_join(root, sweep.name), name))
+        _fit(tuner, _join(_join(root, sweep.name), name), callback)
     # Only now: had this launch been killed too, the next one would still find these checkpoints.
     for path in abandoned:
         _mark_finished(path, "superseded by a later launch")
@@ -858,9 +880,16 @@ def _attach(tuner: tune.Tuner, callback: StoreCallback) -> None:
     ]
 
 
-def _fit(tuner: tune.Tuner, path: str) -> None:
+def _fit(tuner: tune.Tuner, path: str, callback: StoreCallback) -> None:
+    """Run the experiment; mark its folder finished only when it ran to the end, so that a
+    launch stopped by anything (the store gone for good, Tune failing) is restored next time."""
     try:
         tuner.fit()
     except (ray.exceptions.RayError, tune.TuneError) as err:
-        raise BnsweepError(f"the Ray Tune run stopped: {err}") from err
+        if callback.failure is not None:
+            raise callback.failure from err
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        raise BnsweepError(
+            f"the Ray Tune run stopped: {lines[-1].strip() if lines else type(err).__name__}"
+        ) from err
     _mark_finished(path, "finished")

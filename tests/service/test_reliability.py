@@ -37,8 +37,8 @@ from ray.cluster_utils import Cluster
 
 from service import driver
 from service.cli import main
-from service.driver import cell_of
-from service.store.api import Store, normalize_url
+from service.driver import cell_of, launch
+from service.store.api import Store, StoreError, normalize_url
 from service.sweep import expand, load_sweep_spec
 from tests.service.test_driver import results, run_launch, write_spec
 from workers.errors import SpecError
@@ -459,3 +459,32 @@ def test_a_database_outage_during_a_sweep_loses_nothing(
     trials, epochs = results(pg_url, "outage")
     assert_each_cell_once(trials, epochs, spec)
     assert list(trials["attempts"]) == [1, 1]
+
+
+@pytest.mark.postgres
+def test_a_database_gone_for_good_stops_the_launch_and_a_relaunch_finishes(
+    cluster: Cluster, pg_url: str, tmp_path: Path
+) -> None:
+    parsed = sa.make_url(pg_url)
+    proxy = TcpProxy(parsed.host or "127.0.0.1", parsed.port or 5432)
+    proxy.start()
+    through = parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    spec = write_spec(tmp_path, "gone", defaults={"epochs": 3}, base=False, shared_storage=True)
+    sweep = load_sweep_spec(spec)
+    watcher = _watch(lambda: _running_with_epochs(pg_url, "gone", running=1), proxy.stop, 300)
+    with Store.open(through, retry_seconds=3) as store, pytest.raises(StoreError) as err:
+        launch(sweep, store, spec.read_text(), progress_stream=io.StringIO())
+    watcher.join(timeout=10)
+    message = str(err.value)
+    assert "unavailable for 3 s" in message and "recording results" in message
+    assert "\n" not in message
+    _cpus_free(2.0)  # the stopped launch's trials were stopped with it
+
+    proxy.start()
+    try:
+        summary, _ = run_launch(spec, through)
+    finally:
+        proxy.stop()
+    assert summary.restored_experiment is not None  # its folder was left unfinished
+    trials, epochs = results(pg_url, "gone")
+    assert_each_cell_once(trials, epochs, spec)
