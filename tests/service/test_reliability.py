@@ -208,11 +208,13 @@ def _bnsweep(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
-@pytest.mark.slow  # two launches of 4 cells around a SIGKILL: over a minute on 2 cores
+@pytest.mark.slow  # two launches of 3 cells around a SIGKILL: over a minute on 2 cores
 def test_a_killed_driver_relaunched_runs_only_the_missing_cells(
     cluster: Cluster, ray_env: dict[str, str], tmp_path: Path
 ) -> None:
-    spec = write_spec(tmp_path, "killed", defaults={"epochs": 4}, shared_storage=True)
+    spec = write_spec(
+        tmp_path, "killed", defaults={"epochs": 3}, base=False, seeds=3, shared_storage=True
+    )
     url = f"sqlite:///{tmp_path / 'killed.db'}"
     args = ("launch", str(spec), "--db", url, "--address", cluster.address, "--no-tables")
     process = _bnsweep(*args, env=ray_env)
@@ -227,7 +229,7 @@ def test_a_killed_driver_relaunched_runs_only_the_missing_cells(
         _, stderr = process.communicate()
     _cpus_free(2.0)  # the killed driver's trials went with it
     # What the CLI showed until then: its progress lines, none of Tune's per-epoch chatter.
-    assert "cells 4: 0 done, 0 running, 4 pending" in stderr
+    assert "cells 3: 0 done, 0 running, 3 pending" in stderr
     noise = ("snapshotting has been triggered", "Checkpoint successfully created", "View detailed")
     assert not [n for n in noise if n in stderr], stderr
     before, before_epochs = results(url, "killed")
@@ -432,7 +434,7 @@ def test_a_database_outage_during_a_sweep_loses_nothing(
     proxy = TcpProxy(parsed.host or "127.0.0.1", parsed.port or 5432)
     proxy.start()
     through = parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    spec = write_spec(tmp_path, "outage", defaults={"epochs": 4}, base=False, shared_storage=True)
+    spec = write_spec(tmp_path, "outage", defaults={"epochs": 3}, base=False, shared_storage=True)
     outage: dict[str, float] = {}
 
     def cut_for_five_seconds() -> None:
