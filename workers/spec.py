@@ -21,7 +21,9 @@ MEMORY_FORMATS = ("contiguous", "channels_last")
 DEVICES = ("auto", "cpu", "cuda")
 
 #: Fields that do not change what a run computes; they are left out of `spec_hash`.
-NON_RESULT_FIELDS = frozenset({"data_root", "device", "seed"})
+#: `compile` is one of them: `torch.compile` fuses kernels, which reorders floating-point
+#: arithmetic but computes the same function, so a compiled run fills the same cell.
+NON_RESULT_FIELDS = frozenset({"data_root", "device", "seed", "compile"})
 
 #: The fields that say which arm of an experiment a run belongs to; BASE is γ = 1, c = 1, standard.
 ARM_FIELDS = ("formulation", "bn_scale_init", "bn_lr_divisor")
@@ -43,11 +45,16 @@ class TrialSpec:
     momentum: float = 0.9
     weight_decay: float = 1e-4  # conv and linear weights only (Sect. 4.2)
     val_fraction: float = 0.1
+    # fp32: IEEE single precision on every device (no TF32, deterministic cuDNN), for exact
+    # comparisons with the paper; bf16: autocast to bfloat16, the fast path on GPUs.
     precision: str = "fp32"
-    memory_format: str = "contiguous"
+    memory_format: str = "contiguous"  # channels_last: NHWC, faster convolutions on GPUs and CPUs
     seed: int = 1
     data_root: str | None = field(default=None, compare=False)
     device: str = field(default="auto", compare=False)
+    # A runtime option, not part of the result (see NON_RESULT_FIELDS): wrap the model in
+    # `torch.compile`. It pays a compile time at the start of the trial (about a minute).
+    compile: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         _coerce_numbers(self)
@@ -148,6 +155,8 @@ def _validate(spec: TrialSpec) -> None:
         if getattr(spec, name) not in allowed:
             raise choice_error(name, getattr(spec, name), allowed)
 
+    if not isinstance(spec.compile, bool):
+        raise SpecError(f"compile: expected true or false, got {spec.compile!r}")
     for name in _FLOAT_FIELDS:
         if not math.isfinite(getattr(spec, name)):
             raise SpecError(f"{name}: must be finite, got {getattr(spec, name)!r}")
