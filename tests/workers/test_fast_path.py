@@ -1,0 +1,237 @@
+"""The worker's fast path: every precision and memory format trains; fp32 stays exact; an epoch
+never waits for the device; compile is a runtime option; the throughput bench runs (CPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import math
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from workers.data import load_splits
+from workers.errors import SpecError
+from workers.seeding import complex_seed
+from workers.spec import MEMORY_FORMATS, PRECISIONS, RESULT_FIELD_NAMES, TrialSpec
+from workers.trial import (
+    autocast_for,
+    build,
+    device_numerics,
+    evaluate,
+    make_loaders,
+    memory_format_for,
+    run_trial,
+    train_one_epoch,
+)
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+SPEC = TrialSpec(dataset="digits", arch="resnet8", epochs=1, batch_size=128, device="cpu")
+
+
+def _metrics(result) -> list[dict]:
+    return [{k: v for k, v in asdict(m).items() if k != "seconds"} for m in result.history]
+
+
+# -- every setting trains -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("precision", "memory_format"), list(itertools.product(PRECISIONS, MEMORY_FORMATS))
+)
+def test_every_precision_and_memory_format_trains_on_cpu(
+    precision: str, memory_format: str
+) -> None:
+    result = run_trial(SPEC.replace(precision=precision, memory_format=memory_format))
+    assert result.status == "completed" and result.epochs_run == 1
+    (epoch,) = result.history
+    assert math.isfinite(epoch.train_loss) and math.isfinite(epoch.val_loss)
+    assert 0.0 <= epoch.val_acc <= 1.0 and 0.0 <= epoch.test_acc <= 1.0
+    assert result.images_per_sec > 0
+
+
+def test_fp32_channels_last_runs_are_bit_identical() -> None:
+    spec = SPEC.replace(memory_format="channels_last", epochs=2)
+    assert _metrics(run_trial(spec)) == _metrics(run_trial(spec))
+
+
+# -- precision and memory format are part of the result -------------------------------------
+def test_precision_and_memory_format_key_the_cell_and_compile_does_not() -> None:
+    assert {"precision", "memory_format"} <= set(RESULT_FIELD_NAMES)
+    assert "compile" not in RESULT_FIELD_NAMES
+    base = TrialSpec()
+    hashes = {base.replace(precision=p, memory_format=m).spec_hash for p, m in
+              itertools.product(PRECISIONS, MEMORY_FORMATS)}  # fmt: skip
+    assert len(hashes) == len(PRECISIONS) * len(MEMORY_FORMATS)
+    assert base.replace(compile=True).spec_hash == base.spec_hash
+    assert TrialSpec.from_dict({"compile": True}).compile is True
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_compile_must_be_a_boolean(value: object) -> None:
+    with pytest.raises(SpecError, match=r"^compile: expected true or false"):
+        TrialSpec(compile=value)
+
+
+# -- no host sync inside an epoch -----------------------------------------------------------
+#: Every way Python code reads a tensor's value back to the host.
+HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+
+@pytest.fixture
+def host_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Counts (by name) every host read of a tensor made from Python while the test runs."""
+    seen: list[str] = []
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, __name=name, __original=original, **kwargs):
+            seen.append(__name)
+            return __original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    yield seen
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_an_epoch_reads_nothing_back_until_it_ends(precision: str, host_reads: list[str]) -> None:
+    spec = SPEC.replace(precision=precision, memory_format="channels_last")
+    device = torch.device("cpu")
+    data = load_splits(spec)
+    model, optimizer, _ = build(spec, data, device)
+    loaders = make_loaders(spec, data, device, torch.Generator().manual_seed(complex_seed(1)))
+    autocast, memory_format = autocast_for(spec, device), memory_format_for(spec)
+    host_reads.clear()  # building reads values on purpose (initialisation, splits)
+
+    _, images = train_one_epoch(model, loaders["train"], optimizer, autocast, memory_format)
+    assert host_reads == [] and images == len(data.train_y)
+    evaluate(model, loaders["val"], autocast, memory_format)
+    assert host_reads == ["tolist"]  # one read per evaluated split, after its last batch
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_a_cuda_epoch_never_syncs_the_host(precision: str) -> None:
+    spec = SPEC.replace(precision=precision, memory_format="channels_last", device="cuda")
+    device = torch.device("cuda")
+    data = load_splits(spec)
+    with device_numerics(spec, device):
+        model, optimizer, _ = build(spec, data, device)
+        loaders = make_loaders(spec, data, device, torch.Generator().manual_seed(complex_seed(1)))
+        args = (optimizer, autocast_for(spec, device), memory_format_for(spec))
+        train_one_epoch(model, loaders["train"], *args)  # warm-up: cuDNN autotuning may sync
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")  # any host sync from here on raises
+        try:
+            loss_sum, _ = train_one_epoch(model, loaders["train"], *args)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert math.isfinite(loss_sum.item())
+
+
+# -- device settings and the optimizer ------------------------------------------------------
+def test_device_numerics_make_fp32_exact_and_bf16_fast_and_restore_the_flags() -> None:
+    # Only flags are touched, so this runs on a CPU-only machine with a CUDA build too.
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+
+    def flags() -> tuple:
+        tf32 = (cudnn.conv.fp32_precision, matmul.fp32_precision) if hasattr(cudnn, "conv") else ()
+        return (cudnn.benchmark, cudnn.deterministic, *tf32)
+
+    before = flags()
+    with device_numerics(TrialSpec(precision="fp32"), torch.device("cuda")):
+        assert (cudnn.benchmark, cudnn.deterministic) == (False, True)
+        if hasattr(cudnn, "conv"):
+            assert (cudnn.conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+    assert flags() == before
+    with (
+        pytest.raises(RuntimeError, match="inside"),
+        device_numerics(TrialSpec(precision="bf16"), torch.device("cuda")),
+    ):
+        assert (cudnn.benchmark, cudnn.deterministic) == (True, False)
+        raise RuntimeError("inside")
+    assert flags() == before
+    with device_numerics(TrialSpec(precision="bf16"), torch.device("cpu")):
+        assert flags() == before
+
+
+def test_the_multi_tensor_update_equals_the_per_parameter_loop() -> None:
+    spec = SPEC
+    data = load_splits(spec)
+    model, optimizer, _ = build(spec, data, torch.device("cpu"))
+    assert all(group["foreach"] for group in optimizer.param_groups)
+    twin, _, _ = build(spec, data, torch.device("cpu"))
+    twin.load_state_dict(model.state_dict())
+    loop = torch.optim.SGD(
+        [{**g, "params": [dict(twin.named_parameters())[n] for n in names], "foreach": False}
+         for g, names in zip(optimizer.param_groups, _group_names(model, optimizer), strict=True)],
+        lr=spec.lr,
+    )  # fmt: skip
+    x, y = data.train_x[:64].float() / 255, data.train_y[:64]
+    for net, opt in ((model, optimizer), (twin, loop)):
+        for _ in range(3):
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def _group_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[list[str]]:
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    return [[name_of[id(p)] for p in g["params"]] for g in optimizer.param_groups]
+
+
+# -- torch.compile (minutes on a CPU) -------------------------------------------------------
+@pytest.mark.slow
+def test_a_compiled_trial_computes_what_the_eager_one_does() -> None:
+    # Batches of 50 divide every split of `synthetic` (450 / 50 / 200): no partial batch, so
+    # only two graphs are compiled (training and evaluation).
+    spec = SPEC.replace(dataset="synthetic", batch_size=50)
+    eager = run_trial(spec)
+    fused = run_trial(spec.replace(compile=True))
+    # Same function, kernels fused: equal up to floating-point reassociation.
+    for a, b in zip(eager.history, fused.history, strict=True):
+        assert b.train_loss == pytest.approx(a.train_loss, rel=1e-3)
+        assert b.val_loss == pytest.approx(a.val_loss, rel=1e-2)
+
+
+# -- the throughput benchmark's CPU path ----------------------------------------------------
+def _bench_module(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """A bench script as a module (bench/ is not a package); gone from sys.modules after."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_throughput_bench_compares_every_setting_with_the_reference(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torchvision.datasets.cifar as tv_cifar
+
+    # The bench turns torchvision's MD5 check off for its fabricated files; put it back after.
+    monkeypatch.setattr(tv_cifar, "check_integrity", tv_cifar.check_integrity)
+    bench = _bench_module("throughput", monkeypatch)
+    out = tmp_path / "throughput.json"
+    settings = ["reference", "fp32", "bf16-cl"]
+    summaries = bench.main(
+        ["--arch", "resnet8", "--batch", "32", "--train-images", "64", "--val-images", "16",
+         "--test-images", "16", "--warmup", "0", "--epochs", "1", "--quiet",
+         "--settings", *settings, "--json", str(out)]
+    )  # fmt: skip
+    assert [s["setting"] for s in summaries] == settings
+    for s in summaries:
+        assert "error" not in s, s
+        assert s["train_images_per_s"] > 0 and s["epoch_seconds"] > 0
+        assert s["epoch_ratio"] > 0 and s["train_ratio"] > 0
+    saved = json.loads(out.read_text())
+    assert saved["images"] == {"train": 64, "val": 16, "test": 16}
+    assert [r["setting"] for r in saved["results"]] == settings
