@@ -6,8 +6,9 @@ Nothing here hands out ORM rows: writes take frozen event values, reads return f
 Rules worth knowing before reading the code (docs/store.md says the same for users):
 
 - A cell is `(spec_hash, seed)`; every write is an idempotent upsert keyed by it (and by
-  `(trial, epoch)` for epochs), so replaying a batch after a lost commit acknowledgement, or a
-  Ray retry that replays epochs, never duplicates anything.
+  `(trial, epoch)` for epochs, `(trial, epoch, layer)` for BN diagnostics), so replaying a
+  batch after a lost commit acknowledgement, or a Ray retry that replays epochs, never
+  duplicates anything.
 - Status transitions: pending → running → completed | diverged | failed; failed → running
   (a retry). completed and diverged are final: later events for such a trial are ignored, except
   that a missing epoch row may still be filled in. A start no newer than the recorded start is a
