@@ -22,7 +22,6 @@ Results: docs/diagnostics.md.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import statistics
 import time
@@ -30,10 +29,18 @@ from dataclasses import dataclass
 
 import torch
 
-from workers.data import DataSplits, DeviceLoader, load_splits
+from workers.data import DataSplits, load_splits
 from workers.diagnostics import BNDiagnostics
 from workers.spec import TrialSpec
-from workers.trial import build, evaluate, resolve_device, train_one_epoch
+from workers.trial import (
+    autocast_for,
+    build,
+    evaluate,
+    make_loaders,
+    memory_format_for,
+    resolve_device,
+    train_one_epoch,
+)
 
 
 @dataclass(frozen=True)
@@ -64,29 +71,17 @@ def cifar_size(train_images: int, eval_images: int = 1000) -> DataSplits:
 def measure(name: str, spec: TrialSpec, data: DataSplits, reps: int, every: int = 1) -> Timing:
     device = resolve_device(spec.device)
     model, optimizer, _ = build(spec, data, device)
-    generator = torch.Generator().manual_seed(0)
-    loaders = {
-        split: DeviceLoader(
-            getattr(data, f"{split}_x"),
-            getattr(data, f"{split}_y"),
-            spec.batch_size,
-            device,
-            train=split == "train",
-            augment=data.augment,
-            generator=generator,
-        )
-        for split in ("train", "val", "test")
-    }
+    # The worker's own phases, so the epoch timed is the epoch `run_trial` runs.
+    loaders = make_loaders(spec, data, device, torch.Generator().manual_seed(0))
     inspector = BNDiagnostics.for_spec(spec, every=every)
-    no_autocast = functools.partial(torch.autocast, device.type, enabled=False)
-    fmt = torch.contiguous_format
+    autocast, fmt = autocast_for(spec, device), memory_format_for(spec)
 
     def epoch(number: int, with_diagnostics: bool) -> tuple[float, float]:
         started = time.perf_counter()
-        loss, _ = train_one_epoch(model, loaders["train"], optimizer, no_autocast, fmt)
+        loss, _ = train_one_epoch(model, loaders["train"], optimizer, autocast, fmt)
         loss.item()
-        evaluate(model, loaders["val"], no_autocast, fmt)
-        evaluate(model, loaders["test"], no_autocast, fmt)
+        evaluate(model, loaders["val"], autocast, fmt)
+        evaluate(model, loaders["test"], autocast, fmt)
         inspected = time.perf_counter()
         if with_diagnostics:
             inspector(model, number, data)
