@@ -321,8 +321,10 @@ def _run_trial(
     checkpoint: str | Path | None,
     inspect: Inspect | None,
 ) -> TrialResult:
-    seed_everything(spec.seed)
+    # Data first: its splits use their own fixed seed, and a first import of a loader's library
+    # (scikit-learn draws from Python's RNG) must not shift the run's RNG streams.
     data = load_splits(spec)
+    seed_everything(spec.seed)
     model, optimizer, scheduler = build(spec, data, device)
     # The data order has its own generator, so it is restored exactly and is the same on any device.
     generator = torch.Generator().manual_seed(complex_seed(spec.seed))
