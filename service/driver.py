@@ -767,6 +767,9 @@ def _restore_experiment(
         log.info("experiment %s has no restorable state; resuming from the store's view", path)
         return
     skip = frozenset(store.completed_cells(launch_plan.cells))
+    # Restoring reads back results Tune had not yet copied to `storage` when the driver died and
+    # warns, per trial, that it could not; the store holds them and nothing here needs them.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     try:
         tuner = tune.Tuner.restore(
             str(path),
