@@ -5,9 +5,14 @@ The flow of one launch (docs/architecture.md):
 1. `plan()` expands the sweep and asks the store which cells are completed;
 2. an interrupted experiment of this sweep is restored with `Tuner.restore` when its folder is
    there (trials resume from their last epoch checkpoint; cells completed meanwhile are skipped);
-3. whatever is still missing runs as a new Tune experiment over an explicit list of cells;
+3. whatever is still missing runs as a new Tune experiment over an explicit list of cells, each
+   cell an abandoned experiment left a checkpoint for continuing from it;
 4. `StoreCallback` turns Tune's results into store events, batched, in the driver process: the
-   driver is the only writer, which keeps SQLite safe and puts retries in one place.
+   driver is the only writer, which keeps SQLite safe and puts retries in one place. A trial
+   that resumes sends again the epochs its checkpoint covers, so events a dead driver still
+   held are not lost.
+
+docs/sweeps.md says the same for users.
 """
 
 from __future__ import annotations
