@@ -17,6 +17,8 @@ docs/sweeps.md says the same for users.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import math
@@ -27,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,6 +61,7 @@ log = logging.getLogger(__name__)
 
 Cell = tuple[str, int]  # (spec_hash, seed): the store's key for one run
 DONE_MARKER = ".bnsweep-finished"
+LOCK_FILE = ".bnsweep-launch.lock"
 #: Written beside every epoch checkpoint: which cell and epoch it holds, readable without torch,
 #: so a relaunch can find in-flight cells' checkpoints in an experiment Tune cannot restore.
 CELL_FILE = "bnsweep-cell.json"
@@ -730,23 +733,51 @@ def launch(
     nodes = connect(address, num_cpus=num_cpus)
     root = storage_root(sweep, base_dir)
     check_storage_is_shared(sweep, root, nodes)
-    progress = Progress(
-        len(launch_plan.cells),
-        len(launch_plan.completed),
-        epochs={cell_of(c): c.epochs for c in launch_plan.missing},
-        stream=progress_stream,
-    )
-    callback = StoreCallback(store, summary, progress)
-    try:
-        unfinished = _unfinished_experiments(root, sweep.name)
-        if unfinished:
-            _restore_experiment(unfinished[0], sweep, store, launch_plan, callback, summary)
-        _run_missing(sweep, store, root, unfinished, callback, summary)
-    finally:
-        if callback.failure is None:
-            callback.flush()
-        progress.close()
+    with _one_launch_at_a_time(root, sweep.name):
+        progress = Progress(
+            len(launch_plan.cells),
+            len(launch_plan.completed),
+            epochs={cell_of(c): c.epochs for c in launch_plan.missing},
+            stream=progress_stream,
+        )
+        callback = StoreCallback(store, summary, progress)
+        try:
+            unfinished = _unfinished_experiments(root, sweep.name)
+            if unfinished:
+                _restore_experiment(unfinished[0], sweep, store, launch_plan, callback, summary)
+            _run_missing(sweep, store, root, unfinished, callback, summary)
+        finally:
+            if callback.failure is None:
+                callback.flush()
+            progress.close()
     return summary
+
+
+@contextlib.contextmanager
+def _one_launch_at_a_time(root: str, sweep_name: str) -> Iterator[None]:
+    """Hold a lock on <storage>/<sweep>/ for the launch: a second launch of the sweep would take
+    the running experiment's folder for an interrupted one and restore it a second time. The
+    kernel drops the lock of a killed driver. (Object storage has no locks: not checked.)"""
+    if "://" in root:
+        yield
+        return
+    folder = Path(root) / sweep_name
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_FILE, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise BnsweepError(
+                f"sweep {sweep_name} is being launched already ({holder}, lock {handle.name}); "
+                "wait for that launch to end or stop it"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{socket.gethostname()} pid {os.getpid()}\n")
+        handle.flush()
+        yield
 
 
 def _tune_environment() -> None:

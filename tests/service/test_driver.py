@@ -7,6 +7,7 @@ One local Ray (2 CPUs) serves the whole module; every sweep is tiny (resnet8 on 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import io
 import itertools
@@ -319,6 +320,24 @@ def test_cells_resume_from_the_checkpoints_of_an_experiment_tune_cannot_restore(
     assert_never_overlapping(trials)
     old = tmp_path / "runs" / "abandoned" / "launch-19700101T000000000000"
     assert "superseded" in (old / driver.DONE_MARKER).read_text()
+
+
+def test_a_second_launch_of_a_running_sweep_is_refused(
+    local_ray: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = write_spec(tmp_path, "twice")
+    url = f"sqlite:///{tmp_path / 'twice.db'}"
+    lock = tmp_path / "runs" / "twice" / driver.LOCK_FILE
+    lock.parent.mkdir(parents=True)
+    with open(lock, "a+") as held:  # the first launch, still running
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("gpu-head pid 4242\n")
+        held.flush()
+        assert main(["launch", str(spec), "--db", url, "--no-tables"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bnsweep: error: sweep twice is being launched already (gpu-head pid")
+    assert "\n" not in err
+    assert not [p for p in lock.parent.iterdir() if p.is_dir()]  # no experiment was started
 
 
 # -- pieces without Ray -----------------------------------------------------------------------
