@@ -168,7 +168,7 @@ def test_progress_shows_cells_by_state_and_an_eta(tiny: dict[str, Any]) -> None:
 
 def test_the_experiment_folder_is_marked_finished(tiny: dict[str, Any]) -> None:
     runs = tiny["spec"].parent / "runs" / "tiny"
-    (experiment,) = runs.iterdir()
+    (experiment,) = [p for p in runs.iterdir() if p.is_dir()]
     assert (experiment / driver.DONE_MARKER).read_text().strip().endswith("finished")
     # Short trial folders that say which cell they hold.
     names = sorted(p.name for p in experiment.iterdir() if p.is_dir())
