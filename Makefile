@@ -8,7 +8,7 @@ PYTHON ?= python3
 DEPS_STAMP := $(VENV)/.bnsweep-deps-$(shell sha1sum pyproject.toml | cut -c1-12)
 DEMO_DB ?= sqlite:///out/demo.db
 
-.PHONY: demo test test-fast lint bench venv clean
+.PHONY: demo test test-all test-fast lint bench venv clean
 
 venv: $(DEPS_STAMP)
 	@# The editable install is re-pointed at this checkout every time (a few seconds), so a venv
@@ -26,11 +26,16 @@ demo: venv
 	@mkdir -p out
 	$(VENV)/bin/bnsweep launch configs/demo.yaml --db $(DEMO_DB)
 
+# Every test but the exhaustive architecture x formulation cross product (all formulations are
+# still trained on resnet8 and MobileNetV2, every architecture with standard BN).
 test: venv lint
+	$(PY) -m pytest -q -m "not exhaustive" -p no:cacheprovider
+
+test-all: venv lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: venv
-	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider
+	$(PY) -m pytest -q -m "not slow and not exhaustive" -p no:cacheprovider
 
 lint: venv
 	$(PY) -m ruff check .

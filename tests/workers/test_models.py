@@ -33,7 +33,7 @@ def _fast(arch: str, name: str) -> bool:
 
 PAIRS = [
     pytest.param(
-        (arch, name), id=f"{arch}-{name}", marks=() if _fast(arch, name) else pytest.mark.slow
+        (arch, name), id=f"{arch}-{name}", marks=() if _fast(arch, name) else pytest.mark.exhaustive
     )
     for arch in MODELS
     for name in FORMULATIONS
