@@ -20,6 +20,8 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import ray
@@ -71,18 +73,36 @@ def sequential(text: str) -> float:
         torch.set_num_threads(threads)
 
 
-def through_the_service(text: str, folder: Path, cpus: int) -> tuple[float, float, int]:
-    """(Ray start-up seconds, sweep seconds, trials completed) of one launch on a fresh store."""
+@dataclass(frozen=True)
+class ServiceRun:
+    ray_start: float  # seconds for ray.init
+    seconds: float  # launch() from call to return
+    first_start: float  # launch() called → first trial started (Tune set-up, worker imports)
+    trials_span: float  # first trial started → last trial finished
+    completed: int
+
+
+def through_the_service(text: str, folder: Path, cpus: int) -> ServiceRun:
+    """One launch on a fresh store; the trials' start and finish times come from the store."""
     started = time.perf_counter()
     connect(None, num_cpus=cpus)
     ray_start = time.perf_counter() - started
     sweep = parse_sweep_spec(text)
     with Store.open(f"sqlite:///{folder / 'overhead.db'}") as store:
+        called = datetime.now(timezone.utc)
         started = time.perf_counter()
         summary = launch(sweep, store, text, progress_stream=io.StringIO())
         seconds = time.perf_counter() - started
+        trials = store.trials(sweep=sweep.name)
     ray.shutdown()
-    return ray_start, seconds, summary.completed
+    first, last = trials["started_at"].min(), trials["finished_at"].max()
+    return ServiceRun(
+        ray_start=ray_start,
+        seconds=seconds,
+        first_start=(first - called).total_seconds(),
+        trials_span=(last - first).total_seconds(),
+        completed=summary.completed,
+    )
 
 
 def main() -> None:
@@ -99,21 +119,29 @@ def main() -> None:
         text = sweep_text(args.trials, args.epochs, args.cpus, folder / "runs")
         trials = len(expand(parse_sweep_spec(text)))
         parallel = args.cpus  # 1 CPU per trial, capped at --cpus
-        ray_start, service, completed = through_the_service(text, folder, args.cpus)
+        run = through_the_service(text, folder, args.cpus)
         alone = sequential(text)
     load_after = os.getloadavg()
 
     ideal = alone / parallel
-    per_trial = (service - ideal) / trials
-    with_start = (service + ray_start - ideal) / trials
-    print(f"trials: {trials} x {args.epochs} epoch(s) of resnet8 on digits, {completed} completed")
+    print(f"trials: {trials} x {args.epochs} epoch(s) of resnet8 on digits, {run.completed} done")
     print(f"parallelism: {parallel} (1 CPU per trial, {args.cpus} CPUs)")
     print(f"sequential run_trial, one process: {alone:7.1f} s  ({alone / trials:.2f} s per trial)")
     print(f"  ... divided by the parallelism:  {ideal:7.1f} s")
-    print(f"through the service (launch):      {service:7.1f} s")
-    print(f"Ray start-up (once per launch):    {ray_start:7.1f} s")
-    print(f"overhead per trial:                {per_trial:7.2f} s  (Ray start-up excluded)")
-    print(f"overhead per trial, start-up in:   {with_start:7.2f} s")
+    print(f"through the service (launch):      {run.seconds:7.1f} s")
+    print(f"  of which until the first trial:  {run.first_start:7.1f} s  (Tune, worker imports)")
+    print(f"  first start to last finish:      {run.trials_span:7.1f} s")
+    print(f"Ray start-up (once per launch):    {run.ray_start:7.1f} s")
+    print(
+        f"overhead per trial:                {(run.seconds - ideal) / trials:7.2f} s"
+        "  (Ray start-up excluded)"
+    )
+    with_start = (run.seconds + run.ray_start - ideal) / trials
+    print(f"  ... start-up included:           {with_start:7.2f} s")
+    print(
+        f"  ... once the workers are up:     {(run.trials_span - ideal) / trials:7.2f} s"
+        "  (per-trial cost in a long sweep)"
+    )
     print(
         "load average (1/5/15 min): before "
         + "/".join(f"{x:.2f}" for x in load_before)
