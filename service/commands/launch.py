@@ -30,7 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--db", help=f"results store URL (default: BNSWEEP_DB, the spec's, or {DEFAULT_DB})"
     )
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    parser.add_argument(
+        "--address",
+        help="Ray cluster to run on, HOST:PORT of its head (default: RAY_ADDRESS, else a local "
+        "Ray of this launch's own); ray:// (Ray Client) cannot run a sweep",
+    )
     parser.add_argument(
         "--dry-run",
         action="store_true",
@@ -46,7 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from service.store.api import Store
     from service.sweep import load_sweep_spec
+    from workers.errors import SpecError
 
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise SpecError(f"--num-cpus: must be >= 1, got {args.num_cpus}")
     sweep = load_sweep_spec(args.spec)
     spec_text = _without_password(Path(args.spec).read_text(encoding="utf-8"), sweep.database)
     url = database_url(args.db, sweep.database)

@@ -202,6 +202,18 @@ def test_bad_queries_are_one_line_and_leave_the_store_alone(
     assert digest() == before
 
 
+def test_a_local_ray_of_no_cpus_is_refused(
+    tmp_path: Path, db: tuple[str, Callable[[], str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, digest = db
+    before = digest()
+    spec = tmp_path / "good.yaml"
+    spec.write_text(yaml.safe_dump(GOOD), encoding="utf-8")
+    assert main(["launch", str(spec), "--db", url, "--num-cpus", "0"]) == 2
+    one_error_line(capsys, "--num-cpus: must be >= 1, got 0")
+    assert digest() == before
+
+
 def test_a_ray_client_address_is_refused_before_anything_runs(
     tmp_path: Path, db: tuple[str, Callable[[], str]], capsys: pytest.CaptureFixture[str]
 ) -> None:
