@@ -363,6 +363,21 @@ class EpochRecorded:
         return self.metrics
 
 
+#: What a finished trial reports: the worker's `TrialResult` fields, as stored on its row.
+RESULT_FIELDS = (
+    "status",
+    "epochs_run",
+    "best_epoch",
+    "best_val_acc",
+    "test_acc",
+    "final_test_acc",
+    "seconds",
+    "images_per_sec",
+    "diverged_epoch",
+    "error",
+)
+
+
 @dataclass(frozen=True)
 class TrialFinished:
     """A trial ran to the end (completed) or stopped on a non-finite loss (diverged)."""
@@ -407,19 +422,7 @@ class TrialFinished:
         finished_at: datetime | None = None,
     ) -> TrialFinished:
         """The event for a worker's `TrialResult` (or a mapping with the same keys)."""
-        names = (
-            "status",
-            "epochs_run",
-            "best_epoch",
-            "best_val_acc",
-            "test_acc",
-            "final_test_acc",
-            "seconds",
-            "images_per_sec",
-            "diverged_epoch",
-            "error",
-        )
-        values = {name: _get(result, name) for name in names}
+        values = {name: _get(result, name) for name in RESULT_FIELDS}
         return cls(spec_hash, seed, finished_at=finished_at or _now(), **values)
 
 
@@ -1261,22 +1264,7 @@ class Store:
                 }
                 cell.started_at = item.started_at
             elif isinstance(item, TrialFinished):
-                values = {
-                    name: getattr(item, name)
-                    for name in (
-                        "status",
-                        "epochs_run",
-                        "best_epoch",
-                        "best_val_acc",
-                        "test_acc",
-                        "final_test_acc",
-                        "seconds",
-                        "images_per_sec",
-                        "diverged_epoch",
-                        "error",
-                        "finished_at",
-                    )
-                }
+                values = {name: getattr(item, name) for name in (*RESULT_FIELDS, "finished_at")}
             else:
                 if cell.started_at is not None and item.finished_at < cell.started_at:
                     continue  # the failure of an attempt older than the one now running
