@@ -12,6 +12,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from workers.errors import BnsweepError
 
@@ -24,8 +25,16 @@ COMMAND_MODULES = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that answers a usage mistake with one line (and exit 2), like every other error;
+    `bnsweep COMMAND --help` still shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bnsweep",
         description="Revisiting Batch Normalization: train, sweep over seeds, test significance.",
     )
