@@ -243,6 +243,13 @@ def device_numerics(spec: TrialSpec, device: torch.device) -> Iterator[None]:
             setattr(owner, name, value)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 convolutions natively on this CPU. Without it (e.g. AMD Zen 3,
+    AVX2 only) PyTorch falls back to its slow reference convolution for bf16."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(torch.backends.mkldnn.is_available() and check is not None and check())
+
+
 def _cosine_factor(epoch: int, *, epochs: int, floor: float) -> float:
     """Half-period cosine: 1 for the first epoch, reaching `floor` after the last one
     (as torch's CosineAnnealingLR with T_max = epochs, but one factor for every group)."""
@@ -310,6 +317,13 @@ def run_trial(
     `inspect(model, epoch, data)` sees the model at initialisation and after each epoch.
     """
     device = resolve_device(spec.device)
+    if device.type == "cpu" and spec.precision == "bf16" and not cpu_has_fast_bf16():
+        log.warning(
+            "precision bf16 on a CPU without native bfloat16 (AVX-512 BF16 or AMX; this one: %s) "
+            "runs PyTorch's reference convolutions, about 10x slower than fp32 "
+            "(docs/benchmarks.md)",
+            torch.backends.cpu.get_cpu_capability(),
+        )
     with device_numerics(spec, device):
         return _run_trial(spec, device, on_epoch, checkpoint, inspect)
 

