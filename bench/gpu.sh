@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Throughput on one GPU, in a few minutes: the reference loop against the worker's fast path at
 # full CIFAR-10 size (bench/throughput.py), then 1, 2 and 4 trials sharing the GPU
-# (bench/packing.py). Needs PyTorch with CUDA, torchvision and the project's Python dependencies
+# (bench/packing.py), and what each paper table costs at that rate (bench/gpu_hours.py). Needs PyTorch with CUDA, torchvision and the project's Python dependencies
 # (numpy, scikit-learn); no Ray, no installation of the project itself.
 #
 #   bench/gpu.sh                        # results in $OUT if set, else in out/bench
@@ -21,11 +21,12 @@ mkdir -p "$out"
 if [[ "${QUICK:-0}" == 1 ]]; then
     sizes=(--arch resnet8 --batch 32 --train-images 128 --val-images 32 --test-images 32)
     throughput_settings=(reference fp32 bf16-cl)
-    trials=(1 2)
+    # fp32: most CPUs have no native bfloat16, and this mode only checks that the steps run.
+    packing=(--trials 1 2 --precision fp32)
 else
     sizes=(--arch resnet18 --batch 128 --train-images 45000 --val-images 5000 --test-images 10000)
     throughput_settings=(reference fp32 bf16-cl bf16-cl-compile)
-    trials=(1 2 4)
+    packing=(--trials 1 2 4 --precision bf16 --memory-format channels_last)
 fi
 
 # Fail in the first seconds, with one line, rather than after the data is written.
@@ -49,8 +50,15 @@ echo "== throughput: reference loop vs worker (one process, interleaved epochs)"
     --settings "${throughput_settings[@]}" --json "$out/throughput.json" \
     | tee "$out/throughput.txt"
 
-echo "== packing: trials sharing one $device (bf16, channels-last)"
-"$python" bench/packing.py --device "$device" "${sizes[@]}" --epochs 3 \
-    --trials "${trials[@]}" --json "$out/packing.json" | tee "$out/packing.txt"
+echo "== packing: trials sharing one $device"
+"$python" bench/packing.py --device "$device" "${sizes[@]}" --epochs 3 "${packing[@]}" \
+    --json "$out/packing.json" | tee "$out/packing.txt"
 
-echo "results in $out: machine.txt, throughput.{txt,json}, packing.{txt,json}"
+echo "== GPU-hours per paper table at the measured rate (bench/gpu_hours.py)"
+if "$python" -c "import pydantic, yaml" 2>/dev/null; then
+    "$python" bench/gpu_hours.py --measured "$out/throughput.json" | tee "$out/gpu_hours.md"
+else
+    echo "skipped: it reads the paper specs, which needs pydantic and PyYAML (pip install pydantic pyyaml)"
+fi
+
+echo "results in $out: machine.txt, throughput.{txt,json}, packing.{txt,json}, gpu_hours.md"

@@ -1,0 +1,259 @@
+"""GPU-hours for each paper table, from counted FLOPs and a GPU's throughput.
+
+For every spec in `configs/paper/` this expands the cells (`service.sweep.expand`, as
+`bnsweep launch --dry-run` does), counts the ones an earlier table has already run, and prices a
+cell of each (dataset, network) by its floating-point operations:
+
+    per epoch = training images x 3 x forward FLOPs (the backward pass costs about two forwards)
+              + (validation + test images) x forward FLOPs
+    per cell  = epochs x per epoch
+
+Forward FLOPs per image are counted by `torch.utils.flop_counter.FlopCounterMode` on the model
+`workers.trial.build` makes, at the input size the loader feeds it (32 x 32 for CIFAR, 224 x 224
+crops for CUB-200 and Stanford Cars). Convolutions and matmuls only: BN, ReLU and the update are
+bandwidth-bound and are what the "sustained" rate below has to absorb.
+
+GPU-hours = FLOPs / sustained FLOP/s. The sustained rate comes from, in order of preference:
+
+- `--measured OUT/throughput.json` (what `bench/gpu.sh` writes): the best worker setting's
+  training images/s for CIFAR ResNet-18, times its training FLOPs per image. Every network is
+  then priced at that efficiency; larger inputs and wider layers usually run more efficiently
+  than a 32 x 32 ResNet-18, so this overestimates the 224 x 224 tables.
+- `--tflops X`: a sustained rate you know for your GPU.
+- neither: the GPU's peak (`--peak-tflops`, default the H100 SXM's dense bf16, 989), which gives
+  a lower bound that no real run reaches.
+
+    python bench/gpu_hours.py                                # lower bounds at the H100's peak
+    python bench/gpu_hours.py --measured out/gpu/throughput.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from service.sweep import expand, load_sweep_spec
+from workers.data import CROP
+from workers.models import build_model
+from workers.spec import TrialSpec
+from workers.trial import SMALL_INPUT_MAX
+
+PAPER = Path(__file__).resolve().parent.parent / "configs" / "paper"
+
+#: H100 SXM, dense bfloat16 tensor-core peak (NVIDIA's datasheet; 1,979 is with 2:4 sparsity).
+H100_PEAK_TFLOPS = 989.0
+
+
+@dataclass(frozen=True)
+class DatasetShape:
+    """The official split sizes; the worker holds `val_fraction` of the training split out."""
+
+    train: int
+    test: int
+    classes: int
+    image_size: int  # what the network sees
+
+
+#: Official sizes: CIFAR (Krizhevsky 2009), CUB-200-2011 (Wah et al. 2011), Stanford Cars
+#: (Krause et al. 2013). The loaders in workers/data.py read exactly these splits.
+DATASETS = {
+    "cifar10": DatasetShape(train=50_000, test=10_000, classes=10, image_size=32),
+    "cifar100": DatasetShape(train=50_000, test=10_000, classes=100, image_size=32),
+    "cub200": DatasetShape(train=5_994, test=5_794, classes=200, image_size=CROP),
+    "stanford_cars": DatasetShape(train=8_144, test=8_041, classes=196, image_size=CROP),
+}
+
+
+def forward_flops(arch: str, dataset: str) -> int:
+    """Forward FLOPs for one image (a multiply-add counts as two)."""
+    shape = DATASETS[dataset]
+    model = build_model(
+        arch,
+        num_classes=shape.classes,
+        in_channels=3,
+        small_input=shape.image_size <= SMALL_INPUT_MAX,
+        formulation="standard",
+        gamma=1.0,
+        input_norm="bn",
+    ).eval()
+    batch = 2  # BN in eval mode does not care; 2 keeps the count exact and the run short
+    x = torch.zeros(batch, 3, shape.image_size, shape.image_size)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() // batch
+
+
+@dataclass(frozen=True)
+class CellCost:
+    train_images: int  # per epoch
+    eval_images: int  # per epoch: validation + test
+    forward_flops: int  # per image
+
+    def flops(self, epochs: int) -> float:
+        return epochs * self.forward_flops * (3 * self.train_images + self.eval_images)
+
+
+def cell_cost(spec: TrialSpec, flops_cache: dict[tuple[str, str], int]) -> CellCost:
+    shape = DATASETS[spec.dataset]
+    val = round(shape.train * spec.val_fraction)
+    key = (spec.arch, spec.dataset)
+    if key not in flops_cache:
+        flops_cache[key] = forward_flops(*key)
+    return CellCost(shape.train - val, val + shape.test, flops_cache[key])
+
+
+@dataclass
+class TableCost:
+    name: str
+    cells: int
+    new_cells: int
+    flops: float  # all cells
+    new_flops: float  # cells no earlier table ran
+    networks: Counter[str]
+
+
+def paper_tables(paths: Sequence[Path]) -> list[TableCost]:
+    """Every table's cost, counting as new only the cells no earlier table already holds."""
+    seen: set[tuple[str, int]] = set()
+    flops_cache: dict[tuple[str, str], int] = {}
+    tables = []
+    for path in paths:
+        cells = expand(load_sweep_spec(path))
+        cost = TableCost(path.stem, len(cells), 0, 0.0, 0.0, Counter())
+        for cell in cells:
+            flops = cell_cost(cell, flops_cache).flops(cell.epochs)
+            cost.flops += flops
+            cost.networks[f"{cell.dataset}/{cell.arch}"] += 1
+            key = (cell.spec_hash, cell.seed)
+            if key not in seen:
+                seen.add(key)
+                cost.new_cells += 1
+                cost.new_flops += flops
+        tables.append(cost)
+    return tables
+
+
+def measured_rate(path: Path, setting: str | None) -> tuple[float, str]:
+    """Sustained FLOP/s from bench/gpu.sh's throughput.json: `setting`, else its fastest."""
+    saved = json.loads(path.read_text())
+    arch = saved["args"]["arch"]
+    rows = [r for r in saved["results"] if r["setting"] != "reference" and "error" not in r]
+    if setting is not None:
+        rows = [r for r in rows if r["setting"] == setting]
+    if not rows:
+        finished = [r["setting"] for r in saved["results"] if "error" not in r]
+        raise SystemExit(
+            f"{path}: no finished worker setting {setting or ''} to price with; "
+            f"finished: {', '.join(finished) or 'none'}"
+        )
+    best = max(rows, key=lambda r: r["train_images_per_s"])
+    train_flops = 3 * forward_flops(arch, "cifar10")  # gpu.sh trains on CIFAR-10-format data
+    where = saved.get("machine", {}).get("gpu") or saved.get("machine", {}).get("cpu", "?")
+    rate = best["train_images_per_s"] * train_flops
+    return rate, (
+        f"measured: {arch} {best['setting']} at {best['train_images_per_s']:,.0f} training "
+        f"images/s on {where} = {rate / 1e12:.1f} TFLOP/s sustained"
+    )
+
+
+def markdown(tables: Sequence[TableCost], rate: float, peak: float, source: str) -> str:
+    lines = [
+        f"Sustained rate: {source}. Peak: {peak / 1e12:,.0f} TFLOP/s.",
+        "",
+        "| table | cells | new cells | PFLOP, new cells | GPU-hours, all cells | GPU-hours, new "
+        "cells | lower bound at peak (new cells) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for t in tables:
+        lines.append(
+            f"| {t.name} | {t.cells:,} | {t.new_cells:,} | {t.new_flops / 1e15:,.0f} | "
+            f"{t.flops / rate / 3600:,.1f} | {t.new_flops / rate / 3600:,.1f} | "
+            f"{t.new_flops / peak / 3600:,.2f} |"
+        )
+    total = sum(t.new_flops for t in tables)
+    lines.append(
+        f"| all (each cell once) | {sum(t.cells for t in tables):,} | "
+        f"{sum(t.new_cells for t in tables):,} | {total / 1e15:,.0f} | | "
+        f"{total / rate / 3600:,.1f} | {total / peak / 3600:,.2f} |"
+    )
+    return "\n".join(lines)
+
+
+def per_network(tables: Sequence[TableCost]) -> str:
+    cache: dict[tuple[str, str], int] = {}
+    keys = sorted({k for t in tables for k in t.networks})
+    lines = [
+        "| dataset/network | forward GFLOP per image | training images per epoch | "
+        "evaluated images per epoch | PFLOP per 180-epoch cell |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for key in keys:
+        dataset, arch = key.split("/")
+        cost = cell_cost(TrialSpec(dataset=dataset, arch=arch), cache)
+        lines.append(
+            f"| {key} | {cost.forward_flops / 1e9:.2f} | {cost.train_images:,} | "
+            f"{cost.eval_images:,} | {cost.flops(180) / 1e15:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--measured", type=Path, help="bench/gpu.sh's throughput.json: price at its rate"
+    )
+    parser.add_argument(
+        "--setting",
+        help="with --measured: the setting to price at, e.g. fp32 for the paper specs as "
+        "written (default: the fastest)",
+    )
+    parser.add_argument("--tflops", type=float, help="a sustained rate, in TFLOP/s")
+    parser.add_argument("--peak-tflops", type=float, default=H100_PEAK_TFLOPS)
+    parser.add_argument(
+        "--specs",
+        type=Path,
+        nargs="+",
+        default=sorted(PAPER.glob("table*.yaml")),
+        help="sweep specs, in the order they run (default: configs/paper/table1..6)",
+    )
+    args = parser.parse_args(argv)
+    if args.measured is not None and args.tflops is not None:
+        parser.error("--measured and --tflops each give the rate: pass one")
+    if args.setting is not None and args.measured is None:
+        parser.error("--setting picks a row of --measured's file: pass --measured too")
+    if args.measured is not None and not args.measured.is_file():
+        parser.error(f"--measured: no such file: {args.measured}")
+    for name in ("tflops", "peak_tflops"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            parser.error(f"--{name.replace('_', '-')}: must be > 0, got {value}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    args = parse_args(argv)
+    peak = args.peak_tflops * 1e12
+    if args.measured is not None:
+        rate, source = measured_rate(args.measured, args.setting)
+    elif args.tflops is not None:
+        rate, source = args.tflops * 1e12, f"given: {args.tflops:,.0f} TFLOP/s"
+    else:
+        rate, source = peak, "none given, so the GPU-hours are lower bounds at peak"
+    tables = paper_tables(args.specs)
+    report = f"{markdown(tables, rate, peak, source)}\n\n{per_network(tables)}"
+    print(report)
+    return report
+
+
+if __name__ == "__main__":
+    main()

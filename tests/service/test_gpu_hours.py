@@ -1,0 +1,110 @@
+"""bench/gpu_hours.py: paper-table cell counts, counted FLOPs, and pricing at a measured rate."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture(scope="module")
+def gpu_hours() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_gpu_hours", BENCH / "gpu_hours.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+@pytest.fixture(scope="module")
+def tables(gpu_hours: ModuleType) -> dict[str, object]:
+    return {t.name: t for t in gpu_hours.paper_tables(sorted(gpu_hours.PAPER.glob("table*.yaml")))}
+
+
+def test_cells_and_new_cells_per_paper_table(tables: dict[str, object]) -> None:
+    # Counted from the paper: Table 2 reuses Table 1's ours and BASE arms, Table 5 its bn input
+    # norm, Table 6 the ours and BASE arms of Tables 1 and 3.
+    counts = {name: (t.cells, t.new_cells) for name, t in tables.items()}
+    assert counts == {
+        "table1": (360, 360),
+        "table2": (180, 90),
+        "table3": (360, 360),
+        "table4": (720, 720),
+        "table5": (360, 240),
+        "table6": (960, 480),
+    }
+
+
+@pytest.mark.parametrize(
+    ("arch", "dataset", "gmacs"),
+    [
+        # Published multiply-adds: torchvision's ResNet-50 at 224 x 224 (4.09 G, its model card),
+        # and a CIFAR ResNet-18 (3 x 3 stem, no max-pool) at 32 x 32 (0.56 G).
+        ("resnet50", "cub200", 4.09),
+        ("resnet18", "cifar10", 0.556),
+    ],
+)
+def test_forward_flops_match_published_counts(
+    gpu_hours: ModuleType, arch: str, dataset: str, gmacs: float
+) -> None:
+    flops = gpu_hours.forward_flops(arch, dataset)
+    assert flops / 2e9 == pytest.approx(gmacs, rel=0.03)
+
+
+def test_pricing_at_a_measured_rate(gpu_hours: ModuleType, tmp_path: Path) -> None:
+    measured = tmp_path / "throughput.json"
+    rate_images = 50_000.0
+    measured.write_text(
+        json.dumps(
+            {
+                "args": {"arch": "resnet18"},
+                "machine": {"gpu": "Test GPU"},
+                "results": [
+                    {"setting": "reference", "train_images_per_s": 6_000.0},
+                    {"setting": "fp32", "train_images_per_s": 20_000.0},
+                    {"setting": "bf16-cl", "train_images_per_s": rate_images},
+                ],
+            }
+        )
+    )
+    rate, source = gpu_hours.measured_rate(measured, None)
+    train_flops = 3 * gpu_hours.forward_flops("resnet18", "cifar10")
+    assert rate == pytest.approx(rate_images * train_flops)
+    assert "bf16-cl" in source and "Test GPU" in source
+
+    # One CIFAR-10 ResNet-18 cell at that rate: 180 epochs of 45,000 training images, plus
+    # 15,000 evaluated at a third of the cost, is 180 * 50,000 image-trainings = 0.05 GPU-hours.
+    table1 = str(gpu_hours.PAPER / "table1.yaml")
+    report = gpu_hours.main(["--measured", str(measured), "--specs", table1])
+    hours_per_cell = 180 * (45_000 + 15_000 / 3) / rate_images / 3600
+    assert "| table1 | 360 | 360 | " in report
+    assert f"| {360 * hours_per_cell:,.1f} | {360 * hours_per_cell:,.1f} |" in report
+
+    fp32, _ = gpu_hours.measured_rate(measured, "fp32")
+    assert fp32 == pytest.approx(20_000.0 * train_flops)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--setting", "fp32"],
+        ["--tflops", "0"],
+        ["--tflops", "100", "--measured", "x.json"],
+        ["--measured", "no/such/file.json"],
+    ],
+)
+def test_bad_arguments_are_one_line_and_exit_2(
+    gpu_hours: ModuleType, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_hours.main(argv)
+    assert exit_info.value.code == 2
+    assert "error: --" in capsys.readouterr().err.strip().splitlines()[-1]
