@@ -13,7 +13,9 @@ DEMO_DB ?= sqlite:///out/demo.db
 venv: $(DEPS_STAMP)
 	@# The editable install is re-pointed at this checkout every time (a few seconds), so a venv
 	@# shared between clones always runs the code in front of it.
-	@$(PY) -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
+	@# Its output (setuptools' notes on editable installs) is shown only when it fails.
+	@$(PY) -m pip install -q --no-deps --no-build-isolation -e . >$(VENV)/.bnsweep-editable.log 2>&1 \
+		|| { cat $(VENV)/.bnsweep-editable.log; exit 1; }
 
 $(DEPS_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
