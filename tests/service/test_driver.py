@@ -29,6 +29,7 @@ from service.cli import main
 from service.driver import LaunchSummary, Progress, cell_of, check_storage_is_shared, launch
 from service.store.api import EpochRecorded, Store, TrialStarted
 from service.sweep import expand, load_sweep_spec, parse_sweep_spec
+from workers.diagnostics import BNDiagnostics
 from workers.errors import SpecError
 from workers.trial import run_trial
 
@@ -260,30 +261,39 @@ class _Stop(Exception):
     """Ends a fabricated trial after its second epoch, as a killed driver would."""
 
 
-def _abandon_after_two_epochs(sweep_spec: Any, root: Path, url: str) -> tuple[tuple, dict]:
+def _abandon_after_two_epochs(sweep_spec: Any, root: Path, url: str) -> tuple[tuple, dict, dict]:
     """A 3-epoch cell trained for 2 epochs by a 'killed launch': its checkpoint in an experiment
-    folder whose Tune state is corrupt; in the store its start and epoch 1 only (epoch 2 was in
-    the driver's buffer when it died)."""
+    folder whose Tune state is corrupt; in the store its start and epoch 1 only (epoch 2 and every
+    BN diagnostic were in the driver's buffer when it died). Returns the cell, val_acc by epoch,
+    and the diagnostics' γ means by (epoch, layer)."""
     cell = expand(sweep_spec)[0]
     trial_dir = root / sweep_spec.name / "launch-19700101T000000000000" / f"{cell.spec_hash}-x"
-    recorded = []
+    recorded, diagnostics = [], []
+    inspector = BNDiagnostics.for_spec(cell)
 
     def on_epoch(metrics: Any, save: Any) -> None:
         recorded.append(metrics)
+        diagnostics.extend(driver._diagnostics_report(inspector).get("diagnostics", ()))
         folder = trial_dir / f"checkpoint_{metrics.epoch - 1:06d}"
         save(folder)
-        driver._write_cell_file(folder, cell, [dataclasses.asdict(m) for m in recorded])
+        history = [dataclasses.asdict(m) for m in recorded]
+        driver._write_cell_file(folder, cell, history, diagnostics)
         if metrics.epoch == 2:
             raise _Stop
 
     with pytest.raises(_Stop):
-        run_trial(cell, on_epoch=on_epoch)
+        run_trial(cell, on_epoch=on_epoch, inspect=inspector)
     (trial_dir.parent / "tuner.pkl").write_bytes(b"not a pickle")  # Tune cannot restore this
     with Store.open(url) as store:
         store.register_sweep(sweep_spec.name, "abandoned", expand(sweep_spec))
         store.apply([TrialStarted(*cell_of(cell), host="old", device="cpu")])
         store.apply([EpochRecorded(*cell_of(cell), metrics=recorded[0])])
-    return cell_of(cell), {m.epoch: m.val_acc for m in recorded}
+    gammas = {
+        (item["epoch"], layer["layer"]): layer["gamma_mean"]
+        for item in diagnostics
+        for layer in item["layers"]
+    }
+    return cell_of(cell), {m.epoch: m.val_acc for m in recorded}, gammas
 
 
 def test_cells_resume_from_the_checkpoints_of_an_experiment_tune_cannot_restore(
@@ -300,7 +310,7 @@ def test_cells_resume_from_the_checkpoints_of_an_experiment_tune_cannot_restore(
     )
     sweep = load_sweep_spec(spec_path)
     url = f"sqlite:///{tmp_path / 'abandoned.db'}"
-    cell, earlier = _abandon_after_two_epochs(sweep, tmp_path / "runs", url)
+    cell, earlier, earlier_gammas = _abandon_after_two_epochs(sweep, tmp_path / "runs", url)
 
     with caplog.at_level(logging.WARNING, logger="service.driver"):
         summary, _ = run_launch(spec_path, url)
@@ -317,6 +327,13 @@ def test_cells_resume_from_the_checkpoints_of_an_experiment_tune_cannot_restore(
     assert rows["epoch"].tolist() == [1, 2, 3]
     # Epochs 1-2 are the abandoned run's (2 stored now, from the checkpoint); 3 continued it.
     assert rows["val_acc"].tolist()[:2] == [earlier[1], earlier[2]]
+    # The BN diagnostics of epochs 0-2, lost with the driver's buffer, came back from the
+    # checkpoint; epoch 3 continued them.
+    with Store.open(url) as store:
+        diag = store.diagnostics("abandoned").set_index(["spec_hash", "seed"]).loc[[cell]]
+    assert sorted(set(diag["epoch"])) == [0, 1, 2, 3]
+    stored = {(e, layer): g for e, layer, g in diag[["epoch", "layer", "gamma_mean"]].to_numpy()}
+    assert {k: v for k, v in stored.items() if k[0] <= 2} == pytest.approx(earlier_gammas)
     assert_never_overlapping(trials)
     old = tmp_path / "runs" / "abandoned" / "launch-19700101T000000000000"
     assert "superseded" in (old / driver.DONE_MARKER).read_text()
