@@ -75,7 +75,9 @@ def test_four_quarter_gpu_trials_train_at_once(one_fake_gpu: None, tmp_path: Pat
             "defaults": {
                 "dataset": "digits",
                 "arch": "resnet8",
-                "epochs": 1,
+                # Long enough that the last trial starts before the first ends, on a fast machine
+                # too (Ray starts the four workers over a few seconds).
+                "epochs": 8,
                 "batch_size": 64,
                 "device": "cpu",
             },

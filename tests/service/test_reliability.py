@@ -172,7 +172,12 @@ def test_a_sweep_survives_the_loss_of_a_worker_node(
     # The folder is on this machine, which every simulated node shares: declared, as a compose
     # volume would be, through the environment.
     monkeypatch.setenv(driver.SHARED_STORAGE_ENV, "1")
-    spec = write_spec(tmp_path, "nodeloss", defaults={"epochs": 6}, base=False, seeds=2, retries=2)
+    # 20 epochs: the two trials must both be running, each with an epoch in the store (written
+    # every 2 s), when the watcher looks; on a quiet machine an epoch takes a fraction of a second.
+    n_epochs = 20
+    spec = write_spec(
+        tmp_path, "nodeloss", defaults={"epochs": n_epochs}, base=False, seeds=2, retries=2
+    )
     url = f"sqlite:///{tmp_path / 'nodeloss.db'}"
     victim = sorted(cluster.worker_nodes, key=lambda n: n.node_id)[-1]
     removed = threading.Event()
@@ -195,7 +200,7 @@ def test_a_sweep_survives_the_loss_of_a_worker_node(
     assert summary.resumed and min(summary.resumed.values()) >= 1
     (cell,) = summary.resumed
     resumed = trials.set_index(["spec_hash", "seed"]).loc[cell]
-    assert resumed["attempts"] == 2 and resumed["epochs_run"] == 6
+    assert resumed["attempts"] == 2 and resumed["epochs_run"] == n_epochs
     assert summary.starts == 3
 
 
@@ -215,8 +220,9 @@ def _bnsweep(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
 def test_a_killed_driver_relaunched_runs_only_the_missing_cells(
     cluster: Cluster, ray_env: dict[str, str], tmp_path: Path
 ) -> None:
+    # 12 epochs: the kill must find one cell completed while another still runs.
     spec = write_spec(
-        tmp_path, "killed", defaults={"epochs": 3}, base=False, seeds=3, shared_storage=True
+        tmp_path, "killed", defaults={"epochs": 12}, base=False, seeds=3, shared_storage=True
     )
     url = f"sqlite:///{tmp_path / 'killed.db'}"
     args = ("launch", str(spec), "--db", url, "--address", cluster.address, "--no-tables")
