@@ -28,6 +28,7 @@ import socket
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -62,6 +63,9 @@ log = logging.getLogger(__name__)
 Cell = tuple[str, int]  # (spec_hash, seed): the store's key for one run
 DONE_MARKER = ".bnsweep-finished"
 LOCK_FILE = ".bnsweep-launch.lock"
+#: Written by each launch into <storage>/<sweep>/ with a fresh token; every trial reads it back
+#: before training, so a node that does not share the checkpoint folder is found at once.
+STORAGE_MARKER = ".bnsweep-storage"
 #: Written beside every epoch checkpoint: which cell and epoch it holds, readable without torch,
 #: so a relaunch can find in-flight cells' checkpoints in an experiment Tune cannot restore.
 CELL_FILE = "bnsweep-cell.json"
@@ -161,12 +165,15 @@ def train_cell(
     skip: frozenset[Cell] = frozenset(),
     resume_from: Mapping[Cell, str] | None = None,
     diagnostics: Mapping[str, Any] | None = None,
+    storage: StorageMarker | None = None,
 ) -> None:
     """One cell as a Ray Tune function trainable: report every epoch with a checkpoint.
 
     `diagnostics` is the sweep's `diagnostics:` section as a dict (every epoch when absent);
-    each epoch report carries the BN diagnostics recorded since the previous one."""
+    each epoch report carries the BN diagnostics recorded since the previous one. `storage`
+    is the launch's marker in a local checkpoint folder, checked before anything runs."""
     _quiet_worker_logs()
+    check_storage_visible(storage)
     spec = TrialSpec.from_dict(config["cell"])
     if cell_of(spec) in skip:  # completed while this experiment was interrupted
         tune.report({"kind": "skipped"})
@@ -607,6 +614,48 @@ def storage_root(sweep: SweepSpec, base_dir: Path | None = None) -> str:
     return str(path.resolve())
 
 
+@dataclass(frozen=True)
+class StorageMarker:
+    """A launch's token in its local checkpoint folder (`STORAGE_MARKER`)."""
+
+    path: str
+    token: str
+
+
+def place_storage_marker(root: str, sweep_name: str) -> StorageMarker | None:
+    """Write a fresh token to <root>/<sweep>/STORAGE_MARKER; None for object storage, which
+    every node reaches by URI."""
+    if "://" in root:
+        return None
+    folder = Path(root) / sweep_name
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = StorageMarker(str(folder / STORAGE_MARKER), uuid.uuid4().hex)
+    tmp = folder / f"{STORAGE_MARKER}.{marker.token}"
+    tmp.write_text(marker.token + "\n", encoding="utf-8")
+    tmp.replace(marker.path)  # atomic: a trial never reads half a token
+    return marker
+
+
+def check_storage_visible(marker: StorageMarker | None) -> None:
+    """On the trial's node: the launch's marker must be there, with this launch's token. The
+    check at launch counts the nodes alive then; this one also covers nodes that join later
+    (an autoscaler's) and a folder declared shared that is not."""
+    if marker is None:
+        return
+    try:
+        found = Path(marker.path).read_text(encoding="utf-8").strip()
+    except OSError:
+        found = None
+    if found != marker.token:
+        what = "does not see" if found is None else "sees another launch's"
+        raise SpecError(
+            f"storage: node {socket.gethostname()} {what} {marker.path}, which this launch just "
+            f"wrote: {Path(marker.path).parent.parent} is not shared with it. Checkpoints need "
+            "storage visible from every node: a shared filesystem (NFS, Lustre, …) mounted at "
+            "the same path, or object storage (s3://…, gs://…)."
+        )
+
+
 def check_storage_is_shared(sweep: SweepSpec, root: str, nodes: int) -> None:
     """Refuse a node-local checkpoint folder on a multi-node cluster: the first checkpoint written
     on another node would be unreachable for a retry elsewhere."""
@@ -753,6 +802,7 @@ def launch(
     root = storage_root(sweep, base_dir)
     check_storage_is_shared(sweep, root, nodes)
     with _one_launch_at_a_time(root, sweep.name):
+        marker = place_storage_marker(root, sweep.name)
         progress = Progress(
             len(launch_plan.cells),
             len(launch_plan.completed),
@@ -763,8 +813,10 @@ def launch(
         try:
             unfinished = _unfinished_experiments(root, sweep.name)
             if unfinished:
-                _restore_experiment(unfinished[0], sweep, store, launch_plan, callback, summary)
-            _run_missing(sweep, store, root, unfinished, callback, summary)
+                _restore_experiment(
+                    unfinished[0], sweep, store, launch_plan, callback, summary, marker
+                )
+            _run_missing(sweep, store, root, unfinished, callback, summary, marker)
         finally:
             if callback.failure is None:
                 callback.flush()
@@ -811,6 +863,7 @@ def _restore_experiment(
     launch_plan: LaunchPlan,
     callback: StoreCallback,
     summary: LaunchSummary,
+    marker: StorageMarker | None = None,
 ) -> None:
     """Resume an interrupted experiment with `Tuner.restore`: its running and errored trials
     continue from their last checkpoints; cells the store has completed meanwhile are skipped.
@@ -828,7 +881,7 @@ def _restore_experiment(
     try:
         tuner = tune.Tuner.restore(
             str(path),
-            trainable=_trainable(sweep, skip),
+            trainable=_trainable(sweep, skip, marker=marker),
             resume_unfinished=True,
             resume_errored=True,
         )
@@ -857,6 +910,7 @@ def _run_missing(
     unfinished: Sequence[Path],
     callback: StoreCallback,
     summary: LaunchSummary,
+    marker: StorageMarker | None = None,
 ) -> None:
     """Whatever the store still lacks, as a new experiment. Cells a restored run tried and
     failed past its retries wait for the next launch rather than run twice in one."""
@@ -866,7 +920,7 @@ def _run_missing(
         found = _found_checkpoints(abandoned)
         resume_from = {cell_of(c): found[cell_of(c)][1] for c in missing if cell_of(c) in found}
         name = datetime.now(timezone.utc).strftime("launch-%Y%m%dT%H%M%S%f")
-        tuner = _new_tuner(sweep, missing, root, name, callback, resume_from)
+        tuner = _new_tuner(sweep, missing, root, name, callback, resume_from, marker)
         _fit(tuner, _join(_join(root, sweep.name), name), callback)
     # Only now: had this launch been killed too, the next one would still find these checkpoints.
     for path in abandoned:
@@ -874,7 +928,10 @@ def _run_missing(
 
 
 def _trainable(
-    sweep: SweepSpec, skip: frozenset[Cell], resume_from: Mapping[Cell, str] | None = None
+    sweep: SweepSpec,
+    skip: frozenset[Cell],
+    resume_from: Mapping[Cell, str] | None = None,
+    marker: StorageMarker | None = None,
 ) -> Any:
     resources = {"cpu": sweep.resources.cpus, "gpu": sweep.resources.gpus}
     trainable = tune.with_parameters(
@@ -882,6 +939,7 @@ def _trainable(
         skip=skip,
         resume_from=dict(resume_from or {}),
         diagnostics=sweep.diagnostics.model_dump(),
+        storage=marker,
     )
     return tune.with_resources(trainable, resources)
 
@@ -893,9 +951,10 @@ def _new_tuner(
     name: str,
     callback: StoreCallback,
     resume_from: Mapping[Cell, str] | None = None,
+    marker: StorageMarker | None = None,
 ) -> tune.Tuner:
     return tune.Tuner(
-        _trainable(sweep, frozenset(), resume_from),
+        _trainable(sweep, frozenset(), resume_from, marker),
         # One grid axis whose values are the cells: Tune runs exactly these, nothing crossed.
         param_space={"cell": tune.grid_search([_cell_config(c) for c in cells])},
         tune_config=tune.TuneConfig(

@@ -381,6 +381,47 @@ def test_a_local_checkpoint_folder_is_refused_on_several_nodes(
         check_storage_is_shared(_sweep(shared_storage=False), root, nodes=3)
 
 
+def test_every_trial_checks_it_sees_the_launchs_storage_marker(tmp_path: Path) -> None:
+    root = str(tmp_path / "runs")
+    marker = driver.place_storage_marker(root, "shared")
+    assert marker is not None and Path(marker.path).parent == Path(root) / "shared"
+    driver.check_storage_visible(marker)  # this node wrote it
+    driver.check_storage_visible(None)  # object storage: nothing to check
+    assert driver.place_storage_marker("s3://bucket/runs", "shared") is None
+
+    # A later launch's marker replaced it: a node that still sees this one has a stale copy.
+    newer = driver.place_storage_marker(root, "shared")
+    assert newer is not None and newer.token != marker.token
+    with pytest.raises(SpecError, match="sees another launch's") as err:
+        driver.check_storage_visible(marker)
+    assert "\n" not in str(err.value) and "is not shared with it" in str(err.value)
+    elsewhere = driver.StorageMarker(str(tmp_path / "node-local" / driver.STORAGE_MARKER), "t")
+    with pytest.raises(SpecError, match="does not see"):
+        driver.check_storage_visible(elsewhere)
+
+    # The trainable checks first, before it reports or trains anything (no Tune session here).
+    cell = expand(_sweep())[0]
+    with pytest.raises(SpecError, match="does not see"):
+        driver.train_cell({"cell": cell.to_dict()}, storage=elsewhere)
+
+
+def test_a_node_that_cannot_see_the_storage_fails_its_trials_with_the_reason(
+    local_ray: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As if the trials ran on a node without the folder: the launch hands them a marker that
+    # is not there. Each trial fails before training, and the store says why.
+    elsewhere = driver.StorageMarker(str(tmp_path / "node-local" / driver.STORAGE_MARKER), "t")
+    monkeypatch.setattr(driver, "place_storage_marker", lambda root, name: elsewhere)
+    spec = write_spec(tmp_path, "unseen", base=False, seeds=1, retries=0)
+    url = f"sqlite:///{tmp_path / 'unseen.db'}"
+    summary, _ = run_launch(spec, url)
+    assert (summary.completed, summary.failed) == (0, 1)
+    trials, epochs = results(url, "unseen")
+    (error,) = trials["error"]
+    assert error.startswith("SpecError: storage: node ") and "is not shared with it" in error
+    assert epochs.empty
+
+
 def test_progress_counts_and_eta_from_epochs() -> None:
     stream = io.StringIO()
     a, b, c = ("a", 1), ("b", 1), ("c", 1)
