@@ -444,7 +444,8 @@ def test_a_database_outage_during_a_sweep_loses_nothing(
     proxy = TcpProxy(parsed.host or "127.0.0.1", parsed.port or 5432)
     proxy.start()
     through = parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    spec = write_spec(tmp_path, "outage", defaults={"epochs": 3}, base=False, shared_storage=True)
+    # 10 epochs: long enough that the watcher sees a trial running, on a fast machine too.
+    spec = write_spec(tmp_path, "outage", defaults={"epochs": 10}, base=False, shared_storage=True)
     outage: dict[str, float] = {}
 
     def cut_for_five_seconds() -> None:
@@ -482,7 +483,7 @@ def test_a_database_gone_for_good_stops_the_launch_and_a_relaunch_finishes(
     through = parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
     # Another α than the other PostgreSQL sweeps: cells are shared between sweeps by their key.
     spec = write_spec(
-        tmp_path, "gone", defaults={"epochs": 3, "lr": 0.05}, base=False, shared_storage=True
+        tmp_path, "gone", defaults={"epochs": 10, "lr": 0.05}, base=False, shared_storage=True
     )
     sweep = load_sweep_spec(spec)
     watcher = _watch(lambda: _progressed(pg_url, "gone", running=1), proxy.stop, 300)
