@@ -50,6 +50,9 @@ from workers.trial import SMALL_INPUT_MAX
 
 PAPER = Path(__file__).resolve().parent.parent / "configs" / "paper"
 
+#: A training image costs a forward and a backward pass, the backward about two forwards.
+TRAINING_FORWARDS = 3
+
 #: H100 SXM, dense bfloat16 tensor-core peak (NVIDIA's datasheet; 1,979 is with 2:4 sparsity).
 H100_PEAK_TFLOPS = 989.0
 
@@ -100,7 +103,8 @@ class CellCost:
     forward_flops: int  # per image
 
     def flops(self, epochs: int) -> float:
-        return epochs * self.forward_flops * (3 * self.train_images + self.eval_images)
+        images = TRAINING_FORWARDS * self.train_images + self.eval_images
+        return epochs * self.forward_flops * images
 
 
 def cell_cost(spec: TrialSpec, flops_cache: dict[tuple[str, str], int]) -> CellCost:
@@ -157,7 +161,8 @@ def measured_rate(path: Path, setting: str | None) -> tuple[float, str]:
             f"finished: {', '.join(finished) or 'none'}"
         )
     best = max(rows, key=lambda r: r["train_images_per_s"])
-    train_flops = 3 * forward_flops(arch, "cifar10")  # gpu.sh trains on CIFAR-10-format data
+    # gpu.sh trains on CIFAR-10-format data.
+    train_flops = TRAINING_FORWARDS * forward_flops(arch, "cifar10")
     where = saved.get("machine", {}).get("gpu") or saved.get("machine", {}).get("cpu", "?")
     rate = best["train_images_per_s"] * train_flops
     return rate, (
