@@ -40,6 +40,7 @@ from service.cli import main
 from service.driver import cell_of, launch
 from service.store.api import Store, StoreError, normalize_url
 from service.sweep import expand, load_sweep_spec
+from tests.service.tcp_proxy import TcpProxy
 from tests.service.test_driver import results, run_launch, write_spec
 from workers.errors import SpecError
 
@@ -375,75 +376,13 @@ def test_an_unreachable_database_is_one_line_without_its_password(
 
 
 # -- 4. the database unreachable for a few seconds ----------------------------------------------
-class TcpProxy:
-    """127.0.0.1:<port> → a target; `stop()` cuts every connection and refuses new ones until
-    `start()`: the database 'goes away' without touching the real server."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.port = _free_port()
-        self._listener: socket.socket | None = None
-        self._open: list[socket.socket] = []
-        self._lock = threading.Lock()
-
-    def start(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(32)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return  # stopped
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._open += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def stop(self) -> None:
-        assert self._listener is not None
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
-        self._listener.close()
-        with self._lock:
-            cut, self._open = self._open, []
-        for sock in cut:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-
 @pytest.mark.postgres
 def test_a_database_outage_during_a_sweep_loses_nothing(
     cluster: Cluster, pg_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    parsed = sa.make_url(pg_url)
-    proxy = TcpProxy(parsed.host or "127.0.0.1", parsed.port or 5432)
+    proxy = TcpProxy.to_database(pg_url)
     proxy.start()
-    through = parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    through = proxy.url(pg_url)
     # 10 epochs: long enough that the watcher sees a trial running, on a fast machine too.
     spec = write_spec(tmp_path, "outage", defaults={"epochs": 10}, base=False, shared_storage=True)
     outage: dict[str, float] = {}
@@ -477,10 +416,9 @@ def test_a_database_outage_during_a_sweep_loses_nothing(
 def test_a_database_gone_for_good_stops_the_launch_and_a_relaunch_finishes(
     cluster: Cluster, pg_url: str, tmp_path: Path
 ) -> None:
-    parsed = sa.make_url(pg_url)
-    proxy = TcpProxy(parsed.host or "127.0.0.1", parsed.port or 5432)
+    proxy = TcpProxy.to_database(pg_url)
     proxy.start()
-    through = parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    through = proxy.url(pg_url)
     # Another α than the other PostgreSQL sweeps: cells are shared between sweeps by their key.
     spec = write_spec(
         tmp_path, "gone", defaults={"epochs": 10, "lr": 0.05}, base=False, shared_storage=True

@@ -11,7 +11,6 @@ import contextlib
 import importlib.util
 import math
 import shutil
-import socket
 import sqlite3
 import threading
 import time
@@ -39,6 +38,7 @@ from service.store.api import (
     redact_url,
 )
 from service.store.models import SPEC_COLUMN_TYPES, VERSION_TABLE, Base
+from tests.service.tcp_proxy import TcpProxy
 from workers.spec import RESULT_FIELD_NAMES, TrialSpec
 
 # The spec's registries (workers.data and friends) may not all exist yet while the workers are
@@ -416,8 +416,9 @@ def test_from_result_takes_the_workers_result_type() -> None:
 # -- queries -------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def populated(store: Store) -> Store:
+def fill(store: Store) -> Store:
+    """Two sweeps: `demo` (the 12-cell grid: 5 completed, 1 diverged, 1 failed, 1 running, 4
+    pending) and `solo` (one pending cell)."""
     specs = grid()
     store.register_sweep("demo", "name: demo", specs)
     store.register_sweep("solo", "name: solo", [make_spec(bn_scale_init=0.05, seed=1)])
@@ -427,6 +428,11 @@ def populated(store: Store) -> Store:
     store.apply([TrialFailed(specs[6].spec_hash, specs[6].seed, "boom")])
     store.apply([TrialStarted(specs[7].spec_hash, specs[7].seed)])
     return store
+
+
+@pytest.fixture
+def populated(store: Store) -> Store:
+    return fill(store)
 
 
 def test_trials_frame_has_stable_columns_and_dtypes(populated: Store) -> None:
@@ -709,80 +715,14 @@ def test_postgresql_connections_killed_between_and_during_writes(
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
 
 
-class TcpProxy:
-    """Forwards 127.0.0.1:port to a PostgreSQL server; `stop()` drops every connection and
-    refuses new ones until `start()`, like a server restart seen from the client."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
-        self._listener: socket.socket | None = None
-        self._sockets: set[socket.socket] = set()
-        self._lock = threading.Lock()
-
-    def start(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(16)
-        # A blocked accept() would keep a closed listener alive; poll so stop() really stops.
-        listener.settimeout(0.1)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def stop(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            with contextlib.suppress(OSError):
-                listener.shutdown(socket.SHUT_RDWR)
-            listener.close()
-        with self._lock:
-            sockets, self._sockets = self._sockets, set()
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while self._listener is listener:
-            try:
-                client, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return  # stopped
-            client.settimeout(None)
-            upstream = socket.create_connection(self.target)
-            with self._lock:
-                self._sockets |= {client, upstream}
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        for sock in (src, dst):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-
 @pytest.fixture
 def proxy_url(pg_database: str) -> Iterator[tuple[str, TcpProxy]]:
     Store.open(pg_database).close()
     _empty_tables(pg_database)
-    real = sa.make_url(pg_database)
-    proxy = TcpProxy((real.host or "127.0.0.1", real.port or 5432))
+    proxy = TcpProxy.to_database(pg_database)
     proxy.start()
     # Trust authentication ignores the password; it is here to prove it never leaks.
-    url = real.set(host="127.0.0.1", port=proxy.port, password="s3cret-pw")
-    yield url.render_as_string(hide_password=False), proxy
+    yield proxy.url(pg_database, password="s3cret-pw"), proxy
     proxy.stop()
 
 

@@ -26,15 +26,13 @@ from service.store.api import (
     TRIAL_COLUMNS,
     Store,
     StoreError,
-    TrialFailed,
-    TrialStarted,
     head_revision,
 )
 from tests.service.test_store import (
     _REGISTRIES,
     _specs_without_registries,  # noqa: F401 (autouse fixture)
+    fill,
     fresh_database,
-    grid,
     make_spec,
     run_cell,
 )
@@ -60,17 +58,6 @@ def bnsweep(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str])
     return run
 
 
-def _fill(store: Store) -> None:
-    specs = grid()
-    store.register_sweep("demo", "name: demo", specs)
-    store.register_sweep("solo", "name: solo", [make_spec(bn_scale_init=0.05, seed=1)])
-    for spec in specs[:5]:
-        run_cell(store, spec)
-    run_cell(store, specs[5], status="diverged", diverged_epoch=2)
-    store.apply([TrialFailed(specs[6].spec_hash, specs[6].seed, "boom")])
-    store.apply([TrialStarted(specs[7].spec_hash, specs[7].seed)])
-
-
 @pytest.fixture(scope="module")
 def db(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A populated store shared by the tests of this module, which only read it."""
@@ -79,7 +66,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> str:
         if not _REGISTRIES:
             patch.setattr(workers.spec, "_validate", lambda spec: None)
         with Store.open(url) as store:
-            _fill(store)
+            fill(store)
     return url
 
 
@@ -251,7 +238,7 @@ def test_postgresql_through_the_command_line(bnsweep: Run, postgres_url: str) ->
         code, out, _ = bnsweep("db", "upgrade", "--db", url)
         assert code == 0 and "***" in out
         with Store.open(url) as store:
-            _fill(store)
+            fill(store)
         results = [bnsweep("status", "--db", url)]
         results.append(bnsweep("query", "--db", url, "--where", "lr=0.1", "--format", "csv"))
         results.append(bnsweep("query", "--db", url, "--where", "nope=1"))
