@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Throughput on one GPU, in a few minutes: the reference loop against the worker's fast path at
 # full CIFAR-10 size (bench/throughput.py), then 1, 2 and 4 trials sharing the GPU
-# (bench/packing.py), and what each paper table costs at that rate (bench/gpu_hours.py). Needs PyTorch with CUDA, torchvision and the project's Python dependencies
-# (numpy, scikit-learn); no Ray, no installation of the project itself.
+# (bench/packing.py), the targets checked (bench/targets.py), and what each paper table costs at
+# that rate (bench/gpu_hours.py). Needs PyTorch with CUDA, torchvision and the project's Python
+# dependencies (numpy, scikit-learn); no Ray, no installation of the project itself.
 #
 #   bench/gpu.sh                        # results in $OUT if set, else in out/bench
 #   DEVICE=cpu QUICK=1 bench/gpu.sh     # the same steps on a CPU at toy sizes (a smoke test)
@@ -54,6 +55,10 @@ echo "== packing: trials sharing one $device"
 "$python" bench/packing.py --device "$device" "${sizes[@]}" --epochs 3 "${packing[@]}" \
     --json "$out/packing.json" | tee "$out/packing.txt"
 
+echo "== targets"
+"$python" bench/targets.py --throughput "$out/throughput.json" --packing "$out/packing.json" \
+    | tee "$out/targets.md"
+
 echo "== GPU-hours per paper table at the measured rate (bench/gpu_hours.py)"
 if "$python" -c "import pydantic, yaml" 2>/dev/null; then
     "$python" bench/gpu_hours.py --measured "$out/throughput.json" | tee "$out/gpu_hours.md"
@@ -63,4 +68,4 @@ else
         "python bench/gpu_hours.py --measured $out/throughput.json"
 fi
 
-echo "results in $out: machine.txt, throughput.{txt,json}, packing.{txt,json}, gpu_hours.md"
+echo "results in $out: machine.txt, throughput.{txt,json}, packing.{txt,json}, targets.md, gpu_hours.md"

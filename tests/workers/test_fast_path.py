@@ -280,7 +280,37 @@ def test_the_gpu_script_runs_every_step_on_a_cpu(tmp_path: Path) -> None:
     packing = json.loads((tmp_path / "packing.json").read_text())
     assert [r["trials"] for r in packing["results"]] == [1, 2]
     assert (tmp_path / "machine.txt").read_text().startswith("device: ")
+    # The CPU targets are checked against what it measured (toy sizes: met or not, both stated).
+    targets = (tmp_path / "targets.md").read_text()
+    assert "| fp32 epoch vs reference | ≥ 1.15× |" in targets
+    assert "| bf16 channels-last epoch vs reference | ≥ 2.20× |" in targets
     # Priced at the rate it just measured: every paper table gets its GPU-hours.
     hours = (tmp_path / "gpu_hours.md").read_text()
     assert "measured: resnet8 " in hours
     assert all(f"| table{n} | " in hours for n in range(1, 7))
+
+
+def test_the_targets_are_checked_against_a_gpu_measurement(monkeypatch: pytest.MonkeyPatch) -> None:
+    targets = _bench_module("targets", monkeypatch)
+    throughput = {
+        "args": {"arch": "resnet18", "batch": 128},
+        "machine": {"gpu": "Test GPU", "cpu": "x"},
+        "results": [
+            {"setting": "reference", "train_images_per_s": 5_000.0},
+            {"setting": "fp32", "train_images_per_s": 15_000.0, "epoch_ratio": 3.1},
+            {"setting": "bf16-cl", "train_images_per_s": 48_000.0, "epoch_ratio": 8.5},
+            {"setting": "bf16-cl-compile", "error": "compile failed"},
+        ],
+    }
+    packing = {"results": [{"trials": 1, "vs_one_trial": 1.0}, {"trials": 4, "vs_one_trial": 1.7}]}
+    rows = targets.report(throughput, packing).splitlines()
+    assert rows[0].startswith("Targets on Test GPU (resnet18, batch 128)")
+    assert "| best epoch vs reference, same GPU | ≥ 7.00× | 8.50× (bf16-cl) | met |" in rows
+    rate = "| ResNet-18 bf16 training | ≥ 50,000 images/s | 48,000 images/s (bf16-cl) | missed |"
+    assert rate in rows
+    assert "| 4 trials per GPU vs 1 | ≥ 1.50× | 1.70× (4 trials) | met |" in rows
+    # Without a packing file, or for another network, a target is "not measured", never guessed.
+    throughput["args"]["arch"] = "resnet8"
+    rows = targets.report(throughput, None).splitlines()
+    assert "| ResNet-18 bf16 training | ≥ 50,000 images/s | not measured | - |" in rows
+    assert "| 4 trials per GPU vs 1 | ≥ 1.50× | not measured | - |" in rows
