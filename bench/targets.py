@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,11 +39,15 @@ class Target:
             return f"| {self.name} | {goal} | not measured | - |"
         value, source = found
         verdict = "met" if value >= self.threshold else "missed"
-        return f"| {self.name} | {goal} | {_number(value, self.unit)} ({source}) | {verdict} |"
+        measured = _number(value, self.unit, down=True)
+        return f"| {self.name} | {goal} | {measured} ({source}) | {verdict} |"
 
 
-def _number(value: float, unit: str) -> str:
-    return f"{value:.2f}×" if unit == "x" else f"{value:,.0f} {unit}"
+def _number(value: float, unit: str, *, down: bool = False) -> str:
+    """`down` rounds a measurement down, so one just short of its goal never prints as the goal."""
+    if unit == "x":
+        return f"{math.floor(value * 100) / 100 if down else value:.2f}×"
+    return f"{math.floor(value) if down else value:,.0f} {unit}"
 
 
 def _rows(throughput: Results, accept: Callable[[str], bool]) -> list[Results]:
