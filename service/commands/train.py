@@ -86,8 +86,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     print(
-        f"{result.status}: spec {spec.spec_hash} seed {spec.seed}, {result.epochs_run} epochs "
-        f"in {result.seconds:.1f} s ({result.images_per_sec:.0f} img/s)"
+        f"{result.status}: spec {spec.spec_hash} seed {spec.seed}, {result.epochs_run} "
+        f"epoch{'' if result.epochs_run == 1 else 's'} in {result.seconds:.1f} s "
+        f"({result.images_per_sec:.0f} img/s)"
     )
     if result.test_acc is not None:
         print(
