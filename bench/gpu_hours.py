@@ -30,6 +30,7 @@ GPU-hours = FLOPs / sustained FLOP/s. The sustained rate comes from, in order of
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections import Counter
@@ -77,6 +78,7 @@ DATASETS = {
 }
 
 
+@functools.cache  # each network is built and counted once, however many cells and tables use it
 def forward_flops(arch: str, dataset: str) -> int:
     """Forward FLOPs for one image (a multiply-add counts as two)."""
     shape = DATASETS[dataset]
@@ -107,13 +109,10 @@ class CellCost:
         return epochs * self.forward_flops * images
 
 
-def cell_cost(spec: TrialSpec, flops_cache: dict[tuple[str, str], int]) -> CellCost:
+def cell_cost(spec: TrialSpec) -> CellCost:
     shape = DATASETS[spec.dataset]
     val = round(shape.train * spec.val_fraction)
-    key = (spec.arch, spec.dataset)
-    if key not in flops_cache:
-        flops_cache[key] = forward_flops(*key)
-    return CellCost(shape.train - val, val + shape.test, flops_cache[key])
+    return CellCost(shape.train - val, val + shape.test, forward_flops(spec.arch, spec.dataset))
 
 
 @dataclass
@@ -129,13 +128,12 @@ class TableCost:
 def paper_tables(paths: Sequence[Path]) -> list[TableCost]:
     """Every table's cost, counting as new only the cells no earlier table already holds."""
     seen: set[tuple[str, int]] = set()
-    flops_cache: dict[tuple[str, str], int] = {}
     tables = []
     for path in paths:
         cells = expand(load_sweep_spec(path))
         cost = TableCost(path.stem, len(cells), 0, 0.0, 0.0, Counter())
         for cell in cells:
-            flops = cell_cost(cell, flops_cache).flops(cell.epochs)
+            flops = cell_cost(cell).flops(cell.epochs)
             cost.flops += flops
             cost.networks[f"{cell.dataset}/{cell.arch}"] += 1
             key = (cell.spec_hash, cell.seed)
@@ -195,7 +193,6 @@ def markdown(tables: Sequence[TableCost], rate: float, peak: float, source: str)
 
 
 def per_network(tables: Sequence[TableCost]) -> str:
-    cache: dict[tuple[str, str], int] = {}
     keys = sorted({k for t in tables for k in t.networks})
     lines = [
         "| dataset/network | forward GFLOP per image | training images per epoch | "
@@ -204,7 +201,7 @@ def per_network(tables: Sequence[TableCost]) -> str:
     ]
     for key in keys:
         dataset, arch = key.split("/")
-        cost = cell_cost(TrialSpec(dataset=dataset, arch=arch), cache)
+        cost = cell_cost(TrialSpec(dataset=dataset, arch=arch))
         lines.append(
             f"| {key} | {cost.forward_flops / 1e9:.2f} | {cost.train_images:,} | "
             f"{cost.eval_images:,} | {cost.flops(180) / 1e15:.2f} |"

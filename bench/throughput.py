@@ -43,7 +43,10 @@ import torch
 import torch.nn.functional as F
 
 # A checkout runs this without installing the project (bench/gpu.sh on a bare GPU machine).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from machine import cpu_model
 
 from workers.data import DataSplits, load_dataset, stratified_split
 from workers.param_groups import param_groups
@@ -342,7 +345,7 @@ def machine(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_native_bf16": cpu_has_fast_bf16(),
     }
@@ -350,16 +353,6 @@ def machine(device: torch.device) -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
     return info
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def table(summaries: Sequence[dict[str, Any]]) -> str:

@@ -275,12 +275,23 @@ def _write_cell_file(
     (Path(folder) / CELL_FILE).write_text(json.dumps(cell))
 
 
-def _read_cell_file(folder: str | Path) -> tuple[Cell, int] | None:
-    """(cell, epoch) of a checkpoint folder written by `train_cell`; None for anything else."""
+def _cell_file(folder: str | Path) -> dict[str, Any] | None:
+    """The `CELL_FILE` of a checkpoint folder written by `train_cell`; None for anything else."""
     try:
         cell = json.loads((Path(folder) / CELL_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return cell if isinstance(cell, dict) else None
+
+
+def _read_cell_file(folder: str | Path) -> tuple[Cell, int] | None:
+    """(cell, epoch) of a checkpoint folder written by `train_cell`; None for anything else."""
+    cell = _cell_file(folder)
+    if cell is None:
+        return None
+    try:
         return (str(cell["spec_hash"]), int(cell["seed"])), int(cell["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError, ValueError):
         return None
 
 
@@ -289,13 +300,12 @@ def _checkpoint_records(folder: str | None) -> tuple[list[dict[str, Any]], list[
     (EpochMetrics as dicts) and the BN diagnostics recorded (`_diagnostics_report`'s items)."""
     if folder is None:
         return [], []
-    try:
-        cell = json.loads((Path(folder) / CELL_FILE).read_text())
-        return list(cell["history"]), list(cell.get("diagnostics") or ())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    cell = _cell_file(folder)
+    if cell is None or "history" not in cell:
         from workers.checkpoint import load_checkpoint  # a checkpoint without our cell file
 
         return list(load_checkpoint(folder)["progress"]["history"]), []
+    return list(cell["history"]), list(cell.get("diagnostics") or ())
 
 
 def _device_name(spec: TrialSpec) -> str:
@@ -622,13 +632,21 @@ class StorageMarker:
     token: str
 
 
-def place_storage_marker(root: str, sweep_name: str) -> StorageMarker | None:
-    """Write a fresh token to <root>/<sweep>/STORAGE_MARKER; None for object storage, which
-    every node reaches by URI."""
+def _local_sweep_folder(root: str, sweep_name: str) -> Path | None:
+    """<root>/<sweep>/, created; None for object storage (no local folder, no locks, no marker:
+    every node reaches it by URI)."""
     if "://" in root:
         return None
     folder = Path(root) / sweep_name
     folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def place_storage_marker(root: str, sweep_name: str) -> StorageMarker | None:
+    """Write a fresh token to <root>/<sweep>/STORAGE_MARKER; None for object storage."""
+    folder = _local_sweep_folder(root, sweep_name)
+    if folder is None:
+        return None
     marker = StorageMarker(str(folder / STORAGE_MARKER), uuid.uuid4().hex)
     tmp = folder / f"{STORAGE_MARKER}.{marker.token}"
     tmp.write_text(marker.token + "\n", encoding="utf-8")
@@ -829,11 +847,10 @@ def _one_launch_at_a_time(root: str, sweep_name: str) -> Iterator[None]:
     """Hold a lock on <storage>/<sweep>/ for the launch: a second launch of the sweep would take
     the running experiment's folder for an interrupted one and restore it a second time. The
     kernel drops the lock of a killed driver. (Object storage has no locks: not checked.)"""
-    if "://" in root:
+    folder = _local_sweep_folder(root, sweep_name)
+    if folder is None:
         yield
         return
-    folder = Path(root) / sweep_name
-    folder.mkdir(parents=True, exist_ok=True)
     with open(folder / LOCK_FILE, "a+", encoding="utf-8") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -149,10 +149,7 @@ def build(
         input_norm=spec.input_norm,
         input_stats=stats,
     )
-    memory_format = (
-        torch.channels_last if spec.memory_format == "channels_last" else torch.contiguous_format
-    )
-    model = model.to(device=device, memory_format=memory_format)
+    model = model.to(device=device, memory_format=memory_format_for(spec))
     groups = param_groups(
         model, lr=spec.lr, weight_decay=spec.weight_decay, bn_lr_divisor=spec.bn_lr_divisor
     )

@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.bench_scripts import load_bench
 
 
 @pytest.fixture(scope="module")
-def gpu_hours() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_gpu_hours", BENCH / "gpu_hours.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def gpu_hours() -> Iterator[ModuleType]:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield load_bench("gpu_hours", monkeypatch)
 
 
 @pytest.fixture(scope="module")

@@ -24,10 +24,9 @@ import yaml
 from service.driver import launch
 from service.store.api import Store
 from service.sweep import parse_sweep_spec
+from tests.bench_scripts import BENCH
 
 pytestmark = pytest.mark.timeout(600)
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 @pytest.fixture

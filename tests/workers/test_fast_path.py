@@ -3,7 +3,6 @@ never waits for the device; compile is a runtime option; the throughput bench ru
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import math
@@ -14,11 +13,11 @@ import sys
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
 
+from tests.bench_scripts import BENCH, load_bench
 from workers.data import load_splits
 from workers.errors import SpecError
 from workers.seeding import complex_seed
@@ -34,7 +33,6 @@ from workers.trial import (
     train_one_epoch,
 )
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
 SPEC = TrialSpec(dataset="digits", arch="resnet8", epochs=1, batch_size=128, device="cpu")
 
 
@@ -216,16 +214,6 @@ def test_a_compiled_trial_computes_what_the_eager_one_does() -> None:
 
 
 # -- the throughput benchmark's CPU path ----------------------------------------------------
-def _bench_module(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """A bench script as a module (bench/ is not a package); gone from sys.modules after."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_throughput_bench_compares_every_setting_with_the_reference(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -233,7 +221,7 @@ def test_the_throughput_bench_compares_every_setting_with_the_reference(
 
     # The bench turns torchvision's MD5 check off for its fabricated files; put it back after.
     monkeypatch.setattr(tv_cifar, "check_integrity", tv_cifar.check_integrity)
-    bench = _bench_module("throughput", monkeypatch)
+    bench = load_bench("throughput", monkeypatch)
     out = tmp_path / "throughput.json"
     settings = ["reference", "fp32", "bf16-cl"]
     summaries = bench.main(
@@ -291,7 +279,7 @@ def test_the_gpu_script_runs_every_step_on_a_cpu(tmp_path: Path) -> None:
 
 
 def test_the_targets_are_checked_against_a_gpu_measurement(monkeypatch: pytest.MonkeyPatch) -> None:
-    targets = _bench_module("targets", monkeypatch)
+    targets = load_bench("targets", monkeypatch)
     throughput = {
         "args": {"arch": "resnet18", "batch": 128},
         "machine": {"gpu": "Test GPU", "cpu": "x"},
