@@ -65,14 +65,28 @@ def run(args: argparse.Namespace) -> int:
     with Store.open(url) as store:
         summary = launch(sweep, store, spec_text, address=args.address, num_cpus=args.num_cpus)
     resumed = f", {len(summary.resumed)} resumed from checkpoints" if summary.resumed else ""
-    print(
-        f"sweep {sweep.name}: ran {summary.ran} cells this launch ({summary.completed} completed, "
-        f"{summary.diverged} diverged, {summary.failed} failed{resumed})"
+    counts = (
+        f"{summary.completed} completed, {summary.diverged} diverged, {summary.failed} failed"
+        f"{resumed}"
     )
+    if summary.interrupted:
+        # Nothing is marked finished: a relaunch continues each cell from its last checkpoint.
+        print(
+            f"sweep {sweep.name}: interrupted after {summary.ran} cells started ({counts}); "
+            "launch it again to continue from the last checkpoints"
+        )
+        raise KeyboardInterrupt
+    print(f"sweep {sweep.name}: ran {summary.ran} cells this launch ({counts})")
     if not args.no_tables:
         from service.commands.report import render_sweep_tables
 
         print(render_sweep_tables(url, sweep.name, fmt="term"))
+    if summary.unsuccessful:
+        print(
+            f"sweep {sweep.name}: {summary.unsuccessful} cells did not complete "
+            f"({summary.failed} failed, {summary.diverged} diverged); `bnsweep status` lists them"
+        )
+        return 1
     return 0
 
 

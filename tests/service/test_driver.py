@@ -25,6 +25,7 @@ import ray
 import yaml
 
 from service import driver
+from service.checkpoints import CellRecords, CellStorage, write_cell_file
 from service.cli import main
 from service.driver import LaunchSummary, Progress, cell_of, check_storage_is_shared, launch
 from service.store.api import EpochRecorded, Store, TrialStarted
@@ -167,13 +168,24 @@ def test_progress_shows_cells_by_state_and_an_eta(tiny: dict[str, Any]) -> None:
     assert "ETA 0:00:00" in lines[-1]
 
 
-def test_the_experiment_folder_is_marked_finished(tiny: dict[str, Any]) -> None:
+def test_each_cell_keeps_its_latest_checkpoint_in_a_folder_of_its_own(tiny: dict[str, Any]) -> None:
     runs = tiny["spec"].parent / "runs" / "tiny"
-    (experiment,) = [p for p in runs.iterdir() if p.is_dir()]
-    assert (experiment / driver.DONE_MARKER).read_text().strip().endswith("finished")
-    # Short trial folders that say which cell they hold.
-    names = sorted(p.name for p in experiment.iterdir() if p.is_dir())
-    assert len(names) == 4 and all("-seed" in n for n in names)
+    cells = {cell_of(c) for c in expand(load_sweep_spec(tiny["spec"]))}
+    folders = sorted((runs / "cells").iterdir())
+    assert {p.name for p in folders} == {f"{h}-seed{s}" for h, s in cells}
+    for folder in folders:
+        # 2 epochs, a checkpoint every 10 and after the last: one checkpoint, one segment.
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "checkpoint-000002",
+            "records-000001-000002.json",
+        ]
+        assert sorted(p.name for p in (folder / "checkpoint-000002").iterdir()) == [
+            "bnsweep-cell.json",
+            "trial.pt",
+        ]
+    # Tune itself checkpoints nothing and logs no results: the store has them.
+    (experiment,) = [p for p in runs.iterdir() if p.name.startswith("launch-")]
+    assert not list(experiment.rglob("checkpoint_*")) and not list(experiment.rglob("result.json"))
 
 
 def test_dry_run_prints_totals_and_writes_nothing(
@@ -256,48 +268,60 @@ def test_a_relaunch_retries_failed_cells_but_not_diverged_ones(troubled: dict[st
     assert by_status.loc["completed", "attempts"] == 1
 
 
-# -- resuming from an experiment Tune cannot restore --------------------------------------------
+# -- resuming from a cell's checkpoint folder ---------------------------------------------------
 class _Stop(Exception):
     """Ends a fabricated trial after its second epoch, as a killed driver would."""
 
 
+class _Planted:
+    """A pickle that, once loaded, leaves a file behind: proof that it was unpickled."""
+
+    def __init__(self, proof: Path) -> None:
+        self.proof = proof
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.write_text, (self.proof, "unpickled"))
+
+
 def _abandon_after_two_epochs(sweep_spec: Any, root: Path, url: str) -> tuple[tuple, dict, dict]:
-    """A 3-epoch cell trained for 2 epochs by a 'killed launch': its checkpoint in an experiment
-    folder whose Tune state is corrupt; in the store its start and epoch 1 only (epoch 2 and every
-    BN diagnostic were in the driver's buffer when it died). Returns the cell, val_acc by epoch,
-    and the diagnostics' γ means by (epoch, layer)."""
+    """A 3-epoch cell trained for 2 epochs by a 'killed launch', checkpointing every epoch into
+    its cell folder; in the store its start and epoch 1 only (epoch 2 and every BN diagnostic were
+    in the driver's buffer when it died). Returns the cell, val_acc by epoch, and the
+    diagnostics' γ means by (epoch, layer)."""
     cell = expand(sweep_spec)[0]
-    trial_dir = root / sweep_spec.name / "launch-19700101T000000000000" / f"{cell.spec_hash}-x"
+    key = cell_of(cell)
+    cells = CellStorage(str(root / sweep_spec.name))
     recorded, diagnostics = [], []
     inspector = BNDiagnostics.for_spec(cell)
 
     def on_epoch(metrics: Any, save: Any) -> None:
         recorded.append(metrics)
-        diagnostics.extend(driver._diagnostics_report(inspector).get("diagnostics", ()))
-        folder = trial_dir / f"checkpoint_{metrics.epoch - 1:06d}"
-        save(folder)
-        history = [dataclasses.asdict(m) for m in recorded]
-        driver._write_cell_file(folder, cell, history, diagnostics)
-        if metrics.epoch == 2:
+        items = driver._diagnostics_report(inspector)
+        diagnostics.extend(items)
+        epoch = metrics.epoch
+        cells.write_records(key, epoch, epoch, CellRecords([dataclasses.asdict(metrics)], items))
+        with cells.new_checkpoint(key, epoch) as folder:
+            save(folder)
+            write_cell_file(folder, key, epoch)
+        if epoch == 2:
             raise _Stop
 
     with pytest.raises(_Stop):
         run_trial(cell, on_epoch=on_epoch, inspect=inspector)
-    (trial_dir.parent / "tuner.pkl").write_bytes(b"not a pickle")  # Tune cannot restore this
     with Store.open(url) as store:
         store.register_sweep(sweep_spec.name, "abandoned", expand(sweep_spec))
-        store.apply([TrialStarted(*cell_of(cell), host="old", device="cpu")])
-        store.apply([EpochRecorded(*cell_of(cell), metrics=recorded[0])])
+        store.apply([TrialStarted(*key, host="old", device="cpu")])
+        store.apply([EpochRecorded(*key, metrics=recorded[0])])
     gammas = {
         (item["epoch"], layer["layer"]): layer["gamma_mean"]
         for item in diagnostics
         for layer in item["layers"]
     }
-    return cell_of(cell), {m.epoch: m.val_acc for m in recorded}, gammas
+    return key, {m.epoch: m.val_acc for m in recorded}, gammas
 
 
-def test_cells_resume_from_the_checkpoints_of_an_experiment_tune_cannot_restore(
-    local_ray: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_cells_resume_from_their_checkpoint_and_nothing_tune_pickled_is_read(
+    local_ray: None, tmp_path: Path
 ) -> None:
     # Two CPUs per trial on a 2-CPU Ray: trials must run one at a time, with no cap set.
     spec_path = write_spec(
@@ -311,11 +335,15 @@ def test_cells_resume_from_the_checkpoints_of_an_experiment_tune_cannot_restore(
     sweep = load_sweep_spec(spec_path)
     url = f"sqlite:///{tmp_path / 'abandoned.db'}"
     cell, earlier, earlier_gammas = _abandon_after_two_epochs(sweep, tmp_path / "runs", url)
+    # Whoever can write to the storage planted Tune state that runs code when unpickled.
+    proof = tmp_path / "code-ran"
+    planted = tmp_path / "runs" / "abandoned" / "launch-19700101T000000000000"
+    (planted / "trial").mkdir(parents=True)
+    for name in ("tuner.pkl", "trainable.pkl", "trial/error.pkl"):
+        (planted / name).write_bytes(pickle.dumps(_Planted(proof)))
 
-    with caplog.at_level(logging.WARNING, logger="service.driver"):
-        summary, _ = run_launch(spec_path, url)
-    assert "could not restore the interrupted experiment" in caplog.text
-    assert summary.restored_experiment is None
+    summary, _ = run_launch(spec_path, url)
+    assert not proof.exists()
     assert summary.resumed == {cell: 2}
     assert (summary.ran, summary.completed) == (2, 2)
 
@@ -325,18 +353,35 @@ def test_cells_resume_from_the_checkpoints_of_an_experiment_tune_cannot_restore(
     assert resumed["attempts"] == 2 and resumed["epochs_run"] == 3
     rows = epochs.set_index(["spec_hash", "seed"]).loc[[cell]]
     assert rows["epoch"].tolist() == [1, 2, 3]
-    # Epochs 1-2 are the abandoned run's (2 stored now, from the checkpoint); 3 continued it.
+    # Epochs 1-2 are the abandoned run's (2 stored now, from the records); 3 continued it.
     assert rows["val_acc"].tolist()[:2] == [earlier[1], earlier[2]]
     # The BN diagnostics of epochs 0-2, lost with the driver's buffer, came back from the
-    # checkpoint; epoch 3 continued them.
+    # cell's records; epoch 3 continued them.
     with Store.open(url) as store:
         diag = store.diagnostics("abandoned").set_index(["spec_hash", "seed"]).loc[[cell]]
     assert sorted(set(diag["epoch"])) == [0, 1, 2, 3]
     stored = {(e, layer): g for e, layer, g in diag[["epoch", "layer", "gamma_mean"]].to_numpy()}
     assert {k: v for k, v in stored.items() if k[0] <= 2} == pytest.approx(earlier_gammas)
     assert_never_overlapping(trials)
-    old = tmp_path / "runs" / "abandoned" / "launch-19700101T000000000000"
-    assert "superseded" in (old / driver.DONE_MARKER).read_text()
+    # Only the latest checkpoint is kept.
+    folder = tmp_path / "runs" / "abandoned" / "cells" / f"{cell[0]}-seed{cell[1]}"
+    assert sorted(p.name for p in folder.glob("checkpoint-*")) == ["checkpoint-000003"]
+
+
+def test_an_error_is_read_from_the_trials_text_never_its_pickle(tmp_path: Path) -> None:
+    proof = tmp_path / "code-ran"
+    (tmp_path / "error.pkl").write_bytes(pickle.dumps(_Planted(proof)))
+    (tmp_path / "error.txt").write_text(
+        "Traceback (most recent call last):\n  File ...\n"
+        "ray.exceptions.RayTaskError(DataError): ...\n"
+        "workers.errors.DataError: cifar10: /data/cifar10 does not exist\n"
+    )
+    trial = type(
+        "Trial", (), {"pickled_error_file": str(tmp_path / "error.pkl"),
+                      "error_file": str(tmp_path / "error.txt")},
+    )()  # fmt: skip
+    assert driver._trial_error(trial) == "DataError: cifar10: /data/cifar10 does not exist"
+    assert not proof.exists()
 
 
 def test_a_second_launch_of_a_running_sweep_is_refused(
@@ -351,9 +396,9 @@ def test_a_second_launch_of_a_running_sweep_is_refused(
         held.write("gpu-head pid 4242\n")
         held.flush()
         assert main(["launch", str(spec), "--db", url, "--no-tables"]) == 2
-    err = capsys.readouterr().err.strip()
+    # Only bnsweep's own lines: the module's Ray may still be printing an earlier test's worker logs.
+    (err,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("bnsweep")]
     assert err.startswith("bnsweep: error: sweep twice is being launched already (gpu-head pid")
-    assert "\n" not in err
     assert not [p for p in lock.parent.iterdir() if p.is_dir()]  # no experiment was started
 
 
@@ -483,5 +528,5 @@ def test_tune_output_settings_are_defaults_the_user_can_override(
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "1")
     driver._tune_environment()
-    assert os.environ["TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"] == "0"
+    assert os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1"
     assert os.environ["RAY_AIR_NEW_OUTPUT"] == "1"
