@@ -36,7 +36,7 @@ class TrialSpec:
     dataset: str = "cifar10"
     arch: str = "resnet18"
     formulation: str = "standard"
-    bn_scale_init: float = 0.1  # γ at initialisation, in (0, 1] (Sect. 3.2)
+    bn_scale_init: float = 0.1  # γ at initialisation: > 0; the method uses (0, 1] (Sect. 3.2)
     bn_lr_divisor: float = 100.0  # c: BN scales train with lr α/c (Sect. 3.2)
     input_norm: str = "bn"  # Sect. 3.4: bn | fixed | offline | none
     lr: float = 0.1  # α, the initial learning rate of every other parameter
@@ -140,7 +140,7 @@ def _validate(spec: TrialSpec) -> None:
     # Registries live beside what they build; imported here to keep `spec` import-light.
     from workers.data import DATASETS
     from workers.models import MODELS
-    from workers.norm import FORMULATIONS, INPUT_NORMS
+    from workers.norm import FORMULATIONS, INPUT_NORMS, check_bn_scale
 
     choices = {
         "dataset": DATASETS,
@@ -160,8 +160,7 @@ def _validate(spec: TrialSpec) -> None:
     for name in _FLOAT_FIELDS:
         if not math.isfinite(getattr(spec, name)):
             raise SpecError(f"{name}: must be finite, got {getattr(spec, name)!r}")
-    if not 0.0 < spec.bn_scale_init <= 1.0:
-        raise SpecError(f"bn_scale_init (γ): must be in (0, 1], got {spec.bn_scale_init!r}")
+    check_bn_scale(spec.bn_scale_init)
     if spec.bn_lr_divisor < 1.0:
         raise SpecError(f"bn_lr_divisor (c): must be >= 1, got {spec.bn_lr_divisor!r}")
     if spec.lr <= 0.0:
