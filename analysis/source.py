@@ -12,7 +12,13 @@ from typing import Any
 
 import pandas as pd
 
+from workers.spec import RECIPE
+
 log = logging.getLogger(__name__)
+
+#: Only trials of this bnsweep's training recipe are analysed: a cell trained by an older recipe
+#: is a different result (docs/store.md, "Training recipes") and is never mixed in.
+_CURRENT = {"recipe": RECIPE}
 
 
 def load_results(url: str | None, sweep: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -28,8 +34,8 @@ def load_results(url: str | None, sweep: str | None) -> tuple[pd.DataFrame, pd.D
     from service.store.api import Store
 
     with Store.open(url, create=False) as store:
-        trials = store.trials(sweep=sweep)
-        epochs = store.epochs(sweep=sweep)
+        trials = store.trials(sweep=sweep, where=_CURRENT)
+        epochs = store.epochs(sweep=sweep, where=_CURRENT)
     log.info("loaded %d trials and %d epoch rows", len(trials), len(epochs))
     return trials, epochs
 
@@ -40,7 +46,7 @@ def load_diagnostics(url: str | None, sweep: str | None) -> pd.DataFrame:
     from service.store.api import Store
 
     with Store.open(url, create=False) as store:
-        return store.diagnostics(sweep=sweep)
+        return store.diagnostics(sweep=sweep, where=_CURRENT)
 
 
 def load_trials(url: str | None, sweep: str | None) -> pd.DataFrame:
@@ -48,7 +54,16 @@ def load_trials(url: str | None, sweep: str | None) -> pd.DataFrame:
     from service.store.api import Store
 
     with Store.open(url, create=False) as store:
-        return store.trials(sweep=sweep)
+        return store.trials(sweep=sweep, where=_CURRENT)
+
+
+def older_recipe_note(url: str | None, sweep: str | None) -> str | None:
+    """One line when the store holds trials of another training recipe linked to `sweep` (all
+    trials when None), which the tables leave out; None when there are none."""
+    from service.store.api import Store, older_recipe_line
+
+    with Store.open(url, create=False) as store:
+        return older_recipe_line(store.older_recipes(sweep), sweep)
 
 
 def load_cells(url: str | None, cells: Iterable[tuple[str, int]]) -> pd.DataFrame:

@@ -174,7 +174,9 @@ class ReferenceLoop:
             bn_lr_divisor=spec.bn_lr_divisor,
         )
         self.optimizer = torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule.lr_lambdas[0])
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, list(schedule.lr_lambdas)
+        )
         flip = transforms.Compose([transforms.RandomHorizontalFlip(), transforms.ToTensor()])
         plain = transforms.ToTensor()
         train_set = CIFAR10(str(root), train=True, transform=flip)

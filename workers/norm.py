@@ -2,7 +2,8 @@
 
 Davis & Frank, "Revisiting Batch Normalization":
 
-- Sect. 3.2: initialise every BN scale γ in (0, 1] (β = 0) and train γ with learning rate α/c.
+- Sect. 3.2: initialise every BN scale γ in (0, 1] (β = 0) and train γ with learning rate α/c;
+  γ > 1 is accepted too (the paper tried it, Sect. 4.4).
 - Sect. 3.4: normalise the input with a BN prepended to the network, γ̂ = 0.58·γ, β fixed at 0.
 - Sect. 4.4: the alternative formulations A1 (Eq. 26) and A2 (Eq. 27).
 - Sect. 4.5: the scaling of RBN and IEBN (Eq. 28-29) and their "minus" variants.
@@ -23,6 +24,7 @@ name: a substring rule such as "bn" or "weight" would also catch w_v/w_b or conv
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 from collections.abc import Callable, Iterator
 
@@ -204,10 +206,25 @@ def bn_other_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
                 yield param
 
 
+#: The one line for a γ that is not a positive finite number; `TrialSpec` says the same.
+BN_SCALE_RULE = (
+    "must be a finite number > 0 (the method uses (0, 1], Sect. 3.2; γ > 1 is allowed, Sect. 4.4)"
+)
+
+
 def check_bn_scale(gamma: float) -> float:
-    """γ must lie in (0, 1] (Sect. 3.2); anything else is a user error, never silently 1."""
-    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not 0.0 < gamma <= 1.0:
-        raise SpecError(f"bn_scale_init (γ): must be in (0, 1], got {gamma!r}")
+    """γ must be a finite number > 0; anything else is a user error, never silently 1.
+
+    The method initialises γ in (0, 1] (Sect. 3.2), but the paper also tried γ > 1 (Sect. 4.4,
+    "degraded results, as expected"), so a user may too. γ ≤ 0 zeroes or flips every BN output.
+    """
+    if (
+        isinstance(gamma, bool)
+        or not isinstance(gamma, numbers.Real)
+        or not math.isfinite(gamma)
+        or gamma <= 0.0
+    ):
+        raise SpecError(f"bn_scale_init (γ): {BN_SCALE_RULE}, got {gamma!r}")
     return float(gamma)
 
 
@@ -267,10 +284,16 @@ def _input_bn(in_channels: int, gamma: float, stats: Stats | None) -> nn.Module:
     return module
 
 
+#: "Fixed" input normalisation (Sect. 3.4): μ = σ = 128 for an 8-bit [0-255] image, the middle
+#: value of the data type and the largest magnitude of the mean-subtracted data. The pipeline
+#: hands the model x/255 in [0, 1], so the same standardisation is μ = σ = 128/255 there.
+FIXED_MEAN = FIXED_STD = 128.0 / 255.0
+
+
 def _fixed(in_channels: int, gamma: float, stats: Stats | None) -> nn.Module:
-    # μ = σ = half the data type's range (Sect. 3.4); the pipeline hands over floats in [0, 1].
-    half = torch.full((in_channels,), 0.5)
-    return Standardize(half, half)
+    return Standardize(
+        torch.full((in_channels,), FIXED_MEAN), torch.full((in_channels,), FIXED_STD)
+    )
 
 
 def _offline(in_channels: int, gamma: float, stats: Stats | None) -> nn.Module:
@@ -308,6 +331,9 @@ INPUT_NORMS: dict[str, InputNormBuilder] = {
 
 
 __all__ = [
+    "BN_SCALE_RULE",
+    "FIXED_MEAN",
+    "FIXED_STD",
     "FORMULATIONS",
     "INPUT_NORMS",
     "SIGMA_ACT_RELU",

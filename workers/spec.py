@@ -20,6 +20,18 @@ PRECISIONS = ("fp32", "bf16")
 MEMORY_FORMATS = ("contiguous", "channels_last")
 DEVICES = ("auto", "cpu", "cuda")
 
+#: The training recipe: what the code does with a spec, beyond the spec's own fields. It is part
+#: of `spec_hash`, so cells trained by an older recipe are never reused. Bump it in the same
+#: change as anything that alters a result for an unchanged spec (initialisation, schedule,
+#: data pipeline, a formulation's arithmetic, ...), and say what changed below; the test that
+#: pins a few hashes (tests/workers/test_spec.py) then fails until its values are updated too.
+#:
+#: 1. Everything before recipe versions existed (hashes without a "recipe" key).
+#: 2. Issue 12: linear weights within √(6/fan_in) as the official code executes; every
+#:    parameter group's cosine ends at 1e-8 (the γ group ended at 1e-8/c); `fixed` input
+#:    normalisation at μ = σ = 128/255 (was 0.5).
+RECIPE = 2
+
 #: Fields that do not change what a run computes; they are left out of `spec_hash`.
 #: `compile` is one of them: `torch.compile` fuses kernels, which reorders floating-point
 #: arithmetic but computes the same function, so a compiled run fills the same cell.
@@ -36,7 +48,7 @@ class TrialSpec:
     dataset: str = "cifar10"
     arch: str = "resnet18"
     formulation: str = "standard"
-    bn_scale_init: float = 0.1  # γ at initialisation, in (0, 1] (Sect. 3.2)
+    bn_scale_init: float = 0.1  # γ at initialisation: > 0; the method uses (0, 1] (Sect. 3.2)
     bn_lr_divisor: float = 100.0  # c: BN scales train with lr α/c (Sect. 3.2)
     input_norm: str = "bn"  # Sect. 3.4: bn | fixed | offline | none
     lr: float = 0.1  # α, the initial learning rate of every other parameter
@@ -100,14 +112,21 @@ RESULT_FIELD_NAMES: tuple[str, ...] = tuple(n for n in FIELD_NAMES if n not in N
 
 
 def spec_hash(spec: TrialSpec) -> str:
-    """A stable 16-hex-digit key of every field that changes the result, the seed excluded.
+    """A stable 16-hex-digit key of every field that changes the result, the seed excluded,
+    and of the training recipe `RECIPE`.
 
     All seeds of one arm share a hash; a cell in the results store is (spec_hash, seed).
     Floats are written with `repr`, so 0.1 and 0.10 hash alike and 0.1 and 0.1000001 do not.
+
+    The rule: a change to the code that alters the result of an unchanged spec bumps `RECIPE`,
+    which changes every hash, so a store filled before the change is never mixed with results
+    after it (docs/store.md, "Training recipes"). A change of the key itself (a new field, a new
+    encoding) is a recipe change too.
     """
-    payload = {
+    payload: dict[str, Any] = {
         k: (repr(float(v)) if isinstance(v, float) else v) for k, v in spec.result_fields().items()
     }
+    payload["recipe"] = RECIPE
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -140,7 +159,7 @@ def _validate(spec: TrialSpec) -> None:
     # Registries live beside what they build; imported here to keep `spec` import-light.
     from workers.data import DATASETS
     from workers.models import MODELS
-    from workers.norm import FORMULATIONS, INPUT_NORMS
+    from workers.norm import FORMULATIONS, INPUT_NORMS, check_bn_scale
 
     choices = {
         "dataset": DATASETS,
@@ -160,8 +179,7 @@ def _validate(spec: TrialSpec) -> None:
     for name in _FLOAT_FIELDS:
         if not math.isfinite(getattr(spec, name)):
             raise SpecError(f"{name}: must be finite, got {getattr(spec, name)!r}")
-    if not 0.0 < spec.bn_scale_init <= 1.0:
-        raise SpecError(f"bn_scale_init (γ): must be in (0, 1], got {spec.bn_scale_init!r}")
+    check_bn_scale(spec.bn_scale_init)
     if spec.bn_lr_divisor < 1.0:
         raise SpecError(f"bn_lr_divisor (c): must be >= 1, got {spec.bn_lr_divisor!r}")
     if spec.lr <= 0.0:

@@ -2,7 +2,9 @@
 
 Tables always reflect every completed trial in the store linked to the sweep: a trial is
 shared by every sweep that registered its cell, so results of earlier launches and of other
-sweeps with the same cells count too. `bnsweep launch` calls `render_sweep_tables` at the end.
+sweeps with the same cells count too. Trials of an older training recipe never count; `tables`
+says in one line on stderr when the store holds some. `bnsweep launch` calls
+`render_sweep_tables` at the end.
 """
 
 from __future__ import annotations
@@ -183,15 +185,20 @@ def _spec_trials(args: argparse.Namespace) -> tuple[str, str | None, Any, pd.Dat
 
 
 def run_tables(args: argparse.Namespace) -> int:
-    from analysis.source import load_trials, sweep_report
+    from analysis.source import load_trials, older_recipe_note, sweep_report
 
     options = {"alpha": args.alpha, "correction": args.correction, "test": args.test}
     if args.spec:
-        name, _, report, trials = _spec_trials(args)
+        name, url, report, trials = _spec_trials(args)
+        # A spec's cells of an older recipe have other hashes: say what the whole store holds.
+        note = older_recipe_note(url, None)
     else:
         name = args.sweep or "all"
         trials = load_trials(args.db, args.sweep)
         report = sweep_report(args.db, args.sweep) if args.sweep else None
+        note = older_recipe_note(args.db, args.sweep)
+    if note is not None:
+        print(note, file=sys.stderr)  # stdout stays the tables, for files and pipes
     tables = tables_for(trials, report, args.layout, **options)
     if args.out:
         text = _render(tables, args.format, for_terminal=False)

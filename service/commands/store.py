@@ -1,4 +1,5 @@
-"""`bnsweep db upgrade`, `bnsweep status` and `bnsweep query`: the results database from a shell.
+"""`bnsweep db upgrade|forget`, `bnsweep status` and `bnsweep query`: the results database from a
+shell.
 
 The store, pandas and rich are imported inside the handlers so that `bnsweep --help` stays quick.
 Every user mistake (a bad URL, an unknown sweep or field, a malformed `--where`) is a
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from rich.console import Console
 
-    from service.store.api import ArmStatus, SweepStatus
+    from service.store.api import ArmStatus, ForgetCount, SweepStatus
 
 FORMATS = ("table", "csv", "json")
 
@@ -69,6 +70,16 @@ def _add_db(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_where(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help=text + "; repeat a field to accept any of its values",
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     db = subparsers.add_parser(
         "db",
@@ -84,6 +95,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_db(upgrade)
     upgrade.set_defaults(func=run_db_upgrade)
+
+    forget = actions.add_parser(
+        "forget",
+        help="delete trials (with their epochs and diagnostics) so the next launch retrains them",
+        description="Delete the trials that `bnsweep query` would list with the same --sweep and "
+        "--where filters, with their epochs and BN diagnostics; the next `bnsweep launch` of "
+        "a sweep with those cells trains them again. A trial is shared by every sweep that "
+        "registered its cell, so it is forgotten for all of them. Running trials are refused. "
+        "Asks for confirmation on a terminal; elsewhere it needs --yes.",
+    )
+    forget.add_argument("--sweep", default=None, metavar="NAME", help="only trials of this sweep")
+    _add_where(forget, "forget trials whose FIELD equals VALUE, e.g. --where recipe=1")
+    forget.add_argument(
+        "--dry-run", action="store_true", help="print how many trials match; delete nothing"
+    )
+    forget.add_argument("--yes", action="store_true", help="delete without asking (for scripts)")
+    _add_db(forget)
+    forget.set_defaults(func=run_db_forget)
 
     status = subparsers.add_parser(
         "status",
@@ -103,13 +132,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "accept any of several values.",
     )
     query.add_argument("--sweep", default=None, metavar="NAME", help="only trials of this sweep")
-    query.add_argument(
-        "--where",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="keep rows whose FIELD equals VALUE, e.g. --where lr=0.1 --where seed=3",
-    )
+    _add_where(query, "keep rows whose FIELD equals VALUE, e.g. --where lr=0.1 --where seed=3")
     rows = query.add_mutually_exclusive_group()
     rows.add_argument("--epochs", action="store_true", help="one row per epoch instead")
     rows.add_argument(
@@ -139,8 +162,62 @@ def run_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_db_forget(args: argparse.Namespace) -> int:
+    from service.store.api import Store, StoreError, check_where
+
+    where = parse_where(args.where)
+    check_where(where)  # a typo in a field never touches the store
+    if args.sweep is None and not where:
+        raise StoreError(
+            "db forget: name the trials to forget with --sweep NAME and/or --where FIELD=VALUE "
+            "(e.g. --where recipe=1); see `bnsweep query` for what they select"
+        )
+    with Store.open(args.db, create=False) as store:
+        url = store.url
+        count = store.forget(sweep=args.sweep, where=where, dry_run=True)
+        what = _forget_summary(count, url)
+        if args.dry_run or not count.trials:
+            print(f"{what}; nothing deleted" + (" (dry run)" if args.dry_run else ""))
+            return 0
+        if count.running:
+            raise StoreError(
+                f"db forget: {count.running} of the {count.trials} matching trials are running "
+                "(a launch is writing them); wait for it, or leave them out with "
+                "--where status=... naming the other statuses; nothing deleted"
+            )
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise StoreError(
+                    f"db forget: {count.trials} trials match; not deleting without confirmation: "
+                    "add --yes, or run it on a terminal (--dry-run only counts)"
+                )
+            answer = input(f"{what}. Delete them? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing deleted")
+                return 1
+        done = store.forget(sweep=args.sweep, where=where)
+    print(
+        f"forgot {_trials(done.trials)} ({done.epochs} epoch rows) in {url}; "
+        "the next launch of their sweeps trains them again"
+    )
+    return 0
+
+
+def _trials(n: int) -> str:
+    return f"{n} trial" if n == 1 else f"{n} trials"
+
+
+def _forget_summary(count: ForgetCount, url: str) -> str:
+    text = f"{_trials(count.trials)} ({count.epochs} epoch rows) in {url} match"
+    if count.shared:
+        text += f", {count.shared} of them also used by other sweeps"
+    if count.running:
+        text += f", {count.running} of them running"
+    return text
+
+
 def run_status(args: argparse.Namespace) -> int:
-    from service.store.api import Store
+    from service.store.api import Store, older_recipe_line
 
     console = _console()
     with Store.open(args.db, create=False) as store:
@@ -157,8 +234,11 @@ def run_status(args: argparse.Namespace) -> int:
             console.print(
                 f"{status.name}: all {status.total} cells done", markup=False, highlight=False
             )
-            continue
-        console.print(_missing_table(status.name, arms))
+        else:
+            console.print(_missing_table(status.name, arms))
+        line = older_recipe_line(dict(status.older_recipes), status.name)
+        if line is not None:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
     return 0
 
 

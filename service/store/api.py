@@ -16,16 +16,23 @@ Rules worth knowing before reading the code (docs/store.md says the same for use
 - Transient database failures (connection lost, server restarting, SQLite busy) are retried with
   backoff for `retry_seconds` (default 60 s) around each whole transaction.
 - A URL's password never appears in a message, a log line or a repr: see `redact_url`.
+- Every trial row carries the training recipe (`workers.spec.RECIPE`) its cell was registered
+  under; the recipe is part of `spec_hash`, so a cell of an older recipe is never reused.
+  `older_recipes` counts such trials; the analysis reads only the current recipe's.
+- Nothing is deleted except by `forget`, which a user asks for (`bnsweep db forget`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import logging
 import math
 import os
 import random
 import re
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +46,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
+import workers.spec
 from service.store.models import (
     FINAL_STATUSES,
     SPEC_COLUMN_TYPES,
@@ -193,6 +201,9 @@ class SweepStatus:
     failed: int
     diverged: int
     arms: tuple[ArmStatus, ...]
+    #: (recipe, trials) of the sweep's trials of another training recipe: not counted above,
+    #: never reused by a launch, left out of the tables (`older_recipe_line`).
+    older_recipes: tuple[tuple[int, int], ...] = ()
 
     @property
     def done(self) -> int:
@@ -202,6 +213,36 @@ class SweepStatus:
     @property
     def incomplete_arms(self) -> tuple[ArmStatus, ...]:
         return tuple(arm for arm in self.arms if arm.missing_seeds)
+
+
+@dataclass(frozen=True)
+class ForgetCount:
+    """What `Store.forget` deleted (or, in a dry run, would delete)."""
+
+    trials: int
+    epochs: int  # epoch rows of those trials
+    shared: int  # of those trials, how many other sweeps use too (only with a sweep filter)
+    running: int = 0  # of those trials, how many are running: a real run refuses them
+
+
+def older_recipe_line(counts: Mapping[int, int], sweep: str | None = None) -> str | None:
+    """One line saying that the store holds trials of another training recipe, which are not
+    used, and how to delete them; None when there are none. `counts` is `older_recipes()`."""
+    if not counts:
+        return None
+    current = workers.spec.RECIPE
+    total = sum(counts.values())
+    kind = "an older" if all(recipe < current for recipe in counts) else "another"
+    recipes = ", ".join(f"recipe {recipe}: {n}" for recipe, n in sorted(counts.items()))
+    scope = f"sweep {sweep}" if sweep is not None else "the store"
+    selector = (f" --sweep {sweep}" if sweep is not None else "") + "".join(
+        f" --where recipe={recipe}" for recipe in sorted(counts)
+    )
+    return (
+        f"note: {scope} holds {total} trial(s) of {kind} training recipe ({recipes}); they are "
+        f"not used by launches or tables (this bnsweep trains recipe {current}); "
+        f"`bnsweep db forget{selector}` deletes them"
+    )
 
 
 # -- events ------------------------------------------------------------------------------------
@@ -254,6 +295,59 @@ def _package_version() -> str | None:
         return None
 
 
+def _source_root() -> Path:
+    """The folder holding bnsweep's packages (`service/`, `workers/`): a checkout's root when
+    bnsweep runs from its source, site-packages when installed from a wheel."""
+    return Path(__file__).resolve().parents[2]
+
+
+@functools.lru_cache(maxsize=1)
+def source_commit() -> str | None:
+    """The git commit (`git rev-parse HEAD`) of the source checkout bnsweep runs from, or None
+    when it is not a checkout (installed from a wheel, git missing). Read once per process.
+
+    The checkout must be bnsweep's own: a site-packages folder inside some other repository's
+    tree does not count. Uncommitted changes are not detected.
+    """
+    root = _source_root()
+    env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE")}
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            env=env,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = done.stdout.split("\n")
+    if done.returncode != 0 or len(lines) < 2 or not lines[0]:
+        return None
+    if Path(lines[0]).resolve() != root or not re.fullmatch(r"[0-9a-f]{40,64}", lines[1]):
+        return None
+    return lines[1]
+
+
+def _runtime_text(value: Mapping[str, object] | None) -> str | None:
+    """A run's runtime options as stored: canonical JSON (sorted keys), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise StoreError(
+            f"runtime: expected a mapping of option name to value, e.g. "
+            f'{{"compile": false}}, got {value!r}'
+        )
+    try:
+        return json.dumps(dict(value), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        raise StoreError(
+            f"runtime: every value must be JSON (strings, numbers, booleans, null, lists, "
+            f"mappings), got {value!r}"
+        ) from None
+
+
 def _get(obj: object, name: str, default: object = None) -> Any:
     if isinstance(obj, Mapping):
         return obj.get(name, default)
@@ -301,7 +395,13 @@ def _check_cell(spec_hash: object, seed: object) -> None:
 
 @dataclass(frozen=True)
 class TrialStarted:
-    """A trial began (or began again after a failure): status running, attempts + 1."""
+    """A trial began (or began again after a failure): status running, attempts + 1.
+
+    The provenance of the attempt goes on the trial's row: host, device, package version, the
+    source checkout's git commit (`source_commit()` unless given), the run's intra-op thread
+    count (`torch.get_num_threads()`) and its runtime options (a JSON mapping such as
+    `{"compile": false, "cudnn_benchmark": false}`, stored as text).
+    """
 
     spec_hash: str
     seed: int
@@ -309,10 +409,24 @@ class TrialStarted:
     device: str | None = None
     package_version: str | None = field(default_factory=_package_version)
     started_at: datetime = field(default_factory=_now)
+    git_commit: str | None = field(default_factory=source_commit)
+    threads: int | None = None
+    runtime: Mapping[str, object] | None = None
 
     def __post_init__(self) -> None:
         _check_cell(self.spec_hash, self.seed)
         object.__setattr__(self, "started_at", _utc(self.started_at))
+        if self.git_commit is not None and (
+            not isinstance(self.git_commit, str) or not 0 < len(self.git_commit) <= 64
+        ):
+            raise StoreError(f"git_commit: expected a commit id, got {self.git_commit!r}")
+        threads = _opt_int("threads", self.threads)
+        if threads is not None and threads < 1:
+            raise StoreError(f"threads: expected an integer >= 1, got {self.threads!r}")
+        object.__setattr__(self, "threads", threads)
+        _runtime_text(self.runtime)  # fails here, at the edge, not at the write
+        if self.runtime is not None:
+            object.__setattr__(self, "runtime", dict(self.runtime))
 
 
 @dataclass(frozen=True)
@@ -573,6 +687,10 @@ TRIAL_COLUMNS: dict[str, str] = {
     "host": "str",
     "device": "str",
     "package_version": "str",
+    "git_commit": "str",
+    "recipe": "int64",
+    "threads": "Int64",
+    "runtime": "str",  # JSON text of the run's runtime options
     "error": "str",
 }
 
@@ -655,6 +773,9 @@ TRIAL_FILTER_FIELDS: tuple[str, ...] = (
     "host",
     "device",
     "package_version",
+    "git_commit",
+    "recipe",
+    "threads",
 )
 EPOCH_FILTER_FIELDS: tuple[str, ...] = (*TRIAL_FILTER_FIELDS, "epoch")
 _DIAGNOSTIC_OWN_FIELDS = ("epoch", "layer", "depth", "module")
@@ -1139,6 +1260,8 @@ class Store:
                 "spec_hash": spec.spec_hash,
                 "seed": spec.seed,
                 **values,
+                # The recipe its spec_hash was computed with (read now, like the hash).
+                "recipe": workers.spec.RECIPE,
                 "status": "pending",
                 "attempts": 0,
                 "created_at": now,
@@ -1259,6 +1382,9 @@ class Store:
                     "host": item.host,
                     "device": item.device,
                     "package_version": item.package_version,
+                    "git_commit": item.git_commit,
+                    "threads": item.threads,
+                    "runtime": _runtime_text(item.runtime),
                     "finished_at": None,
                     "error": None,
                 }
@@ -1483,15 +1609,25 @@ class Store:
         return _frame(rows, DIAGNOSTIC_COLUMNS)
 
     def sweep_status(self, name: str) -> SweepStatus:
-        """Counts by status and the seeds each arm still lacks, for the sweep called `name`."""
+        """Counts by status and the seeds each arm still lacks, for the sweep called `name`.
+
+        Only trials of the current training recipe count; those of other recipes are in
+        `older_recipes` (a launch trains their cells again under new hashes).
+        """
         table = Trial.__table__
-        columns = [table.c.spec_hash, table.c.seed, table.c.status] + [
+        columns = [table.c.spec_hash, table.c.seed, table.c.status, table.c.recipe] + [
             table.c[column] for column in SPEC_COLUMNS
         ]
         query = self._select(columns, name, {})
-        rows = self._run(lambda conn: conn.execute(query).all(), f"reading sweep {name!r}")
-        if not rows:
+        every = self._run(lambda conn: conn.execute(query).all(), f"reading sweep {name!r}")
+        if not every:
             self.get_sweep(name)
+        current = workers.spec.RECIPE
+        rows = [row for row in every if row.recipe == current]
+        others: dict[int, int] = {}
+        for row in every:
+            if row.recipe != current:
+                others[row.recipe] = others.get(row.recipe, 0) + 1
         counts = dict.fromkeys(STATUSES, 0)
         arms: dict[str, dict[str, Any]] = {}
         for row in rows:
@@ -1522,4 +1658,97 @@ class Store:
             )
             for spec_hash, arm in ordered
         )
-        return SweepStatus(name=name, total=len(rows), arms=arm_statuses, **counts)
+        return SweepStatus(
+            name=name,
+            total=len(rows),
+            arms=arm_statuses,
+            older_recipes=tuple(sorted(others.items())),
+            **counts,
+        )
+
+    def older_recipes(self, sweep: str | None = None) -> dict[int, int]:
+        """{recipe: trials} of the trials of another training recipe than this bnsweep's
+        (`workers.spec.RECIPE`), linked to `sweep` (the whole store when None)."""
+        table = Trial.__table__
+        query = (
+            self._select([table.c.recipe, sa.func.count()], sweep, {})
+            .where(table.c.recipe != workers.spec.RECIPE)
+            .group_by(table.c.recipe)
+            .order_by(table.c.recipe)
+        )
+        rows = self._run(lambda conn: conn.execute(query).all(), "counting older recipes")
+        if sweep is not None and not rows:
+            self.get_sweep(sweep)
+        return {int(recipe): int(count) for recipe, count in rows}
+
+    # -- deleting, on request only ----------------------------------------------------------------
+
+    def forget(
+        self,
+        sweep: str | None = None,
+        where: Mapping[str, object] | None = None,
+        *,
+        dry_run: bool = False,
+    ) -> ForgetCount:
+        """Delete the trials `trials(sweep, where)` would return, with their epochs, diagnostics
+        and sweep links; a later launch trains those cells again. `dry_run` only counts.
+
+        A trial belongs to every sweep that registered it, so forgetting it through one sweep
+        forgets it for all of them (`ForgetCount.shared` says how many). Running trials are
+        refused, since a launch is still writing them: StoreError, nothing deleted (a dry run
+        counts them in `ForgetCount.running`). At least one filter is required; the whole store
+        is never forgotten by omission.
+        """
+        checked = check_where(where)
+        if sweep is None and not checked:
+            raise StoreError(
+                "forget: name the trials with a sweep and/or where filters "
+                "(e.g. --sweep NAME, --where recipe=1); nothing was deleted"
+            )
+        trials, links = Trial.__table__, SweepTrial.__table__
+        ids_query = self._select([trials.c.id, trials.c.status], sweep, checked)
+
+        def work(conn: sa.Connection) -> ForgetCount:
+            # Locked until commit (PostgreSQL), so no start slips in between check and delete.
+            query = ids_query if dry_run else ids_query.with_for_update(of=trials)
+            found = conn.execute(query).all()
+            ids = [row.id for row in found]
+            running = sum(row.status == "running" for row in found)
+            if running and not dry_run:
+                raise StoreError(
+                    f"forget: {running} of the {len(ids)} matching trials are running (a launch "
+                    "is writing them); wait for it, or leave them out with --where status=... "
+                    "naming the other statuses; nothing was deleted"
+                )
+            count = ForgetCount(trials=len(ids), epochs=0, shared=0, running=running)
+            for chunk in _chunks(ids):
+                epochs = conn.scalar(
+                    sa.select(sa.func.count()).where(Epoch.__table__.c.trial_id.in_(chunk))
+                )
+                shared = 0
+                if sweep is not None:
+                    shared = conn.scalar(
+                        sa.select(sa.func.count(sa.distinct(links.c.trial_id))).where(
+                            links.c.trial_id.in_(chunk),
+                            links.c.sweep_id.not_in(sa.select(Sweep.id).where(Sweep.name == sweep)),
+                        )
+                    )
+                count = dataclasses.replace(
+                    count,
+                    epochs=count.epochs + int(epochs or 0),
+                    shared=count.shared + int(shared or 0),
+                )
+                if not dry_run:
+                    # Epochs, diagnostics and sweep links go by ON DELETE CASCADE.
+                    conn.execute(sa.delete(trials).where(trials.c.id.in_(chunk)))
+            return count
+
+        what = "counting trials to forget" if dry_run else "forgetting trials"
+        result = self._run(work, what, write=not dry_run)
+        if not result.trials and sweep is not None:
+            self.get_sweep(sweep)  # an unknown sweep is an error, not "0 trials"
+        if not dry_run:
+            log.info(
+                "forgot %d trials (%d epoch rows) in %s", result.trials, result.epochs, self.url
+            )
+        return result

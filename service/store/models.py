@@ -7,7 +7,9 @@ which are frozen copies of what is written here; a test checks that the two agre
 
 Keys are integers that never change once a row exists (rows are inserted if absent and updated
 in place, never deleted and re-inserted), so tables added later can reference them:
-a per-(trial, epoch, layer) diagnostics table joins `epochs` on `(trial_id, epoch)`.
+a per-(trial, epoch, layer) diagnostics table joins `epochs` on `(trial_id, epoch)`. The one
+delete is `Store.forget` (`bnsweep db forget`), which a user asks for by name; a trial's
+epochs, diagnostics and sweep links go with it (ON DELETE CASCADE).
 """
 
 from __future__ import annotations
@@ -152,6 +154,12 @@ class Trial(Base):
     error: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # Revision 0003. `recipe` is `workers.spec.RECIPE` when the cell was registered (its
+    # spec_hash includes it); the server default 1 is for rows from before the column existed.
+    recipe: Mapped[int] = mapped_column(server_default="1")
+    git_commit: Mapped[str | None]  # the source checkout's HEAD when known
+    threads: Mapped[int | None]  # torch.get_num_threads() of the run
+    runtime: Mapped[str | None] = mapped_column(sa.Text)  # JSON of the run's runtime options
 
 
 class Epoch(Base):

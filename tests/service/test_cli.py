@@ -62,7 +62,7 @@ BAD_SPECS: dict[str, tuple[str, str]] = {
     ),
     "gamma 0": (
         yaml.safe_dump(spec_with(grids=[{"bn_scale_init": [0.1, 0.0]}])),
-        "bn_scale_init (γ): must be in (0, 1], got 0.0",
+        "bn_scale_init (γ): must be a finite number > 0",
     ),
     "c below 1": (
         yaml.safe_dump(spec_with(grids=[{"bn_lr_divisor": [0.5]}])),
@@ -241,8 +241,8 @@ BAD_TRAINING: dict[str, tuple[list[str], str]] = {
     "unknown arch": (["--arch", "vgg16"], "arch: "),
     "unknown formulation": (["--formulation", "layernorm"], "formulation: "),
     "unknown input norm": (["--input-norm", "zca"], "input_norm: "),
-    "gamma 0": (["--gamma", "0"], "bn_scale_init (γ): must be in (0, 1]"),
-    "gamma above 1": (["--gamma", "1.5"], "bn_scale_init (γ): must be in (0, 1]"),
+    "gamma 0": (["--gamma", "0"], "bn_scale_init (γ): must be a finite number > 0"),
+    "gamma negative": (["--gamma", "-0.5"], "bn_scale_init (γ): must be a finite number > 0"),
     "c below 1": (["--c", "0.5"], "bn_lr_divisor (c): must be >= 1"),
     "alpha 0": (["--alpha", "0"], "lr (α): must be > 0"),
     "epochs 0": (["--epochs", "0"], "epochs: must be >= 1"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +17,7 @@ import sqlalchemy as sa
 from service.store import api
 from service.store.api import (
     DIAGNOSTIC_COLUMNS,
+    SPEC_COLUMNS,
     DiagnosticsRecorded,
     EpochRecorded,
     Store,
@@ -176,13 +178,21 @@ def test_a_0001_database_is_upgraded_to_diagnostics_with_its_data(tmp_path: Path
         with store._engine.begin() as conn:
             config.attributes["connection"] = conn
             command.upgrade(config, "0001")
-        store.register_sweep("demo", "x", [make_spec()])
+            # A trial as bnsweep at revision 0001 wrote it (today's API writes later columns).
+            spec = make_spec()
+            now = datetime.now(timezone.utc)
+            trials = sa.Table("trials", sa.MetaData(), autoload_with=conn)
+            conn.execute(
+                trials.insert().values(
+                    spec_hash=spec.spec_hash, seed=1, status="pending", attempts=0,
+                    created_at=now, updated_at=now, **{c: getattr(spec, c) for c in SPEC_COLUMNS},
+                )
+            )  # fmt: skip
     with pytest.raises(StoreError, match="run `bnsweep db upgrade"):
         Store.open(url)
     with Store.open(url, check_schema=False) as store:
-        assert store.upgrade() == ("0001", "0002")
+        assert store.upgrade() == ("0001", api.head_revision())
     with Store.open(url) as store:
-        spec = make_spec()
         store.apply([TrialStarted(spec.spec_hash, 1), diagnostics(spec, 0)])
         assert len(store.trials()) == 1 and len(store.diagnostics()) == len(LAYERS)
 

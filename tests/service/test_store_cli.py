@@ -202,6 +202,109 @@ def test_db_upgrade_creates_then_reports_the_current_revision(bnsweep: Run, tmp_
     assert code == 0 and "no sweeps in" in out
 
 
+# -- db forget and older recipes -----------------------------------------------------------------
+
+
+@pytest.fixture
+def own_db(tmp_path: Path) -> str:
+    """A filled store of this test's own, for the commands that change it."""
+    url = f"sqlite:///{tmp_path / 'own.db'}"
+    with Store.open(url) as store:
+        fill(store)
+    return url
+
+
+def _count(url: str, **where: object) -> int:
+    with Store.open(url, create=False) as store:
+        return len(store.trials(where=where or None))
+
+
+def test_forget_dry_run_prints_the_count_and_leaves_the_file_alone(
+    bnsweep: Run, own_db: str
+) -> None:
+    digest = _digest(own_db)
+    code, out, err = bnsweep(
+        "db", "forget", "--db", own_db, "--sweep", "demo", "--where", "status=completed",
+        "--dry-run",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "5 trials (15 epoch rows)" in out and "nothing deleted (dry run)" in out
+    assert _digest(own_db) == digest
+
+
+def test_forget_off_a_terminal_needs_yes(bnsweep: Run, own_db: str) -> None:
+    args = ("db", "forget", "--db", own_db, "--where", "status=completed")
+    code, _, err = bnsweep(*args)
+    assert code == 2 and err.count("\n") == 1
+    assert "5 trials match; not deleting without confirmation: add --yes" in err
+    assert _count(own_db) == 13
+    code, out, err = bnsweep(*args, "--yes")
+    assert code == 0, err
+    assert out.startswith("forgot 5 trials (15 epoch rows) in sqlite:///")
+    assert _count(own_db) == 8 and _count(own_db, status="completed") == 0
+
+
+@pytest.mark.parametrize("answer,code,left", [("n", 1, 13), ("", 1, 13), ("yes", 0, 12)])
+def test_forget_on_a_terminal_asks(
+    bnsweep: Run, own_db: str, monkeypatch: pytest.MonkeyPatch, answer: str, code: int, left: int
+) -> None:
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    asked: list[str] = []
+    monkeypatch.setattr("builtins.input", lambda prompt: asked.append(prompt) or answer)
+    got, _, err = bnsweep("db", "forget", "--db", own_db, "--where", "status=diverged")
+    assert got == code, err
+    assert asked == [f"1 trial (3 epoch rows) in {own_db} match. Delete them? [y/N] "]
+    assert _count(own_db) == left
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        ((), "db forget: name the trials to forget with --sweep NAME and/or --where"),
+        (("--where", "gamma=1"), "unknown field 'gamma' in where"),
+        (("--sweep", "demo", "--yes"), "db forget: 1 of the 12 matching trials are running"),
+        (("--sweep", "nope", "--dry-run"), "no sweep named 'nope'"),
+    ],
+)
+def test_bad_forgets_are_one_line_and_delete_nothing(
+    bnsweep: Run, own_db: str, argv: tuple[str, ...], message: str
+) -> None:
+    code, _, err = bnsweep("db", "forget", "--db", own_db, *argv)
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert _count(own_db) == 13
+
+
+def test_status_and_tables_say_when_older_recipes_are_stored(
+    bnsweep: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        service.cli, "COMMAND_MODULES", ("service.commands.store", "service.commands.report")
+    )
+    url = f"sqlite:///{tmp_path / 'recipes.db'}"
+    specs = [make_spec(bn_scale_init=g, bn_lr_divisor=c, seed=s)
+             for g, c in ((1.0, 1.0), (0.1, 100.0)) for s in (1, 2, 3)]  # fmt: skip
+    with Store.open(url) as store:
+        with monkeypatch.context() as old:
+            old.setattr(workers.spec, "RECIPE", workers.spec.RECIPE - 1)
+            store.register_sweep("demo", "name: demo", specs)
+            for spec in specs:
+                run_cell(store, spec, test_acc=0.1)
+        store.register_sweep("demo", "name: demo", specs)
+        for spec in specs:
+            run_cell(store, spec, test_acc=0.6 if spec.is_base else 0.7)
+    note = (
+        f"note: sweep demo holds 6 trial(s) of an older training recipe "
+        f"(recipe {workers.spec.RECIPE - 1}: 6); they are not used"
+    )
+    code, out, err = bnsweep("status", "--db", url)
+    assert code == 0, err
+    assert note in out and "demo: all 6 cells done" in out
+    code, out, err = bnsweep("tables", "--db", url, "--sweep", "demo", "--format", "csv")
+    assert code == 0, err
+    assert note in err and err.count("\n") == 1
+    assert "70" in out and "10.0" not in out  # the current recipe's accuracies only
+
+
 def test_seed_ranges() -> None:
     assert seed_ranges([1, 2, 3, 5, 7, 8, 15]) == "1-3, 5, 7-8, 15"
     assert seed_ranges([4]) == "4" and seed_ranges([]) == ""

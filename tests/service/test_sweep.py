@@ -55,7 +55,7 @@ def test_explicit_seed_list() -> None:
         (("epochs: 2", "epoch: 2"), "unknown trial field(s) epoch"),
         (("lr: [0.1, 0.01]", "lr: []"), "empty list"),
         (("[0.5, 0.1]", "[0.5, 0.0]"), "bn_scale_init"),
-        (("[0.5, 0.1]", "[1.5]"), "bn_scale_init"),
+        (("[0.5, 0.1]", "[-1.5]"), "bn_scale_init"),
         (("bn_lr_divisor: [100]", "bn_lr_divisor: [0.5]"), "bn_lr_divisor"),
         (("arch: resnet8", "arch: resnet9"), "arch"),
         (("dataset: synthetic", "dataset: mnist"), "dataset"),

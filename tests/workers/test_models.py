@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from workers.errors import SpecError
-from workers.models import MODELS, Network, build_model, init_weights
+from workers.models import MODELS, Network, build_model, init_weights, linear_init_bound
 from workers.norm import FORMULATIONS, SIGMA_ACT_RELU, InputBatchNorm2d, bn_modules
 from workers.param_groups import param_groups
 
@@ -177,10 +177,7 @@ def test_paper_initialisation() -> None:
     model = build_model("resnet8", 10, 3, True, "rbn", GAMMA, "none")
     conv = model.body.stages[2].conv2.weight  # 64×64×3×3: fan-in 576
     assert conv.std().item() == pytest.approx(math.sqrt(2 / 576), rel=0.03)
-    fc = model.body.fc
-    bound = 1 / math.sqrt(fc.in_features)
-    assert fc.weight.abs().max().item() <= bound
-    assert fc.weight.abs().max().item() > 0.9 * bound
+    assert torch.equal(model.body.fc.bias, torch.zeros_like(model.body.fc.bias))
     for module in model.modules():
         bias = getattr(module, "bias", None)
         if isinstance(bias, torch.Tensor):
@@ -189,6 +186,34 @@ def test_paper_initialisation() -> None:
     for module in bn_modules(model):
         assert torch.equal(module.w_v, torch.zeros_like(module.w_v))
         assert torch.equal(module.w_b, torch.ones_like(module.w_b))
+
+
+def test_linear_init_is_what_the_official_kaiming_uniform_call_executes() -> None:
+    # osu-cvl/revisiting-bn-init: kaiming_uniform_(w, mode='fan_in', nonlinearity='relu',
+    # a=sqrt(5)); for 'relu' PyTorch ignores `a`, so the bound is sqrt(6 / fan_in).
+    assert linear_init_bound(64) == pytest.approx(math.sqrt(6 / 64))
+    ours, official = nn.Linear(64, 10), nn.Linear(64, 10)
+    torch.manual_seed(3)
+    init_weights(ours)
+    torch.manual_seed(3)
+    nn.init.kaiming_uniform_(official.weight, mode="fan_in", nonlinearity="relu", a=math.sqrt(5))
+    assert torch.equal(ours.weight, official.weight)
+    assert torch.equal(ours.bias, torch.zeros(10))
+
+
+@pytest.mark.parametrize("arch", list(MODELS))
+def test_every_classifier_is_drawn_within_the_official_bound(arch: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(arch, 10, 3, True, "standard", GAMMA, "bn")
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert linears, f"{arch} has no linear classifier"
+    for layer in linears:
+        bound = math.sqrt(6 / layer.in_features)
+        largest = layer.weight.abs().max().item()
+        # ≥ 640 uniform draws (resnet8: 64 × 10), so the largest lies within 10 % of the bound
+        # but with probability 0.9^640 ≈ 1e-29; PyTorch's default 1/√fan_in is 2.45× below it.
+        assert 0.9 * bound < largest <= bound, (arch, layer.in_features, largest, bound)
+        assert torch.equal(layer.bias, torch.zeros_like(layer.bias))
 
 
 def test_init_weights_leaves_bn_alone() -> None:
@@ -227,10 +252,17 @@ def test_unknown_names_list_the_valid_ones(field: str, kwargs: dict) -> None:
     assert all(name in str(err.value) for name in registry)
 
 
-@pytest.mark.parametrize("gamma", [0.0, -1.0, 1.01])
-def test_gamma_outside_unit_interval_raises_before_building(gamma: float) -> None:
-    with pytest.raises(SpecError, match="bn_scale_init"):
+@pytest.mark.parametrize("gamma", [0.0, -1.0, float("nan")])
+def test_gamma_not_positive_raises_before_building(gamma: float) -> None:
+    with pytest.raises(SpecError, match=r"bn_scale_init \(γ\): must be a finite number > 0"):
         build_model("resnet152", 10, 3, True, "standard", gamma, "bn")
+
+
+def test_gamma_above_one_builds() -> None:
+    model = build_model("resnet8", 10, 3, True, "standard", 2.0, "bn")
+    assert all(
+        torch.equal(m.weight, torch.full_like(m.weight, 2.0)) for m in bn_modules(model.body)
+    )
 
 
 def test_bad_class_or_channel_counts_raise() -> None:

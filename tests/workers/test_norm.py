@@ -10,6 +10,8 @@ from torch import nn
 
 from workers.errors import DataError, SpecError
 from workers.norm import (
+    FIXED_MEAN,
+    FIXED_STD,
     FORMULATIONS,
     INPUT_NORMS,
     SIGMA_ACT_RELU,
@@ -152,10 +154,19 @@ def test_set_bn_scale_sets_gamma_beta_and_input_bn_but_not_extras() -> None:
     assert len(bn_modules(model)) == 3
 
 
-@pytest.mark.parametrize("gamma", [0.0, -0.1, 1.5, float("nan"), float("inf"), True])
-def test_gamma_outside_the_unit_interval_is_an_error(gamma) -> None:
-    with pytest.raises(SpecError, match=r"bn_scale_init.*\(0, 1\]"):
+@pytest.mark.parametrize("gamma", [0.0, -0.1, float("nan"), float("inf"), True, "0.1"])
+def test_gamma_not_a_positive_number_is_an_error(gamma) -> None:
+    with pytest.raises(SpecError, match=r"^bn_scale_init \(γ\): must be a finite number > 0"):
         set_bn_scale(nn.BatchNorm2d(2), gamma)
+
+
+@pytest.mark.parametrize("gamma", [1.5, 4])
+def test_gamma_above_one_is_allowed(gamma: float) -> None:
+    # Sect. 4.4 tried γ > 1 ("degraded results, as expected"): a user may try it too.
+    model = nn.Sequential(InputBatchNorm2d(3), nn.BatchNorm2d(2))
+    set_bn_scale(model, gamma)
+    assert torch.equal(model[1].weight, torch.full((2,), float(gamma)))
+    assert torch.equal(model[0].weight, torch.full((3,), SIGMA_ACT_RELU * gamma))
 
 
 # -- input normalisation ----------------------------------------------------------------------
@@ -176,10 +187,15 @@ def _check_bn(module: nn.Module, x: torch.Tensor) -> None:
 
 
 def _check_fixed(module: nn.Module, x: torch.Tensor) -> None:
-    # μ = σ = half the range of [0, 1]: 0 ↦ −1, ½ ↦ 0, 1 ↦ 1.
-    torch.testing.assert_close(module(x), (x - 0.5) / 0.5)
-    corners = torch.tensor([0.0, 0.5, 1.0]).view(1, 3, 1, 1)
-    torch.testing.assert_close(module(corners).flatten(), torch.tensor([-1.0, 0.0, 1.0]))
+    # Sect. 3.4: μ = σ = 128 on the 8-bit scale; the model sees pixel/255, so 128/255 here.
+    assert FIXED_MEAN == FIXED_STD == 128 / 255
+    assert isinstance(module, Standardize) and not list(module.parameters())
+    torch.testing.assert_close(module.mean.flatten(), torch.full((3,), 128 / 255))
+    torch.testing.assert_close(module.std.flatten(), torch.full((3,), 128 / 255))
+    torch.testing.assert_close(module(x), (x * 255 - 128) / 128)
+    # The 8-bit values 0, 128 and 255 land on -1, 0 and 127/128, as (p - 128) / 128 does.
+    pixels = torch.tensor([0.0, 128.0, 255.0]).view(1, 3, 1, 1)
+    torch.testing.assert_close(module(pixels / 255).flatten(), torch.tensor([-1.0, 0.0, 127 / 128]))
 
 
 def _check_offline(module: nn.Module, x: torch.Tensor) -> None:

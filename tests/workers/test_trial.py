@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from workers.checkpoint import CheckpointError, load_checkpoint
+from workers.data import load_splits
 from workers.spec import TrialSpec
-from workers.trial import EpochMetrics, TrialResult, run_trial
+from workers.trial import FINAL_LR, EpochMetrics, TrialResult, build, run_trial
 
 SPEC = TrialSpec(dataset="digits", arch="resnet8", epochs=3, batch_size=64, lr=0.1, device="cpu")
 
@@ -118,3 +119,51 @@ def test_divergence_is_a_result_not_a_crash() -> None:
     assert result.diverged_epoch == 1 and result.epochs_run == 1
     assert result.test_acc is None and "epoch 1" in result.error
     assert len(seen) == 1 and not math.isfinite(seen[0].train_loss)
+
+
+# -- the learning-rate schedule ------------------------------------------------------------------
+
+
+def _scheduled(
+    spec: TrialSpec,
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    _, optimizer, scheduler = build(spec, load_splits(spec), torch.device("cpu"))
+    return optimizer, scheduler
+
+
+def _official(optimizer: torch.optim.Optimizer, epochs: int):
+    """The official code's schedule over groups with the same initial learning rates:
+    CosineAnnealingLR(T_max=epochs, eta_min=1e-8), stepped once per epoch."""
+    twin = torch.optim.SGD(
+        [{"params": [torch.zeros(1, requires_grad=True)], "lr": g["lr"]}
+         for g in optimizer.param_groups],
+        lr=1.0,
+    )
+    return twin, torch.optim.lr_scheduler.CosineAnnealingLR(twin, T_max=epochs, eta_min=1e-8)
+
+
+def test_every_group_follows_the_official_cosine_down_to_1e_8() -> None:
+    spec = SPEC.replace(epochs=10, lr=0.1, bn_lr_divisor=100.0)
+    optimizer, scheduler = _scheduled(spec)
+    names = [g["name"] for g in optimizer.param_groups]
+    gamma_group = names.index("bn_scale")
+    assert optimizer.param_groups[gamma_group]["lr"] == pytest.approx(0.1 / 100)
+    twin, official = _official(optimizer, spec.epochs)
+    for epoch in range(spec.epochs + 1):
+        for ours, theirs in zip(optimizer.param_groups, twin.param_groups, strict=True):
+            expected = pytest.approx(theirs["lr"], rel=1e-9, abs=1e-18)
+            assert ours["lr"] == expected, (epoch, ours["name"])
+        # The closed form at a few points of the curve, for α and for α/c.
+        for group, base in ((0, 0.1), (gamma_group, 0.001)):
+            expected = 1e-8 + (base - 1e-8) * (1 + math.cos(math.pi * epoch / spec.epochs)) / 2
+            assert optimizer.param_groups[group]["lr"] == pytest.approx(expected, rel=1e-12)
+        optimizer.step()
+        scheduler.step()
+        twin.step()
+        official.step()
+    # The floor: every group, γ included, ends at eta_min = 1e-8 (not 1e-8/c).
+    _, scheduler = _scheduled(spec)
+    assert FINAL_LR == 1e-8
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+        assert group["initial_lr"] * factor(spec.epochs) == pytest.approx(1e-8, rel=1e-9)
+
