@@ -51,6 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     tables.add_argument("--test", choices=TESTS, default="t", help="paired test (default t)")
     tables.add_argument(
+        "--exclude-diverged",
+        action="store_true",
+        help="leave diverged runs out of means and pairs (default: they count with the score of "
+        "their best validation epoch before the divergence, as in the official code)",
+    )
+    tables.add_argument(
         "--layout",
         choices=LAYOUT_KINDS,
         help="override the spec's report: layout (default: the spec's, else inferred)",
@@ -81,7 +87,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _options(values: Mapping[str, Any]) -> Any:
     from analysis.stats import AnalysisOptions
 
-    known = {"alpha", "correction", "test", "confidence", "power"}
+    known = {"alpha", "correction", "test", "confidence", "power", "exclude_diverged"}
     unknown = sorted(set(values) - known)
     if unknown:
         from analysis.pairing import AnalysisError
@@ -186,6 +192,7 @@ def run_tables(args: argparse.Namespace) -> int:
     from analysis.source import load_trials, sweep_report
 
     options = {"alpha": args.alpha, "correction": args.correction, "test": args.test}
+    options["exclude_diverged"] = args.exclude_diverged
     if args.spec:
         name, _, report, trials = _spec_trials(args)
     else:

@@ -128,6 +128,15 @@ def test_tables_of_a_sweep_in_markdown(bnsweep: Run, db: str) -> None:
     assert "Diverged runs" in out and "seed 4" in out
 
 
+def test_exclude_diverged_is_said_under_the_table(bnsweep: Run, db: str) -> None:
+    code, out, err = bnsweep(
+        "tables", "--sweep", "small", "--db", db, "--format", "md", "--exclude-diverged"
+    )
+    assert code == 0, err
+    assert "Diverged runs left out of means and pairs (diverged runs excluded)" in out
+    assert "seed 4" in out
+
+
 def test_tables_csv_to_a_folder(bnsweep: Run, db: str, tmp_path: Path) -> None:
     code, out, _ = bnsweep(
         "tables",

@@ -54,7 +54,9 @@ def test_layout_from_report_mapping():
         ({"blocks": ["datasett"]}, "report.blocks: unknown value 'datasett'"),
         ({"blocks": ["lr"]}, "report.blocks: unknown value 'lr'"),
         ({"columns": "colour"}, "report.columns: unknown value 'colour'"),
-        ({"gammas": [0.1, 2.0]}, r"report.gammas: each γ must be a number in \(0, 1\]"),
+        ({"gammas": [0.1, 0.0]}, "report.gammas: each γ must be a number > 0, got 0.0"),
+        ({"versus": 3}, "report.versus: expected an arm name"),
+        ({"pairwise": "yes"}, "report.pairwise: expected true or false"),
         ({"title": 3}, "report.title: expected text"),
         ("gamma", "report: expected a mapping"),
     ],
@@ -281,3 +283,31 @@ def test_caption_states_std_test_alpha_and_correction():
     assert "Wilcoxon signed-rank test" in table.caption and "p ≤ 0.01" in table.caption
     assert "no correction" in table.caption
     assert "d_z = " in table.mde and "n = 5" in table.mde
+
+
+# -- diverged runs: scored by their best epoch before the divergence, unless excluded -------------
+def test_diverged_runs_count_with_their_pre_divergence_score_by_default():
+    arm = dict(enumerate(shifted(B, GOOD), start=1)) | {
+        2: ("diverged", B[1] + GOOD[1]),  # diverged after its best validation epoch
+        5: "diverged",  # before any validation epoch: no score
+    }
+    df = frame(rows(BASE, B), rows(std(0.1), arm))
+    (table,) = build_tables(df)
+    cell = _cell(table, "0.10")
+    kept = [B[i] + GOOD[i] for i in range(4)]
+    assert cell.n == 4 and cell.stats.n == 4 and cell.mean == pytest.approx(sum(kept) / 4)
+    assert cell.n_diverged == 2 and cell.diverged_scored == (2,)
+    scored, dropped = table.notes
+    assert "counted in means and pairs" in scored and "1 of 5 (seed 2)" in scored
+    assert "without a score" in dropped and "1 of 5 (seed 5)" in dropped
+
+    (excluded,) = build_tables(df, options=AnalysisOptions(exclude_diverged=True))
+    cell = _cell(excluded, "0.10")
+    assert cell.n == 3 and cell.stats.n == 3 and cell.diverged_scored == ()
+    (note,) = excluded.notes
+    assert "(diverged runs excluded)" in note and "2 of 5 (seeds 2, 5)" in note
+
+
+def test_exclude_diverged_must_be_a_flag():
+    with pytest.raises(AnalysisError, match="exclude_diverged: must be true or false"):
+        AnalysisOptions(exclude_diverged="yes")
