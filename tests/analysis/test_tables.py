@@ -167,6 +167,50 @@ def test_formulation_layout_follows_table_2():
     assert [c.detail for c in table.blocks[0].rows[0].cells] == ["γ = 0.1", "γ = 0.05"]
 
 
+def test_formulation_layout_reports_each_formulation_at_its_own_best_gamma():
+    # Table 2 as the paper describes it: every formulation over Table 1's γ grid, each row at
+    # the γ with its own highest mean in each column, named.
+    gains = {  # (formulation, γ) → gain over BASE at α = 0.1 and at α = 0.01
+        ("standard", 0.1): (1.0, 0.2),
+        ("standard", 0.05): (0.5, 1.5),
+        ("standard", 0.01): (0.1, 0.1),
+        ("a1", 0.1): (0.3, 0.3),
+        ("a1", 0.05): (0.2, 0.2),
+        ("a1", 0.01): (0.8, 0.9),  # A1's best is γ = 0.01 in both columns
+        ("a2", 0.1): (0.1, 0.7),
+        ("a2", 0.05): (0.9, 0.1),
+        ("a2", 0.01): (0.2, 0.2),
+    }
+    parts = [rows(BASE, B, lr=lr) for lr in (0.1, 0.01)]
+    for (f, g), per_lr in gains.items():
+        for lr, gain in zip((0.1, 0.01), per_lr, strict=True):
+            parts.append(rows(std(g, f=f), shifted(B, [gain + 0.01 * i for i in range(5)]), lr=lr))
+    (table,) = build_tables(frame(*parts), TableLayout(kind="formulation"))
+    assert _labels(table) == ["Ours", "A1 (γ = 0.01)", "A2", "BASE"]
+    ours, a1, a2, _ = table.blocks[0].rows
+    assert [(c.arm.formulation, c.arm.gamma) for c in ours.cells] == [
+        ("standard", 0.1),
+        ("standard", 0.05),
+    ]
+    assert [c.detail for c in ours.cells] == ["γ = 0.1", "γ = 0.05"]
+    assert [c.arm.gamma for c in a1.cells] == [0.01, 0.01] and a1.cells[0].detail == ""
+    assert [(c.arm.formulation, c.arm.gamma) for c in a2.cells] == [("a2", 0.05), ("a2", 0.1)]
+    assert [c.detail for c in a2.cells] == ["γ = 0.05", "γ = 0.1"]
+    # Each best is tested against BASE; the note names the candidates of every row.
+    assert all(c.stats is not None and c.significant for r in (ours, a1, a2) for c in r.cells)
+    notes = " ".join(table.notes)
+    assert all(
+        f"{name}: in each column the γ with the highest mean among 0.01, 0.05, 0.1" in notes
+        for name in ("Ours", "A1", "A2")
+    )
+
+
+def test_a_single_gamma_is_still_named_in_the_formulation_layout():
+    parts = [rows(BASE, B)] + [rows(std(0.1, f=f), shifted(B, GOOD)) for f in ("a1", "a2")]
+    (table,) = build_tables(frame(*parts))
+    assert _labels(table) == ["A1 (γ = 0.1)", "A2 (γ = 0.1)", "BASE"]
+
+
 def test_methods_layout_follows_table_6_and_names_the_best_gamma():
     parts = [rows(BASE, B, lr=lr) for lr in (0.1, 0.01)]
     for f in ("iebn", "rbn_minus", "rbn", "iebn_minus"):
