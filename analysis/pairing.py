@@ -112,8 +112,8 @@ def find_arm(arms: Sequence[Arm], text: str, field: str = "versus") -> Arm:
             and math.isclose(wanted.get("c", a.c), a.c)
         ]
     if len(matches) != 1:
-        how = "no arm" if not matches else f"{len(matches)} arms"
-        raise AnalysisError(f"{field}: {how} in these results match {text!r}; allowed: {allowed}")
+        how = "no arm in these results matches" if not matches else f"{len(matches)} arms match"
+        raise AnalysisError(f"{field}: {how} {text!r}; allowed: {allowed}")
     return matches[0]
 
 

@@ -331,6 +331,7 @@ class PairwiseMatrix:
     labels: tuple[str, ...]
     arms: tuple[Arm, ...]
     cells: tuple[tuple[PairCell | None, ...], ...]
+    row_cells: tuple[Cell, ...] = ()  # the rows' cells of the main table in this column
 
     @property
     def title(self) -> str:
@@ -869,6 +870,7 @@ def _pairwise(
                 labels=labels,
                 arms=tuple(rows[i].cells[j].arm for i in shown),  # type: ignore[union-attr]
                 cells=cells,
+                row_cells=tuple(rows[i].cells[j] for i in shown),  # type: ignore[misc]
             )
         )
     return tuple(out)
@@ -878,7 +880,8 @@ def _pairwise_caption(options: AnalysisOptions) -> str:
     correction = (
         "no correction for multiple comparisons"
         if options.correction == "none"
-        else "p̃: Holm-adjusted across the matrix's tests"
+        else "p̃: Holm-adjusted across the matrix's one-sided tests (both directions of every "
+        "pair count, which makes it conservative)"
     )
     return (
         "Pairwise matrices: the cell in row R and column C is the mean difference R − C "
@@ -1148,6 +1151,44 @@ def _value_parts(cell: Cell) -> tuple[str, str]:
     return cell.mean_text, cell.std_text
 
 
+def _p_text(name: str, p: float) -> str:
+    return f"{name} < 0.001" if p < 0.001 else f"{name} = {p:.3f}"
+
+
+def _pair_text(cell: PairCell | None, options: AnalysisOptions) -> str:
+    """`+1.10 (p = 0.002)`; with a correction also `p̃ = …`; `—` on the diagonal."""
+    if cell is None:
+        return "—"
+    s = cell.stats
+    diff = f"{s.mean_diff:+.2f}".replace("-", "−") if math.isfinite(s.mean_diff) else "–"
+    if not s.tested:
+        return f"{diff} (not tested)"
+    adjusted = f", {_p_text('p̃', s.p_adjusted)}" if options.correction != "none" else ""
+    return f"{diff} ({_p_text('p', s.p)}{adjusted})"
+
+
+def _pair_head(t: Table) -> str:
+    return f"{t.row_header} (row) vs column"
+
+
+def _markdown_pairwise(t: Table) -> list[str]:
+    if not t.pairwise:
+        return []
+    lines = ["", _md_escape(t.pairwise_caption)]
+    for m in t.pairwise:
+        head = [_pair_head(t), *m.labels]
+        lines += ["", f"#### {_md_escape(m.title)}", ""]
+        lines.append("| " + " | ".join(_md_escape(h) for h in head) + " |")
+        lines.append("|:---|" + "|".join(["---:"] * len(m.labels)) + "|")
+        for label, row in zip(m.labels, m.cells, strict=True):
+            texts = []
+            for c in row:
+                text = _md_escape(_pair_text(c, t.options))
+                texts.append(f"**{text}**" if c is not None and c.significant else text)
+            lines.append("| " + " | ".join([_md_escape(label), *texts]) + " |")
+    return lines
+
+
 def render_markdown(tables: Sequence[Table]) -> str:
     out = []
     for t in tables:
@@ -1178,6 +1219,7 @@ def render_markdown(tables: Sequence[Table]) -> str:
         if extra:
             lines.append("")
             lines += [f"- {_md_escape(x)}" for x in extra]
+        lines += _markdown_pairwise(t)
         out.append("\n".join(lines))
     return "\n\n".join(out) + "\n"
 
@@ -1291,8 +1333,49 @@ def render_latex(tables: Sequence[Table]) -> str:
         body += [f"{b.label}: {x}" for b in t.blocks for x in b.notes] + list(t.notes)
         lines += [latex_escape(x) + r"\par" for x in body]
         lines.append(r"\end{table}")
+        lines += _latex_pairwise(t)
         out.append("\n".join(lines))
     return "\n\n".join(out) + "\n"
+
+
+def _latex_pair(text: str) -> str:
+    """latex_escape, plus the pairwise cells' p̃ (a combining tilde), −, — and <."""
+    escaped = latex_escape(text.replace("p̃", "\x00"))
+    for old, new in (("\x00", r"$\tilde{p}$"), ("−", "$-$"), ("—", "---"), ("<", "$<$")):
+        escaped = escaped.replace(old, new)
+    return escaped
+
+
+def _latex_pairwise(t: Table) -> list[str]:
+    lines: list[str] = []
+    for m in t.pairwise:
+        cols = len(m.labels)
+        lines += [
+            "",
+            r"\begin{table}[t]",
+            r"\centering",
+            r"\caption{" + latex_escape(m.title) + "}",
+            r"\begin{tabular}{l" + "r" * cols + "}",
+            r"\toprule",
+            " & ".join(latex_escape(h) for h in (_pair_head(t), *m.labels)) + r" \\",
+            r"\midrule",
+        ]
+        for label, row in zip(m.labels, m.cells, strict=True):
+            texts = []
+            for c in row:
+                text = _latex_pair(_pair_text(c, t.options))
+                texts.append(r"\textbf{" + text + "}" if c is not None and c.significant else text)
+            lines.append(" & ".join([latex_escape(label), *texts]) + r" \\")
+        lines += [
+            r"\bottomrule",
+            r"\end{tabular}",
+            "",
+            r"\smallskip",
+            r"\footnotesize",
+            _latex_pair(t.pairwise_caption) + r"\par",
+            r"\end{table}",
+        ]
+    return lines
 
 
 _HTML_STYLE = """
@@ -1356,8 +1439,34 @@ def render_html(tables: Sequence[Table]) -> str:
         body = [t.caption, t.mde] + [f"{m} {x}" for m, x in t.footnotes]
         body += [f"{b.label}: {x}" for b in t.blocks for x in b.notes] + list(t.notes)
         parts += [f'<p class="note">{html.escape(x)}</p>' for x in body]
+        parts += _html_pairwise(t)
     parts += ["</body>", "</html>"]
     return "\n".join(parts) + "\n"
+
+
+def _html_pairwise(t: Table) -> list[str]:
+    if not t.pairwise:
+        return []
+    parts = [f'<p class="note">{html.escape(t.pairwise_caption)}</p>']
+    for m in t.pairwise:
+        parts += ['<table class="pairwise">', f"<caption>{html.escape(m.title)}</caption>"]
+        heads = (_pair_head(t), *m.labels)
+        parts.append(
+            "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads) + "</tr></thead>"
+        )
+        parts.append("<tbody>")
+        for label, row in zip(m.labels, m.cells, strict=True):
+            cells = []
+            for c in row:
+                text = html.escape(_pair_text(c, t.options))
+                if c is not None and c.significant:
+                    text = f"<strong>{text}</strong>"
+                cells.append(f'<td class="num">{text}</td>')
+            parts.append(
+                f'<tr><th scope="row">{html.escape(label)}</th>' + "".join(cells) + "</tr>"
+            )
+        parts += ["</tbody>", "</table>"]
+    return parts
 
 
 def _html_cell(cell: Cell | None) -> str:
@@ -1402,6 +1511,25 @@ def term_renderables(tables: Sequence[Table]) -> list[Any]:
         body = [t.caption, t.mde] + [f"{m} {x}" for m, x in t.footnotes]
         body += [f"{b.label}: {x}" for b in t.blocks for x in b.notes] + list(t.notes)
         out.append(Text("\n".join(body) + "\n"))
+        if t.pairwise:
+            out.append(Text(t.pairwise_caption + "\n"))
+        for m in t.pairwise:
+            pt = RichTable(title=m.title, title_style="bold", show_lines=False)
+            pt.add_column(_pair_head(t))
+            for label in m.labels:
+                pt.add_column(label, justify="right")
+            for label, row in zip(m.labels, m.cells, strict=True):
+                pt.add_row(
+                    label,
+                    *[
+                        Text(
+                            _pair_text(c, t.options),
+                            style="bold" if c is not None and c.significant else "",
+                        )
+                        for c in row
+                    ],
+                )
+            out.append(pt)
     return out
 
 
@@ -1462,6 +1590,7 @@ CSV_COLUMNS = (
     "not_tested",
     "diverged",
     "dropped",
+    "versus",
 )
 
 
@@ -1504,9 +1633,52 @@ def render_csv(tables: Sequence[Table]) -> str:
                     (s.degenerate or "") if s else "",
                     c.n_diverged,
                     c.comparison.dropped_text() if c.comparison else "",
+                    t.reference if s else "",
                 ]
             )
+        for m in t.pairwise:
+            for label, own, row in zip(m.labels, m.row_cells, m.cells, strict=True):
+                for other, pc in zip(m.labels, row, strict=True):
+                    if pc is None:
+                        continue
+                    w.writerow(_csv_pair_row(t, m, label, own, other, pc))
     return buf.getvalue()
+
+
+def _csv_pair_row(
+    t: Table, m: PairwiseMatrix, label: str, own: Cell, other: str, pc: PairCell
+) -> list[Any]:
+    """One ordered pair of a pairwise matrix, in the per-cell columns; `versus` names the
+    column arm and `table` ends in "(pairwise)"."""
+    s = pc.stats
+    return [
+        f"{t.title} (pairwise)",
+        m.block,
+        label,
+        m.column_label,
+        own.arm.formulation,
+        f"{own.arm.gamma:g}",
+        f"{own.arm.c:g}",
+        own.n,
+        _num(own.mean),
+        _num(own.std),
+        _num(s.statistic),
+        _num(s.df),
+        _num(s.p),
+        _num(s.p_adjusted),
+        str(s.significant).lower(),
+        "",
+        _num(s.effect),
+        _num(s.ci_low),
+        _num(s.ci_high),
+        _num(s.mean_diff),
+        s.n,
+        s.test,
+        s.degenerate or "",
+        own.n_diverged,
+        pc.comparison.dropped_text(),
+        other,
+    ]
 
 
 @dataclass(frozen=True)
