@@ -291,26 +291,27 @@ def summarise(prepared: PreparedTrials, scale: float = 100.0) -> pd.DataFrame:
 
 
 def _reasons(
-    present: np.ndarray, valid: np.ndarray, status: np.ndarray, acc: np.ndarray, who: np.ndarray
+    present: np.ndarray, status: pd.Series, acc: np.ndarray, who: np.ndarray
 ) -> np.ndarray:
-    """Why one side of each candidate pair has no score ("" where it has one), vectorised.
+    """Why one side of each given candidate pair has no score, vectorised. The caller passes
+    only the pairs that lack a score: string work over every pair would cost more than the
+    pairing itself.
 
     `who` is "" for the arm's side (`diverged, no score`) and the reference's label for the
-    other side (`BASE diverged, no score`), per row."""
-    status = np.where(present, status, "")
+    other side (`BASE diverged, no score`), per row. A side that has a score gets a reason
+    here too; the caller blanks it by its valid flag."""
+    status = np.where(present, status.astype(object).to_numpy(dtype=str), "")
     named = np.char.str_len(who) > 0
     lead = np.where(named, np.char.add(who, " "), "")
     return np.select(
         [
             ~present,
-            valid,
             (status == DIVERGED) & np.isfinite(acc),  # scored, but left out by the option
             status == DIVERGED,
             status != COMPLETED,
         ],
         [
             np.where(named, np.char.add("missing in ", who), "missing in arm"),
-            "",
             np.char.add(lead, "diverged (excluded)"),
             np.char.add(lead, "diverged, no score"),
             np.char.add(np.char.add(np.char.add(lead, "not completed ("), status), ")"),
@@ -367,20 +368,24 @@ def pair_arms(
     r_acc = pairs["r_acc"].to_numpy(dtype=float)
     a_ok = pairs["_valid"].eq(True).to_numpy() & in_arm
     r_ok = pairs["r_ok"].eq(True).to_numpy() & in_ref
-    ref_names = np.array([arm_label(prepared.arms[r]) for r in requests["_ref"].tolist()])
+    ok = a_ok & r_ok
+    # Reasons only for the dropped rows (usually a few percent of them).
+    bad = np.flatnonzero(~ok)
+    labels = np.array([arm_label(a) for a in prepared.arms])
     a_why = _reasons(
-        in_arm,
-        a_ok,
-        pairs["status"].astype(object).to_numpy(dtype=str),
-        a_acc,
-        np.full(len(pairs), ""),
+        in_arm[bad], pairs["status"].iloc[bad], a_acc[bad], np.full(bad.size, "", dtype=str)
     )
     r_why = _reasons(
-        in_ref, r_ok, pairs["r_status"].astype(object).to_numpy(dtype=str), r_acc, ref_names[req]
+        in_ref[bad],
+        pairs["r_status"].iloc[bad],
+        r_acc[bad],
+        labels[requests["_ref"].to_numpy()[req[bad]]],
     )
+    # A side with a score is blank; the valid flag (not the status) says which side is.
+    a_why = np.where(a_ok[bad], "", a_why)
+    r_why = np.where(r_ok[bad], "", r_why)
     sep = np.where((a_why != "") & (r_why != ""), "; ", "")
     why = np.char.add(np.char.add(a_why, sep), r_why)
-    ok = why == ""
 
     seeds = pairs["seed"].to_numpy(dtype=np.int64)
     # Kept and dropped rows as flat Python lists with per-request bounds: slicing lists is ~10x
@@ -388,7 +393,7 @@ def pair_arms(
     kept_bounds = np.searchsorted(req[ok], np.arange(k + 1)).tolist()
     drop_bounds = np.searchsorted(req[~ok], np.arange(k + 1)).tolist()
     k_seeds, k_arm, k_ref = seeds[ok].tolist(), a_acc[ok].tolist(), r_acc[ok].tolist()
-    d_seeds, d_why = seeds[~ok].tolist(), why[~ok].tolist()
+    d_seeds, d_why = seeds[~ok].tolist(), why.tolist()
     out = []
     for i, (exp_id, arm_id, ref_id) in enumerate(
         zip(

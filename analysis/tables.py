@@ -762,7 +762,7 @@ def _build_table(
             results,
             max_n,
             foot,
-            _Reference(reference, ref_name, any_ref, has_ref[bk]),
+            _Reference(reference, ref_name, any_ref, has_ref[bk], ref_id),
             len(columns),
         )
         for bk, rows in plans
@@ -913,6 +913,7 @@ class _Reference:
     name: str
     in_table: bool
     in_block: bool
+    arm_id: int | None  # its id in the prepared trials (compared per cell: ids, not Arms)
 
 
 def _build_block(
@@ -951,7 +952,7 @@ def _build_block(
             markers: list[str] = []
             stats = results.get(pick)
             comp = comparisons.get(pick)
-            is_ref = prepared.arms[pick[1]] == ref.arm
+            is_ref = pick[1] == ref.arm_id
             if is_ref and not ref.arm.is_base:
                 markers.append(
                     foot.mark(f"the reference arm ({ref.name}): the others are tested against it")
