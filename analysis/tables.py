@@ -877,19 +877,18 @@ def _pairwise(
 
 
 def _pairwise_caption(options: AnalysisOptions) -> str:
-    correction = (
-        "no correction for multiple comparisons"
+    level = (
+        f"p ≤ {options.alpha:g}, no correction for multiple comparisons"
         if options.correction == "none"
-        else "p̃: Holm-adjusted across the matrix's one-sided tests (both directions of every "
-        "pair count, which makes it conservative)"
+        else f"p̃ ≤ {options.alpha:g}, p̃ Holm-adjusted across the matrix's one-sided tests "
+        "(both directions of every pair count, which is conservative)"
     )
     return (
         "Pairwise matrices: the cell in row R and column C is the mean difference R − C "
         "(percentage points) over the seeds both have a score for, with the one-sided "
-        f"{_TEST_NAMES[options.test]} p that R is better than C (runs matched by seed). Bold: R "
-        f"is significantly better than C, p ≤ {options.alpha:g}, {correction}. Each matrix "
-        'holds both directions of every pair; "not tested" cells give their reason in the '
-        "CSV."
+        f"{_TEST_NAMES[options.test]} p that R is better than C (runs matched by seed); both "
+        f"directions of every pair are tested. Bold: R is significantly better than C, {level}. "
+        "Untested cells give their reason in the CSV."
     )
 
 
