@@ -149,7 +149,7 @@ class Comparison:
         return dict(self.experiment)
 
     def dropped_text(self) -> str:
-        """`3: missing in BASE; 7: diverged`, the CSV's `dropped` column."""
+        """`3: missing in BASE; 7: diverged, no score`, the CSV's `dropped` column."""
         return "; ".join(f"{d.seed}: {d.reason}" for d in self.dropped)
 
 

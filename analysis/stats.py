@@ -73,8 +73,9 @@ class AnalysisOptions:
 
 @dataclass(frozen=True)
 class CellStats:
-    """One arm-vs-BASE comparison. Differences are arm − BASE in the units given (the tables
-    use percentage points). `degenerate` names why the comparison was not tested, else None."""
+    """One comparison of an arm with its reference (BASE, or another arm). Differences are
+    arm − reference in the units given (the tables use percentage points). `degenerate` names
+    why the comparison was not tested, else None."""
 
     test: str
     n: int
@@ -84,7 +85,7 @@ class CellStats:
     effect: float  # d_z = mean(d) / sd(d), ddof = 1
     statistic: float  # t for the t-test, W+ (sum of positive ranks) for Wilcoxon
     df: float  # n − 1 for the t-test; NaN for Wilcoxon
-    p: float  # one-sided: arm better than BASE
+    p: float  # one-sided: arm better than its reference
     p_adjusted: float  # after the table's correction (= p without one)
     significant: bool
     degenerate: str | None = None
