@@ -1,4 +1,5 @@
-"""Group trials into experiments and arms, and pair every arm with its BASE seed by seed.
+"""Group trials into experiments and arms, and pair every arm with a reference arm (BASE by
+default, any arm with `--versus`) seed by seed.
 
 An *experiment* is everything that changes a result except the arm: dataset, network, α, input
 normalisation, epochs, ... (`EXPERIMENT_FIELDS`). An *arm* is (formulation, γ, c)
@@ -6,8 +7,14 @@ normalisation, epochs, ... (`EXPERIMENT_FIELDS`). An *arm* is (formulation, γ, 
 
 The paper's test is paired over the 15 seeds (Sect. 4.3): run *k* of an arm and run *k* of BASE
 share the seed and therefore the data order. Pairs are matched by seed id, never by row
-position, and only where both runs completed with a finite test accuracy. Everything else is
-dropped with a reason that the tables and the CSV report.
+position, and only where both runs have a score. Everything else is dropped with a reason that
+the tables and the CSV report.
+
+A run's score is its test accuracy at the epoch of best validation accuracy. A run that
+diverged keeps the score of its best validation epoch before the divergence: the official code
+(osu-cvl/revisiting-bn) has no NaN check, so a diverged run was scored like any other and
+counted in the published means and tests. `exclude_diverged` leaves such runs out instead. A run
+that diverged before any validation epoch has no score (its test accuracy is null).
 
 Everything here is vectorised over the whole trials frame (groupby and merges on integer ids),
 so 100,000 trials pair in well under a second.
@@ -17,7 +24,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +68,55 @@ class Arm:
 BASE = Arm("standard", 1.0, 1.0)
 
 
+def arm_label(arm: Arm) -> str:
+    """`BASE`, or `rbn γ=1 c=1`: how `--versus` names an arm (formulation as registered)."""
+    return "BASE" if arm.is_base else f"{arm.formulation} γ={arm.gamma:g} c={arm.c:g}"
+
+
+_ARM_KEYS = {"γ": "gamma", "gamma": "gamma", "c": "c"}
+
+
+def find_arm(arms: Sequence[Arm], text: str, field: str = "versus") -> Arm:
+    """The one arm of `arms` that `text` names: `BASE`, or a formulation followed by any of
+    `γ=<value>` (or `gamma=<value>`) and `c=<value>`, e.g. `rbn`, `standard γ=0.1 c=100`.
+    Parts left out match anything, so `rbn` names the only RBN arm. Raises `AnalysisError`
+    listing the arms present unless exactly one matches."""
+    present = sorted(set(arms))
+    allowed = ", ".join(arm_label(a) for a in present)
+    words = re.sub(r"\s*=\s*", "=", str(text).strip()).replace(",", " ").split()
+    if len(words) == 1 and words[0].casefold() == "base":
+        matches = [a for a in present if a.is_base]
+    else:
+        wanted: dict[str, Any] = {}
+        for i, word in enumerate(words):
+            key, eq, value = word.partition("=")
+            if not eq and i == 0:
+                wanted["formulation"] = key.casefold().replace("⁻", "_minus")
+                continue
+            if not eq or key.casefold() not in _ARM_KEYS:
+                raise AnalysisError(
+                    f"{field}: cannot read {word!r} in {text!r}; name an arm as "
+                    f"'<formulation> γ=<value> c=<value>' or BASE; allowed: {allowed}"
+                )
+            try:
+                wanted[_ARM_KEYS[key.casefold()]] = float(value)
+            except ValueError:
+                raise AnalysisError(
+                    f"{field}: {key} must be a number, got {value!r}; allowed: {allowed}"
+                ) from None
+        matches = [
+            a
+            for a in present
+            if wanted.get("formulation", a.formulation) == a.formulation.casefold()
+            and math.isclose(wanted.get("gamma", a.gamma), a.gamma)
+            and math.isclose(wanted.get("c", a.c), a.c)
+        ]
+    if len(matches) != 1:
+        how = "no arm in these results matches" if not matches else f"{len(matches)} arms match"
+        raise AnalysisError(f"{field}: {how} {text!r}; allowed: {allowed}")
+    return matches[0]
+
+
 @dataclass(frozen=True)
 class DroppedSeed:
     seed: int
@@ -68,9 +125,11 @@ class DroppedSeed:
 
 @dataclass(frozen=True)
 class Comparison:
-    """One arm against its experiment's BASE, on the seeds where both have a finite score.
+    """One arm against a reference arm of its experiment (BASE unless another was chosen), on
+    the seeds where both have a score.
 
-    `arm_scores` and `base_scores` are test accuracies (fractions) aligned with `seeds`.
+    `arm_scores` and `base_scores` (the reference's) are test accuracies (fractions) aligned
+    with `seeds`.
     """
 
     arm: Arm
@@ -79,6 +138,7 @@ class Comparison:
     arm_scores: tuple[float, ...]
     base_scores: tuple[float, ...]
     dropped: tuple[DroppedSeed, ...]
+    reference: Arm = BASE
 
     @property
     def n(self) -> int:
@@ -89,7 +149,7 @@ class Comparison:
         return dict(self.experiment)
 
     def dropped_text(self) -> str:
-        """`3: missing in BASE; 7: diverged`, the CSV's `dropped` column."""
+        """`3: missing in BASE; 7: diverged, no score`, the CSV's `dropped` column."""
         return "; ".join(f"{d.seed}: {d.reason}" for d in self.dropped)
 
 
@@ -106,6 +166,7 @@ class PreparedTrials:
     arms: tuple[Arm, ...]
 
     experiment_keys: tuple[tuple[tuple[str, Any], ...], ...]
+    exclude_diverged: bool = False
 
     def experiment_key(self, exp_id: int) -> tuple[tuple[str, Any], ...]:
         """((field, value), ...) of experiment `exp_id`, values as plain Python scalars."""
@@ -117,10 +178,12 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def prepare_trials(trials: pd.DataFrame) -> PreparedTrials:
+def prepare_trials(trials: pd.DataFrame, exclude_diverged: bool = False) -> PreparedTrials:
     """Validate the trials frame and assign experiment and arm ids.
 
-    Raises `AnalysisError` when there is nothing to tabulate (no rows, no completed trial).
+    A run has a score (`_valid`) when it completed, or diverged after at least one validation
+    epoch (unless `exclude_diverged`), and its test accuracy is finite. Raises `AnalysisError`
+    when there is nothing to tabulate (no rows, no run with a score).
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in trials.columns]
     if missing:
@@ -143,12 +206,14 @@ def prepare_trials(trials: pd.DataFrame) -> PreparedTrials:
         raise AnalysisError("trials table has rows without a seed; every trial needs its seed id")
     df["seed"] = df["seed"].astype(np.int64)
 
-    valid = (df["status"] == COMPLETED) & np.isfinite(df["test_acc"].to_numpy())
+    scored = {COMPLETED} if exclude_diverged else {COMPLETED, DIVERGED}
+    valid = df["status"].isin(scored) & np.isfinite(df["test_acc"].to_numpy())
     if not valid.any():
         counts = ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().sort_index().items())
+        which = "" if exclude_diverged else " (nor a diverged one with a pre-divergence score)"
         raise AnalysisError(
-            f"no completed trial with a finite test accuracy among {len(df)} trials ({counts}): "
-            "nothing to tabulate yet"
+            f"no completed trial{which} with a finite test accuracy among {len(df)} trials "
+            f"({counts}): nothing to tabulate yet"
         )
     df["_valid"] = valid
 
@@ -189,14 +254,18 @@ def prepare_trials(trials: pd.DataFrame) -> PreparedTrials:
         tuple(zip(exp_fields, values, strict=True))
         for values in (zip(*columns, strict=True) if columns else [()] * len(experiments))
     )
-    return PreparedTrials(df.reset_index(drop=True), exp_fields, experiments, arms, keys)
+    return PreparedTrials(
+        df.reset_index(drop=True), exp_fields, experiments, arms, keys, exclude_diverged
+    )
 
 
 def summarise(prepared: PreparedTrials, scale: float = 100.0) -> pd.DataFrame:
     """One row per (experiment, arm): seeds with a score, mean and sample std (ddof = 1) of
-    `scale` × test accuracy over them, and counts of the runs without a score by status."""
+    `scale` × test accuracy over them, and counts of the runs by status. `diverged_seeds` lists
+    every diverged run, `diverged_scored` those of them counted with their pre-divergence score."""
     df = prepared.frame
     status = df["status"]
+    diverged = status == DIVERGED
     work = pd.DataFrame(
         {
             "_exp": df["_exp"],
@@ -204,7 +273,7 @@ def summarise(prepared: PreparedTrials, scale: float = 100.0) -> pd.DataFrame:
             "score": df["test_acc"].where(df["_valid"]) * scale,
             "n": df["_valid"].astype(np.int64),
             "n_runs": 1,
-            "n_diverged": (status == DIVERGED).astype(np.int64),
+            "n_diverged": diverged.astype(np.int64),
             "n_failed": (status == "failed").astype(np.int64),
             "n_unfinished": status.isin(["pending", "running"]).astype(np.int64),
         }
@@ -214,104 +283,163 @@ def summarise(prepared: PreparedTrials, scale: float = 100.0) -> pd.DataFrame:
     out["mean"] = g["score"].mean()
     out["std"] = g["score"].std(ddof=1)
     # Seeds of the runs that diverged, for the note under the table (a short list per cell).
-    div = df.loc[status == DIVERGED, ["_exp", "_arm", "seed"]].sort_values("seed")
-    seeds = div.groupby(["_exp", "_arm"])["seed"].agg(tuple)
-    out["diverged_seeds"] = seeds.reindex(out.index)
+    for name, rows in (("diverged_seeds", diverged), ("diverged_scored", diverged & df["_valid"])):
+        div = df.loc[rows, ["_exp", "_arm", "seed"]].sort_values("seed")
+        seeds = div.groupby(["_exp", "_arm"])["seed"].agg(tuple)
+        out[name] = seeds.reindex(out.index)
     return out.reset_index()
 
 
-@dataclass(frozen=True)
-class _Side:
-    """How to say why one side of a pair (the arm, or BASE) has no score."""
+def _reasons(
+    present: np.ndarray, status: pd.Series, acc: np.ndarray, who: np.ndarray
+) -> np.ndarray:
+    """Why one side of each given candidate pair has no score, vectorised. The caller passes
+    only the pairs that lack a score: string work over every pair would cost more than the
+    pairing itself.
 
-    missing: str
-    diverged: str
-    unfinished_prefix: str
-    nonfinite: str
-
-
-_ARM_SIDE = _Side("missing in arm", "diverged", "not completed", "no finite test accuracy")
-_BASE_SIDE = _Side(
-    "missing in BASE", "BASE diverged", "BASE not completed", "BASE has no finite test accuracy"
-)
-
-
-def _reasons(present: np.ndarray, status: np.ndarray, acc: np.ndarray, side: _Side) -> np.ndarray:
-    """Why one side of each candidate pair has no score ("" where it has one), vectorised."""
-    status = np.where(present, status, "")
-    unfinished = np.char.add(np.char.add(f"{side.unfinished_prefix} (", status), ")")
+    `who` is "" for the arm's side (`diverged, no score`) and the reference's label for the
+    other side (`BASE diverged, no score`), per row. A side that has a score gets a reason
+    here too; the caller blanks it by its valid flag."""
+    status = np.where(present, status.astype(object).to_numpy(dtype=str), "")
+    named = np.char.str_len(who) > 0
+    lead = np.where(named, np.char.add(who, " "), "")
     return np.select(
-        [~present, status == DIVERGED, status != COMPLETED, ~np.isfinite(acc)],
-        [side.missing, side.diverged, unfinished, side.nonfinite],
-        default="",
+        [
+            ~present,
+            (status == DIVERGED) & np.isfinite(acc),  # scored, but left out by the option
+            status == DIVERGED,
+            status != COMPLETED,
+        ],
+        [
+            np.where(named, np.char.add("missing in ", who), "missing in arm"),
+            np.char.add(lead, "diverged (excluded)"),
+            np.char.add(lead, "diverged, no score"),
+            np.char.add(np.char.add(np.char.add(lead, "not completed ("), status), ")"),
+        ],
+        default=np.where(
+            named, np.char.add(lead, "has no finite test accuracy"), "no finite test accuracy"
+        ),
     )
 
 
-def pair_prepared(prepared: PreparedTrials) -> dict[tuple[int, int], Comparison]:
-    """Every non-BASE (experiment, arm) whose experiment has a BASE arm, paired by seed.
+def pair_arms(
+    prepared: PreparedTrials,
+    exp_ids: Sequence[int],
+    arm_ids: Sequence[int],
+    ref_ids: Sequence[int],
+) -> list[Comparison]:
+    """Arm `arm_ids[i]` against arm `ref_ids[i]` in experiment `exp_ids[i]`, paired by seed id.
 
-    Keys are (`_exp`, `_arm`) ids of `prepared`.
+    Every seed either side ran is a candidate pair (an outer merge), so a seed missing on
+    either side is named among the dropped ones; comparisons come back in request order.
     """
     df = prepared.frame
-    cols = ["_exp", "_arm", "seed", "status", "test_acc"]
-    base = df.loc[df["_base"], ["_exp", "seed", "status", "test_acc"]].rename(
-        columns={"status": "b_status", "test_acc": "b_acc"}
+    k = len(exp_ids)
+    if k == 0:
+        return []
+    requests = pd.DataFrame(
+        {
+            "_req": np.arange(k, dtype=np.int64),
+            "_exp": np.asarray(exp_ids, dtype=np.int64),
+            "_arm": np.asarray(arm_ids, dtype=np.int64),
+            "_ref": np.asarray(ref_ids, dtype=np.int64),
+        }
     )
-    arms = df.loc[~df["_base"], cols]
-    if base.empty or arms.empty:
-        return {}
-    arm_keys = arms[["_exp", "_arm"]].drop_duplicates()
-    arm_keys = arm_keys[arm_keys["_exp"].isin(base["_exp"].unique())]
-    # Every BASE seed of the experiment is a candidate pair for every arm in it, and so is every
-    # seed the arm ran: the outer merge lists both, so a seed missing on either side is named.
-    base_side = arm_keys.merge(base, on="_exp")
-    arm_side = arms.merge(arm_keys, on=["_exp", "_arm"])
-    pairs = arm_side.merge(base_side, on=["_exp", "_arm", "seed"], how="outer", indicator=True)
-    pairs = pairs.sort_values(["_exp", "_arm", "seed"], kind="stable").reset_index(drop=True)
+    runs = df[["_exp", "_arm", "seed", "status", "test_acc", "_valid"]]
+    arm_side = requests.merge(runs, on=["_exp", "_arm"])
+    ref_side = requests.merge(
+        runs.rename(
+            columns={"_arm": "_ref", "status": "r_status", "test_acc": "r_acc", "_valid": "r_ok"}
+        ),
+        on=["_exp", "_ref"],
+    )
+    pairs = arm_side[["_req", "seed", "status", "test_acc", "_valid"]].merge(
+        ref_side[["_req", "seed", "r_status", "r_acc", "r_ok"]],
+        on=["_req", "seed"],
+        how="outer",
+        indicator=True,
+    )
+    pairs = pairs.sort_values(["_req", "seed"], kind="stable").reset_index(drop=True)
 
+    req = pairs["_req"].to_numpy(dtype=np.int64)
     in_arm = pairs["_merge"].isin(["both", "left_only"]).to_numpy()
-    in_base = pairs["_merge"].isin(["both", "right_only"]).to_numpy()
+    in_ref = pairs["_merge"].isin(["both", "right_only"]).to_numpy()
     a_acc = pairs["test_acc"].to_numpy(dtype=float)
-    b_acc = pairs["b_acc"].to_numpy(dtype=float)
-    a_why = _reasons(in_arm, pairs["status"].astype(object).to_numpy(dtype=str), a_acc, _ARM_SIDE)
-    b_why = _reasons(
-        in_base, pairs["b_status"].astype(object).to_numpy(dtype=str), b_acc, _BASE_SIDE
+    r_acc = pairs["r_acc"].to_numpy(dtype=float)
+    a_ok = pairs["_valid"].eq(True).to_numpy() & in_arm
+    r_ok = pairs["r_ok"].eq(True).to_numpy() & in_ref
+    ok = a_ok & r_ok
+    # Reasons only for the dropped rows (usually a few percent of them).
+    bad = np.flatnonzero(~ok)
+    labels = np.array([arm_label(a) for a in prepared.arms])
+    a_why = _reasons(
+        in_arm[bad], pairs["status"].iloc[bad], a_acc[bad], np.full(bad.size, "", dtype=str)
     )
-    sep = np.where((a_why != "") & (b_why != ""), "; ", "")
-    why = np.char.add(np.char.add(a_why, sep), b_why)
-    ok = why == ""
+    r_why = _reasons(
+        in_ref[bad],
+        pairs["r_status"].iloc[bad],
+        r_acc[bad],
+        labels[requests["_ref"].to_numpy()[req[bad]]],
+    )
+    # A side with a score is blank; the valid flag (not the status) says which side is.
+    a_why = np.where(a_ok[bad], "", a_why)
+    r_why = np.where(r_ok[bad], "", r_why)
+    sep = np.where((a_why != "") & (r_why != ""), "; ", "")
+    why = np.char.add(np.char.add(a_why, sep), r_why)
 
-    exp_ids = pairs["_exp"].to_numpy()
-    arm_ids = pairs["_arm"].to_numpy()
     seeds = pairs["seed"].to_numpy(dtype=np.int64)
-    starts = np.flatnonzero(np.r_[True, (np.diff(exp_ids) != 0) | (np.diff(arm_ids) != 0)])
-    group = np.cumsum(np.isin(np.arange(len(pairs)), starts)) - 1
-    # Kept and dropped rows as flat Python lists with per-group bounds: slicing lists is ~10x
+    # Kept and dropped rows as flat Python lists with per-request bounds: slicing lists is ~10x
     # cheaper than slicing numpy arrays 6,000 times at 100k trials.
-    kept_bounds = np.searchsorted(group[ok], np.arange(len(starts) + 1))
-    drop_bounds = np.searchsorted(group[~ok], np.arange(len(starts) + 1))
-    k_seeds, k_arm, k_base = seeds[ok].tolist(), a_acc[ok].tolist(), b_acc[ok].tolist()
-    d_seeds, d_why = seeds[~ok].tolist(), why[~ok].tolist()
-    out: dict[tuple[int, int], Comparison] = {}
-    for g, (exp_id, arm_id) in enumerate(
-        zip(exp_ids[starts].tolist(), arm_ids[starts].tolist(), strict=True)
+    kept_bounds = np.searchsorted(req[ok], np.arange(k + 1)).tolist()
+    drop_bounds = np.searchsorted(req[~ok], np.arange(k + 1)).tolist()
+    k_seeds, k_arm, k_ref = seeds[ok].tolist(), a_acc[ok].tolist(), r_acc[ok].tolist()
+    d_seeds, d_why = seeds[~ok].tolist(), why.tolist()
+    out = []
+    for i, (exp_id, arm_id, ref_id) in enumerate(
+        zip(
+            requests["_exp"].tolist(),
+            requests["_arm"].tolist(),
+            requests["_ref"].tolist(),
+            strict=True,
+        )
     ):
-        k0, k1 = int(kept_bounds[g]), int(kept_bounds[g + 1])
-        d0, d1 = int(drop_bounds[g]), int(drop_bounds[g + 1])
-        out[(exp_id, arm_id)] = Comparison(
-            arm=prepared.arms[arm_id],
-            experiment=prepared.experiment_key(exp_id),
-            seeds=tuple(k_seeds[k0:k1]),
-            arm_scores=tuple(k_arm[k0:k1]),
-            base_scores=tuple(k_base[k0:k1]),
-            dropped=tuple(map(DroppedSeed, d_seeds[d0:d1], d_why[d0:d1])),
+        k0, k1 = kept_bounds[i], kept_bounds[i + 1]
+        d0, d1 = drop_bounds[i], drop_bounds[i + 1]
+        out.append(
+            Comparison(
+                arm=prepared.arms[arm_id],
+                experiment=prepared.experiment_key(exp_id),
+                seeds=tuple(k_seeds[k0:k1]),
+                arm_scores=tuple(k_arm[k0:k1]),
+                base_scores=tuple(k_ref[k0:k1]),
+                dropped=tuple(map(DroppedSeed, d_seeds[d0:d1], d_why[d0:d1])),
+                reference=prepared.arms[ref_id],
+            )
         )
     return out
 
 
-def pair_with_base(trials: pd.DataFrame) -> list[Comparison]:
+def pair_prepared(
+    prepared: PreparedTrials, reference: Arm = BASE
+) -> dict[tuple[int, int], Comparison]:
+    """Every other (experiment, arm) of an experiment that ran `reference`, paired with it by
+    seed. Keys are (`_exp`, `_arm`) ids of `prepared`."""
+    if reference not in prepared.arms:
+        return {}
+    ref_id = prepared.arms.index(reference)
+    df = prepared.frame
+    keys = df[["_exp", "_arm"]].drop_duplicates()
+    with_ref = keys.loc[keys["_arm"] == ref_id, "_exp"].unique()
+    keys = keys[(keys["_arm"] != ref_id) & keys["_exp"].isin(with_ref)]
+    keys = keys.sort_values(["_exp", "_arm"], kind="stable")
+    exp_ids, arm_ids = keys["_exp"].tolist(), keys["_arm"].tolist()
+    comps = pair_arms(prepared, exp_ids, arm_ids, [ref_id] * len(exp_ids))
+    return dict(zip(zip(exp_ids, arm_ids, strict=True), comps, strict=True))
+
+
+def pair_with_base(trials: pd.DataFrame, exclude_diverged: bool = False) -> list[Comparison]:
     """All comparisons arm vs BASE in `trials`, ordered by experiment then arm."""
-    return list(pair_prepared(prepare_trials(trials)).values())
+    return list(pair_prepared(prepare_trials(trials, exclude_diverged)).values())
 
 
 def experiment_label(experiment: Mapping[str, Any] | tuple[tuple[str, Any], ...]) -> str:

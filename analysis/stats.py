@@ -1,4 +1,5 @@
-"""Paired tests of an arm against BASE, multiple-comparison correction, and power.
+"""Paired tests of an arm against BASE (or any reference arm), multiple-comparison correction,
+and power.
 
 The paper's verdict (Sect. 4.3): an arm is significantly better than BASE when a one-sided
 paired t-test over the seeds gives p ≤ 0.05. `scipy.stats.ttest_rel` pairs by position, so the
@@ -35,7 +36,7 @@ from workers.errors import choice_error
 CONSTANT_RTOL = 1e-9
 
 FEWER_THAN_TWO = "fewer than two pairs"
-NO_COMMON_SEEDS = "no seed in common with BASE"
+NO_COMMON_SEEDS = "no seed in common"
 CONSTANT = "constant differences"
 ALL_ZERO = "all differences zero"
 
@@ -49,9 +50,16 @@ class AnalysisOptions:
     test: str = "t"  # paired t (the paper's) or Wilcoxon signed-rank
     confidence: float = 0.95  # of the two-sided CI for the mean difference
     power: float = 0.8  # for the minimum detectable effect under each table
+    # Diverged runs keep their pre-divergence score by default, as in the official code.
+    exclude_diverged: bool = False
 
     def __post_init__(self) -> None:
         from analysis.pairing import AnalysisError
+
+        if not isinstance(self.exclude_diverged, bool):
+            raise AnalysisError(
+                f"exclude_diverged: must be true or false, got {self.exclude_diverged!r}"
+            )
 
         if self.test not in TESTS:
             raise choice_error("test", self.test, TESTS)
@@ -65,8 +73,9 @@ class AnalysisOptions:
 
 @dataclass(frozen=True)
 class CellStats:
-    """One arm-vs-BASE comparison. Differences are arm − BASE in the units given (the tables
-    use percentage points). `degenerate` names why the comparison was not tested, else None."""
+    """One comparison of an arm with its reference (BASE, or another arm). Differences are
+    arm − reference in the units given (the tables use percentage points). `degenerate` names
+    why the comparison was not tested, else None."""
 
     test: str
     n: int
@@ -76,7 +85,7 @@ class CellStats:
     effect: float  # d_z = mean(d) / sd(d), ddof = 1
     statistic: float  # t for the t-test, W+ (sum of positive ranks) for Wilcoxon
     df: float  # n − 1 for the t-test; NaN for Wilcoxon
-    p: float  # one-sided: arm better than BASE
+    p: float  # one-sided: arm better than its reference
     p_adjusted: float  # after the table's correction (= p without one)
     significant: bool
     degenerate: str | None = None

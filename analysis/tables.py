@@ -4,15 +4,21 @@
 renderers in `RENDERERS` (Markdown, LaTeX, HTML, terminal, CSV) only format that model.
 
 The rules (Sect. 4.3): a cell is test accuracy in percent, mean ± sample std (ddof = 1) over
-the seeds with a score, two decimals. **Bold**: significantly better than BASE by a one-sided
-paired test over the seeds (p ≤ alpha). Underline: the highest mean in its column within its
-block, decided on unrounded means. BASE is the last row of each block.
+the seeds with a score, two decimals. **Bold**: significantly better than BASE (or the arm
+chosen with `versus`) by a one-sided paired test over the seeds (p ≤ alpha). Underline: the
+highest mean in its column within its block, decided on unrounded means. BASE is the last row
+of each block. With `pairwise`, every block and column also gets a matrix of the one-sided
+tests of each row against each other row (Sect. 4.5: "evaluated against each other").
+
+A diverged run counts with the score of its best validation epoch before the divergence (the
+official code has no NaN check; see analysis/pairing.py); a note under the table lists them.
 
 Layouts (`LAYOUTS`):
 - `gamma` (Tables 1, 3, 4, 5): rows γ ascending then BASE; columns α; blocks per whatever
   else varies (dataset, network, input normalisation, ...).
 - `formulation` (Table 2): rows Ours, A1, A2, then BASE; each row shows the best γ of its
-  formulation per column ("the best performing γ from the previous set was used").
+  own formulation per column, named ("For each formulation, the best performing γ from the
+  previous set was used").
 - `methods` (Table 6): rows RBN, RBN⁻, IEBN, IEBN⁻, Proposed (the best γ of the standard
   formulation with c > 1, chosen by mean and named), then BASE.
 """
@@ -39,6 +45,9 @@ from analysis.pairing import (
     Arm,
     Comparison,
     PreparedTrials,
+    arm_label,
+    find_arm,
+    pair_arms,
     pair_prepared,
     prepare_trials,
     summarise,
@@ -61,6 +70,8 @@ __all__ = [
     "AnalysisOptions",
     "Block",
     "Cell",
+    "PairCell",
+    "PairwiseMatrix",
     "Row",
     "Table",
     "TableLayout",
@@ -166,7 +177,9 @@ class TableLayout:
 
     `columns` is the experiment field across the columns (α in the paper); `blocks` the fields
     that split blocks (default: every other field that varies); `gammas` restricts the γ
-    values shown or chosen from (Table 6 picks the best of {0.5, 0.1, 0.05}).
+    values shown or chosen from (Table 6 picks the best of {0.5, 0.1, 0.05}). `versus` names
+    the arm every other cell is tested against (`find_arm` syntax: `BASE`, `rbn γ=1 c=1`;
+    default BASE); `pairwise` adds the matrix of each row against each other row.
     """
 
     kind: str | None = None
@@ -174,6 +187,8 @@ class TableLayout:
     columns: str = "lr"
     blocks: tuple[str, ...] | None = None
     gammas: tuple[float, ...] | None = None
+    versus: str | None = None
+    pairwise: bool = False
 
     def __post_init__(self) -> None:
         if self.kind is not None and self.kind not in LAYOUTS:
@@ -191,10 +206,18 @@ class TableLayout:
         if self.gammas is not None:
             values = []
             for g in self.gammas:
-                if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0.0 < g <= 1.0:
-                    raise SpecError(f"report.gammas: each γ must be a number in (0, 1], got {g!r}")
+                # γ > 1 is a valid arm (the paper tried it, Sect. 4.4); γ ≤ 0 is not.
+                if isinstance(g, bool) or not isinstance(g, (int, float)) or not g > 0.0:
+                    raise SpecError(f"report.gammas: each γ must be a number > 0, got {g!r}")
                 values.append(float(g))
             object.__setattr__(self, "gammas", tuple(values))
+        if self.versus is not None and (not isinstance(self.versus, str) or not self.versus):
+            raise SpecError(
+                f"report.versus: expected an arm name such as 'BASE' or 'rbn γ=1 c=1', "
+                f"got {self.versus!r}"
+            )
+        if not isinstance(self.pairwise, bool):
+            raise SpecError(f"report.pairwise: expected true or false, got {self.pairwise!r}")
 
     #: Keys of a sweep spec's `report:` mapping → fields (`layout: methods` sets `kind`).
     KEYS: ClassVar[dict[str, str]] = {
@@ -203,6 +226,8 @@ class TableLayout:
         "columns": "columns",
         "blocks": "blocks",
         "gammas": "gammas",
+        "versus": "versus",
+        "pairwise": "pairwise",
     }
 
     @classmethod
@@ -233,8 +258,11 @@ class TableLayout:
 class Cell:
     """One arm at one experiment: mean ± std (percent) over the seeds with a score.
 
-    `stats` is the test against BASE (None for BASE, and where there is no BASE to compare
-    with); `markers` point at the table's footnotes; `detail` names the γ a best-of row chose.
+    `stats` is the test against the table's reference arm, BASE unless `versus` chose another
+    (None for the reference itself, and where there is no reference to compare with);
+    `markers` point at the table's footnotes; `detail` names the γ a best-of row chose.
+    `diverged_seeds` lists every diverged run of the cell, `diverged_scored` those counted
+    with their pre-divergence score.
     """
 
     arm: Arm
@@ -250,6 +278,7 @@ class Cell:
     n_runs: int = 0
     n_diverged: int = 0
     diverged_seeds: tuple[int, ...] = ()
+    diverged_scored: tuple[int, ...] = ()
 
     @property
     def mean_text(self) -> str:
@@ -277,6 +306,43 @@ class Block:
 
 
 @dataclass(frozen=True)
+class PairCell:
+    """Row arm against column arm of one pairwise matrix: the comparison and its one-sided test
+    (row better than column), corrected across the matrix."""
+
+    comparison: Comparison
+    stats: CellStats
+
+    @property
+    def significant(self) -> bool:
+        return self.stats.significant
+
+
+@dataclass(frozen=True)
+class PairwiseMatrix:
+    """Every row of one block against every other row, in one column (one experiment).
+
+    `cells[i][j]` tests row i against row j (None on the diagonal); `labels` are the rows'
+    labels, with the γ a best-of row chose in this column."""
+
+    block: str
+    column: str  # the column's title, e.g. "α = 0.1"
+    column_label: str  # its value as the main table prints it, e.g. "0.1"
+    labels: tuple[str, ...]
+    arms: tuple[Arm, ...]
+    cells: tuple[tuple[PairCell | None, ...], ...]
+    row_cells: tuple[Cell, ...] = ()  # the rows' cells of the main table in this column
+
+    @property
+    def title(self) -> str:
+        return "Pairwise: " + ", ".join(x for x in (self.block, self.column) if x)
+
+    @property
+    def m(self) -> int:
+        return sum(1 for row in self.cells for c in row if c is not None and c.stats.tested)
+
+
+@dataclass(frozen=True)
 class Table:
     kind: str
     title: str
@@ -292,6 +358,9 @@ class Table:
     footnotes: tuple[tuple[str, str], ...]  # (marker, text)
     notes: tuple[str, ...]
     options: AnalysisOptions
+    reference: str = "BASE"  # what bold means "significantly better than"
+    pairwise: tuple[PairwiseMatrix, ...] = ()
+    pairwise_caption: str = ""
 
     @property
     def column_titles(self) -> tuple[str, ...]:
@@ -319,6 +388,7 @@ class _Summary:
     n_runs: int
     n_diverged: int
     diverged_seeds: tuple[int, ...]
+    diverged_scored: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -444,8 +514,11 @@ def _finite_or(x: float, default: float = -math.inf) -> float:
     return x if math.isfinite(x) else default
 
 
-def _plan_best_of(order: Sequence[tuple[str, str]]) -> Callable[[_BlockData], list[_RowPlan]]:
-    """Rows named by formulation (in `order`, name pairs), each the best γ of that formulation."""
+def _plan_best_of(
+    order: Sequence[tuple[str, str]], named: frozenset[str] = frozenset({"standard"})
+) -> Callable[[_BlockData], list[_RowPlan]]:
+    """Rows named by formulation (in `order`, name pairs), each the best γ of that formulation;
+    the rows of the formulations in `named` always name the γ they show."""
 
     def plan(data: _BlockData) -> list[_RowPlan]:
         ids = [a for a in _block_arm_ids(data) if not data.arms[a].is_base]
@@ -457,7 +530,7 @@ def _plan_best_of(order: Sequence[tuple[str, str]]) -> Callable[[_BlockData], li
                 proposed = [a for a in cands if data.arms[a].c > 1.0]
                 cands = proposed or cands
                 cands = [a for a in cands if _gamma_allowed(data.arms[a], data.layout)]
-            row = _best_of_row(data, label, cands, name_gamma=formulation == "standard")
+            row = _best_of_row(data, label, cands, name_gamma=formulation in named)
             if row is not None:
                 rows.append(row)
         return rows + _base_row(data)
@@ -483,7 +556,12 @@ LAYOUTS: dict[str, LayoutKind] = {
     "formulation": LayoutKind(
         "Formulation",
         "Test accuracy (%) of the feature-scaling formulations",
-        _plan_best_of([("standard", "Ours"), ("a1", "A1"), ("a2", "A2")]),
+        # Table 2: "For each formulation, the best performing γ from the previous set was
+        # used" (Sect. 4.4): each formulation at its own best γ of Table 1's grid, named.
+        _plan_best_of(
+            [("standard", "Ours"), ("a1", "A1"), ("a2", "A2")],
+            named=frozenset({"standard", "a1", "a2"}),
+        ),
         lambda arm: arm.formulation in ("standard", "a1", "a2"),
     ),
     "methods": LayoutKind(
@@ -542,7 +620,6 @@ def _gamma_formatter(arms: Sequence[Arm]) -> Callable[[float], str]:
 
 def _summaries(prepared: PreparedTrials) -> dict[tuple[int, int], _Summary]:
     s = summarise(prepared)
-    div = s["diverged_seeds"].tolist()
     return {
         (int(e), int(a)): _Summary(
             int(n),
@@ -551,8 +628,9 @@ def _summaries(prepared: PreparedTrials) -> dict[tuple[int, int], _Summary]:
             int(nr),
             int(nd),
             tuple(ds) if isinstance(ds, tuple) else (),
+            tuple(dk) if isinstance(dk, tuple) else (),
         )
-        for e, a, n, m, sd, nr, nd, ds in zip(
+        for e, a, n, m, sd, nr, nd, ds, dk in zip(
             s["_exp"],
             s["_arm"],
             s["n"],
@@ -560,7 +638,8 @@ def _summaries(prepared: PreparedTrials) -> dict[tuple[int, int], _Summary]:
             s["std"],
             s["n_runs"],
             s["n_diverged"],
-            div,
+            s["diverged_seeds"].tolist(),
+            s["diverged_scored"].tolist(),
             strict=True,
         )
     }
@@ -600,22 +679,32 @@ def build_tables(
 ) -> list[Table]:
     """The significance tables of `trials` (one table for one layout).
 
-    Raises `AnalysisError` only when nothing can be shown (no trials, no completed trial);
-    every other defect (no BASE, single seeds, no common seeds) is marked in the table.
+    `layout.versus` tests every cell against that arm instead of BASE; `layout.pairwise` adds
+    the pairwise matrices; `options.exclude_diverged` leaves diverged runs out of every score.
+    Raises `AnalysisError` only when nothing can be shown (no trials, no run with a score, a
+    `versus` arm that is not in the results); every other defect (no BASE, single seeds, no
+    common seeds) is marked in the table.
     """
     layout = layout or TableLayout()
     options = options or AnalysisOptions()
-    prepared = prepare_trials(trials)
+    prepared = prepare_trials(trials, exclude_diverged=options.exclude_diverged)
     kind = layout.kind or infer_kind(prepared.arms)
-    return [_build_table(prepared, layout, kind, options)]
+    reference = find_arm(prepared.arms, layout.versus) if layout.versus is not None else BASE
+    return [_build_table(prepared, layout, kind, options, reference)]
 
 
 def _build_table(
-    prepared: PreparedTrials, layout: TableLayout, kind: str, options: AnalysisOptions
+    prepared: PreparedTrials,
+    layout: TableLayout,
+    kind: str,
+    options: AnalysisOptions,
+    reference: Arm = BASE,
 ) -> Table:
     spec = LAYOUTS[kind]
     summaries = _summaries(prepared)
-    comparisons = pair_prepared(prepared)
+    comparisons = pair_prepared(prepared, reference)
+    ref_id = prepared.arms.index(reference) if reference in prepared.arms else None
+    ref_name = arm_label(reference)
     exps = prepared.experiments
     block_fields = _block_fields(prepared, layout)
     col_field = layout.columns
@@ -646,9 +735,7 @@ def _build_table(
     hidden = {prepared.arms[a] for _, a in summaries if a not in considered}
 
     # One family for the correction: every tested comparison the table shows.
-    shown_pairs = sorted(
-        {p for _, rows in plans for r in rows if not r.is_base for p in r.picks if p}
-    )
+    shown_pairs = sorted({p for p in _picks(plans) if p[1] != ref_id})
     tested_pairs = [p for p in shown_pairs if p in comparisons]
     results = dict(
         zip(
@@ -660,16 +747,29 @@ def _build_table(
 
     max_n = max((summaries[p].n for p in _picks(plans)), default=0)
     foot = _Footnotes()
-    any_base = any(r.is_base for _, rows in plans for r in rows)
+    has_ref = {
+        bk: ref_id is not None and any(ref_id in arms_by_exp_t[e] for e in by_block[bk].values())
+        for bk in ordered_blocks
+    }
+    any_ref = any(has_ref.values())
     blocks = [
         _build_block(
-            bk, rows, prepared, summaries, comparisons, results, max_n, foot, any_base, len(columns)
+            bk,
+            rows,
+            prepared,
+            summaries,
+            comparisons,
+            results,
+            max_n,
+            foot,
+            _Reference(reference, ref_name, any_ref, has_ref[bk], ref_id),
+            len(columns),
         )
         for bk, rows in plans
     ]
 
     notes = []
-    if not any_base:
+    if not any_ref:
         notes.append(
             "No BASE arm (standard BN, γ = 1, c = 1) in these results: nothing to compare with, "
             "so no cell is bold."
@@ -678,10 +778,16 @@ def _build_table(
     if hidden:
         names = ", ".join(_arm_text(a) for a in sorted(hidden))
         notes.append(f"Arms not shown by the {kind} layout: {names}.")
-    notes.extend(_diverged_notes(blocks, columns, col_field))
+    notes.extend(_diverged_notes(blocks, columns, col_field, options.exclude_diverged))
 
     ns = sorted({s.n for s in results.values() if s.tested})
     title = layout.title or _default_title(spec.title, prepared, block_fields, col_field)
+    column_labels = tuple(_display(col_field).label(c) if c is not None else "" for c in columns)
+    matrices = (
+        _pairwise(prepared, plans, blocks, columns, column_labels, col_field, options)
+        if layout.pairwise
+        else ()
+    )
     return Table(
         kind=kind,
         title=title,
@@ -690,13 +796,99 @@ def _build_table(
         column_header=_display(col_field).header,
         column_field=col_field,
         columns=columns,
-        column_labels=tuple(_display(col_field).label(c) if c is not None else "" for c in columns),
+        column_labels=column_labels,
         blocks=tuple(blocks),
-        caption=_caption(options, max_n, blocks, len(results)),
+        caption=_caption(options, max_n, blocks, len(results), ref_name),
         mde=_mde_line(ns, options),
         footnotes=foot.items(),
         notes=tuple(notes),
         options=options,
+        reference=ref_name,
+        pairwise=matrices,
+        pairwise_caption=_pairwise_caption(options) if layout.pairwise else "",
+    )
+
+
+def _pairwise(
+    prepared: PreparedTrials,
+    plans: Sequence[tuple[tuple[tuple[str, Any], ...], list[_RowPlan]]],
+    blocks: Sequence[Block],
+    columns: Sequence[Any],
+    column_labels: Sequence[str],
+    col_field: str,
+    options: AnalysisOptions,
+) -> tuple[PairwiseMatrix, ...]:
+    """Per block and column, every shown row against every other shown row (Sect. 4.5: "When
+    evaluated against each other using a one-sided paired t-test"). Row i against row j is the
+    one-sided test that row i is better; each matrix is one family for the correction."""
+    layouts: list[tuple[Block, int, list[int], list[tuple[int, int]]]] = []
+    requests: list[tuple[int, int, int]] = []
+    for (_, rows), block in zip(plans, blocks, strict=True):
+        for j in range(len(columns)):
+            shown = [i for i, r in enumerate(rows) if r.picks[j] is not None]
+            if len(shown) < 2:
+                continue
+            ordered = [
+                (a, b)
+                for a in shown
+                for b in shown
+                if a != b and rows[a].picks[j][1] != rows[b].picks[j][1]  # type: ignore[index]
+            ]
+            layouts.append((block, j, shown, ordered))
+            for a, b in ordered:
+                exp, arm = rows[a].picks[j]  # type: ignore[misc]
+                requests.append((exp, arm, rows[b].picks[j][1]))  # type: ignore[index]
+    comps = pair_arms(
+        prepared, [r[0] for r in requests], [r[1] for r in requests], [r[2] for r in requests]
+    )
+    out = []
+    k = 0
+    for block, j, shown, ordered in layouts:
+        mine = comps[k : k + len(ordered)]
+        k += len(ordered)
+        tested = dict(zip(ordered, evaluate_comparisons(mine, options), strict=True))
+        by_pair = dict(zip(ordered, mine, strict=True))
+        rows = block.rows
+        labels = tuple(
+            f"{rows[i].label} ({rows[i].cells[j].detail})"  # type: ignore[union-attr]
+            if rows[i].cells[j].detail  # type: ignore[union-attr]
+            else rows[i].label
+            for i in shown
+        )
+        cells = tuple(
+            tuple(
+                PairCell(by_pair[(a, b)], tested[(a, b)]) if (a, b) in tested else None
+                for b in shown
+            )
+            for a in shown
+        )
+        out.append(
+            PairwiseMatrix(
+                block=block.label,
+                column=_column_title(col_field, columns[j]),
+                column_label=column_labels[j],
+                labels=labels,
+                arms=tuple(rows[i].cells[j].arm for i in shown),  # type: ignore[union-attr]
+                cells=cells,
+                row_cells=tuple(rows[i].cells[j] for i in shown),  # type: ignore[misc]
+            )
+        )
+    return tuple(out)
+
+
+def _pairwise_caption(options: AnalysisOptions) -> str:
+    level = (
+        f"p ≤ {options.alpha:g}, no correction for multiple comparisons"
+        if options.correction == "none"
+        else f"p̃ ≤ {options.alpha:g}, p̃ Holm-adjusted across the matrix's one-sided tests "
+        "(both directions of every pair count, which is conservative)"
+    )
+    return (
+        "Pairwise matrices: the cell in row R and column C is the mean difference R − C "
+        "(percentage points) over the seeds both have a score for, with the one-sided "
+        f"{_TEST_NAMES[options.test]} p that R is better than C (runs matched by seed); both "
+        f"directions of every pair are tested. Bold: R is significantly better than C, {level}. "
+        "Untested cells give their reason in the CSV."
     )
 
 
@@ -712,6 +904,17 @@ def _arm_text(arm: Arm) -> str:
     return f"{_formulation_name(arm.formulation)} γ = {arm.gamma:g}, c = {arm.c:g}"
 
 
+@dataclass(frozen=True)
+class _Reference:
+    """The arm a table tests against, its name, and whether the table / this block ran it."""
+
+    arm: Arm
+    name: str
+    in_table: bool
+    in_block: bool
+    arm_id: int | None  # its id in the prepared trials (compared per cell: ids, not Arms)
+
+
 def _build_block(
     key: tuple[tuple[str, Any], ...],
     plans: list[_RowPlan],
@@ -721,14 +924,13 @@ def _build_block(
     results: Mapping[tuple[int, int], CellStats],
     max_n: int,
     foot: _Footnotes,
-    any_base: bool,
+    ref: _Reference,
     n_cols: int,
 ) -> Block:
-    has_base = any(r.is_base for r in plans)
     block_notes = []
-    if any_base and not has_base:
+    if ref.in_table and not ref.in_block:
         block_notes.append(
-            "No BASE arm in this block: nothing to compare with, so no cell is bold."
+            f"No {ref.name} arm in this block: nothing to compare with, so no cell is bold."
         )
 
     # Underline: highest unrounded mean per column within the block, BASE included (Table 3).
@@ -749,6 +951,11 @@ def _build_block(
             markers: list[str] = []
             stats = results.get(pick)
             comp = comparisons.get(pick)
+            is_ref = pick[1] == ref.arm_id
+            if is_ref and not ref.arm.is_base:
+                markers.append(
+                    foot.mark(f"the reference arm ({ref.name}): the others are tested against it")
+                )
             if s.n == 0:
                 markers.append(
                     foot.mark("no run with a score yet (failed, diverged or unfinished)")
@@ -758,15 +965,18 @@ def _build_block(
             if 0 < s.n < max_n:
                 markers.append(
                     foot.mark(
-                        f"fewer seeds with a score than the table's {max_n}: missing, failed, "
-                        "diverged or unfinished runs are left out (counts in the CSV)"
+                        f"fewer seeds with a score than the table's {max_n}: missing, failed and "
+                        "unfinished runs, and diverged runs without a score, are left out "
+                        "(counts in the CSV)"
                     )
                 )
-            if not plan.is_base and s.n > 0:
-                if stats is None and has_base:
-                    markers.append(foot.mark("no BASE run in this column: nothing to compare with"))
+            if not is_ref and s.n > 0:
+                if stats is None and ref.in_block:
+                    markers.append(
+                        foot.mark(f"no {ref.name} run in this column: nothing to compare with")
+                    )
                 elif stats is not None and stats.degenerate == NO_COMMON_SEEDS:
-                    markers.append(foot.mark("no seed in common with BASE: not tested"))
+                    markers.append(foot.mark(f"no seed in common with {ref.name}: not tested"))
                 elif (
                     stats is not None
                     and stats.degenerate
@@ -785,7 +995,7 @@ def _build_block(
                     n=s.n,
                     mean=s.mean,
                     std=s.std,
-                    significant=bool(stats is not None and stats.significant and not plan.is_base),
+                    significant=bool(stats is not None and stats.significant and not is_ref),
                     best=bool(math.isfinite(s.mean) and s.mean == best[j]),
                     markers=tuple(markers),
                     detail=plan.details[j],
@@ -794,6 +1004,7 @@ def _build_block(
                     n_runs=s.n_runs,
                     n_diverged=s.n_diverged,
                     diverged_seeds=s.diverged_seeds,
+                    diverged_scored=s.diverged_scored,
                 )
             )
         rows.append(Row(plan.label, tuple(cells), plan.is_base, plan.arm))
@@ -823,31 +1034,56 @@ def _selection_notes(plans: Sequence[tuple[Any, list[_RowPlan]]], arms: Sequence
 
 
 def _diverged_notes(
-    blocks: Sequence[Block], columns: Sequence[Any], col_field: str, limit: int = 12
+    blocks: Sequence[Block],
+    columns: Sequence[Any],
+    col_field: str,
+    excluded: bool,
+    limit: int = 12,
 ) -> list[str]:
-    entries = []
+    """Where diverged runs are: counted with their pre-divergence score (the default, as the
+    official code, which has no NaN check, scored them), or dropped (no score, or excluded)."""
+    scored: list[str] = []
+    dropped: list[str] = []
     for b in blocks:
         for r in b.rows:
             for j, c in enumerate(r.cells):
-                if c is not None and c.n_diverged:
-                    arm = "BASE" if r.is_base else _arm_text(c.arm)
-                    where = " / ".join(
-                        x for x in (b.label, arm, _column_title(col_field, columns[j])) if x
-                    )
-                    seeds = ", ".join(map(str, c.diverged_seeds))
-                    entries.append(
-                        f"{where}: {c.n_diverged} of {c.n_runs} "
-                        f"(seed{'s' if c.n_diverged > 1 else ''} {seeds})"
-                    )
-    if not entries:
-        return []
-    more = f"; and {len(entries) - limit} more cells (see the CSV)" if len(entries) > limit else ""
-    return [
-        "Diverged runs have no score and are left out of means and pairs: "
-        + "; ".join(entries[:limit])
-        + more
-        + "."
-    ]
+                if c is None or not c.n_diverged:
+                    continue
+                arm = "BASE" if r.is_base else _arm_text(c.arm)
+                where = " / ".join(
+                    x for x in (b.label, arm, _column_title(col_field, columns[j])) if x
+                )
+                kept = set(c.diverged_scored)
+                for entries, seeds in (
+                    (scored, [x for x in c.diverged_seeds if x in kept]),
+                    (dropped, [x for x in c.diverged_seeds if x not in kept]),
+                ):
+                    if seeds:
+                        entries.append(
+                            f"{where}: {len(seeds)} of {c.n_runs} "
+                            f"(seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+                        )
+
+    def note(head: str, entries: list[str]) -> list[str]:
+        if not entries:
+            return []
+        more = (
+            f"; and {len(entries) - limit} more cells (see the CSV)" if len(entries) > limit else ""
+        )
+        return [head + "; ".join(entries[:limit]) + more + "."]
+
+    dropped_head = (
+        "Diverged runs left out of means and pairs (diverged runs excluded): "
+        if excluded
+        else "Diverged runs without a score (diverged before any validation epoch), left out of "
+        "means and pairs: "
+    )
+    return note(
+        "Diverged runs counted in means and pairs with the test accuracy of their best "
+        "validation epoch before the divergence (as the official code, which has no NaN check, "
+        "scored them): ",
+        scored,
+    ) + note(dropped_head, dropped)
 
 
 def _column_title(col_field: str, value: Any) -> str:
@@ -874,13 +1110,16 @@ _CORRECTION_TEXT = {
 }
 
 
-def _caption(options: AnalysisOptions, max_n: int, blocks: Sequence[Block], m: int) -> str:
+def _caption(
+    options: AnalysisOptions, max_n: int, blocks: Sequence[Block], m: int, reference: str = "BASE"
+) -> str:
     ns = sorted({c.n for b in blocks for r in b.rows for c in r.cells if c is not None and c.n > 0})
     n_text = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]}" if ns else "n = 0"
     return (
         "Test accuracy (%) at the epoch of best validation accuracy: mean ± sample standard "
-        f"deviation (ddof = 1) over {n_text} seeds. Bold: significantly better than BASE by a "
-        f"one-sided {_TEST_NAMES[options.test]} (runs matched by seed), p ≤ {options.alpha:g}, "
+        f"deviation (ddof = 1) over {n_text} seeds. Bold: significantly better than "
+        f"{reference} by a one-sided {_TEST_NAMES[options.test]} (runs matched by seed), "
+        f"p ≤ {options.alpha:g}, "
         f"{_CORRECTION_TEXT[options.correction].format(m=m)}. Underline: highest mean in its "
         "column within its block (decided before rounding)."
     )
@@ -910,6 +1149,44 @@ def _mde_line(ns: Sequence[int], options: AnalysisOptions) -> str:
 # -- renderers ------------------------------------------------------------------------------
 def _value_parts(cell: Cell) -> tuple[str, str]:
     return cell.mean_text, cell.std_text
+
+
+def _p_text(name: str, p: float) -> str:
+    return f"{name} < 0.001" if p < 0.001 else f"{name} = {p:.3f}"
+
+
+def _pair_text(cell: PairCell | None, options: AnalysisOptions) -> str:
+    """`+1.10 (p = 0.002)`; with a correction also `p̃ = …`; `—` on the diagonal."""
+    if cell is None:
+        return "—"
+    s = cell.stats
+    diff = f"{s.mean_diff:+.2f}".replace("-", "−") if math.isfinite(s.mean_diff) else "–"
+    if not s.tested:
+        return f"{diff} (not tested)"
+    adjusted = f", {_p_text('p̃', s.p_adjusted)}" if options.correction != "none" else ""
+    return f"{diff} ({_p_text('p', s.p)}{adjusted})"
+
+
+def _pair_head(t: Table) -> str:
+    return f"{t.row_header} (row) vs column"
+
+
+def _markdown_pairwise(t: Table) -> list[str]:
+    if not t.pairwise:
+        return []
+    lines = ["", _md_escape(t.pairwise_caption)]
+    for m in t.pairwise:
+        head = [_pair_head(t), *m.labels]
+        lines += ["", f"#### {_md_escape(m.title)}", ""]
+        lines.append("| " + " | ".join(_md_escape(h) for h in head) + " |")
+        lines.append("|:---|" + "|".join(["---:"] * len(m.labels)) + "|")
+        for label, row in zip(m.labels, m.cells, strict=True):
+            texts = []
+            for c in row:
+                text = _md_escape(_pair_text(c, t.options))
+                texts.append(f"**{text}**" if c is not None and c.significant else text)
+            lines.append("| " + " | ".join([_md_escape(label), *texts]) + " |")
+    return lines
 
 
 def render_markdown(tables: Sequence[Table]) -> str:
@@ -942,6 +1219,7 @@ def render_markdown(tables: Sequence[Table]) -> str:
         if extra:
             lines.append("")
             lines += [f"- {_md_escape(x)}" for x in extra]
+        lines += _markdown_pairwise(t)
         out.append("\n".join(lines))
     return "\n\n".join(out) + "\n"
 
@@ -1055,8 +1333,49 @@ def render_latex(tables: Sequence[Table]) -> str:
         body += [f"{b.label}: {x}" for b in t.blocks for x in b.notes] + list(t.notes)
         lines += [latex_escape(x) + r"\par" for x in body]
         lines.append(r"\end{table}")
+        lines += _latex_pairwise(t)
         out.append("\n".join(lines))
     return "\n\n".join(out) + "\n"
+
+
+def _latex_pair(text: str) -> str:
+    """latex_escape, plus the pairwise cells' p̃ (a combining tilde), −, — and <."""
+    escaped = latex_escape(text.replace("p̃", "\x00"))
+    for old, new in (("\x00", r"$\tilde{p}$"), ("−", "$-$"), ("—", "---"), ("<", "$<$")):
+        escaped = escaped.replace(old, new)
+    return escaped
+
+
+def _latex_pairwise(t: Table) -> list[str]:
+    lines: list[str] = []
+    for m in t.pairwise:
+        cols = len(m.labels)
+        lines += [
+            "",
+            r"\begin{table}[t]",
+            r"\centering",
+            r"\caption{" + latex_escape(m.title) + "}",
+            r"\begin{tabular}{l" + "r" * cols + "}",
+            r"\toprule",
+            " & ".join(latex_escape(h) for h in (_pair_head(t), *m.labels)) + r" \\",
+            r"\midrule",
+        ]
+        for label, row in zip(m.labels, m.cells, strict=True):
+            texts = []
+            for c in row:
+                text = _latex_pair(_pair_text(c, t.options))
+                texts.append(r"\textbf{" + text + "}" if c is not None and c.significant else text)
+            lines.append(" & ".join([latex_escape(label), *texts]) + r" \\")
+        lines += [
+            r"\bottomrule",
+            r"\end{tabular}",
+            "",
+            r"\smallskip",
+            r"\footnotesize",
+            _latex_pair(t.pairwise_caption) + r"\par",
+            r"\end{table}",
+        ]
+    return lines
 
 
 _HTML_STYLE = """
@@ -1120,8 +1439,34 @@ def render_html(tables: Sequence[Table]) -> str:
         body = [t.caption, t.mde] + [f"{m} {x}" for m, x in t.footnotes]
         body += [f"{b.label}: {x}" for b in t.blocks for x in b.notes] + list(t.notes)
         parts += [f'<p class="note">{html.escape(x)}</p>' for x in body]
+        parts += _html_pairwise(t)
     parts += ["</body>", "</html>"]
     return "\n".join(parts) + "\n"
+
+
+def _html_pairwise(t: Table) -> list[str]:
+    if not t.pairwise:
+        return []
+    parts = [f'<p class="note">{html.escape(t.pairwise_caption)}</p>']
+    for m in t.pairwise:
+        parts += ['<table class="pairwise">', f"<caption>{html.escape(m.title)}</caption>"]
+        heads = (_pair_head(t), *m.labels)
+        parts.append(
+            "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads) + "</tr></thead>"
+        )
+        parts.append("<tbody>")
+        for label, row in zip(m.labels, m.cells, strict=True):
+            cells = []
+            for c in row:
+                text = html.escape(_pair_text(c, t.options))
+                if c is not None and c.significant:
+                    text = f"<strong>{text}</strong>"
+                cells.append(f'<td class="num">{text}</td>')
+            parts.append(
+                f'<tr><th scope="row">{html.escape(label)}</th>' + "".join(cells) + "</tr>"
+            )
+        parts += ["</tbody>", "</table>"]
+    return parts
 
 
 def _html_cell(cell: Cell | None) -> str:
@@ -1166,6 +1511,25 @@ def term_renderables(tables: Sequence[Table]) -> list[Any]:
         body = [t.caption, t.mde] + [f"{m} {x}" for m, x in t.footnotes]
         body += [f"{b.label}: {x}" for b in t.blocks for x in b.notes] + list(t.notes)
         out.append(Text("\n".join(body) + "\n"))
+        if t.pairwise:
+            out.append(Text(t.pairwise_caption + "\n"))
+        for m in t.pairwise:
+            pt = RichTable(title=m.title, title_style="bold", show_lines=False)
+            pt.add_column(_pair_head(t))
+            for label in m.labels:
+                pt.add_column(label, justify="right")
+            for label, row in zip(m.labels, m.cells, strict=True):
+                pt.add_row(
+                    label,
+                    *[
+                        Text(
+                            _pair_text(c, t.options),
+                            style="bold" if c is not None and c.significant else "",
+                        )
+                        for c in row
+                    ],
+                )
+            out.append(pt)
     return out
 
 
@@ -1226,6 +1590,7 @@ CSV_COLUMNS = (
     "not_tested",
     "diverged",
     "dropped",
+    "versus",
 )
 
 
@@ -1268,9 +1633,52 @@ def render_csv(tables: Sequence[Table]) -> str:
                     (s.degenerate or "") if s else "",
                     c.n_diverged,
                     c.comparison.dropped_text() if c.comparison else "",
+                    t.reference if s else "",
                 ]
             )
+        for m in t.pairwise:
+            for label, own, row in zip(m.labels, m.row_cells, m.cells, strict=True):
+                for other, pc in zip(m.labels, row, strict=True):
+                    if pc is None:
+                        continue
+                    w.writerow(_csv_pair_row(t, m, label, own, other, pc))
     return buf.getvalue()
+
+
+def _csv_pair_row(
+    t: Table, m: PairwiseMatrix, label: str, own: Cell, other: str, pc: PairCell
+) -> list[Any]:
+    """One ordered pair of a pairwise matrix, in the per-cell columns; `versus` names the
+    column arm and `table` ends in "(pairwise)"."""
+    s = pc.stats
+    return [
+        f"{t.title} (pairwise)",
+        m.block,
+        label,
+        m.column_label,
+        own.arm.formulation,
+        f"{own.arm.gamma:g}",
+        f"{own.arm.c:g}",
+        own.n,
+        _num(own.mean),
+        _num(own.std),
+        _num(s.statistic),
+        _num(s.df),
+        _num(s.p),
+        _num(s.p_adjusted),
+        str(s.significant).lower(),
+        "",
+        _num(s.effect),
+        _num(s.ci_low),
+        _num(s.ci_high),
+        _num(s.mean_diff),
+        s.n,
+        s.test,
+        s.degenerate or "",
+        own.n_diverged,
+        pc.comparison.dropped_text(),
+        other,
+    ]
 
 
 @dataclass(frozen=True)

@@ -53,9 +53,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     tables.add_argument("--test", choices=TESTS, default="t", help="paired test (default t)")
     tables.add_argument(
+        "--exclude-diverged",
+        action="store_true",
+        help="leave diverged runs out of means and pairs (default: they count with the score of "
+        "their best validation epoch before the divergence, as in the official code)",
+    )
+    tables.add_argument(
         "--layout",
         choices=LAYOUT_KINDS,
         help="override the spec's report: layout (default: the spec's, else inferred)",
+    )
+    tables.add_argument(
+        "--versus",
+        metavar="ARM",
+        help="test every cell against this arm instead of BASE: 'BASE' or "
+        "'<formulation> γ=<value> c=<value>' (gamma= works too; parts left out match any), "
+        "e.g. 'rbn γ=1 c=1'",
+    )
+    tables.add_argument(
+        "--pairwise",
+        action="store_true",
+        help="add, per block and column, the matrix of every row tested against every other",
     )
     tables.add_argument(
         "--db", help="results store URL (default: BNSWEEP_DB or sqlite:///bnsweep.db)"
@@ -83,7 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _options(values: Mapping[str, Any]) -> Any:
     from analysis.stats import AnalysisOptions
 
-    known = {"alpha", "correction", "test", "confidence", "power"}
+    known = {"alpha", "correction", "test", "confidence", "power", "exclude_diverged"}
     unknown = sorted(set(values) - known)
     if unknown:
         from analysis.pairing import AnalysisError
@@ -94,11 +112,20 @@ def _options(values: Mapping[str, Any]) -> Any:
     return AnalysisOptions(**{k: v for k, v in values.items() if v is not None})
 
 
-def _layout(report: Mapping[str, Any] | None, kind: str | None) -> Any:
+def _layout(
+    report: Mapping[str, Any] | None,
+    kind: str | None,
+    versus: str | None = None,
+    pairwise: bool = False,
+) -> Any:
     from analysis.tables import TableLayout
 
     layout = TableLayout.from_dict(report)
-    return dataclasses.replace(layout, kind=kind) if kind is not None else layout
+    # The command line overrides the spec's report: section; unset options leave it as it is.
+    changes: dict[str, Any] = {k: v for k, v in (("kind", kind), ("versus", versus)) if v}
+    if pairwise:
+        changes["pairwise"] = True
+    return dataclasses.replace(layout, **changes) if changes else layout
 
 
 def _render(tables: list[Table], fmt: str, *, for_terminal: bool) -> str:
@@ -127,12 +154,16 @@ def tables_for(
     trials: pd.DataFrame,
     report: Mapping[str, Any] | None = None,
     layout_kind: str | None = None,
+    versus: str | None = None,
+    pairwise: bool = False,
     **options: Any,
 ) -> list[Table]:
-    """Tables of a trials frame with a spec's `report:` mapping and table options."""
+    """Tables of a trials frame with a spec's `report:` mapping and table options; `versus`
+    and `pairwise` override the mapping's (see `analysis.tables.TableLayout`)."""
     from analysis.tables import build_tables
 
-    return build_tables(trials, _layout(report, layout_kind), _options(options))
+    layout = _layout(report, layout_kind, versus, pairwise)
+    return build_tables(trials, layout, _options(options))
 
 
 def render_sweep_tables(
@@ -188,6 +219,7 @@ def run_tables(args: argparse.Namespace) -> int:
     from analysis.source import load_trials, older_recipe_note, sweep_report
 
     options = {"alpha": args.alpha, "correction": args.correction, "test": args.test}
+    options["exclude_diverged"] = args.exclude_diverged
     if args.spec:
         name, url, report, trials = _spec_trials(args)
         # A spec's cells of an older recipe have other hashes: say what the whole store holds.
@@ -199,7 +231,9 @@ def run_tables(args: argparse.Namespace) -> int:
         note = older_recipe_note(args.db, args.sweep)
     if note is not None:
         print(note, file=sys.stderr)  # stdout stays the tables, for files and pipes
-    tables = tables_for(trials, report, args.layout, **options)
+    tables = tables_for(
+        trials, report, args.layout, versus=args.versus, pairwise=args.pairwise, **options
+    )
     if args.out:
         text = _render(tables, args.format, for_terminal=False)
         print(_write(text, args.out, name, args.format))

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from analysis.tables import RENDERERS, Table, build_tables, render, render_term
+from analysis.stats import AnalysisOptions
+from analysis.tables import RENDERERS, Table, TableLayout, build_tables, render, render_term
 from tests.analysis.data import golden_trials
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -23,6 +24,14 @@ UPDATE = os.environ.get("BNSWEEP_UPDATE_GOLDEN") == "1"
 @pytest.fixture(scope="module")
 def tables() -> list[Table]:
     return build_tables(golden_trials())
+
+
+@pytest.fixture(scope="module")
+def pairwise_tables() -> list[Table]:
+    """The same results with the pairwise matrices, Holm-adjusted (Sect. 4.5)."""
+    return build_tables(
+        golden_trials(), TableLayout(pairwise=True), AnalysisOptions(correction="holm")
+    )
 
 
 def _emphasis(table: Table) -> dict[tuple[str, str, str], tuple[bool, bool]]:
@@ -80,11 +89,26 @@ def test_terminal_styles(tables):
     assert "\x1b[1m67.00\x1b[0m\x1b[1m ± 0.43" in styled  # bold only
 
 
+def test_pairwise_bold_follows_the_rules(pairwise_tables):
+    # Bold in a matrix: the row beats the column by the one-sided test after Holm (≤ 0.05).
+    (table,) = pairwise_tables
+    assert len(table.pairwise) == 4  # two blocks × two α
+    for m in table.pairwise:
+        for row in m.cells:
+            for c in row:
+                assert c is None or c.significant == (c.stats.tested and c.stats.p_adjusted <= 0.05)
+    first = table.pairwise[0]
+    assert (first.block, first.column) == ("CIFAR-10", "α = 0.1")
+    assert [c.significant for c in first.cells[1] if c] == [True, True]  # γ = 0.1 beats both
+
+
 @pytest.mark.parametrize("fmt", sorted(RENDERERS))
-def test_renderer_matches_golden(tables, fmt):
+@pytest.mark.parametrize("name", ["tables", "tables_pairwise"])
+def test_renderer_matches_golden(tables, pairwise_tables, name, fmt):
     # The terminal golden is plain text at a fixed width; its styles are checked above.
-    text = render_term(tables, width=110) if fmt == "term" else render(tables, fmt)
-    path = GOLDEN / f"tables.{RENDERERS[fmt].extension}"
+    chosen = tables if name == "tables" else pairwise_tables
+    text = render_term(chosen, width=110) if fmt == "term" else render(chosen, fmt)
+    path = GOLDEN / f"{name}.{RENDERERS[fmt].extension}"
     if UPDATE:
         GOLDEN.mkdir(exist_ok=True)
         path.write_text(text, encoding="utf-8")

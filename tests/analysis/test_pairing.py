@@ -66,15 +66,15 @@ def test_dropped_seeds_name_their_reason():
     (comp,) = pair_with_base(df)
     assert comp.seeds == (1,)
     assert dict((d.seed, d.reason) for d in comp.dropped) == {
-        2: "diverged",
+        2: "diverged, no score",
         3: "not completed (failed)",
         4: "BASE not completed (running)",
-        5: "BASE diverged",
+        5: "BASE diverged, no score",
         6: "BASE has no finite test accuracy",
         7: "missing in arm",
         8: "missing in BASE",
     }
-    assert comp.dropped_text().startswith("2: diverged; 3: not completed (failed)")
+    assert comp.dropped_text().startswith("2: diverged, no score; 3: not completed (failed)")
 
 
 def test_experiments_pair_with_their_own_base():
@@ -125,3 +125,32 @@ def test_nothing_to_pair_is_one_clear_error(df, message):
     with pytest.raises(AnalysisError, match=message) as info:
         pair_with_base(df)
     assert isinstance(info.value, BnsweepError) and "\n" not in str(info.value)
+
+
+def test_a_diverged_run_keeps_its_pre_divergence_score():
+    # The official loop has no NaN check: a run that diverged is scored by its best validation
+    # epoch before that. One that diverged before any validation epoch has no score.
+    arm = {1: 91.0, 2: ("diverged", 90.8), 3: "diverged", 4: 91.3}
+    base = {1: 90.0, 2: 90.1, 3: 90.2, 4: ("diverged", 89.9)}
+    df = frame(rows(ARM, arm), rows(BASE, base))
+    (comp,) = pair_with_base(df)
+    assert comp.seeds == (1, 2, 4)
+    assert comp.arm_scores == pytest.approx((0.91, 0.908, 0.913))
+    assert comp.base_scores == pytest.approx((0.9, 0.901, 0.899))
+    assert comp.dropped == (DroppedSeed(3, "diverged, no score"),)
+
+    (excluded,) = pair_with_base(df, exclude_diverged=True)
+    assert excluded.seeds == (1,)
+    assert dict((d.seed, d.reason) for d in excluded.dropped) == {
+        2: "diverged (excluded)",
+        3: "diverged, no score",
+        4: "BASE diverged (excluded)",
+    }
+
+
+def test_only_diverged_runs_with_a_score_are_something_to_tabulate():
+    df = frame(rows(ARM, [("diverged", 91.0)]), rows(BASE, ["diverged"]))
+    (comp,) = pair_with_base(df)
+    assert comp.n == 0 and comp.dropped == (DroppedSeed(1, "BASE diverged, no score"),)
+    with pytest.raises(AnalysisError, match=r"no completed trial with a finite test accuracy"):
+        pair_with_base(df, exclude_diverged=True)

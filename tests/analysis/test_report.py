@@ -128,6 +128,32 @@ def test_tables_of_a_sweep_in_markdown(bnsweep: Run, db: str) -> None:
     assert "Diverged runs" in out and "seed 4" in out
 
 
+def test_exclude_diverged_is_said_under_the_table(bnsweep: Run, db: str) -> None:
+    code, out, err = bnsweep(
+        "tables", "--sweep", "small", "--db", db, "--format", "md", "--exclude-diverged"
+    )
+    assert code == 0, err
+    assert "Diverged runs left out of means and pairs (diverged runs excluded)" in out
+    assert "seed 4" in out
+
+
+def test_versus_and_pairwise_from_the_command_line(bnsweep: Run, db: str) -> None:
+    code, out, err = bnsweep(
+        "tables", "--sweep", "small", "--db", db, "--format", "md", "--versus", "standard γ=0.5"
+    )
+    assert code == 0, err
+    assert "Bold: significantly better than standard γ=0.5 c=100" in out
+    assert "the reference arm (standard γ=0.5 c=100)" in out
+    code, out, err = bnsweep(
+        "tables", "--sweep", "small", "--db", db, "--format", "md", "--pairwise"
+    )
+    assert code == 0, err
+    assert (
+        out.count("#### Pairwise: α = ") == 2
+        and "| γ (row) vs column | 0.10 | 0.50 | BASE |" in out
+    )
+
+
 def test_tables_csv_to_a_folder(bnsweep: Run, db: str, tmp_path: Path) -> None:
     code, out, _ = bnsweep(
         "tables",
@@ -172,6 +198,11 @@ def test_terminal_is_the_default_format(bnsweep: Run, db: str) -> None:
         (["--sweep", "nope"], "no sweep named 'nope'"),
         (["--sweep", "empty"], "no completed trial"),
         (["--sweep", "small", "--alpha", "2"], r"alpha: must be a number in \(0, 1\)"),
+        (
+            ["--sweep", "small", "--versus", "rbn"],
+            r"versus: no arm in these results matches 'rbn'; allowed: standard γ=0.1 c=100, "
+            r"standard γ=0.5 c=100, BASE$",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(bnsweep: Run, db: str, argv, message) -> None:

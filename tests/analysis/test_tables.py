@@ -54,7 +54,9 @@ def test_layout_from_report_mapping():
         ({"blocks": ["datasett"]}, "report.blocks: unknown value 'datasett'"),
         ({"blocks": ["lr"]}, "report.blocks: unknown value 'lr'"),
         ({"columns": "colour"}, "report.columns: unknown value 'colour'"),
-        ({"gammas": [0.1, 2.0]}, r"report.gammas: each γ must be a number in \(0, 1\]"),
+        ({"gammas": [0.1, 0.0]}, "report.gammas: each γ must be a number > 0, got 0.0"),
+        ({"versus": 3}, "report.versus: expected an arm name"),
+        ({"pairwise": "yes"}, "report.pairwise: expected true or false"),
         ({"title": 3}, "report.title: expected text"),
         ("gamma", "report: expected a mapping"),
     ],
@@ -163,6 +165,50 @@ def test_formulation_layout_follows_table_2():
     assert _labels(table) == ["Ours", "A1", "A2", "BASE"]
     # One γ per α (the best of Table 1): each cell names the γ it shows.
     assert [c.detail for c in table.blocks[0].rows[0].cells] == ["γ = 0.1", "γ = 0.05"]
+
+
+def test_formulation_layout_reports_each_formulation_at_its_own_best_gamma():
+    # Table 2 as the paper describes it: every formulation over Table 1's γ grid, each row at
+    # the γ with its own highest mean in each column, named.
+    gains = {  # (formulation, γ) → gain over BASE at α = 0.1 and at α = 0.01
+        ("standard", 0.1): (1.0, 0.2),
+        ("standard", 0.05): (0.5, 1.5),
+        ("standard", 0.01): (0.1, 0.1),
+        ("a1", 0.1): (0.3, 0.3),
+        ("a1", 0.05): (0.2, 0.2),
+        ("a1", 0.01): (0.8, 0.9),  # A1's best is γ = 0.01 in both columns
+        ("a2", 0.1): (0.1, 0.7),
+        ("a2", 0.05): (0.9, 0.1),
+        ("a2", 0.01): (0.2, 0.2),
+    }
+    parts = [rows(BASE, B, lr=lr) for lr in (0.1, 0.01)]
+    for (f, g), per_lr in gains.items():
+        for lr, gain in zip((0.1, 0.01), per_lr, strict=True):
+            parts.append(rows(std(g, f=f), shifted(B, [gain + 0.01 * i for i in range(5)]), lr=lr))
+    (table,) = build_tables(frame(*parts), TableLayout(kind="formulation"))
+    assert _labels(table) == ["Ours", "A1 (γ = 0.01)", "A2", "BASE"]
+    ours, a1, a2, _ = table.blocks[0].rows
+    assert [(c.arm.formulation, c.arm.gamma) for c in ours.cells] == [
+        ("standard", 0.1),
+        ("standard", 0.05),
+    ]
+    assert [c.detail for c in ours.cells] == ["γ = 0.1", "γ = 0.05"]
+    assert [c.arm.gamma for c in a1.cells] == [0.01, 0.01] and a1.cells[0].detail == ""
+    assert [(c.arm.formulation, c.arm.gamma) for c in a2.cells] == [("a2", 0.05), ("a2", 0.1)]
+    assert [c.detail for c in a2.cells] == ["γ = 0.05", "γ = 0.1"]
+    # Each best is tested against BASE; the note names the candidates of every row.
+    assert all(c.stats is not None and c.significant for r in (ours, a1, a2) for c in r.cells)
+    notes = " ".join(table.notes)
+    assert all(
+        f"{name}: in each column the γ with the highest mean among 0.01, 0.05, 0.1" in notes
+        for name in ("Ours", "A1", "A2")
+    )
+
+
+def test_a_single_gamma_is_still_named_in_the_formulation_layout():
+    parts = [rows(BASE, B)] + [rows(std(0.1, f=f), shifted(B, GOOD)) for f in ("a1", "a2")]
+    (table,) = build_tables(frame(*parts))
+    assert _labels(table) == ["A1 (γ = 0.1)", "A2 (γ = 0.1)", "BASE"]
 
 
 def test_methods_layout_follows_table_6_and_names_the_best_gamma():
@@ -281,3 +327,31 @@ def test_caption_states_std_test_alpha_and_correction():
     assert "Wilcoxon signed-rank test" in table.caption and "p ≤ 0.01" in table.caption
     assert "no correction" in table.caption
     assert "d_z = " in table.mde and "n = 5" in table.mde
+
+
+# -- diverged runs: scored by their best epoch before the divergence, unless excluded -------------
+def test_diverged_runs_count_with_their_pre_divergence_score_by_default():
+    arm = dict(enumerate(shifted(B, GOOD), start=1)) | {
+        2: ("diverged", B[1] + GOOD[1]),  # diverged after its best validation epoch
+        5: "diverged",  # before any validation epoch: no score
+    }
+    df = frame(rows(BASE, B), rows(std(0.1), arm))
+    (table,) = build_tables(df)
+    cell = _cell(table, "0.10")
+    kept = [B[i] + GOOD[i] for i in range(4)]
+    assert cell.n == 4 and cell.stats.n == 4 and cell.mean == pytest.approx(sum(kept) / 4)
+    assert cell.n_diverged == 2 and cell.diverged_scored == (2,)
+    scored, dropped = table.notes
+    assert "counted in means and pairs" in scored and "1 of 5 (seed 2)" in scored
+    assert "without a score" in dropped and "1 of 5 (seed 5)" in dropped
+
+    (excluded,) = build_tables(df, options=AnalysisOptions(exclude_diverged=True))
+    cell = _cell(excluded, "0.10")
+    assert cell.n == 3 and cell.stats.n == 3 and cell.diverged_scored == ()
+    (note,) = excluded.notes
+    assert "(diverged runs excluded)" in note and "2 of 5 (seeds 2, 5)" in note
+
+
+def test_exclude_diverged_must_be_a_flag():
+    with pytest.raises(AnalysisError, match="exclude_diverged: must be true or false"):
+        AnalysisOptions(exclude_diverged="yes")

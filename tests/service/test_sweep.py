@@ -101,7 +101,7 @@ def test_demo_config_is_the_issue_grid() -> None:
 # (trial specs without seeds, seeds) per paper table; counts follow Sect. 4.4-4.5.
 PAPER = {
     "table1": 7 * 3 + 3,  # γ × α, plus BASE per α
-    "table2": 3 * 3 + 3,  # (ours, A1, A2) per α, plus BASE
+    "table2": 3 * 7 * 3 + 3,  # (ours, A1, A2) × Table 1's γ × α, plus BASE
     "table3": 3 * (3 * 2 + 2),  # per dataset: γ × α + BASE
     "table4": 6 * (3 * 2 + 2),  # per network
     "table5": 3 * (3 * 2 + 2),  # per input normalisation
@@ -123,3 +123,19 @@ def test_paper_configs_describe_the_tables(table: str) -> None:
             or c.formulation in ("rbn", "rbn_minus", "iebn", "iebn_minus")
             or c.bn_lr_divisor == 100
         )
+
+
+def test_table2_runs_each_formulation_over_table1s_gamma_grid() -> None:
+    # "For each formulation, the best performing γ from the previous set was used" (Sect. 4.4):
+    # each formulation needs every γ of Table 1 at every α to have a best of its own.
+    table1 = expand(load_sweep_spec(CONFIGS / "paper" / "table1.yaml"))
+    table2 = expand(load_sweep_spec(CONFIGS / "paper" / "table2.yaml"))
+    grid1 = {(c.bn_scale_init, c.lr) for c in table1 if not c.is_base}
+    for formulation in ("standard", "a1", "a2"):
+        cells = [c for c in table2 if c.formulation == formulation and not c.is_base]
+        assert {(c.bn_scale_init, c.lr) for c in cells} == grid1
+        assert len(cells) == len(grid1) * 15
+    assert {c.bn_lr_divisor for c in table2 if not c.is_base} == {100.0}
+    # Ours and BASE are Table 1's own cells: a store holding Table 1 trains only A1 and A2.
+    standard = {(c.spec_hash, c.seed) for c in table2 if c.formulation == "standard"}
+    assert standard == {(c.spec_hash, c.seed) for c in table1}

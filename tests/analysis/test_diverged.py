@@ -1,0 +1,95 @@
+"""A run that diverges keeps the score of its best validation epoch before the divergence, from
+the worker through the store into the tables (the official loop has no NaN check, so such a run
+was scored and counted in the paper's means and tests)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import workers.trial
+from analysis.stats import AnalysisOptions
+from analysis.tables import build_tables, render
+from service.store.api import EpochRecorded, Store, TrialFinished, TrialStarted
+from workers.spec import TrialSpec
+from workers.trial import EpochMetrics, TrialResult, run_trial
+
+SPEC = TrialSpec(
+    dataset="digits",
+    arch="resnet8",
+    epochs=4,
+    batch_size=64,
+    lr=0.1,
+    bn_scale_init=0.1,
+    bn_lr_divisor=100.0,
+    device="cpu",
+)
+DIVERGES_IN = 3
+
+
+@pytest.fixture(scope="module")
+def diverged() -> tuple[TrialResult, list[EpochMetrics]]:
+    """SPEC trained normally for two epochs whose third epoch's loss is NaN."""
+    real = workers.trial.train_one_epoch
+    calls = {"n": 0}
+
+    def nan_in_third_epoch(*args, **kwargs):
+        loss_sum, images = real(*args, **kwargs)
+        calls["n"] += 1
+        return (torch.tensor(math.nan) if calls["n"] == DIVERGES_IN else loss_sum), images
+
+    seen: list[EpochMetrics] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(workers.trial, "train_one_epoch", nan_in_third_epoch)
+        result = run_trial(SPEC, on_epoch=lambda m, save: seen.append(m))
+    return result, seen
+
+
+def test_the_worker_reports_the_best_epoch_before_the_divergence(diverged) -> None:
+    result, seen = diverged
+    assert result.status == "diverged" and result.diverged_epoch == DIVERGES_IN
+    before = seen[: DIVERGES_IN - 1]
+    best = max(before, key=lambda m: m.val_acc)
+    best = next(m for m in before if m.val_acc == best.val_acc)  # ties: the first (Sect. 4.2)
+    assert result.best_epoch == best.epoch and result.best_val_acc == best.val_acc
+    assert result.test_acc == best.test_acc and math.isfinite(result.test_acc)
+    assert result.final_test_acc is None
+
+
+def test_the_store_and_the_table_keep_that_score(diverged, tmp_path: Path) -> None:
+    result, seen = diverged
+    base = SPEC.replace(bn_scale_init=1.0, bn_lr_divisor=1.0)
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    with Store.open(url) as store:
+        store.register_sweep("d", "name: d", [SPEC, base, SPEC.replace(seed=2)])
+        events: list = [TrialStarted(SPEC.spec_hash, SPEC.seed)]
+        events += [EpochRecorded(SPEC.spec_hash, SPEC.seed, metrics=m) for m in seen]
+        events.append(TrialFinished.from_result(SPEC.spec_hash, SPEC.seed, result))
+        # BASE seed 1 and arm seed 2 as plain completed runs, so the cell has a partner.
+        for spec, acc in ((base, result.test_acc - 0.05), (SPEC.replace(seed=2), 0.5)):
+            events.append(TrialStarted(spec.spec_hash, spec.seed))
+            events.append(
+                TrialFinished(spec.spec_hash, spec.seed, "completed", test_acc=acc, best_epoch=1)
+            )
+        store.apply(events)
+        trials = store.trials()
+    row = trials[trials["status"] == "diverged"].iloc[0]
+    assert row["test_acc"] == result.test_acc and row["best_epoch"] == result.best_epoch
+    assert row["diverged_epoch"] == DIVERGES_IN
+
+    (table,) = build_tables(trials)
+    (arm_row,) = [r for r in table.blocks[0].rows if not r.is_base]
+    cell = arm_row.cells[0]
+    assert cell.n == 2 and cell.mean == pytest.approx(100 * (result.test_acc + 0.5) / 2)
+    assert cell.comparison.seeds == (1,)
+    assert cell.comparison.arm_scores == (result.test_acc,)
+    assert "seed 1" in " ".join(n for n in table.notes if "counted in means" in n)
+    assert "counted in means and pairs" in render([table], "md")
+
+    (excluded,) = build_tables(trials, options=AnalysisOptions(exclude_diverged=True))
+    cell = next(r for r in excluded.blocks[0].rows if not r.is_base).cells[0]
+    assert cell.n == 1 and cell.mean == pytest.approx(50.0) and cell.comparison.seeds == ()
+    assert any("diverged runs excluded" in n and "seed 1" in n for n in excluded.notes)
