@@ -119,6 +119,7 @@ class CellStorage:
         text = json.dumps({"epochs": records.epochs, "diagnostics": records.diagnostics})
         if _is_remote(self.root):
             fs, _ = self._fs()
+            fs.create_dir(_inside(self.folder(cell)), recursive=True)
             with fs.open_output_stream(_inside(f"{self.folder(cell)}/{name}")) as f:
                 f.write(text.encode())
             return

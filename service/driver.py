@@ -191,6 +191,8 @@ def train_cell(
             "host": socket.gethostname(),
             "device": _device_name(spec),
             "resumed_from_epoch": resumed or 0,
+            "threads": _torch_threads(),
+            "runtime": runtime_options(spec, checkpoint_every),
         }
     )
     inspector = _inspector(spec, diagnostics)
@@ -251,6 +253,21 @@ def assigned_device(spec: TrialSpec, gpu_ids: Sequence[Any]) -> str:
     if spec.device == "cpu":
         return "cpu"  # asked for explicitly; the GPU Ray reserved stays idle
     return "cuda"
+
+
+def runtime_options(spec: TrialSpec, checkpoint_every: int) -> dict[str, Any]:
+    """How the trial ran, beyond what its result depends on, for the store's `runtime` column:
+    the spec's runtime fields (compile, cuDNN autotuning, evaluation batch) and the cadence."""
+    fields_of = getattr(spec, "runtime_fields", None)
+    options = dict(fields_of()) if fields_of is not None else {"compile": spec.compile}
+    options.pop("device", None)  # its own column
+    return {**options, "checkpoint_every": checkpoint_every}
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _send(events: Any, key: Cell, kind: str, items: Sequence[Any]) -> None:
@@ -367,6 +384,8 @@ class StoreCallback(tune.Callback):
                     device=result.get("device"),
                     package_version=self._package_version,
                     started_at=now,
+                    threads=result.get("threads"),
+                    runtime=result.get("runtime"),
                 )
             )
             self.progress.started(key, resumed_from)
