@@ -248,3 +248,16 @@ def test_accuracies_do_not_depend_on_the_eval_batch() -> None:
         for (loss, acc), (ref_loss, ref_acc) in zip(results, reference, strict=True):
             assert acc == ref_acc
             assert math.isclose(loss, ref_loss, rel_tol=0, abs_tol=1e-6)
+
+
+# -- on a real GPU ------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_a_gpu_run_repeats_and_resumes_bit_identically(precision: str, tmp_path: Path) -> None:
+    spec = SPEC.replace(device="cuda", precision=precision)
+    first = run_trial(spec, on_epoch=lambda m, save: m.epoch == 1 and save(tmp_path / "ckpt"))
+    again = run_trial(spec)
+    resumed = run_trial(spec, checkpoint=tmp_path / "ckpt")
+    assert _metrics(again.history) == _metrics(first.history)
+    assert _metrics(resumed.history) == _metrics(first.history)
