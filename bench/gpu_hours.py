@@ -23,6 +23,9 @@ GPU-hours = FLOPs / sustained FLOP/s. The sustained rate comes from, in order of
 - neither: the GPU's peak (`--peak-tflops`, default the H100 SXM's dense bf16, 989), which gives
   a lower bound that no real run reaches.
 
+A second table prices every paper table in each precision (fp32, tf32, bf16) at stated sustained
+rates for an H100 SXM (`stated_rates`; none of them is measured yet): the price of a precision.
+
     python bench/gpu_hours.py                                # lower bounds at the H100's peak
     python bench/gpu_hours.py --measured out/gpu/throughput.json
 """
@@ -56,6 +59,13 @@ TRAINING_FORWARDS = 3
 
 #: H100 SXM, dense bfloat16 tensor-core peak (NVIDIA's datasheet; 1,979 is with 2:4 sparsity).
 H100_PEAK_TFLOPS = 989.0
+#: H100 SXM dense peaks per precision, TFLOP/s (NVIDIA's datasheet): IEEE fp32 runs on the CUDA
+#: cores (67), TF32 and bf16 on the tensor cores (494.5 and 989; twice that with 2:4 sparsity).
+H100_PEAK_TFLOPS_BY_PRECISION = {"fp32": 67.0, "tf32": 494.5, "bf16": H100_PEAK_TFLOPS}
+#: The bf16 throughput target for a CIFAR ResNet-18 on an H100 (docs/benchmarks.md#throughput).
+BF16_TARGET_IMAGES_PER_S = 50_000
+#: Assumed share of the fp32 CUDA-core peak that cuDNN's IEEE fp32 convolutions sustain.
+FP32_SUSTAINED_SHARE = 0.6
 
 
 @dataclass(frozen=True)
@@ -169,6 +179,60 @@ def measured_rate(path: Path, setting: str | None) -> tuple[float, str]:
     )
 
 
+@dataclass(frozen=True)
+class StatedRate:
+    flops_per_s: float
+    source: str
+
+
+def stated_rates() -> dict[str, StatedRate]:
+    """A sustained H100 rate per precision, each with where it comes from. bf16 is the throughput
+    target; tf32 takes bf16's share of its peak (the same tensor-core efficiency, which flatters
+    tf32: its activations move twice the bytes); fp32 is an assumed share of the CUDA-core peak.
+    """
+    peak = {p: tflops * 1e12 for p, tflops in H100_PEAK_TFLOPS_BY_PRECISION.items()}
+    train_flops = TRAINING_FORWARDS * forward_flops("resnet18", "cifar10")
+    bf16 = BF16_TARGET_IMAGES_PER_S * train_flops
+    share = bf16 / peak["bf16"]
+    return {
+        "fp32": StatedRate(
+            FP32_SUSTAINED_SHARE * peak["fp32"],
+            f"assumed {FP32_SUSTAINED_SHARE:.0%} of the {H100_PEAK_TFLOPS_BY_PRECISION['fp32']:g} "
+            "TFLOP/s fp32 CUDA-core peak (no tensor cores in IEEE fp32)",
+        ),
+        "tf32": StatedRate(
+            share * peak["tf32"],
+            f"bf16's {share:.0%} of peak applied to the "
+            f"{H100_PEAK_TFLOPS_BY_PRECISION['tf32']:g} TFLOP/s TF32 tensor-core peak",
+        ),
+        "bf16": StatedRate(
+            bf16,
+            f"CIFAR ResNet-18 at the {BF16_TARGET_IMAGES_PER_S:,} images/s target "
+            f"({share:.0%} of the {H100_PEAK_TFLOPS_BY_PRECISION['bf16']:g} TFLOP/s peak)",
+        ),
+    }
+
+
+def per_precision(tables: Sequence[TableCost], rates: dict[str, StatedRate]) -> str:
+    """GPU-hours of each table's new cells in each precision at `rates`."""
+    names = list(rates)
+    lines = [
+        "GPU-hours of the new cells per precision, H100 SXM at stated sustained rates:",
+        "",
+        *(f"- {p}: {r.flops_per_s / 1e12:,.1f} TFLOP/s, {r.source}" for p, r in rates.items()),
+        "",
+        "| table | new cells | " + " | ".join(f"{p} GPU-hours" for p in names) + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in names) + " |",
+    ]
+    for t in tables:
+        hours = " | ".join(f"{t.new_flops / rates[p].flops_per_s / 3600:,.1f}" for p in names)
+        lines.append(f"| {t.name} | {t.new_cells:,} | {hours} |")
+    total = sum(t.new_flops for t in tables)
+    hours = " | ".join(f"{total / rates[p].flops_per_s / 3600:,.1f}" for p in names)
+    lines.append(f"| all (each cell once) | {sum(t.new_cells for t in tables):,} | {hours} |")
+    return "\n".join(lines)
+
+
 def markdown(tables: Sequence[TableCost], rate: float, peak: float, source: str) -> str:
     lines = [
         f"Sustained rate: {source}. Peak: {peak / 1e12:,.0f} TFLOP/s.",
@@ -252,7 +316,13 @@ def main(argv: Sequence[str] | None = None) -> str:
     else:
         rate, source = peak, "none given, so the GPU-hours are lower bounds at peak"
     tables = paper_tables(args.specs)
-    report = f"{markdown(tables, rate, peak, source)}\n\n{per_network(tables)}"
+    report = "\n\n".join(
+        [
+            markdown(tables, rate, peak, source),
+            per_precision(tables, stated_rates()),
+            per_network(tables),
+        ]
+    )
     print(report)
     return report
 

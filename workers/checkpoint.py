@@ -1,9 +1,11 @@
 """Trial checkpoints: tensors and plain values only, loaded with `weights_only=True`.
 
 A checkpoint holds everything a resumed run needs to continue bit-identically: weights,
-optimizer and scheduler state, every RNG state (including the generator that orders the data),
-the best-so-far selection, and the history of epoch metrics. Nothing is unpickled beyond what
-`torch.load(weights_only=True)` allows, so loading a file from elsewhere runs no code.
+optimizer and scheduler state, the host's RNG states (including the generator that orders the
+data), the best-so-far selection, and the history of epoch metrics. It holds no CUDA state, so
+it resumes on a node with any number of GPUs, or none (see `capture_rng`). Nothing is unpickled
+beyond what `torch.load(weights_only=True)` allows, so loading a file from elsewhere runs no
+code.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import torch
 
 from workers.errors import BnsweepError
 
+#: Format 1 files written before CUDA RNG states were dropped carry an "rng"/"cuda" list (one
+#: state per GPU the writer saw); it is still format 1, and `restore_rng` ignores that entry.
 FORMAT_VERSION = 1
 FILENAME = "trial.pt"
 
@@ -74,9 +78,14 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 # -- RNG state as plain values ----------------------------------------------------------------
 def capture_rng() -> dict[str, Any]:
-    """Every global RNG as tensors and lists, so `weights_only` loading accepts it."""
+    """The host's global RNGs as tensors and lists, so `weights_only` loading accepts it.
+
+    No CUDA RNG: training never draws from it (initialisation happens on the CPU, the data
+    order comes from its own CPU generator), reading it would initialise CUDA in a trial that
+    runs on the CPU, and one state per visible GPU cannot be restored where fewer are visible.
+    """
     np_state = np.random.get_state()
-    state: dict[str, Any] = {
+    return {
         "python": _to_lists(random.getstate()),
         "numpy": [
             np_state[0],
@@ -85,20 +94,17 @@ def capture_rng() -> dict[str, Any]:
         ],
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
 
 
 def restore_rng(state: dict[str, Any]) -> None:
+    """Restore what `capture_rng` saved. An older checkpoint's "cuda" states are ignored: the
+    run never drew from them, so they change nothing, and setting them could fail or touch GPUs."""
     random.setstate(_to_tuples(state["python"]))
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state(
         (name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached))
     )
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _to_lists(value: Any) -> Any:

@@ -16,9 +16,20 @@ from typing import Any
 
 from workers.errors import SpecError, choice_error
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16")
 MEMORY_FORMATS = ("contiguous", "channels_last")
 DEVICES = ("auto", "cpu", "cuda")
+#: `torch.compile` modes a trial may ask for: `reduce-overhead` adds CUDA graphs;
+#: `max-autotune-no-cudagraphs` times kernel variants at compile time (plain `max-autotune`
+#: is left out: it also adds CUDA graphs, which `reduce-overhead` already names).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+
+#: How a run was computed, not what it computes: recorded with each trial
+#: (`TrialSpec.runtime_fields`), left out of `spec_hash`. Each one computes the same function
+#: in a different order of floating-point operations (fused kernels, other cuDNN algorithms,
+#: other evaluation batches), so its run fills the same cell; docs/performance.md says what
+#: each costs in exactness.
+RUNTIME_FIELDS = ("cudnn_benchmark", "compile", "compile_mode", "eval_batch_size")
 
 #: The training recipe: what the code does with a spec, beyond the spec's own fields. It is part
 #: of `spec_hash`, so cells trained by an older recipe are never reused. Bump it in the same
@@ -33,9 +44,7 @@ DEVICES = ("auto", "cpu", "cuda")
 RECIPE = 2
 
 #: Fields that do not change what a run computes; they are left out of `spec_hash`.
-#: `compile` is one of them: `torch.compile` fuses kernels, which reorders floating-point
-#: arithmetic but computes the same function, so a compiled run fills the same cell.
-NON_RESULT_FIELDS = frozenset({"data_root", "device", "seed", "compile"})
+NON_RESULT_FIELDS = frozenset({"data_root", "device", "seed", *RUNTIME_FIELDS})
 
 #: The fields that say which arm of an experiment a run belongs to; BASE is γ = 1, c = 1, standard.
 ARM_FIELDS = ("formulation", "bn_scale_init", "bn_lr_divisor")
@@ -57,8 +66,10 @@ class TrialSpec:
     momentum: float = 0.9
     weight_decay: float = 1e-4  # conv and linear weights only (Sect. 4.2)
     val_fraction: float = 0.1
-    # fp32: IEEE single precision on every device (no TF32, deterministic cuDNN), for exact
-    # comparisons with the paper; bf16: autocast to bfloat16, the fast path on GPUs.
+    # fp32: IEEE single precision on every device (no TF32), for exact comparisons with the
+    # paper; tf32: fp32 storage, TF32 tensor-core matmuls and convolutions on GPUs (10-bit
+    # mantissa products); bf16: autocast to bfloat16, the fast path on GPUs. On a CPU tf32 is
+    # fp32. All three use deterministic cuDNN unless `cudnn_benchmark` is set.
     precision: str = "fp32"
     memory_format: str = "contiguous"  # channels_last: NHWC, faster convolutions on GPUs and CPUs
     seed: int = 1
@@ -67,6 +78,15 @@ class TrialSpec:
     # A runtime option, not part of the result (see NON_RESULT_FIELDS): wrap the model in
     # `torch.compile`. It pays a compile time at the start of the trial (about a minute).
     compile: bool = field(default=False, compare=False)
+    # Runtime too: which `torch.compile` mode, when `compile` is set (COMPILE_MODES).
+    compile_mode: str = field(default="default", compare=False)
+    # Runtime too: let cuDNN time its algorithms and keep the fastest. Faster convolutions, but
+    # the choice depends on timing (load, the trials sharing the GPU), so a run is no longer
+    # reproducible, nor a resumed run the run it would have been.
+    cudnn_benchmark: bool = field(default=False, compare=False)
+    # Runtime too: the batch for validation and test; None sizes it for the device
+    # (workers.trial.EVAL_BATCH_SIZES). Eval-mode BN does not depend on the batch.
+    eval_batch_size: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         _coerce_numbers(self)
@@ -106,6 +126,11 @@ class TrialSpec:
         """The fields that change the result, seed excluded: what `spec_hash` covers."""
         return {k: v for k, v in self.to_dict().items() if k not in NON_RESULT_FIELDS}
 
+    def runtime_fields(self) -> dict[str, Any]:
+        """How the run is computed, beyond its result fields (`RUNTIME_FIELDS`): what a driver
+        records with each trial. `precision` is a result field and is not repeated here."""
+        return {name: getattr(self, name) for name in RUNTIME_FIELDS}
+
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(TrialSpec))
 RESULT_FIELD_NAMES: tuple[str, ...] = tuple(n for n in FIELD_NAMES if n not in NON_RESULT_FIELDS)
@@ -133,6 +158,8 @@ def spec_hash(spec: TrialSpec) -> str:
 
 _FLOAT_FIELDS = ("bn_scale_init", "bn_lr_divisor", "lr", "momentum", "weight_decay", "val_fraction")
 _INT_FIELDS = ("epochs", "batch_size", "seed")
+#: Integers that may also be unset (None).
+_OPTIONAL_INT_FIELDS = ("eval_batch_size",)
 
 
 def _coerce_numbers(spec: TrialSpec) -> None:
@@ -145,8 +172,10 @@ def _coerce_numbers(spec: TrialSpec) -> None:
             object.__setattr__(spec, name, float(value))
         except (TypeError, ValueError):
             raise SpecError(f"{name}: expected a number, got {value!r}") from None
-    for name in _INT_FIELDS:
+    for name in _INT_FIELDS + _OPTIONAL_INT_FIELDS:
         value = getattr(spec, name)
+        if value is None and name in _OPTIONAL_INT_FIELDS:
+            continue
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise SpecError(f"{name}: expected an integer, got {value!r}")
         try:
@@ -169,13 +198,15 @@ def _validate(spec: TrialSpec) -> None:
         "precision": PRECISIONS,
         "memory_format": MEMORY_FORMATS,
         "device": DEVICES,
+        "compile_mode": COMPILE_MODES,
     }
     for name, allowed in choices.items():
         if getattr(spec, name) not in allowed:
             raise choice_error(name, getattr(spec, name), allowed)
 
-    if not isinstance(spec.compile, bool):
-        raise SpecError(f"compile: expected true or false, got {spec.compile!r}")
+    for name in ("compile", "cudnn_benchmark"):
+        if not isinstance(getattr(spec, name), bool):
+            raise SpecError(f"{name}: expected true or false, got {getattr(spec, name)!r}")
     for name in _FLOAT_FIELDS:
         if not math.isfinite(getattr(spec, name)):
             raise SpecError(f"{name}: must be finite, got {getattr(spec, name)!r}")
@@ -194,5 +225,10 @@ def _validate(spec: TrialSpec) -> None:
         raise SpecError(f"weight_decay: must be >= 0, got {spec.weight_decay!r}")
     if not 0.0 < spec.val_fraction < 1.0:
         raise SpecError(f"val_fraction: must be in (0, 1), got {spec.val_fraction!r}")
+    if spec.eval_batch_size is not None and spec.eval_batch_size < 1:
+        raise SpecError(
+            f"eval_batch_size: must be >= 1, or unset to size it for the device; "
+            f"got {spec.eval_batch_size!r}"
+        )
     if spec.seed < 0:
         raise SpecError(f"seed: must be >= 0, got {spec.seed!r}")

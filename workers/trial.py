@@ -32,6 +32,7 @@ from workers.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
+from workers.compile import COMPILED, Variant, compile_module, loud_fallback
 from workers.data import DataSplits, DeviceLoader, channel_stats, load_splits
 from workers.errors import SpecError
 from workers.models import build_model
@@ -46,6 +47,12 @@ log = logging.getLogger(__name__)
 FINAL_LR = 1e-8
 #: Inputs no larger than this (CIFAR's 32, digits' 8) get the paper's small-input stems (Sect. 4.1).
 SMALL_INPUT_MAX = 64
+#: Validation and test batches when `eval_batch_size` is unset, by device type. Evaluation keeps
+#: no activations for a backward pass, so a GPU holds far larger batches than it trains with, and
+#: fewer, larger batches spare the host most of its per-batch launch work (CIFAR at batch 128:
+#: 118 batches per epoch, about 10 % of an epoch on a fast GPU). A CPU gains little past a few
+#: hundred images per convolution, and a larger batch only holds more memory.
+EVAL_BATCH_SIZES = {"cuda": 1024, "cpu": 256}
 
 
 @dataclass(frozen=True)
@@ -114,13 +121,20 @@ class _Progress:
 
 # -- phases ---------------------------------------------------------------------------------
 def resolve_device(name: str) -> torch.device:
+    """`cpu` is the CPU, and nothing of torch.cuda is called for it (a Ray task given no GPU
+    sees every GPU of its node). `cuda` is the first visible GPU, `cuda:0`: the one Ray made
+    visible to a GPU trial. `auto` is `cuda` when a GPU is visible, else `cpu`."""
+    if name == "cpu":
+        return torch.device("cpu")
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise SpecError(
             "device: 'cuda' was asked for but no CUDA device is visible; allowed here: auto, cpu"
         )
-    return torch.device(name)
+    if name == "cuda":
+        return torch.device("cuda", 0)
+    raise SpecError(f"device: unknown value {name!r}; allowed: auto, cpu, cuda")
 
 
 @functools.lru_cache(maxsize=8)
@@ -132,10 +146,8 @@ def _offline_stats(
     return channel_stats(load_splits(spec).train_x)
 
 
-def build(
-    spec: TrialSpec, data: DataSplits, device: torch.device
-) -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """Model, optimizer and schedule as the paper sets them up (Sect. 3.2, 3.4, 4.1, 4.2)."""
+def build_network(spec: TrialSpec, data: DataSplits, device: torch.device) -> nn.Module:
+    """The network, initialised as the paper does (Sect. 3.2, 3.4, 4.1) from the global RNG."""
     stats = (
         _offline_stats(spec.dataset, spec.data_root, spec.val_fraction)
         if spec.input_norm == "offline"
@@ -151,7 +163,15 @@ def build(
         input_norm=spec.input_norm,
         input_stats=stats,
     )
-    model = model.to(device=device, memory_format=memory_format_for(spec))
+    return model.to(device=device, memory_format=memory_format_for(spec))
+
+
+def build(
+    spec: TrialSpec, data: DataSplits, device: torch.device, network: nn.Module | None = None
+) -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """Model, optimizer and schedule as the paper sets them up (Sect. 3.2, 3.4, 4.1, 4.2).
+    `network`: train this (initialised) network instead of a new one from `build_network`."""
+    model = build_network(spec, data, device) if network is None else network
     groups = param_groups(
         model, lr=spec.lr, weight_decay=spec.weight_decay, bn_lr_divisor=spec.bn_lr_divisor
     )
@@ -178,7 +198,8 @@ def _multi_tensor_update(device: torch.device) -> dict[str, bool]:
 
 
 def autocast_for(spec: TrialSpec, device: torch.device) -> Callable[[], Any]:
-    """A fresh autocast context per use: bfloat16 for `precision: bf16`, a no-op for fp32."""
+    """A fresh autocast context per use: bfloat16 for `precision: bf16`, a no-op for fp32 and
+    tf32 (tf32 is a setting of the GPU's fp32 matmuls and convolutions: `device_numerics`)."""
     return functools.partial(
         torch.autocast, device.type, dtype=torch.bfloat16, enabled=spec.precision == "bf16"
     )
@@ -188,15 +209,25 @@ def memory_format_for(spec: TrialSpec) -> torch.memory_format:
     return torch.channels_last if spec.memory_format == "channels_last" else torch.contiguous_format
 
 
+def eval_batch_size_for(spec: TrialSpec, device: torch.device) -> int:
+    """The validation and test batch: `eval_batch_size`, else `EVAL_BATCH_SIZES` for the device.
+    Eval-mode BN normalises with its running statistics, so no output depends on the batch."""
+    if spec.eval_batch_size is not None:
+        return spec.eval_batch_size
+    return EVAL_BATCH_SIZES.get(device.type, EVAL_BATCH_SIZES["cpu"])
+
+
 def make_loaders(
     spec: TrialSpec, data: DataSplits, device: torch.device, generator: torch.Generator
 ) -> dict[str, DeviceLoader]:
-    """Device-resident loaders for train, val and test; only training draws from `generator`."""
+    """Device-resident loaders for train, val and test; only training draws from `generator`.
+    Training batches are `batch_size`; validation and test ones `eval_batch_size_for`."""
+    eval_batch = eval_batch_size_for(spec, device)
     return {
         split: DeviceLoader(
             getattr(data, f"{split}_x"),
             getattr(data, f"{split}_y"),
-            spec.batch_size,
+            spec.batch_size if split == "train" else eval_batch,
             device,
             train=split == "train",
             augment=data.augment,
@@ -208,35 +239,63 @@ def make_loaders(
 
 
 def compiled(model: nn.Module, spec: TrialSpec) -> nn.Module:
-    """The module the loop calls: `torch.compile(model)` when the spec asks for it.
+    """The module the loop calls: `model` compiled in `spec.compile_mode` when the spec asks
+    for it (in its own Dynamo cache line: `workers.compile.compile_module`), else `model`.
 
     Checkpoints and inspectors keep using `model` itself, so state-dict keys do not change.
+    `run_trial` does not call this: it reuses one compiled model per variant (`prepare`).
     """
-    return torch.compile(model) if spec.compile else model
+    return compile_module(model, spec.compile_mode) if spec.compile else model
+
+
+def prepare(
+    spec: TrialSpec, data: DataSplits, device: torch.device, network: nn.Module
+) -> tuple[nn.Module, nn.Module]:
+    """(the network to train, the module the loop calls) for an initialised `network`.
+
+    Compiled trials train the process's kept module of their variant (`workers.compile.COMPILED`)
+    with `network`'s weights loaded into it, so a reused worker compiles each variant once,
+    whatever the seed or γ, α, c.
+    """
+    if not spec.compile:
+        return network, network
+    kept = COMPILED.get(Variant.of(spec, data, device), network)
+    return kept.module, kept.step
+
+
+#: Whether each precision lets the GPU's fp32 matmuls and convolutions use TF32 tensor cores.
+#: bf16 says no: autocast runs those in bfloat16, and what it leaves in fp32 stays IEEE.
+TF32_ALLOWED = {"fp32": False, "tf32": True, "bf16": False}
 
 
 @contextlib.contextmanager
 def device_numerics(spec: TrialSpec, device: torch.device) -> Iterator[None]:
-    """cuDNN settings for the run, restored afterwards (a notebook keeps its own).
+    """cuDNN and matmul settings for the run, restored afterwards (a notebook keeps its own).
 
-    fp32 means IEEE fp32, reproducible: TF32 off for convolutions and matmuls (PyTorch enables
-    it for cuDNN convolutions by default), deterministic cuDNN algorithms. bf16 is the fast path:
-    cuDNN benchmarks the algorithms once per input shape and keeps the fastest.
+    Every precision is reproducible by default: deterministic cuDNN algorithms, none chosen by
+    timing. fp32 is IEEE fp32: TF32 off for convolutions and matmuls (PyTorch enables it for
+    cuDNN convolutions by default). tf32 lets both use TF32 tensor cores. `cudnn_benchmark`
+    trades reproducibility for speed: cuDNN times the algorithms once per input shape and keeps
+    the fastest, and may pick non-deterministic ones.
     """
     if device.type != "cuda":
         yield
         return
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    exact = spec.precision == "fp32"
+    tf32 = TF32_ALLOWED[spec.precision]
     settings: list[tuple[Any, str, Any]] = [
-        (cudnn, "benchmark", not exact),
-        (cudnn, "deterministic", exact),
+        (cudnn, "benchmark", spec.cudnn_benchmark),
+        (cudnn, "deterministic", not spec.cudnn_benchmark),
     ]
-    if exact and hasattr(cudnn, "conv"):
+    if hasattr(cudnn, "conv"):
         # torch >= 2.9's precision API; mixing it with the legacy flags below is an error.
-        settings += [(cudnn.conv, "fp32_precision", "ieee"), (matmul, "fp32_precision", "ieee")]
-    elif exact:
-        settings += [(cudnn, "allow_tf32", False), (matmul, "allow_tf32", False)]
+        precision = "tf32" if tf32 else "ieee"
+        settings += [
+            (cudnn.conv, "fp32_precision", precision),
+            (matmul, "fp32_precision", precision),
+        ]
+    else:
+        settings += [(cudnn, "allow_tf32", tf32), (matmul, "allow_tf32", tf32)]
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in settings]
     for owner, name, value in settings:
         setattr(owner, name, value)
@@ -320,8 +379,19 @@ def run_trial(
     """Train `spec` to the end (or to divergence) and return its result.
 
     `on_epoch(metrics, save)` runs after every epoch; `save(folder)` writes a checkpoint from
-    which `run_trial(spec, checkpoint=folder)` continues with exactly the same metrics.
+    which `run_trial(spec, checkpoint=folder)` continues.
     `inspect(model, epoch, data)` sees the model at initialisation and after each epoch.
+
+    When a resumed run continues exactly (the same metrics, bit for bit, as the run that was
+    never interrupted): on the CPU, always; on a GPU, in every precision (fp32, tf32, bf16)
+    with `cudnn_benchmark` false (the default: deterministic cuDNN, no algorithm chosen by
+    timing), `compile` false, on the same GPU model with the same torch, CUDA and cuDNN
+    versions. With `cudnn_benchmark` true, or a resume on another GPU model or software
+    version, the run continues correctly but may differ in the last digits from the
+    uninterrupted one. With `compile` true it differs from the uncompiled run in the last
+    digits (fused kernels reorder floating-point sums), and a resume is exact only where the
+    compiler makes the same kernels (same GPU model, versions and `compile_mode`; Inductor
+    chooses kernels by timing in `max-autotune-no-cudagraphs`, so there it may not).
     """
     device = resolve_device(spec.device)
     if device.type == "cpu" and spec.precision == "bf16" and not cpu_has_fast_bf16():
@@ -331,7 +401,13 @@ def run_trial(
             "(docs/benchmarks.md)",
             torch.backends.cpu.get_cpu_capability(),
         )
-    with device_numerics(spec, device):
+    with contextlib.ExitStack() as stack:
+        if device.type == "cuda":
+            # Anything allocated on "cuda" without an index lands on the trial's GPU too.
+            stack.enter_context(torch.cuda.device(device))
+        stack.enter_context(device_numerics(spec, device))
+        if spec.compile:
+            stack.enter_context(loud_fallback(f"the compiled {spec.arch}/{spec.formulation}"))
         return _run_trial(spec, device, on_epoch, checkpoint, inspect)
 
 
@@ -346,7 +422,8 @@ def _run_trial(
     # (scikit-learn draws from Python's RNG) must not shift the run's RNG streams.
     data = load_splits(spec)
     seed_everything(spec.seed)
-    model, optimizer, scheduler = build(spec, data, device)
+    model, step_model = prepare(spec, data, device, build_network(spec, data, device))
+    model, optimizer, scheduler = build(spec, data, device, network=model)
     # The data order has its own generator, so it is restored exactly and is the same on any device.
     generator = torch.Generator().manual_seed(complex_seed(spec.seed))
     progress = _Progress()
@@ -360,7 +437,6 @@ def _run_trial(
     autocast = autocast_for(spec, device)
     memory_format = memory_format_for(spec)
     loaders = make_loaders(spec, data, device, generator)
-    step_model = compiled(model, spec)
 
     def save(folder: str | Path) -> Path:
         return save_checkpoint(

@@ -22,9 +22,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for f in fields(TrialSpec):
         flags = (f"--{f.name.replace('_', '-')}", *ALIASES.get(f.name, ()))
         default = defaults[f.name].default
-        parser.add_argument(
-            *flags, dest=f.name, default=None, metavar=f.name.upper(), help=f"default: {default}"
+        # A true/false field is a flag pair (--compile / --no-compile), not a word to spell.
+        kind = (
+            {"action": argparse.BooleanOptionalAction}
+            if isinstance(default, bool)
+            else {"metavar": f.name.upper()}
         )
+        parser.add_argument(*flags, dest=f.name, default=None, help=f"default: {default}", **kind)
     parser.add_argument(
         "--checkpoint-dir", default=None, help="write a resumable checkpoint here after every epoch"
     )

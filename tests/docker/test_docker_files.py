@@ -199,6 +199,19 @@ def test_image_is_cuda_runtime_nonroot_and_health_checked() -> None:
     assert re.search(r"\bRAY_AUTH_MODE=token\b", env), "the image must default to token auth"
 
 
+def test_image_has_the_compilers_compiled_trials_need() -> None:
+    # Triton needs a C compiler and libc headers at run time, Inductor's CPU kernels a C++ one
+    # (workers/compile.py); the CUDA runtime base image has none of them.
+    installs = " ".join(
+        args
+        for kw, args in _instructions(DOCKER / "Dockerfile")
+        if kw == "RUN" and "apt-get" in args
+    )
+    packages = re.findall(r'(?:^|\s)"?([a-z0-9.+-]+)=', installs)
+    assert {"gcc", "g++", "libc6-dev"} <= set(packages), packages
+    assert "--no-install-recommends" in installs and "rm -rf /var/lib/apt/lists" in installs
+
+
 def _lock() -> dict[str, tuple[str, list[str]]]:
     """name -> (version, hashes) from the hash-pinned lock."""
     text = re.sub(r"\\\n", " ", LOCK.read_text())

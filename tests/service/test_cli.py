@@ -248,6 +248,8 @@ BAD_TRAINING: dict[str, tuple[list[str], str]] = {
     "epochs 0": (["--epochs", "0"], "epochs: must be >= 1"),
     "batch 0": (["--batch-size", "0"], "batch_size: must be >= 1"),
     "epochs a word": (["--epochs", "many"], "epochs: expected an integer"),
+    "eval batch 0": (["--eval-batch-size", "0"], "eval_batch_size: must be >= 1"),
+    "unknown compile mode": (["--compile-mode", "fast"], "compile_mode: unknown value 'fast'"),
     "no data root": (["--dataset", "cifar10"], "data_root is not set"),
     "too small to split": (
         ["--dataset", "digits", "--val-fraction", "0.001"],
@@ -261,6 +263,14 @@ def test_bad_training_input_is_one_line(case: str, capsys: pytest.CaptureFixture
     args, expected = BAD_TRAINING[case]
     assert main(["train", "--device", "cpu", "--epochs", "1", *args]) == 2
     one_error_line(capsys, expected)
+
+
+def test_runtime_fields_are_train_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    # true/false fields are flags (--cudnn-benchmark, --no-compile), numbers are parsed.
+    args = ["--dataset", "digits", "--arch", "resnet8", "--batch-size", "64"]
+    flags = ["--cudnn-benchmark", "--no-compile", "--eval-batch-size", "7", "--precision", "tf32"]
+    assert main(["train", "--device", "cpu", "--epochs", "1", *args, *flags]) == 0
+    assert capsys.readouterr().out.startswith("completed: spec ")
 
 
 def test_missing_misplaced_and_corrupt_data_are_one_line(

@@ -102,3 +102,26 @@ def test_bad_arguments_are_one_line_and_exit_2(
         gpu_hours.main(argv)
     assert exit_info.value.code == 2
     assert "error: --" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_every_paper_table_is_priced_in_every_precision(
+    gpu_hours: ModuleType, tables: dict[str, object]
+) -> None:
+    rates = gpu_hours.stated_rates()
+    assert list(rates) == ["fp32", "tf32", "bf16"]
+    # bf16 is the ResNet-18 throughput target; tf32 half of it (half the tensor-core peak).
+    train_flops = 3 * gpu_hours.forward_flops("resnet18", "cifar10")
+    assert rates["bf16"].flops_per_s == pytest.approx(50_000 * train_flops)
+    assert rates["tf32"].flops_per_s == pytest.approx(rates["bf16"].flops_per_s / 2)
+    assert rates["fp32"].flops_per_s == pytest.approx(0.6 * 67e12)
+    assert all(r.source for r in rates.values())
+
+    rows = gpu_hours.per_precision(list(tables.values()), rates).splitlines()
+    total = next(r for r in rows if r.startswith("| all (each cell once) | 2,250 | "))
+    fp32, tf32, bf16 = (float(v.replace(",", "")) for v in total.strip("| ").split(" | ")[2:])
+    # Issue #11: about 840 GPU-hours in IEEE fp32 against about 200 in bf16 for the six tables.
+    assert fp32 == pytest.approx(840, rel=0.05) and bf16 == pytest.approx(200, rel=0.05)
+    assert fp32 > tf32 > bf16
+    assert all(any(r.startswith(f"| table{n} | ") for r in rows) for n in range(1, 7))
+    # What `main` prints carries the same section.
+    assert total in gpu_hours.main(["--tflops", "100"])

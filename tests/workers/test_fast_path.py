@@ -147,31 +147,6 @@ def test_a_cuda_epoch_never_syncs_the_host(precision: str) -> None:
 
 
 # -- device settings and the optimizer ------------------------------------------------------
-def test_device_numerics_make_fp32_exact_and_bf16_fast_and_restore_the_flags() -> None:
-    # Only flags are touched, so this runs on a CPU-only machine with a CUDA build too.
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-
-    def flags() -> tuple:
-        tf32 = (cudnn.conv.fp32_precision, matmul.fp32_precision) if hasattr(cudnn, "conv") else ()
-        return (cudnn.benchmark, cudnn.deterministic, *tf32)
-
-    before = flags()
-    with device_numerics(TrialSpec(precision="fp32"), torch.device("cuda")):
-        assert (cudnn.benchmark, cudnn.deterministic) == (False, True)
-        if hasattr(cudnn, "conv"):
-            assert (cudnn.conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
-    assert flags() == before
-    with (
-        pytest.raises(RuntimeError, match="inside"),
-        device_numerics(TrialSpec(precision="bf16"), torch.device("cuda")),
-    ):
-        assert (cudnn.benchmark, cudnn.deterministic) == (True, False)
-        raise RuntimeError("inside")
-    assert flags() == before
-    with device_numerics(TrialSpec(precision="bf16"), torch.device("cpu")):
-        assert flags() == before
-
-
 def test_the_multi_tensor_update_equals_the_per_parameter_loop() -> None:
     spec = SPEC
     data = load_splits(spec)
@@ -197,20 +172,6 @@ def test_the_multi_tensor_update_equals_the_per_parameter_loop() -> None:
 def _group_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[list[str]]:
     name_of = {id(p): n for n, p in model.named_parameters()}
     return [[name_of[id(p)] for p in g["params"]] for g in optimizer.param_groups]
-
-
-# -- torch.compile (minutes on a CPU) -------------------------------------------------------
-@pytest.mark.slow
-def test_a_compiled_trial_computes_what_the_eager_one_does() -> None:
-    # Batches of 50 divide every split of `synthetic` (450 / 50 / 200): no partial batch, so
-    # only two graphs are compiled (training and evaluation).
-    spec = SPEC.replace(dataset="synthetic", batch_size=50)
-    eager = run_trial(spec)
-    fused = run_trial(spec.replace(compile=True))
-    # Same function, kernels fused: equal up to floating-point reassociation.
-    for a, b in zip(eager.history, fused.history, strict=True):
-        assert b.train_loss == pytest.approx(a.train_loss, rel=1e-3)
-        assert b.val_loss == pytest.approx(a.val_loss, rel=1e-2)
 
 
 # -- the throughput benchmark's CPU path ----------------------------------------------------
