@@ -50,11 +50,11 @@ def load_diagnostics(url: str | None, sweep: str | None) -> pd.DataFrame:
 
 
 def load_trials(url: str | None, sweep: str | None) -> pd.DataFrame:
-    """Only the trials frame: what the tables need (epochs are for the curves)."""
-    from service.store.api import Store
+    """Only the trials frame, and only what the tables need (epochs are for the curves)."""
+    from service.store.api import RESULT_COLUMNS, Store
 
     with Store.open(url, create=False) as store:
-        return store.trials(sweep=sweep, where=_CURRENT)
+        return store.trials(sweep=sweep, where=_CURRENT, columns=RESULT_COLUMNS)
 
 
 def older_recipe_note(url: str | None, sweep: str | None) -> str | None:

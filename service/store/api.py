@@ -738,9 +738,29 @@ def _diagnostic_select_columns() -> list[sa.ColumnElement[Any]]:
     ]
 
 
-def _trial_select_columns() -> list[sa.ColumnElement[Any]]:
+#: The columns `trials(columns=RESULT_COLUMNS)` reads: what the significance tables need. Leaving
+#: out the provenance (timestamps, host, device, versions, errors) halves the read of a large
+#: store: the timestamps are most of the per-value conversion work.
+RESULT_COLUMNS: tuple[str, ...] = tuple(
+    name
+    for name in TRIAL_COLUMNS
+    if name
+    not in (
+        "started_at",
+        "finished_at",
+        "host",
+        "device",
+        "package_version",
+        "git_commit",
+        "runtime",
+        "error",
+    )
+)
+
+
+def _trial_select_columns(names: Sequence[str] = tuple(TRIAL_COLUMNS)) -> list[Any]:
     table = Trial.__table__.c
-    return [table.id.label("trial_id")] + [table[name] for name in list(TRIAL_COLUMNS)[1:]]
+    return [table.id.label("trial_id") if n == "trial_id" else table[n] for n in names]
 
 
 def _epoch_select_columns() -> list[sa.ColumnElement[Any]]:
@@ -1541,23 +1561,31 @@ class Store:
         sweep: str | None = None,
         where: Mapping[str, object] | None = None,
         status: str | Sequence[str] | None = None,
+        columns: Sequence[str] | None = None,
     ) -> pd.DataFrame:
         """One row per trial (columns and dtypes: `TRIAL_COLUMNS`), in spec then seed order.
 
         `where` maps a field (`TRIAL_FILTER_FIELDS`) to a value or a list of values; values are
-        coerced to the column's type, so strings from a command line work.
+        coerced to the column's type, so strings from a command line work. `columns` reads only
+        those of `TRIAL_COLUMNS` (e.g. `RESULT_COLUMNS`, what the tables need).
         """
+        names = tuple(TRIAL_COLUMNS) if columns is None else tuple(columns)
+        unknown = sorted(set(names) - set(TRIAL_COLUMNS))
+        if unknown:
+            raise StoreError(
+                f"unknown trial column(s) {', '.join(unknown)}; allowed: {', '.join(TRIAL_COLUMNS)}"
+            )
         checked = check_where(where)
         statuses = _status_values(status)
         spec_columns = [Trial.__table__.c[name] for name in SPEC_COLUMNS]
         trial_table = Trial.__table__
-        query = self._select(_trial_select_columns(), sweep, checked, statuses).order_by(
+        query = self._select(_trial_select_columns(names), sweep, checked, statuses).order_by(
             *spec_columns, trial_table.c.seed
         )
         rows = self._run(lambda conn: conn.execute(query).all(), "querying trials")
         if not rows and sweep is not None:
             self.get_sweep(sweep)  # an unknown sweep is an error, not an empty result
-        return _frame(rows, TRIAL_COLUMNS)
+        return _frame(rows, {name: TRIAL_COLUMNS[name] for name in names})
 
     def epochs(
         self, sweep: str | None = None, where: Mapping[str, object] | None = None
