@@ -808,9 +808,10 @@ def launch(
     """Run every missing cell of `sweep`; return what happened. Safe to call again at any time.
 
     Phases: plan against the store; refuse what cannot run (resources no node has, storage
-    other nodes cannot see) before anything is written; register the sweep; run the missing
-    cells as one Tune experiment, each continuing from its latest checkpoint. Only the cells of
-    `sweep` as it is now run: nothing of an earlier launch's experiment is restored.
+    other nodes cannot see, a compile that fails on a worker) before anything is written;
+    register the sweep; run the missing cells as one Tune experiment, each continuing from its
+    latest checkpoint. Only the cells of `sweep` as it is now run: nothing of an earlier
+    launch's experiment is restored.
     """
     launch_plan = plan(sweep, store)
     summary = LaunchSummary()
@@ -822,6 +823,7 @@ def launch(
     check_resources_fit(sweep.resources, ray.nodes(), autoscaler=autoscaler_present())
     root = storage_root(sweep, base_dir)
     check_storage_is_shared(sweep, root, nodes)
+    check_compile_works(sweep, launch_plan.missing)
     with _one_launch_at_a_time(root, sweep.name):
         store.register_sweep(sweep.name, spec_text, launch_plan.cells)
         marker = place_storage_marker(root, sweep.name)
@@ -950,6 +952,42 @@ def _fit(tuner: tune.Tuner, callback: StoreCallback) -> None:
         ) from err
     if callback.failure is not None:
         raise callback.failure
+
+
+# -- compile --------------------------------------------------------------------------------
+#: How long the compile self-test may take on a worker (a first compile on a CPU: ~1 minute).
+COMPILE_CHECK_SECONDS = 600.0
+
+
+def _compile_probe(device: str, mode: str) -> tuple[str, str | None]:
+    """On a worker: (its host, what stops torch.compile there or None)."""
+    from workers.compile import compile_problem
+
+    return socket.gethostname(), compile_problem(device, mode)
+
+
+def check_compile_works(sweep: SweepSpec, cells: Sequence[TrialSpec]) -> None:
+    """Before a launch with `compile: true`: compile and run a tiny function on a worker with a
+    trial's resources, once per compile mode, and refuse in one line if it cannot. Otherwise
+    every compiled trial would fail the same way (no C compiler in a CUDA runtime image, no
+    Triton) and burn its retries."""
+    modes = sorted({c.compile_mode for c in cells if c.compile})
+    if not modes:
+        return
+    device = "cuda" if sweep.resources.gpus > 0 else "cpu"
+    probe = ray.remote(_compile_probe).options(
+        num_cpus=sweep.resources.cpus, num_gpus=sweep.resources.gpus, max_retries=0
+    )
+    for mode in modes:
+        try:
+            host, problem = ray.get(probe.remote(device, mode), timeout=COMPILE_CHECK_SECONDS)
+        except ray.exceptions.GetTimeoutError:
+            raise BnsweepError(
+                f"compile: the check that torch.compile works on a worker took over "
+                f"{COMPILE_CHECK_SECONDS:g} s; launch again, or set compile: false"
+            ) from None
+        if problem is not None:
+            raise SpecError(f"compile: true, but compiling fails on worker {host}: {problem}")
 
 
 # -- resources ------------------------------------------------------------------------------

@@ -91,6 +91,26 @@ def _pretend_gpu_node() -> None:
 
     worker_driver.run_trial = recording_run_trial
 
+    import workers.compile as compile_module
+
+    def compile_problem(device: str, mode: str = "default") -> str | None:
+        """The real check, uncached, with no compiler on PATH when the test says so."""
+        settings = json.loads(Path(os.environ[SETTINGS_ENV]).read_text())
+        saved = {k: os.environ.get(k) for k in ("PATH", "CC", "CXX")}
+        if settings.get("no_compiler"):
+            os.environ["PATH"] = str(Path(settings["record"]).parent / "empty-bin")
+            os.environ.pop("CC", None), os.environ.pop("CXX", None)
+        try:
+            return compile_module._compile_problem.__wrapped__(device, mode)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+    compile_module.compile_problem = compile_problem
+
 
 @pytest.fixture(scope="module")
 def gpu_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
@@ -253,3 +273,22 @@ def test_a_trial_killed_between_checkpoints_resumes_from_the_last_one_exactly(
     assert epochs["train_loss"].tolist() == [m.train_loss for m in alone.history]
     assert trials["test_acc"].tolist() == [alone.test_acc]
     assert trials["attempts"].tolist() == [2]
+
+
+# -- compile ------------------------------------------------------------------------------------
+def test_compile_without_a_compiler_on_the_workers_is_refused_before_anything_runs(
+    gpu_node: Path, tmp_path: Path
+) -> None:
+    record = _settings(gpu_node, no_compiler=True)
+    (record.parent / "empty-bin").mkdir(exist_ok=True)
+    defaults = {"dataset": "digits", "arch": "resnet8", "epochs": 1, "compile": True}
+    sweep, text = _sweep(tmp_path, "compiled", defaults=defaults)
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    with pytest.raises(SpecError) as err:
+        _launch(sweep, text, url)
+    message = str(err.value)
+    assert message.startswith("compile: true, but compiling fails on worker ")
+    assert "no C++ compiler on PATH" in message and "\n" not in message
+    assert not record.exists()  # no trial started
+    with Store.open(url) as store:
+        assert store.sweeps() == []
