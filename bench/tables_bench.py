@@ -174,7 +174,8 @@ def main() -> None:
                 timings[name].append(time.perf_counter() - t0)
     for name, values in timings.items():
         if values:
-            print(f"{name:>13}: median {statistics.median(values):.3f} s  (min {min(values):.3f} s)")
+            median = statistics.median(values)
+            print(f"{name:>13}: median {median:.3f} s  (min {min(values):.3f} s)")
     parts = ["build_tables", "md"] + (["read"] if sweep is not None else [])
     total = sum(statistics.median(timings[p]) for p in parts)
     print(f"{' + '.join(parts)}: {total:.3f} s (target < 2 s)")

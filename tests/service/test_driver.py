@@ -396,7 +396,7 @@ def test_a_second_launch_of_a_running_sweep_is_refused(
         held.write("gpu-head pid 4242\n")
         held.flush()
         assert main(["launch", str(spec), "--db", url, "--no-tables"]) == 2
-    # Only bnsweep's own lines: the module's Ray may still be printing an earlier test's worker logs.
+    # Only bnsweep's lines: the module's Ray may still print an earlier test's worker logs.
     (err,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("bnsweep")]
     assert err.startswith("bnsweep: error: sweep twice is being launched already (gpu-head pid")
     assert not [p for p in lock.parent.iterdir() if p.is_dir()]  # no experiment was started
