@@ -236,17 +236,17 @@ def _completed_cells(engine: sa.Engine) -> int:
 
 
 def _checkpointed_epochs(experiments: Path) -> dict[str, int]:
-    """Trial folder → epochs covered by its latest checkpoint on the shared folder.
+    """Cell folder → the epoch of its latest checkpoint on the shared folder.
 
     Read from the files rather than the store: the driver writes epochs in batches, up to a
-    couple of seconds late, while Ray writes `checkpoint_<n>` (n = epoch - 1) before the trial
+    couple of seconds late, while a trial writes `cells/<cell>/checkpoint-<epoch>` before it
     goes on, so this is what a retry would resume from."""
     latest: dict[str, int] = {}
-    for checkpoint in experiments.glob("launch-*/*/checkpoint_*"):
-        with contextlib.suppress(ValueError):  # a folder Ray is still creating
-            epoch = int(checkpoint.name.removeprefix("checkpoint_")) + 1
-            trial = str(checkpoint.parent)
-            latest[trial] = max(latest.get(trial, 0), epoch)
+    for checkpoint in experiments.glob("cells/*/checkpoint-*"):
+        with contextlib.suppress(ValueError):
+            epoch = int(checkpoint.name.removeprefix("checkpoint-"))
+            cell = str(checkpoint.parent)
+            latest[cell] = max(latest.get(cell, 0), epoch)
     return latest
 
 
@@ -266,6 +266,7 @@ def test_losing_the_worker_node_mid_sweep_still_completes_every_cell_once(
         grid={"bn_scale_init": [0.1, 0.5]},
         seeds=[1],
         max_concurrent=1,
+        checkpoint_every=1,  # a checkpoint after every epoch: the kill lands after one
     )
     experiments = Path(load_sweep_spec(spec).storage) / "cluster-node-loss"
     submitted = datetime.now(timezone.utc)
