@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import io
 import json
 import sys
 from collections import Counter
@@ -108,6 +109,29 @@ def forward_flops(arch: str, dataset: str) -> int:
     return counter.get_total_flops() // batch
 
 
+@functools.cache
+def checkpoint_bytes(arch: str, dataset: str) -> int:
+    """The size of one trial checkpoint: weights, BN buffers and one SGD momentum buffer per
+    parameter, serialised as `workers.checkpoint.save_checkpoint` does (RNG states and the epoch
+    history add a few kB)."""
+    shape = DATASETS[dataset]
+    model = build_model(
+        arch,
+        num_classes=shape.classes,
+        in_channels=3,
+        small_input=shape.image_size <= SMALL_INPUT_MAX,
+        formulation="standard",
+        gamma=1.0,
+        input_norm="bn",
+    )
+    momentum = {
+        i: {"momentum_buffer": p.detach().clone()} for i, p in enumerate(model.parameters())
+    }
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": {"state": momentum}}, buffer)
+    return buffer.tell()
+
+
 @dataclass(frozen=True)
 class CellCost:
     train_images: int  # per epoch
@@ -133,6 +157,8 @@ class TableCost:
     flops: float  # all cells
     new_flops: float  # cells no earlier table ran
     networks: Counter[str]
+    checkpoint_bytes_every_epoch: float = 0.0  # new cells, a checkpoint after every epoch
+    checkpoint_bytes: float = 0.0  # new cells, at the spec's `checkpoint_every`
 
 
 def paper_tables(paths: Sequence[Path]) -> list[TableCost]:
@@ -140,7 +166,8 @@ def paper_tables(paths: Sequence[Path]) -> list[TableCost]:
     seen: set[tuple[str, int]] = set()
     tables = []
     for path in paths:
-        cells = expand(load_sweep_spec(path))
+        sweep = load_sweep_spec(path)
+        cells = expand(sweep)
         cost = TableCost(path.stem, len(cells), 0, 0.0, 0.0, Counter())
         for cell in cells:
             flops = cell_cost(cell).flops(cell.epochs)
@@ -151,6 +178,10 @@ def paper_tables(paths: Sequence[Path]) -> list[TableCost]:
                 seen.add(key)
                 cost.new_cells += 1
                 cost.new_flops += flops
+                size = checkpoint_bytes(cell.arch, cell.dataset)
+                saves = -(-cell.epochs // sweep.checkpoint_every)  # and always after the last
+                cost.checkpoint_bytes_every_epoch += cell.epochs * size
+                cost.checkpoint_bytes += saves * size
         tables.append(cost)
     return tables
 
@@ -256,6 +287,31 @@ def markdown(tables: Sequence[TableCost], rate: float, peak: float, source: str)
     return "\n".join(lines)
 
 
+def storage(tables: Sequence[TableCost]) -> str:
+    """Checkpoint bytes written to the shared storage per table (new cells only), at every
+    epoch and at each spec's `checkpoint_every`."""
+    lines = [
+        "| table | new cells | checkpoint every epoch | at the spec's `checkpoint_every` |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for t in [*tables, _total(tables)]:
+        lines.append(
+            f"| {t.name} | {t.new_cells:,} | {t.checkpoint_bytes_every_epoch / 1e12:.1f} TB | "
+            f"{t.checkpoint_bytes / 1e12:.2f} TB |"
+        )
+    return "\n".join(lines)
+
+
+def _total(tables: Sequence[TableCost]) -> TableCost:
+    total = TableCost("all six", 0, 0, 0.0, 0.0, Counter())
+    for t in tables:
+        total.cells += t.cells
+        total.new_cells += t.new_cells
+        total.checkpoint_bytes_every_epoch += t.checkpoint_bytes_every_epoch
+        total.checkpoint_bytes += t.checkpoint_bytes
+    return total
+
+
 def per_network(tables: Sequence[TableCost]) -> str:
     keys = sorted({k for t in tables for k in t.networks})
     lines = [
@@ -321,6 +377,7 @@ def main(argv: Sequence[str] | None = None) -> str:
             markdown(tables, rate, peak, source),
             per_precision(tables, stated_rates()),
             per_network(tables),
+            storage(tables),
         ]
     )
     print(report)
