@@ -50,7 +50,7 @@ from service.store.models import (
     SweepTrial,
     Trial,
 )
-from workers.errors import BnsweepError
+from workers.errors import BnsweepError, RuntimeFailure
 from workers.spec import ARM_FIELDS, TrialSpec
 
 if TYPE_CHECKING:
@@ -77,6 +77,11 @@ T = TypeVar("T")
 class StoreError(BnsweepError):
     """The results database is unreachable, misconfigured, at the wrong schema, or was asked
     something it does not know (an unknown sweep or field)."""
+
+
+class StoreFailure(StoreError, RuntimeFailure):
+    """The URL and request were well formed, but the database behind them is down, missing,
+    another program's, at another schema, or holds no such sweep: exit code 1, not 2."""
 
 
 # -- URLs --------------------------------------------------------------------------------------
@@ -962,7 +967,7 @@ class Store:
             path = Path(str(parsed.database)).expanduser()
             if not path.exists():
                 if not create:
-                    raise StoreError(
+                    raise StoreFailure(
                         f"no results database at {path}: launch a sweep or run "
                         f"`bnsweep db upgrade --db {shown}` first"
                     )
@@ -993,12 +998,12 @@ class Store:
         shown = self.url
         if current is None:
             if has_tables:
-                raise StoreError(
+                raise StoreFailure(
                     f"{shown} has a trials table but no bnsweep schema version; "
                     "is it another application's database?"
                 )
             if not create:
-                raise StoreError(
+                raise StoreFailure(
                     f"no bnsweep results in {shown}: launch a sweep or run "
                     f"`bnsweep db upgrade --db {shown}` first"
                 )
@@ -1006,11 +1011,11 @@ class Store:
             self.upgrade()
             return
         if current not in _known_revisions():
-            raise StoreError(
+            raise StoreFailure(
                 f"{shown} is at schema revision {current}, unknown to this bnsweep "
                 f"(which needs {head}): it was written by a newer bnsweep; upgrade bnsweep"
             )
-        raise StoreError(
+        raise StoreFailure(
             f"{shown} is at schema revision {current}, this bnsweep needs {head}: "
             f"run `bnsweep db upgrade --db {shown}`"
         )
@@ -1095,14 +1100,14 @@ class Store:
                 message = _db_message(err, self._url)
                 if not _is_transient(err):
                     if isinstance(err, (sa_exc.OperationalError, sa_exc.InterfaceError)):
-                        raise StoreError(f"{self.url}: {what} failed: {message}") from None
+                        raise StoreFailure(f"{self.url}: {what} failed: {message}") from None
                     raise  # integrity or programming errors are bugs: keep the traceback
                 failures += 1
                 left = deadline - time.monotonic()
                 if left <= 0:
                     if not retry:
-                        raise StoreError(f"cannot reach {self.url} ({what}): {message}") from None
-                    raise StoreError(
+                        raise StoreFailure(f"cannot reach {self.url} ({what}): {message}") from None
+                    raise StoreFailure(
                         f"{self.url} unavailable for {self.retry_seconds:.0f} s "
                         f"({failures} tries) while {what}: {message}"
                     ) from None
@@ -1382,7 +1387,7 @@ class Store:
         if infos:
             return infos[0]
         known = [info.name for info in self.sweeps()]
-        raise StoreError(
+        raise StoreFailure(
             f"no sweep named {name!r} in {self.url}; known sweeps: "
             + (", ".join(known) if known else "none")
         )
