@@ -49,13 +49,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from service.store.api import Store
-    from service.sweep import load_sweep_spec
+    from service.sweep import parse_sweep_spec, read_spec_text, redacted_spec_text
     from workers.errors import SpecError
 
     if args.num_cpus is not None and args.num_cpus < 1:
         raise SpecError(f"--num-cpus: must be >= 1, got {args.num_cpus}")
-    sweep = load_sweep_spec(args.spec)
-    spec_text = _without_password(Path(args.spec).read_text(encoding="utf-8"), sweep.database)
+    text = read_spec_text(args.spec)
+    sweep = parse_sweep_spec(text, source=args.spec)
+    spec_text = redacted_spec_text(text, source=args.spec)
     url = database_url(args.db, sweep.database)
     if args.dry_run:
         return dry_run(sweep, url)
@@ -111,16 +112,3 @@ def _open_existing(url: str) -> Store | None:
         if probe.schema_revision() is None:
             return None
     return Store.open(url, create=False)  # still refuses a schema of another bnsweep version
-
-
-def _without_password(spec_text: str, database: str | None) -> str:
-    """The spec as the store keeps it: a password in its `database` URL becomes ***."""
-    if not database:
-        return spec_text
-    import sqlalchemy as sa
-
-    try:
-        password = sa.make_url(database.strip()).password
-    except (sa.exc.ArgumentError, ValueError):
-        return spec_text
-    return spec_text.replace(str(password), "***") if password else spec_text
