@@ -27,7 +27,7 @@ def load_results(url: str | None, sweep: str | None) -> tuple[pd.DataFrame, pd.D
     """
     from service.store.api import Store
 
-    with Store.open(url, create=False) as store:
+    with Store.open(url, read_only=True) as store:
         trials = store.trials(sweep=sweep)
         epochs = store.epochs(sweep=sweep)
     log.info("loaded %d trials and %d epoch rows", len(trials), len(epochs))
@@ -39,7 +39,7 @@ def load_diagnostics(url: str | None, sweep: str | None) -> pd.DataFrame:
     (trial, epoch, BN layer), epoch 0 being initialisation (docs/diagnostics.md)."""
     from service.store.api import Store
 
-    with Store.open(url, create=False) as store:
+    with Store.open(url, read_only=True) as store:
         return store.diagnostics(sweep=sweep)
 
 
@@ -47,7 +47,7 @@ def load_trials(url: str | None, sweep: str | None) -> pd.DataFrame:
     """Only the trials frame: what the tables need (epochs are for the curves)."""
     from service.store.api import Store
 
-    with Store.open(url, create=False) as store:
+    with Store.open(url, read_only=True) as store:
         return store.trials(sweep=sweep)
 
 
@@ -57,7 +57,7 @@ def load_cells(url: str | None, cells: Iterable[tuple[str, int]]) -> pd.DataFram
 
     wanted = set(cells)
     hashes = sorted({h for h, _ in wanted})
-    with Store.open(url, create=False) as store:
+    with Store.open(url, read_only=True) as store:
         trials = store.trials(where={"spec_hash": hashes}) if hashes else store.trials()
     if trials.empty:
         return trials
@@ -71,7 +71,7 @@ def sweep_report(url: str | None, sweep: str) -> dict[str, Any] | None:
 
     from service.store.api import Store
 
-    with Store.open(url, create=False) as store:
+    with Store.open(url, read_only=True) as store:
         text = store.get_sweep(sweep).spec_text
     try:
         data = yaml.safe_load(text) if text else None

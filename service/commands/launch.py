@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -98,17 +97,12 @@ def dry_run(sweep: SweepSpec, url: str) -> int:
 
 
 def _open_existing(url: str) -> Store | None:
-    """The store at `url` opened without creating anything; None when it has no bnsweep schema
-    yet (no SQLite file, an empty PostgreSQL database)."""
-    import sqlalchemy as sa
+    """The store at `url` opened read-only; None when nothing of bnsweep's is there yet (no
+    SQLite file, an empty database). Another program's file, or another bnsweep version's
+    schema, is refused."""
+    from service.store.api import NoStoreYet, Store
 
-    from service.store.api import Store, normalize_url
-
-    parsed = sa.make_url(normalize_url(url))
-    path = parsed.database if parsed.get_backend_name() == "sqlite" else None
-    if path not in (None, "", ":memory:") and not Path(str(path)).expanduser().exists():
+    try:
+        return Store.open(url, read_only=True)
+    except NoStoreYet:
         return None
-    with Store.open(url, check_schema=False) as probe:
-        if probe.schema_revision() is None:
-            return None
-    return Store.open(url, create=False)  # still refuses a schema of another bnsweep version

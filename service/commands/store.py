@@ -143,7 +143,7 @@ def run_status(args: argparse.Namespace) -> int:
     from service.store.api import Store
 
     console = _console()
-    with Store.open(args.db, create=False) as store:
+    with Store.open(args.db, read_only=True) as store:
         names = [args.sweep] if args.sweep else [info.name for info in store.sweeps()]
         statuses = [store.sweep_status(name) for name in names]
         url = store.url
@@ -183,7 +183,7 @@ def run_query(args: argparse.Namespace) -> int:
     # Checked before the database is opened: a typo in a field never touches the store.
     diagnostics = getattr(args, "diagnostics", False)
     check_where(where, epochs=args.epochs, diagnostics=diagnostics)
-    with Store.open(args.db, create=False) as store:
+    with Store.open(args.db, read_only=True) as store:
         if diagnostics:
             frame = store.diagnostics(sweep=args.sweep, where=where)
         elif args.epochs:

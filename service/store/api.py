@@ -27,6 +27,7 @@ import os
 import random
 import re
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -82,6 +83,11 @@ class StoreError(BnsweepError):
 class StoreFailure(StoreError, RuntimeFailure):
     """The URL and request were well formed, but the database behind them is down, missing,
     another program's, at another schema, or holds no such sweep: exit code 1, not 2."""
+
+
+class NoStoreYet(StoreFailure):
+    """Nothing bnsweep wrote is there yet: no SQLite file, or a database without any tables.
+    A launch would create the schema; a read-only command has nothing to read."""
 
 
 # -- URLs --------------------------------------------------------------------------------------
@@ -864,7 +870,86 @@ def _sqlite_on_begin(conn: sa.Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
-def _make_engine(url: sa.URL) -> sa.Engine:
+def _sqlite_read_only_on_connect(dbapi_connection: Any, _record: object) -> None:
+    # No journal_mode change here: a read-only command leaves the file as it found it.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_SECONDS * 1000)}")
+        cursor.execute("PRAGMA query_only=ON")
+    finally:
+        cursor.close()
+
+
+def _sqlite_read_only_uri(path: Path) -> str:
+    # mode=ro: SQLite opens the file O_RDONLY and never writes it, checkpoints a WAL into it
+    # or changes its journal mode.
+    return f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+
+
+def _probe_sqlite(path: Path) -> None:
+    """Refuse an existing file that is not SQLite, not bnsweep's, or of a newer bnsweep,
+    reading it through a read-only connection (nothing about the file changes)."""
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(_sqlite_read_only_uri(path), uri=True, timeout=SQLITE_BUSY_SECONDS)
+        try:
+            tables = {
+                row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            versions = (
+                [row[0] for row in conn.execute(f'SELECT version_num FROM "{VERSION_TABLE}"')]
+                if VERSION_TABLE in tables
+                else []
+            )
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as err:
+        text = str(err)
+        if "not a database" in text or "malformed" in text:
+            raise StoreFailure(
+                f"{path}: not a SQLite database, or a damaged one ({text})"
+            ) from None
+        if "unable to open" in text and not os.access(path, os.R_OK):
+            raise StoreFailure(f"{path}: permission denied (cannot read it)") from None
+        raise StoreFailure(f"{path}: cannot read it ({text})") from None
+    if tables and not versions:
+        raise StoreFailure(_foreign(str(path)))
+    unknown = [v for v in versions if v not in _known_revisions()]
+    if unknown:
+        raise StoreFailure(_newer(str(path), unknown[0]))
+
+
+def _foreign(where: str) -> str:
+    return (
+        f"{where} holds tables but no bnsweep schema version: another program's database, "
+        "which bnsweep leaves alone; give --db a bnsweep store or a new file"
+    )
+
+
+def _newer(where: str, revision: str) -> str:
+    return (
+        f"{where} is at schema revision {revision}, unknown to this bnsweep (which needs "
+        f"{head_revision()}): it was written by a newer bnsweep; upgrade bnsweep"
+    )
+
+
+def _make_engine(url: sa.URL, *, read_only: bool = False) -> sa.Engine:
+    if url.get_backend_name() == "sqlite" and read_only and not _is_sqlite_memory(url):
+        import sqlite3
+
+        uri = _sqlite_read_only_uri(Path(str(url.database)).expanduser())
+        engine = sa.create_engine(
+            "sqlite://",
+            creator=lambda: sqlite3.connect(
+                uri, uri=True, timeout=SQLITE_BUSY_SECONDS, check_same_thread=False
+            ),
+            pool_pre_ping=True,
+        )
+        sa_event.listen(engine, "connect", _sqlite_read_only_on_connect)
+        sa_event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
     if url.get_backend_name() == "sqlite":
         engine = sa.create_engine(
             url, pool_pre_ping=True, connect_args={"timeout": SQLITE_BUSY_SECONDS}
@@ -872,11 +957,15 @@ def _make_engine(url: sa.URL) -> sa.Engine:
         sa_event.listen(engine, "connect", _sqlite_on_connect)
         sa_event.listen(engine, "begin", _sqlite_on_begin)
         return engine
+    connect_args: dict[str, Any] = {"connect_timeout": 10, "application_name": "bnsweep"}
+    if read_only:
+        # The server refuses any write of a read-only command, whatever the code tries.
+        connect_args["options"] = "-c default_transaction_read_only=on"
     return sa.create_engine(
         url,
         # A connection dropped by a server restart is found and replaced at checkout.
         pool_pre_ping=True,
-        connect_args={"connect_timeout": 10, "application_name": "bnsweep"},
+        connect_args=connect_args,
     )
 
 
@@ -948,6 +1037,7 @@ class Store:
         *,
         create: bool = True,
         check_schema: bool = True,
+        read_only: bool = False,
         retry_seconds: float = DEFAULT_RETRY_SECONDS,
     ) -> Store:
         """Open the store at `url` (else BNSWEEP_DB, else `sqlite:///bnsweep.db`).
@@ -959,20 +1049,36 @@ class Store:
         `bnsweep db upgrade`. A newer or unknown revision is an error too. `check_schema=False`
         skips all of this; it is for `Store.upgrade()` callers such as `bnsweep db upgrade`.
 
+        An existing SQLite file is first read through a read-only connection: a file of another
+        program (tables, but no bnsweep version table), a file that is not SQLite and a newer
+        schema are refused before anything could change it (WAL mode is only switched on for
+        bnsweep's own files). `read_only` (status, query, tables, plots, a dry run) implies
+        `create=False` and keeps every connection read-only, so the file's bytes stay the same.
+
         Opening connects once, without retries, so a wrong URL fails at once.
         """
         parsed = _parse_url(resolve_url(url))
         shown = redact_url(parsed)
+        create = create and not read_only
         if parsed.get_backend_name() == "sqlite" and not _is_sqlite_memory(parsed):
             path = Path(str(parsed.database)).expanduser()
+            if path.is_dir():
+                raise StoreFailure(f"{path}: is a folder, expected a SQLite file (--db {shown})")
             if not path.exists():
                 if not create:
-                    raise StoreFailure(
+                    raise NoStoreYet(
                         f"no results database at {path}: launch a sweep or run "
                         f"`bnsweep db upgrade --db {shown}` first"
                     )
-                path.parent.mkdir(parents=True, exist_ok=True)
-        store = cls(_make_engine(parsed), parsed, retry_seconds)
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as err:
+                    raise StoreFailure(
+                        f"cannot create the folder of {path}: {err.strerror or err}"
+                    ) from None
+            else:
+                _probe_sqlite(path)
+        store = cls(_make_engine(parsed, read_only=read_only), parsed, retry_seconds)
         try:
             if check_schema:
                 store._check_schema(create=create)
@@ -988,7 +1094,7 @@ class Store:
     def _check_schema(self, *, create: bool) -> None:
         def inspect(conn: sa.Connection) -> tuple[str | None, bool]:
             revision = _current_revision(conn)
-            has_tables = revision is None and sa.inspect(conn).has_table(Trial.__tablename__)
+            has_tables = revision is None and bool(sa.inspect(conn).get_table_names())
             return revision, has_tables
 
         current, has_tables = self._run(inspect, "reading the schema version", retry=False)
@@ -998,12 +1104,9 @@ class Store:
         shown = self.url
         if current is None:
             if has_tables:
-                raise StoreFailure(
-                    f"{shown} has a trials table but no bnsweep schema version; "
-                    "is it another application's database?"
-                )
+                raise StoreFailure(_foreign(shown))
             if not create:
-                raise StoreFailure(
+                raise NoStoreYet(
                     f"no bnsweep results in {shown}: launch a sweep or run "
                     f"`bnsweep db upgrade --db {shown}` first"
                 )
@@ -1011,10 +1114,7 @@ class Store:
             self.upgrade()
             return
         if current not in _known_revisions():
-            raise StoreFailure(
-                f"{shown} is at schema revision {current}, unknown to this bnsweep "
-                f"(which needs {head}): it was written by a newer bnsweep; upgrade bnsweep"
-            )
+            raise StoreFailure(_newer(shown, current))
         raise StoreFailure(
             f"{shown} is at schema revision {current}, this bnsweep needs {head}: "
             f"run `bnsweep db upgrade --db {shown}`"
@@ -1032,6 +1132,10 @@ class Store:
             if conn.dialect.name == "postgresql":
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK_KEY)))
             before = _current_revision(conn)
+            if before is not None and before not in _known_revisions():
+                raise StoreFailure(_newer(self.url, before))
+            if before is None and sa.inspect(conn).get_table_names():
+                raise StoreFailure(_foreign(self.url))
             config = _alembic_config(_script_location())
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
@@ -1099,6 +1203,10 @@ class Store:
             except sa_exc.DBAPIError as err:
                 message = _db_message(err, self._url)
                 if not _is_transient(err):
+                    if "not a database" in message or "malformed" in message:
+                        raise StoreFailure(
+                            f"{self.url}: not a SQLite database, or a damaged one ({message})"
+                        ) from None
                     if isinstance(err, (sa_exc.OperationalError, sa_exc.InterfaceError)):
                         raise StoreFailure(f"{self.url}: {what} failed: {message}") from None
                     raise  # integrity or programming errors are bugs: keep the traceback
