@@ -1140,8 +1140,14 @@ def _html_cell(cell: Cell | None) -> str:
     return text
 
 
-def term_renderables(tables: Sequence[Table]) -> list[Any]:
-    """rich renderables for the terminal: bold = significant, underline = best mean."""
+#: Text marks of the terminal table where bold and underline cannot be shown (a file, a pipe).
+TERM_MARKS = {"significant": "*", "best": "^"}
+_TERM_MARKS_NOTE = "* significant against BASE; ^ best mean of the column"
+
+
+def term_renderables(tables: Sequence[Table], marks: bool = False) -> list[Any]:
+    """rich renderables for the terminal: bold = significant, underline = best mean; with
+    `marks` also in text (TERM_MARKS), for output that keeps no styles."""
     from rich.table import Table as RichTable
     from rich.text import Text
 
@@ -1159,17 +1165,19 @@ def term_renderables(tables: Sequence[Table]) -> list[Any]:
                 lead = ([b.label if i == 0 else ""] if has_blocks else []) + [r.label]
                 rt.add_row(
                     *lead,
-                    *[_term_cell(c, Text) for c in r.cells],
+                    *[_term_cell(c, Text, marks) for c in r.cells],
                     end_section=i == len(b.rows) - 1 and k < len(t.blocks) - 1,
                 )
         out.append(rt)
         body = [t.caption, t.mde] + [f"{m} {x}" for m, x in t.footnotes]
         body += [f"{b.label}: {x}" for b in t.blocks for x in b.notes] + list(t.notes)
+        if marks:
+            body.append(_TERM_MARKS_NOTE)
         out.append(Text("\n".join(body) + "\n"))
     return out
 
 
-def _term_cell(cell: Cell | None, text_cls: Any) -> Any:
+def _term_cell(cell: Cell | None, text_cls: Any, marks: bool = False) -> Any:
     if cell is None:
         return ""
     mean, std = _value_parts(cell)
@@ -1181,11 +1189,15 @@ def _term_cell(cell: Cell | None, text_cls: Any) -> Any:
         text.append(f" ({cell.detail})")
     if cell.markers:
         text.append("".join(cell.markers))
+    if marks:
+        flags = [TERM_MARKS[k] for k in ("significant", "best") if getattr(cell, k)]
+        text.append(f" {''.join(flags)}" if flags else "")
     return text
 
 
 def render_term(tables: Sequence[Table], width: int = 120, styles: bool = False) -> str:
-    """The terminal rendering as text; with `styles` the bold/underline ANSI codes are kept."""
+    """The terminal rendering as text; with `styles` the bold/underline ANSI codes are kept,
+    without them significance and the best mean are marked in text (TERM_MARKS)."""
     from rich.console import Console
 
     console = Console(
@@ -1195,7 +1207,7 @@ def render_term(tables: Sequence[Table], width: int = 120, styles: bool = False)
         force_terminal=styles,
         color_system="standard" if styles else None,
     )
-    for r in term_renderables(tables):
+    for r in term_renderables(tables, marks=not styles):
         console.print(r)
     return console.export_text(styles=styles)
 

@@ -43,6 +43,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from service.ray_address import host_port
 from service.store.api import (
     DiagnosticsRecorded,
     EpochRecorded,
@@ -766,7 +767,7 @@ def connect(address: str | None, num_cpus: int | None = None, num_gpus: int | No
                 "cluster node with the GCS address (HOST:6379)"
             )
         if target and target != "auto":
-            _check_reachable(target, *_host_port(target))
+            _check_reachable(target, *host_port(target))
         if target:
             kwargs["address"] = target
             local: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
@@ -794,18 +795,6 @@ CONNECT_CHECK_SECONDS = 5.0
 
 class ClusterUnreachable(RuntimeFailure):
     """Nothing answers at the Ray address given: a runtime failure (exit 1), not a typo."""
-
-
-def _host_port(target: str) -> tuple[str, int]:
-    """HOST:PORT (IPv6 as [ADDR]:PORT) of a GCS address; anything else is a SpecError."""
-    host, sep, port = target.strip().rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in host:
-        raise SpecError(
-            f"--address {target!r}: expected HOST:PORT of the Ray head (e.g. 10.0.0.5:6379), "
-            "'auto', or nothing for a local Ray"
-        )
-    return host, int(port)
 
 
 def _check_reachable(target: str, host: str, port: int) -> None:

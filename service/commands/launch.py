@@ -53,6 +53,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.num_cpus is not None and args.num_cpus < 1:
         raise SpecError(f"--num-cpus: must be >= 1, got {args.num_cpus}")
+    target = args.address or os.environ.get("RAY_ADDRESS")
+    if target and target != "auto" and not target.startswith("ray://"):
+        from service.ray_address import host_port
+
+        host_port(target)  # a malformed address is refused before anything else happens
     text = read_spec_text(args.spec)
     sweep = parse_sweep_spec(text, source=args.spec)
     spec_text = redacted_spec_text(text, source=args.spec)
@@ -62,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     from service.driver import launch
 
+    _check_storage(sweep.storage)
     with Store.open(url) as store:
         summary = launch(sweep, store, spec_text, address=args.address, num_cpus=args.num_cpus)
     resumed = f", {len(summary.resumed)} resumed from checkpoints" if summary.resumed else ""
@@ -106,3 +112,13 @@ def _open_existing(url: str) -> Store | None:
         return Store.open(url, read_only=True)
     except NoStoreYet:
         return None
+
+
+def _check_storage(storage: str) -> None:
+    """A local `storage:` folder can be created and written, checked before the store or Ray
+    is touched (a URI such as s3://... is Ray's to check)."""
+    if "://" in storage:
+        return
+    from service.commands import check_writable_folder
+
+    check_writable_folder("storage", storage)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import fields
-from pathlib import Path
 
-from workers.errors import RuntimeFailure, SpecError
+from service.commands import check_writable_folder
 from workers.spec import DEVICES, MEMORY_FORMATS, PRECISIONS, TrialSpec
 
 #: Short flags the paper's symbols suggest, in addition to one `--field-name` per TrialSpec field.
@@ -144,19 +142,3 @@ def run(args: argparse.Namespace) -> int:
     if result.error:
         print(result.error)
     return 0
-
-
-def check_writable_folder(option: str, folder: str | Path) -> Path:
-    """`folder` created if need be, and writable; else one line naming the option and why."""
-    path = Path(folder).expanduser()
-    if path.exists() and not path.is_dir():
-        raise SpecError(f"{option} {path}: is a file, expected a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except NotADirectoryError:
-        raise SpecError(f"{option} {path}: a part of this path is a file") from None
-    except OSError as err:
-        raise RuntimeFailure(f"{option} {path}: cannot create it ({err.strerror or err})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise RuntimeFailure(f"{option} {path}: permission denied (not writable)")
-    return path

@@ -689,6 +689,13 @@ def _coerce(name: str, kind: type, value: object) -> object:
         return text
     if isinstance(value, bool):
         raise StoreError(f"where {name}: expected a number, got {value!r}")
+    if kind is int and isinstance(value, (str, int)):
+        try:
+            whole = int(value.strip()) if isinstance(value, str) else value
+        except ValueError:
+            pass  # "3.0" or "1e3": through float below
+        else:
+            return _int64(name, whole, value)
     try:
         number = float(value.strip()) if isinstance(value, str) else float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -697,7 +704,16 @@ def _coerce(name: str, kind: type, value: object) -> object:
     if kind is int:
         if not number.is_integer():
             raise StoreError(f"where {name}: expected an integer, got {value!r}")
-        return int(number)
+        return _int64(name, int(number), value)
+    if not math.isfinite(number):
+        raise StoreError(f"where {name}: expected a finite number, got {value!r}")
+    return number
+
+
+def _int64(name: str, number: int, shown: object) -> int:
+    # Both backends store 64-bit integers; a larger one cannot be bound as a parameter.
+    if not -(2**63) <= number < 2**63:
+        raise StoreError(f"where {name}: {shown!r} is outside the 64-bit integer range")
     return number
 
 

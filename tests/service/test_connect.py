@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from service import driver
+from service.ray_address import host_port
 from workers.errors import EXIT_RUNTIME, EXIT_USAGE, BnsweepError, SpecError
 
 
@@ -61,13 +62,13 @@ def test_no_token_is_made_when_authentication_is_off_or_given_inline(
 )
 def test_a_malformed_address_is_a_usage_error(address: str) -> None:
     with pytest.raises(SpecError) as err:
-        driver._host_port(address)
+        host_port(address)
     assert "expected HOST:PORT" in str(err.value) and err.value.exit_code == EXIT_USAGE
 
 
 def test_addresses_are_split_into_host_and_port() -> None:
-    assert driver._host_port("10.0.0.5:6379") == ("10.0.0.5", 6379)
-    assert driver._host_port("[::1]:6379") == ("::1", 6379)
+    assert host_port("10.0.0.5:6379") == ("10.0.0.5", 6379)
+    assert host_port("[::1]:6379") == ("::1", 6379)
 
 
 def test_an_address_where_nothing_listens_fails_in_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,6 +88,7 @@ def test_an_address_where_nothing_listens_fails_in_seconds(monkeypatch: pytest.M
 _PROBE = """
 import json, os, sys
 from service import driver
+from service.ray_address import host_port
 import ray, psutil
 driver.connect(None, num_cpus=1)
 pids = {os.getpid()} | {c.pid for c in psutil.Process().children(recursive=True)}
