@@ -121,4 +121,4 @@ def _check_storage(storage: str) -> None:
         return
     from service.commands import check_writable_folder
 
-    check_writable_folder("storage", storage)
+    check_writable_folder("storage", storage, create=False)
