@@ -334,7 +334,7 @@ def _first_error(err: ValidationError) -> str:
     """One line for the first problem: the field path, what is wrong, and what is allowed."""
     first = err.errors()[0]
     field = str(first["loc"][0]) if first["loc"] else ""
-    if field in _UNION_HELP:
+    if field in _UNION_HELP and len(first["loc"]) > 1:
         # One message for the field, not one per member of its union.
         return f"{field}: {_UNION_HELP[field]}; got {first['input']!r}"
     loc = ".".join(str(p) for p in first["loc"] if p not in ("function-after",))

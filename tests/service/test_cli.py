@@ -98,10 +98,12 @@ def db(tmp_path: Path) -> tuple[str, Callable[[], str]]:
         )
 
     def digest() -> str:
+        # The file and any WAL content; not the -shm index, which a read-only connection to
+        # a WAL file creates (SQLite's shared memory, no data).
         return "".join(
             hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(tmp_path.glob("store.db*"))
-            if p.stat().st_size
+            if p.stat().st_size and not p.name.endswith("-shm")
         )
 
     return f"sqlite:///{path}", digest

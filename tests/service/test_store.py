@@ -621,7 +621,7 @@ def test_a_database_from_a_newer_bnsweep_is_refused(tmp_path: Path) -> None:
 def test_another_applications_tables_are_not_taken_over(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "other.db") as conn:
         conn.execute("CREATE TABLE trials (id INTEGER PRIMARY KEY)")
-    with pytest.raises(StoreError, match="has a trials table but no bnsweep schema version"):
+    with pytest.raises(StoreError, match="holds tables but no bnsweep schema version"):
         Store.open(f"sqlite:///{tmp_path / 'other.db'}")
 
 
