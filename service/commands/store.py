@@ -1,8 +1,9 @@
 """`bnsweep db upgrade`, `bnsweep status` and `bnsweep query`: the results database from a shell.
 
 The store, pandas and rich are imported inside the handlers so that `bnsweep --help` stays quick.
-Every user mistake (a bad URL, an unknown sweep or field, a malformed `--where`) is a
-`StoreError`, which `service.cli` prints as one line with exit code 2.
+Every problem is a `StoreError`, which `service.cli` prints as one line: exit code 2 for a
+mistake in what was typed (a bad URL, an unknown field, a malformed `--where`), 1 for a
+runtime failure (the database down or missing, an unknown sweep).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from service.store.api import ArmStatus, SweepStatus
+
+from workers.errors import EXIT_RUNTIME
 
 FORMATS = ("table", "csv", "json")
 
@@ -92,6 +95,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and which seeds are missing for which arm.",
     )
     status.add_argument("--sweep", default=None, metavar="NAME", help="only this sweep")
+    status.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 while any cell has no final result (for scripts: `until bnsweep status "
+        "--check; do bnsweep launch ...; done`)",
+    )
+    status.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="table",
+        help="table, or one row per sweep as csv or json (default: table)",
+    )
     _add_db(status)
     status.set_defaults(func=run_status)
 
@@ -147,6 +162,11 @@ def run_status(args: argparse.Namespace) -> int:
         names = [args.sweep] if args.sweep else [info.name for info in store.sweeps()]
         statuses = [store.sweep_status(name) for name in names]
         url = store.url
+    missing = sum(s.total - s.done for s in statuses)
+    code = EXIT_RUNTIME if args.check and missing else 0
+    if args.format != "table":
+        _write_status(statuses, args.format)
+        return code
     if not statuses:
         console.print(f"no sweeps in {url}", markup=False, highlight=False)
         return 0
@@ -159,7 +179,40 @@ def run_status(args: argparse.Namespace) -> int:
             )
             continue
         console.print(_missing_table(status.name, arms))
-    return 0
+    return code
+
+
+def _write_status(statuses: Sequence[SweepStatus], fmt: str) -> None:
+    """One record per sweep: the counts, and per arm the seeds without a final result."""
+    import csv
+    import json
+
+    counts = ("total", "completed", "running", "failed", "diverged", "pending")
+    rows = [
+        {
+            "sweep": s.name,
+            **{k: getattr(s, k) for k in counts},
+            "missing": s.total - s.done,
+        }
+        for s in statuses
+    ]
+    if fmt == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=["sweep", *counts, "missing"])
+        writer.writeheader()
+        writer.writerows(rows)
+        return
+    for row, s in zip(rows, statuses, strict=True):
+        row["incomplete_arms"] = [
+            {
+                "spec_hash": arm.spec_hash,
+                "label": arm.label,
+                "missing_seeds": list(arm.missing_seeds),
+                "failed_seeds": list(arm.failed_seeds),
+                "running_seeds": list(arm.running_seeds),
+            }
+            for arm in s.incomplete_arms
+        ]
+    sys.stdout.write(json.dumps(rows, indent=2) + "\n")
 
 
 def parse_where(items: Sequence[str]) -> dict[str, list[str]]:

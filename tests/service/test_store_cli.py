@@ -276,3 +276,33 @@ def test_bnsweep_query_and_status_as_a_user_runs_them(db: str, tmp_path: Path) -
     done = bnsweep("query", "--db", db, "--where", "gamma=1")
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith("bnsweep: error: unknown field 'gamma'")
+
+
+def test_status_check_exits_1_while_cells_are_missing(
+    bnsweep: Run, db: str, tmp_path: Path
+) -> None:
+    code, out, _ = bnsweep("status", "--db", db, "--check")
+    assert code == 1 and "missing seeds" in out
+    code, _, _ = bnsweep("status", "--db", db)  # without --check: a report, exit 0
+    assert code == 0
+    url = f"sqlite:///{tmp_path / 'done.db'}"
+    with Store.open(url) as store:
+        spec = make_spec(seed=1)
+        store.register_sweep("done", "x", [spec])
+        run_cell(store, spec)
+    code, out, _ = bnsweep("status", "--db", url, "--check")
+    assert code == 0 and "done: all 1 cells done" in out
+
+
+def test_status_as_json_and_csv(bnsweep: Run, db: str) -> None:
+    code, out, _ = bnsweep("status", "--db", db, "--format", "json", "--sweep", "demo")
+    assert code == 0
+    (demo,) = json.loads(out)
+    assert (demo["sweep"], demo["total"], demo["completed"], demo["pending"]) == ("demo", 12, 5, 4)
+    assert demo["missing"] == demo["total"] - demo["completed"] - demo["diverged"]
+    arm = next(a for a in demo["incomplete_arms"] if a["failed_seeds"])
+    assert arm["failed_seeds"] == [1] and arm["running_seeds"] == [2]
+    code, out, _ = bnsweep("status", "--db", db, "--format", "csv")
+    frame = pd.read_csv(io.StringIO(out))
+    assert code == 0 and list(frame["sweep"]) == ["demo", "solo"]
+    assert frame.set_index("sweep").loc["demo", "total"] == 12
