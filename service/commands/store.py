@@ -9,6 +9,7 @@ runtime failure (the database down or missing, an unknown sweep).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -123,7 +124,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="keep rows whose FIELD equals VALUE, e.g. --where lr=0.1 --where seed=3",
+        help="keep rows whose FIELD equals VALUE (--where lr=0.1 --where seed=3), or compares "
+        "with it: >, >=, <, <=, != on numbers (--where test_acc>0.9); gamma, alpha and c "
+        "stand for bn_scale_init, lr and bn_lr_divisor",
+    )
+    query.add_argument(
+        "--limit", type=int, default=None, metavar="N", help="at most N rows (the first ones)"
     )
     rows = query.add_mutually_exclusive_group()
     rows.add_argument("--epochs", action="store_true", help="one row per epoch instead")
@@ -133,7 +139,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="one row per (trial, epoch, BN layer): γ/β drift, >6σ fraction, gradient factor "
         "(epoch 0 = initialisation; see docs/diagnostics.md)",
     )
-    query.add_argument("--format", choices=FORMATS, default="table", help="default: table")
+    query.add_argument(
+        "--format",
+        choices=(*FORMATS, "parquet"),
+        default="table",
+        help="default: table; parquet is binary, for a file: --format parquet > rows.parquet",
+    )
     _add_db(query)
     query.set_defaults(func=run_query)
 
@@ -215,24 +226,35 @@ def _write_status(statuses: Sequence[SweepStatus], fmt: str) -> None:
     sys.stdout.write(json.dumps(rows, indent=2) + "\n")
 
 
-def parse_where(items: Sequence[str]) -> dict[str, list[str]]:
-    """`FIELD=VALUE` strings → {field: [values]}; a repeated field means any of its values."""
-    from service.store.api import StoreError
+_WHERE = re.compile(r"^\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op>>=|<=|!=|=|>|<)(?P<value>.*)$")
 
-    where: dict[str, list[str]] = {}
+
+def parse_where(items: Sequence[str]) -> dict[str, list[object]]:
+    """`FIELD=VALUE` (or FIELD>VALUE, >=, <, <=, !=) strings → {field: [values]}: a repeated
+    field with `=` means any of its values; comparisons must all hold."""
+    from service.store.api import Compare, StoreError
+
+    where: dict[str, list[object]] = {}
     for item in items:
-        name, sep, value = item.partition("=")
-        name = name.strip()
-        if not sep or not name:
-            raise StoreError(f"--where {item!r}: expected FIELD=VALUE, e.g. --where lr=0.1")
-        where.setdefault(name, []).append(value.strip())
+        match = _WHERE.match(item)
+        if match is None:
+            raise StoreError(
+                f"--where {item!r}: expected FIELD=VALUE or FIELD>VALUE (>=, <, <=, !=), "
+                "e.g. --where lr=0.1 --where test_acc>0.9"
+            )
+        name, op, value = match["name"], match["op"], match["value"].strip()
+        where.setdefault(name, []).append(value if op == "=" else Compare(op, value))
     return where
 
 
 def run_query(args: argparse.Namespace) -> int:
-    from service.store.api import Store, check_where
+    from service.store.api import Store, StoreError, check_where
 
     where = parse_where(args.where)
+    if args.limit is not None and args.limit < 0:
+        raise StoreError(f"--limit: must be >= 0, got {args.limit}")
+    if args.format == "parquet" and sys.stdout.isatty():
+        raise StoreError("--format parquet: binary output; redirect it to a file (> rows.parquet)")
     # Checked before the database is opened: a typo in a field never touches the store.
     diagnostics = getattr(args, "diagnostics", False)
     check_where(where, epochs=args.epochs, diagnostics=diagnostics)
@@ -243,6 +265,8 @@ def run_query(args: argparse.Namespace) -> int:
             frame = store.epochs(sweep=args.sweep, where=where)
         else:
             frame = store.trials(sweep=args.sweep, where=where)
+    if args.limit is not None:
+        frame = frame.head(args.limit)
     _write_frame(frame, args.format, epochs=args.epochs, diagnostics=diagnostics)
     return 0
 
@@ -299,7 +323,15 @@ def seed_ranges(seeds: Sequence[int]) -> str:
 
 
 def _write_frame(frame: pd.DataFrame, fmt: str, *, epochs: bool, diagnostics: bool = False) -> None:
-    if fmt == "csv":
+    if fmt == "parquet":
+        import io
+
+        buffer = io.BytesIO()  # pyarrow wants a seekable file; stdout may be a pipe
+        frame.to_parquet(buffer, index=False)
+        sys.stdout.flush()
+        sys.stdout.buffer.write(buffer.getvalue())
+        sys.stdout.buffer.flush()
+    elif fmt == "csv":
         frame.to_csv(sys.stdout, index=False)
     elif fmt == "json":
         # One JSON array of row objects; missing values are null and times ISO 8601 in UTC.
@@ -324,13 +356,41 @@ def _print_table(frame: pd.DataFrame, *, epochs: bool, diagnostics: bool = False
     else:
         results, what = _TRIAL_RESULT_COLUMNS, "trials"
     columns = ["spec_hash", "seed", *spec_columns, *results]
-    table = Table(title=f"{len(frame)} {what}", title_justify="left")
-    for column in columns:
-        numeric = frame[column].dtype.kind in "iuf"
-        table.add_column(_HEADERS.get(column, column), justify="right" if numeric else "left")
-    for row in frame[columns].itertuples(index=False):
-        table.add_row(*(_cell(value) for value in row))
+    if "error" in frame and frame["error"].notna().any():
+        columns.append("error")  # docs/sweeps.md: failed trials say why
+    title = f"{len(frame)} {what}"
+    headers = [_HEADERS.get(column, column) for column in columns]
+    right = [frame[column].dtype.kind in "iuf" for column in columns]
+    cells = [[_cell(value) for value in row] for row in frame[columns].itertuples(index=False)]
+    if len(cells) > _RICH_ROWS:
+        # rich measures every cell of every row twice: minutes for ten thousand rows.
+        sys.stdout.write(_plain_table(title, headers, right, cells))
+        return
+    table = Table(title=title, title_justify="left")
+    for header, justify_right in zip(headers, right, strict=True):
+        table.add_column(header, justify="right" if justify_right else "left")
+    for row in cells:
+        table.add_row(*row)
     _console().print(table)
+
+
+#: Above this many rows `query --format table` prints aligned plain text instead of a rich table.
+_RICH_ROWS = 1000
+
+
+def _plain_table(title: str, headers: list[str], right: list[bool], rows: list[list[str]]) -> str:
+    """Columns aligned with spaces; an error message shows its first line only."""
+    rows = [[cell.splitlines()[0] if cell else "" for cell in row] for row in rows]
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        parts = (
+            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)
+        )
+        return "  ".join(parts).rstrip()
+
+    body = [line(headers), "  ".join("-" * w for w in widths), *(line(row) for row in rows)]
+    return title + "\n" + "\n".join(body) + "\n"
 
 
 def _console() -> Console:

@@ -653,7 +653,8 @@ def _epoch_select_columns() -> list[sa.ColumnElement[Any]]:
     ]
 
 
-#: Fields `where` may filter on (equality, or membership for a list of values).
+#: Fields `where` may filter on (equality, or membership for a list of values; `Compare` for
+#: the numeric ones).
 TRIAL_FILTER_FIELDS: tuple[str, ...] = (
     "spec_hash",
     "seed",
@@ -663,10 +664,36 @@ TRIAL_FILTER_FIELDS: tuple[str, ...] = (
     "epochs_run",
     "best_epoch",
     "diverged_epoch",
+    "best_val_acc",
+    "test_acc",
+    "final_test_acc",
+    "seconds",
+    "images_per_sec",
     "host",
     "device",
     "package_version",
 )
+#: The paper's symbols as names of the fields they stand for: γ, α and c.
+WHERE_ALIASES: Mapping[str, str] = {"gamma": "bn_scale_init", "alpha": "lr", "c": "bn_lr_divisor"}
+#: Comparisons `where` accepts besides equality; all but != on numeric fields only.
+COMPARISONS: Mapping[str, Callable[[Any, Any], Any]] = {
+    ">": lambda column, value: column > value,
+    ">=": lambda column, value: column >= value,
+    "<": lambda column, value: column < value,
+    "<=": lambda column, value: column <= value,
+    "!=": lambda column, value: column != value,
+}
+
+
+@dataclass(frozen=True)
+class Compare:
+    """A `where` value other than equality: `Compare(">", 0.9)` keeps rows above 0.9. Several
+    comparisons of one field must all hold; its plain values are alternatives."""
+
+    op: str
+    value: object
+
+
 EPOCH_FILTER_FIELDS: tuple[str, ...] = (*TRIAL_FILTER_FIELDS, "epoch")
 _DIAGNOSTIC_OWN_FIELDS = ("epoch", "layer", "depth", "module")
 DIAGNOSTIC_FILTER_FIELDS: tuple[str, ...] = (*TRIAL_FILTER_FIELDS, *_DIAGNOSTIC_OWN_FIELDS)
@@ -730,15 +757,32 @@ def check_where(
     else:
         allowed = EPOCH_FILTER_FIELDS if epochs else TRIAL_FILTER_FIELDS
     checked: dict[str, tuple[object, ...]] = {}
-    for name, value in (where or {}).items():
+    for given, value in (where or {}).items():
+        name = WHERE_ALIASES.get(given, given)
         if name not in allowed:
-            raise StoreError(f"unknown field {name!r} in where; valid fields: {', '.join(allowed)}")
+            raise StoreError(
+                f"unknown field {given!r} in where; valid fields: {', '.join(allowed)} "
+                f"(and {', '.join(WHERE_ALIASES)} for {', '.join(WHERE_ALIASES.values())})"
+            )
         kind = _filter_column(name, diagnostics).type.python_type
         values = value if isinstance(value, (list, tuple, set, frozenset)) else (value,)
         if not values:
             raise StoreError(f"where {name}: expected at least one value")
-        checked[name] = tuple(_coerce(name, kind, v) for v in values)
+        coerced = checked.setdefault(name, ())
+        checked[name] = coerced + tuple(_coerce_filter(name, kind, v) for v in values)
     return checked
+
+
+def _coerce_filter(name: str, kind: type, value: object) -> object:
+    if not isinstance(value, Compare):
+        return _coerce(name, kind, value)
+    if value.op not in COMPARISONS:
+        raise StoreError(
+            f"where {name}: unknown comparison {value.op!r}; allowed: =, " + ", ".join(COMPARISONS)
+        )
+    if value.op != "!=" and kind not in (int, float):
+        raise StoreError(f"where {name}{value.op}: {name} is text; only = and != apply to it")
+    return Compare(value.op, _coerce(name, kind, value.value))
 
 
 def _where_clauses(
@@ -746,15 +790,19 @@ def _where_clauses(
 ) -> list[sa.ColumnElement[bool]]:
     # Values travel as bound parameters; nothing from the user is pasted into SQL text.
     clauses: list[sa.ColumnElement[bool]] = []
-    for name, values in checked.items():
+    for name, given in checked.items():
         column = _filter_column(name, diagnostics)
+        compares = [v for v in given if isinstance(v, Compare)]
+        values = [v for v in given if not isinstance(v, Compare)]
         present = [v for v in values if v is not None]
         parts: list[sa.ColumnElement[bool]] = []
         if present:
             parts.append(column.in_(present) if len(present) > 1 else column == present[0])
         if len(present) < len(values):
             parts.append(column.is_(None))
-        clauses.append(sa.or_(*parts))
+        if parts:
+            clauses.append(sa.or_(*parts))
+        clauses.extend(COMPARISONS[c.op](column, c.value) for c in compares)
     return clauses
 
 

@@ -459,8 +459,8 @@ def test_where_filters_coerce_strings_and_accept_lists(populated: Store) -> None
 
 
 def test_where_rejects_unknown_fields_and_bad_values(populated: Store) -> None:
-    with pytest.raises(StoreError, match="unknown field 'gamma' in where; valid fields: spec_hash"):
-        populated.trials(where={"gamma": 0.1})
+    with pytest.raises(StoreError, match="unknown field 'gama' in where; valid fields: spec_hash"):
+        populated.trials(where={"gama": 0.1})
     with pytest.raises(StoreError, match="where lr: expected a number, got 'fast'"):
         populated.trials(where={"lr": "fast"})
     with pytest.raises(StoreError, match="where seed: expected an integer"):

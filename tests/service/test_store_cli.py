@@ -115,7 +115,7 @@ def test_query_of_an_empty_result_still_has_the_header(bnsweep: Run, db: str) ->
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--where", "gamma=0.1"], "unknown field 'gamma' in where; valid fields: spec_hash"),
+        (["--where", "gama=0.1"], "unknown field 'gama' in where; valid fields: spec_hash"),
         (["--where", "lr"], "--where 'lr': expected FIELD=VALUE"),
         (["--where", "=3"], "expected FIELD=VALUE"),
         (["--where", "lr=fast"], "where lr: expected a number, got 'fast'"),
@@ -273,9 +273,9 @@ def test_bnsweep_query_and_status_as_a_user_runs_them(db: str, tmp_path: Path) -
     assert len(pd.read_csv(io.StringIO(done.stdout))) == 12
     done = bnsweep("status", "--db", db)
     assert done.returncode == 0 and "missing seeds" in done.stdout
-    done = bnsweep("query", "--db", db, "--where", "gamma=1")
+    done = bnsweep("query", "--db", db, "--where", "gama=1")
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.startswith("bnsweep: error: unknown field 'gamma'")
+    assert done.stderr.startswith("bnsweep: error: unknown field 'gama'")
 
 
 def test_status_check_exits_1_while_cells_are_missing(
@@ -306,3 +306,64 @@ def test_status_as_json_and_csv(bnsweep: Run, db: str) -> None:
     frame = pd.read_csv(io.StringIO(out))
     assert code == 0 and list(frame["sweep"]) == ["demo", "solo"]
     assert frame.set_index("sweep").loc["demo", "total"] == 12
+
+
+def _json_rows(bnsweep: Run, *argv: str) -> list[dict]:
+    code, out, err = bnsweep("query", *argv, "--format", "json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_query_aliases_comparisons_and_limit(bnsweep: Run, db: str) -> None:
+    rows = _json_rows(bnsweep, "--db", db)
+    by_alias = _json_rows(bnsweep, "--db", db, "--where", "gamma=1", "--where", "alpha=0.1")
+    assert by_alias == [r for r in rows if r["bn_scale_init"] == 1 and r["lr"] == 0.1]
+    assert by_alias and _json_rows(bnsweep, "--db", db, "--where", "c=100") == [
+        r for r in rows if r["bn_lr_divisor"] == 100
+    ]
+    done = [r for r in rows if r["test_acc"] is not None]
+    low, high = min(r["test_acc"] for r in done), max(r["test_acc"] for r in done)
+    assert _json_rows(bnsweep, "--db", db, "--where", f"test_acc>={low}") == done
+    assert _json_rows(bnsweep, "--db", db, "--where", f"test_acc>{high}") == []
+    assert _json_rows(bnsweep, "--db", db, "--where", f"test_acc<{low}") == []
+    band = _json_rows(bnsweep, "--db", db, "--where", f"test_acc<={high}", "--where", "seed<2")
+    assert band and band == [r for r in done if r["seed"] < 2]
+    assert _json_rows(bnsweep, "--db", db, "--where", "seed>=2", "--where", "seed<3") == [
+        r for r in rows if r["seed"] == 2
+    ]
+    assert _json_rows(bnsweep, "--db", db, "--where", "status!=pending") == [
+        r for r in rows if r["status"] != "pending"
+    ]
+    assert _json_rows(bnsweep, "--db", db, "--limit", "3") == rows[:3]
+    code, _, err = bnsweep("query", "--db", db, "--where", "arch>resnet8")
+    assert code == 2 and "arch is text; only = and != apply to it" in err
+
+
+def test_query_table_shows_errors_and_stays_fast_when_long(
+    bnsweep: Run, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out, _ = bnsweep("query", "--db", db, "--sweep", "demo")
+    assert code == 0 and "error" in out and "boom" in out
+    import service.commands.store as store_command
+
+    monkeypatch.setattr(store_command, "_RICH_ROWS", 2)  # the plain path of long results
+    code, out, _ = bnsweep("query", "--db", db, "--sweep", "demo")
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == "12 trials" and len(lines) == 3 + 12
+    assert lines[1].split()[:2] == ["hash", "seed"] and set(lines[2]) == {"-", " "}
+    assert any(line.rstrip().endswith("boom") for line in lines)
+
+
+def test_query_writes_parquet(bnsweep: Run, db: str, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "service.cli", "query", "--db", db, "--format", "parquet"],
+        capture_output=True,
+        timeout=120,
+        env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )
+    assert done.returncode == 0, done.stderr
+    path = tmp_path / "rows.parquet"
+    path.write_bytes(done.stdout)
+    frame = pd.read_parquet(path)
+    _, out, _ = bnsweep("query", "--db", db, "--format", "csv")
+    assert len(frame) == len(pd.read_csv(io.StringIO(out))) and "test_acc" in frame
