@@ -581,15 +581,28 @@ class Progress:
         left = sum(max(n - self.reached.get(key, 0), 0) for key, n in self.planned.items())
         return left * elapsed / self.trained
 
+    #: The progress line fits a terminal of this many columns (and a Slurm log line).
+    WIDTH = 80
+
     def line(self) -> str:
+        """The cells by state and the ETA in at most WIDTH characters: the first form that
+        fits, from the full one down to abbreviations; failed and diverged only when any."""
         c = self.counts()
         elapsed = time.monotonic() - self.started_at
         eta = self.eta(elapsed)
-        return (
-            f"cells {self.total}: {c['done']} done, {c['running']} running, "
-            f"{c['pending']} pending, {c['failed']} failed, {c['diverged']} diverged | "
-            f"elapsed {_clock(elapsed)}, ETA {'--' if eta is None else _clock(eta)}"
+        left = "--" if eta is None else _clock(eta)
+        bad = "".join(f", {c[k]} {k}" for k in ("failed", "diverged") if c[k])
+        states = (
+            f"cells {self.total}: {c['done']} done, {c['running']} running, {c['pending']} pending"
         )
+        short_bad = "".join(f" {c[k]} {k[:4]}" for k in ("failed", "diverged") if c[k])
+        forms = (
+            f"{states}{bad} | {_clock(elapsed)} elapsed, ETA {left}",
+            f"{states}{bad} | ETA {left}",
+            f"{c['done']}/{self.total} done {c['running']} run {c['pending']} wait{short_bad}"
+            f" | ETA {left}",
+        )
+        return next((f for f in forms if len(f) <= self.WIDTH), forms[-1][: self.WIDTH])
 
     def refresh(self, force: bool = False) -> None:
         if self._live is not None:
