@@ -1014,17 +1014,44 @@ def _latex_cell(cell: Cell | None) -> str:
     return text
 
 
-def render_latex(tables: Sequence[Table]) -> str:
+def latex_label(title: str, taken: set[str]) -> str:
+    """`tab:<words of the title>`, unique among `taken` (which it joins), for `\\ref`."""
+    words, kept = re.findall(r"[a-z0-9]+", title.lower()), []
+    for word in words:  # whole words, at most 48 characters
+        if len("-".join([*kept, word])) > 48:
+            break
+        kept.append(word)
+    base = "tab:" + ("-".join(kept) or "bnsweep")
+    label, n = base, 2
+    while label in taken:
+        label, n = f"{base}-{n}", n + 1
+    taken.add(label)
+    return label
+
+
+def _latex_text(text: str) -> str:
+    """A caption or note line: escaped, with the effect size typeset as the paper's $d_z$."""
+    return latex_escape(text).replace(r"d\_z", "$d_z$")
+
+
+def render_latex(tables: Sequence[Table], fragment: bool = False) -> str:
+    """One `table` float per table, with caption, `\\label` and notes; `fragment` gives only
+    the `tabular`, for a document that sets its own float, caption and notes."""
     out = []
+    labels: set[str] = set()
     for t in tables:
         has_blocks = any(b.label for b in t.blocks)
         lead = 2 if has_blocks else 1
         ncol = len(t.columns)
-        lines = [
+        head = [
             "% requires \\usepackage{booktabs}",
             r"\begin{table}[t]",
             r"\centering",
             r"\caption{" + latex_escape(t.title) + "}",
+            r"\label{" + latex_label(t.title, labels) + "}",
+        ]
+        lines = [
+            *(head if not fragment else [f"% {latex_escape(t.title)} (requires booktabs)"]),
             r"\begin{tabular}{" + "l" * lead + "r" * ncol + "}",
             r"\toprule",
             " & " * lead
@@ -1050,13 +1077,19 @@ def render_latex(tables: Sequence[Table]) -> str:
                     latex_escape(r.label)
                 ]
                 lines.append(" & ".join(cells + [_latex_cell(c) for c in r.cells]) + r" \\")
-        lines += [r"\bottomrule", r"\end{tabular}", "", r"\smallskip", r"\footnotesize"]
-        body = [t.caption, t.mde] + [f"{m} {x}" for m, x in t.footnotes]
-        body += [f"{b.label}: {x}" for b in t.blocks for x in b.notes] + list(t.notes)
-        lines += [latex_escape(x) + r"\par" for x in body]
-        lines.append(r"\end{table}")
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        if not fragment:
+            lines += ["", r"\smallskip", r"\footnotesize"]
+            body = [t.caption, t.mde] + [f"{m} {x}" for m, x in t.footnotes]
+            body += [f"{b.label}: {x}" for b in t.blocks for x in b.notes] + list(t.notes)
+            lines += [_latex_text(x) + r"\par" for x in body]
+            lines.append(r"\end{table}")
         out.append("\n".join(lines))
     return "\n\n".join(out) + "\n"
+
+
+def render_latex_fragment(tables: Sequence[Table]) -> str:
+    return render_latex(tables, fragment=True)
 
 
 _HTML_STYLE = """
@@ -1294,6 +1327,7 @@ class Renderer:
 RENDERERS: dict[str, Renderer] = {
     "md": Renderer(render_markdown, "md"),
     "latex": Renderer(render_latex, "tex"),
+    "latex-fragment": Renderer(render_latex_fragment, "fragment.tex"),
     "html": Renderer(render_html, "html"),
     "csv": Renderer(render_csv, "csv"),
     "term": Renderer(render_term, "txt"),

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # Literal here so `bnsweep --help` does not import scipy; a test keeps them equal to the
 # registries in analysis.tables / analysis.stats.
-FORMATS = ("md", "latex", "html", "csv", "term")
+FORMATS = ("md", "latex", "latex-fragment", "html", "csv", "term")
 CORRECTIONS = ("none", "holm")
 TESTS = ("t", "wilcoxon")
 LAYOUT_KINDS = ("gamma", "formulation", "methods")
@@ -234,6 +234,10 @@ def _spec_trials(args: argparse.Namespace) -> tuple[str, str | None, Any, pd.Dat
 def run_tables(args: argparse.Namespace) -> int:
     from analysis.source import load_trials, sweep_report
 
+    if not 0 < args.level < 1:
+        from workers.errors import SpecError
+
+        raise SpecError(f"--level: must be a number in (0, 1), got {args.level:g}")
     if args.out:
         _out_folder(args.out)
     options = {"alpha": args.level, "correction": args.correction, "test": args.test}
