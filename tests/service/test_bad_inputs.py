@@ -67,3 +67,44 @@ def test_a_bad_input_is_one_line_with_its_exit_code(
         assert part.format(**places) in lines[-1], f"{part!r} not in {lines[-1]!r}"
     assert _digests(folder) == before  # no store, spec or foreign file changed
     assert not (folder / "runs").exists() and not (folder / "bnsweep.db").exists()
+
+
+def test_an_unreadable_spec_is_named_as_such(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Tests may run as root, whom chmod does not stop: the refusal is simulated at the read.
+    def refuse(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    assert main(["launch", str(folder / "good.yaml"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"bnsweep: error: sweep spec {folder / 'good.yaml'}: permission denied\n"
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (IsADirectoryError(21, "Is a directory", "/x"), "/x: is a folder, expected a file"),
+        (PermissionError(13, "Permission denied", "/x"), "/x: permission denied"),
+        (
+            NotADirectoryError(20, "Not a directory", "/f/x"),
+            "/f/x: a part of this path is a file, expected a folder",
+        ),
+        (OSError(28, "No space left on device", "/x"), "/x: No space left on device"),
+    ],
+)
+def test_a_filesystem_error_anywhere_is_one_line_naming_the_path(
+    error: OSError,
+    expected: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import service.commands.store as store_command
+
+    def fail(_args: object) -> int:
+        raise error
+
+    monkeypatch.setattr(store_command, "run_status", fail)
+    assert main(["status"]) == 1
+    assert capsys.readouterr().err == f"bnsweep: error: {expected}\n"
