@@ -20,6 +20,7 @@ Rules worth knowing before reading the code (docs/store.md says the same for use
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -1075,6 +1076,35 @@ def _is_transient(err: sa_exc.DBAPIError) -> bool:
 # -- the store ---------------------------------------------------------------------------------
 
 
+class _ShmWatch:
+    """The SQLite `-shm` file as last seen: SQLite maps it into memory, and touching a mapped
+    page that someone truncated away kills the process with SIGBUS, a C-level crash no Python
+    code can catch. Checked before each transaction, a shrunk `-shm` (same file, fewer bytes)
+    stops the store with one line instead. Not airtight: a truncation between the check and
+    SQLite's next access, or a full disk under the mapping, still crashes."""
+
+    def __init__(self, database: Path) -> None:
+        self.path = database.with_name(database.name + "-shm")
+        self.seen: tuple[int, int] | None = None
+
+    def check(self) -> None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            self.seen = None  # no -shm (not WAL, or every connection closed): nothing mapped
+            return
+        if self.seen is not None and stat.st_ino == self.seen[0] and stat.st_size < self.seen[1]:
+            # Grown back (zeros) so that closing our connections touches mapped bytes again;
+            # SQLite rebuilds a zeroed index from the -wal file, as after a crash.
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, self.seen[1])
+            raise StoreFailure(
+                f"{self.path} was truncated while bnsweep had it open (another program, or a "
+                "cleanup of the folder); SQLite would crash on it: stop that, then run again"
+            )
+        self.seen = (stat.st_ino, stat.st_size)
+
+
 @dataclass
 class _Cell:
     """A trial's state as seen inside one `apply` transaction."""
@@ -1091,6 +1121,8 @@ class Store:
         self._engine = engine
         self._url = url
         self.retry_seconds = float(retry_seconds)
+        sqlite_file = url.get_backend_name() == "sqlite" and not _is_sqlite_memory(url)
+        self._shm = _ShmWatch(Path(str(url.database)).expanduser()) if sqlite_file else None
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -1254,6 +1286,8 @@ class Store:
         COMMIT was sent, the transaction may or may not have landed, and running it again
         gives the same rows either way.
         """
+        if self._shm is not None:
+            self._shm.check()
         deadline = time.monotonic() + (self.retry_seconds if retry else 0.0)
         delay = 0.05
         failures = 0
