@@ -27,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("spec", help="sweep spec (YAML)")
     parser.add_argument(
-        "--db", help=f"results store URL (default: BNSWEEP_DB, the spec's, or {DEFAULT_DB})"
+        "--db",
+        metavar="URL",
+        help=f"results store URL (default: BNSWEEP_DB, the spec's, or {DEFAULT_DB})",
     )
     parser.add_argument(
         "--address",

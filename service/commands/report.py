@@ -39,14 +39,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and print or write the paper's tables from every completed trial in the store.",
     )
     source = tables.add_mutually_exclusive_group()
-    source.add_argument("--sweep", help="a sweep registered in the store (default: all trials)")
+    source.add_argument(
+        "--sweep", metavar="NAME", help="a sweep registered in the store (default: all trials)"
+    )
     source.add_argument("--spec", help="a sweep spec (YAML): its cells, whichever sweep ran them")
     tables.add_argument(
         "--format",
         type=_formats,
         default=("term",),
         metavar="FORMAT[,FORMAT...]",
-        help=f"one or several of {', '.join(FORMATS)}, comma-separated (default: term)",
+        help=f"one or several of {', '.join(FORMATS)}, comma-separated ('table' is term too; "
+        "default: term)",
     )
     tables.add_argument("--out", help="write <out>/<sweep>.<ext> instead of printing")
     tables.add_argument(
@@ -74,7 +77,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="override the spec's report: layout (default: the spec's, else inferred)",
     )
     tables.add_argument(
-        "--db", help="results store URL (default: BNSWEEP_DB or sqlite:///bnsweep.db)"
+        "--db",
+        metavar="URL",
+        help="results store URL (default: BNSWEEP_DB or sqlite:///bnsweep.db)",
     )
     tables.set_defaults(func=run_tables)
 
@@ -87,10 +92,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "γ/β drift per layer at the end of training, the >6σ fraction over epochs, and the "
         "gradient factor per layer at initialisation per γ (docs/diagnostics.md).",
     )
-    plots.add_argument("--sweep", help="a sweep registered in the store (default: all trials)")
+    plots.add_argument(
+        "--sweep", metavar="NAME", help="a sweep registered in the store (default: all trials)"
+    )
     plots.add_argument("--out", help="output folder (default: plots/<sweep>)")
     plots.add_argument(
-        "--db", help="results store URL (default: BNSWEEP_DB or sqlite:///bnsweep.db)"
+        "--db",
+        metavar="URL",
+        help="results store URL (default: BNSWEEP_DB or sqlite:///bnsweep.db)",
     )
     plots.set_defaults(func=run_plots)
 
@@ -110,7 +119,11 @@ class _Renamed(argparse.Action):
 
 
 def _formats(text: str) -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    # "table" is what status and query call the terminal format: one name for both.
+    names = tuple(
+        dict.fromkeys(("term" if n.strip() == "table" else n.strip()) for n in text.split(","))
+    )
+    names = tuple(n for n in names if n)
     unknown = [n for n in names if n not in FORMATS]
     if unknown or not names:
         raise argparse.ArgumentTypeError(

@@ -63,6 +63,11 @@ _HEADERS = {
 }
 
 
+def _format_name(value: str) -> str:
+    # "term" is what `tables` calls the terminal format: one name for both.
+    return "table" if value == "term" else value
+
+
 def _add_db(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--db",
@@ -105,6 +110,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     status.add_argument(
         "--format",
         choices=FORMATS,
+        type=_format_name,
         default="table",
         help="table, or one row per sweep as csv or json (default: table)",
     )
@@ -142,6 +148,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     query.add_argument(
         "--format",
         choices=(*FORMATS, "parquet"),
+        type=_format_name,
         default="table",
         help="default: table; parquet is binary, for a file: --format parquet > rows.parquet",
     )

@@ -228,3 +228,8 @@ def test_several_formats_at_once_and_the_colour_switch(
     assert "significant against BASE" in plain
     code, md_and_csv, _ = bnsweep("tables", "--sweep", "small", "--db", db, "--format", "md,csv")
     assert code == 0 and md_and_csv.count("| ") > 3 and "table,block,row" in md_and_csv
+
+
+def test_table_is_a_name_of_the_terminal_format(bnsweep: Run, db: str) -> None:
+    default = bnsweep("tables", "--sweep", "small", "--db", db)
+    assert bnsweep("tables", "--sweep", "small", "--db", db, "--format", "table") == default

@@ -367,3 +367,11 @@ def test_query_writes_parquet(bnsweep: Run, db: str, tmp_path: Path) -> None:
     frame = pd.read_parquet(path)
     _, out, _ = bnsweep("query", "--db", db, "--format", "csv")
     assert len(frame) == len(pd.read_csv(io.StringIO(out))) and "test_acc" in frame
+
+
+def test_the_terminal_format_has_one_name_for_every_command(bnsweep: Run, db: str) -> None:
+    assert (
+        bnsweep("status", "--db", db, "--format", "term")[:2] == bnsweep("status", "--db", db)[:2]
+    )
+    code, out, _ = bnsweep("query", "--db", db, "--format", "term", "--sweep", "solo")
+    assert code == 0 and out == bnsweep("query", "--db", db, "--sweep", "solo")[1]
