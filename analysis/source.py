@@ -33,7 +33,7 @@ def load_results(url: str | None, sweep: str | None) -> tuple[pd.DataFrame, pd.D
     """
     from service.store.api import Store
 
-    with Store.open(url, create=False) as store:
+    with Store.open(url, read_only=True) as store:
         trials = store.trials(sweep=sweep, where=_CURRENT)
         epochs = store.epochs(sweep=sweep, where=_CURRENT)
     log.info("loaded %d trials and %d epoch rows", len(trials), len(epochs))
@@ -45,7 +45,7 @@ def load_diagnostics(url: str | None, sweep: str | None) -> pd.DataFrame:
     (trial, epoch, BN layer), epoch 0 being initialisation (docs/diagnostics.md)."""
     from service.store.api import Store
 
-    with Store.open(url, create=False) as store:
+    with Store.open(url, read_only=True) as store:
         return store.diagnostics(sweep=sweep, where=_CURRENT)
 
 
@@ -53,7 +53,7 @@ def load_trials(url: str | None, sweep: str | None) -> pd.DataFrame:
     """Only the trials frame, and only what the tables need (epochs are for the curves)."""
     from service.store.api import RESULT_COLUMNS, Store
 
-    with Store.open(url, create=False) as store:
+    with Store.open(url, read_only=True) as store:
         return store.trials(sweep=sweep, where=_CURRENT, columns=RESULT_COLUMNS)
 
 
@@ -62,7 +62,7 @@ def older_recipe_note(url: str | None, sweep: str | None) -> str | None:
     trials when None), which the tables leave out; None when there are none."""
     from service.store.api import Store, older_recipe_line
 
-    with Store.open(url, create=False) as store:
+    with Store.open(url, read_only=True) as store:
         return older_recipe_line(store.older_recipes(sweep), sweep)
 
 
@@ -72,7 +72,7 @@ def load_cells(url: str | None, cells: Iterable[tuple[str, int]]) -> pd.DataFram
 
     wanted = set(cells)
     hashes = sorted({h for h, _ in wanted})
-    with Store.open(url, create=False) as store:
+    with Store.open(url, read_only=True) as store:
         trials = store.trials(where={"spec_hash": hashes}) if hashes else store.trials()
     if trials.empty:
         return trials
@@ -86,7 +86,7 @@ def sweep_report(url: str | None, sweep: str) -> dict[str, Any] | None:
 
     from service.store.api import Store
 
-    with Store.open(url, create=False) as store:
+    with Store.open(url, read_only=True) as store:
         text = store.get_sweep(sweep).spec_text
     try:
         data = yaml.safe_load(text) if text else None

@@ -1292,17 +1292,44 @@ def _latex_cell(cell: Cell | None) -> str:
     return text
 
 
-def render_latex(tables: Sequence[Table]) -> str:
+def latex_label(title: str, taken: set[str]) -> str:
+    """`tab:<words of the title>`, unique among `taken` (which it joins), for `\\ref`."""
+    words, kept = re.findall(r"[a-z0-9]+", title.lower()), []
+    for word in words:  # whole words, at most 48 characters
+        if len("-".join([*kept, word])) > 48:
+            break
+        kept.append(word)
+    base = "tab:" + ("-".join(kept) or "bnsweep")
+    label, n = base, 2
+    while label in taken:
+        label, n = f"{base}-{n}", n + 1
+    taken.add(label)
+    return label
+
+
+def _latex_text(text: str) -> str:
+    """A caption or note line: escaped, with the effect size typeset as the paper's $d_z$."""
+    return latex_escape(text).replace(r"d\_z", "$d_z$")
+
+
+def render_latex(tables: Sequence[Table], fragment: bool = False) -> str:
+    """One `table` float per table, with caption, `\\label` and notes; `fragment` gives only
+    the `tabular`, for a document that sets its own float, caption and notes."""
     out = []
+    labels: set[str] = set()
     for t in tables:
         has_blocks = any(b.label for b in t.blocks)
         lead = 2 if has_blocks else 1
         ncol = len(t.columns)
-        lines = [
+        head = [
             "% requires \\usepackage{booktabs}",
             r"\begin{table}[t]",
             r"\centering",
             r"\caption{" + latex_escape(t.title) + "}",
+            r"\label{" + latex_label(t.title, labels) + "}",
+        ]
+        lines = [
+            *(head if not fragment else [f"% {latex_escape(t.title)} (requires booktabs)"]),
             r"\begin{tabular}{" + "l" * lead + "r" * ncol + "}",
             r"\toprule",
             " & " * lead
@@ -1328,11 +1355,13 @@ def render_latex(tables: Sequence[Table]) -> str:
                     latex_escape(r.label)
                 ]
                 lines.append(" & ".join(cells + [_latex_cell(c) for c in r.cells]) + r" \\")
-        lines += [r"\bottomrule", r"\end{tabular}", "", r"\smallskip", r"\footnotesize"]
-        body = [t.caption, t.mde] + [f"{m} {x}" for m, x in t.footnotes]
-        body += [f"{b.label}: {x}" for b in t.blocks for x in b.notes] + list(t.notes)
-        lines += [latex_escape(x) + r"\par" for x in body]
-        lines.append(r"\end{table}")
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        if not fragment:
+            lines += ["", r"\smallskip", r"\footnotesize"]
+            body = [t.caption, t.mde] + [f"{m} {x}" for m, x in t.footnotes]
+            body += [f"{b.label}: {x}" for b in t.blocks for x in b.notes] + list(t.notes)
+            lines += [_latex_text(x) + r"\par" for x in body]
+            lines.append(r"\end{table}")
         lines += _latex_pairwise(t)
         out.append("\n".join(lines))
     return "\n\n".join(out) + "\n"
@@ -1376,6 +1405,10 @@ def _latex_pairwise(t: Table) -> list[str]:
             r"\end{table}",
         ]
     return lines
+
+
+def render_latex_fragment(tables: Sequence[Table]) -> str:
+    return render_latex(tables, fragment=True)
 
 
 _HTML_STYLE = """
@@ -1485,8 +1518,14 @@ def _html_cell(cell: Cell | None) -> str:
     return text
 
 
-def term_renderables(tables: Sequence[Table]) -> list[Any]:
-    """rich renderables for the terminal: bold = significant, underline = best mean."""
+#: Text marks of the terminal table where bold and underline cannot be shown (a file, a pipe).
+TERM_MARKS = {"significant": "*", "best": "^"}
+_TERM_MARKS_NOTE = "* significant against BASE; ^ best mean of the column"
+
+
+def term_renderables(tables: Sequence[Table], marks: bool = False) -> list[Any]:
+    """rich renderables for the terminal: bold = significant, underline = best mean; with
+    `marks` also in text (TERM_MARKS), for output that keeps no styles."""
     from rich.table import Table as RichTable
     from rich.text import Text
 
@@ -1504,12 +1543,14 @@ def term_renderables(tables: Sequence[Table]) -> list[Any]:
                 lead = ([b.label if i == 0 else ""] if has_blocks else []) + [r.label]
                 rt.add_row(
                     *lead,
-                    *[_term_cell(c, Text) for c in r.cells],
+                    *[_term_cell(c, Text, marks) for c in r.cells],
                     end_section=i == len(b.rows) - 1 and k < len(t.blocks) - 1,
                 )
         out.append(rt)
         body = [t.caption, t.mde] + [f"{m} {x}" for m, x in t.footnotes]
         body += [f"{b.label}: {x}" for b in t.blocks for x in b.notes] + list(t.notes)
+        if marks:
+            body.append(_TERM_MARKS_NOTE)
         out.append(Text("\n".join(body) + "\n"))
         if t.pairwise:
             out.append(Text(t.pairwise_caption + "\n"))
@@ -1533,7 +1574,7 @@ def term_renderables(tables: Sequence[Table]) -> list[Any]:
     return out
 
 
-def _term_cell(cell: Cell | None, text_cls: Any) -> Any:
+def _term_cell(cell: Cell | None, text_cls: Any, marks: bool = False) -> Any:
     if cell is None:
         return ""
     mean, std = _value_parts(cell)
@@ -1545,11 +1586,15 @@ def _term_cell(cell: Cell | None, text_cls: Any) -> Any:
         text.append(f" ({cell.detail})")
     if cell.markers:
         text.append("".join(cell.markers))
+    if marks:
+        flags = [TERM_MARKS[k] for k in ("significant", "best") if getattr(cell, k)]
+        text.append(f" {''.join(flags)}" if flags else "")
     return text
 
 
 def render_term(tables: Sequence[Table], width: int = 120, styles: bool = False) -> str:
-    """The terminal rendering as text; with `styles` the bold/underline ANSI codes are kept."""
+    """The terminal rendering as text; with `styles` the bold/underline ANSI codes are kept,
+    without them significance and the best mean are marked in text (TERM_MARKS)."""
     from rich.console import Console
 
     console = Console(
@@ -1559,7 +1604,7 @@ def render_term(tables: Sequence[Table], width: int = 120, styles: bool = False)
         force_terminal=styles,
         color_system="standard" if styles else None,
     )
-    for r in term_renderables(tables):
+    for r in term_renderables(tables, marks=not styles):
         console.print(r)
     return console.export_text(styles=styles)
 
@@ -1690,6 +1735,7 @@ class Renderer:
 RENDERERS: dict[str, Renderer] = {
     "md": Renderer(render_markdown, "md"),
     "latex": Renderer(render_latex, "tex"),
+    "latex-fragment": Renderer(render_latex_fragment, "fragment.tex"),
     "html": Renderer(render_html, "html"),
     "csv": Renderer(render_csv, "csv"),
     "term": Renderer(render_term, "txt"),

@@ -1,8 +1,9 @@
 """`bnsweep`: the command line. Each subcommand lives in its own module under `service/commands/`.
 
 A command module exposes `register(subparsers)`, which adds its parser and sets `func` to a
-handler `(args) -> int`. Bad input anywhere surfaces as a `BnsweepError`, printed here as one
-line with exit code 2; argparse's own usage errors exit 2 as well.
+handler `(args) -> int`. Every problem surfaces as a `BnsweepError`, printed here as one line;
+the exit code is the error's (`workers.errors`: 2 for usage and spec errors, 1 for runtime
+failures); argparse's own usage errors exit 2 as well, an interrupt 130.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from workers.errors import BnsweepError
+from workers.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, BnsweepError, SpecError
 
 #: Subcommand modules, in the order `bnsweep --help` lists them.
 COMMAND_MODULES = (
@@ -42,7 +43,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    _share_options(sub)
     return parser
+
+
+def _share_options(sub: argparse._SubParsersAction) -> None:
+    """`-v` after the subcommand too (`bnsweep status -v`), in every leaf command.
+
+    SUPPRESS as the default leaves the value set before the subcommand in place."""
+    for command in sub.choices.values():
+        nested = [a for a in command._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:
+            _share_options(nested[0])
+            continue
+        if "--verbose" not in command._option_string_actions:
+            command.add_argument(
+                "-v",
+                "--verbose",
+                action="store_true",
+                default=argparse.SUPPRESS,
+                help="log at INFO level",
+            )
+
+
+def _check_shared(args: argparse.Namespace) -> None:
+    # `--db ''` would silently fall back to BNSWEEP_DB or ./bnsweep.db: another store.
+    if getattr(args, "db", None) is not None and not args.db.strip():
+        raise SpecError("--db: empty; give a URL such as sqlite:///bnsweep.db")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,13 +80,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
+        _check_shared(args)
         return int(args.func(args) or 0)
     except BnsweepError as err:
         print(f"bnsweep: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
+    except OSError as err:
+        # A file or folder the command had to read or write: named, with what went wrong. An
+        # OSError without a file name is not the user's to fix and keeps its traceback.
+        if err.filename is None:
+            raise
+        print(f"bnsweep: error: {os_error_line(err)}", file=sys.stderr)
+        return EXIT_RUNTIME
     except KeyboardInterrupt:
         print("bnsweep: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+
+
+#: How a filesystem error reads, by its type: "a folder where a file is expected" and
+#: "permission denied" are named as such, whatever the platform's wording.
+_OS_ERRORS: dict[type[OSError], str] = {
+    IsADirectoryError: "is a folder, expected a file",
+    NotADirectoryError: "a part of this path is a file, expected a folder",
+    PermissionError: "permission denied",
+    FileNotFoundError: "no such file or folder",
+    FileExistsError: "already exists",
+}
+
+
+def os_error_line(err: OSError) -> str:
+    """One line for a filesystem error: the path, then what is wrong with it."""
+    what = next(
+        (text for kind, text in _OS_ERRORS.items() if isinstance(err, kind)),
+        err.strerror or type(err).__name__,
+    )
+    return f"{err.filename}: {what}"
 
 
 if __name__ == "__main__":

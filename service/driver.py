@@ -46,6 +46,7 @@ from rich.live import Live
 from rich.text import Text
 
 from service.checkpoints import CellRecords, CellStorage, write_cell_file
+from service.ray_address import host_port
 from service.store.api import (
     DiagnosticsRecorded,
     EpochRecorded,
@@ -57,7 +58,7 @@ from service.store.api import (
 )
 from service.sweep import SweepSpec, expand
 from workers.diagnostics import BNDiagnostics
-from workers.errors import BnsweepError, SpecError
+from workers.errors import BnsweepError, RuntimeFailure, SpecError
 from workers.spec import TrialSpec
 from workers.trial import EpochMetrics, TrialResult, run_trial
 
@@ -612,15 +613,28 @@ class Progress:
         left = sum(max(n - self.reached.get(key, 0), 0) for key, n in self.planned.items())
         return left * elapsed / self.trained
 
+    #: The progress line fits a terminal of this many columns (and a Slurm log line).
+    WIDTH = 80
+
     def line(self) -> str:
+        """The cells by state and the ETA in at most WIDTH characters: the first form that
+        fits, from the full one down to abbreviations; failed and diverged only when any."""
         c = self.counts()
         elapsed = time.monotonic() - self.started_at
         eta = self.eta(elapsed)
-        return (
-            f"cells {self.total}: {c['done']} done, {c['running']} running, "
-            f"{c['pending']} pending, {c['failed']} failed, {c['diverged']} diverged | "
-            f"elapsed {_clock(elapsed)}, ETA {'--' if eta is None else _clock(eta)}"
+        left = "--" if eta is None else _clock(eta)
+        bad = "".join(f", {c[k]} {k}" for k in ("failed", "diverged") if c[k])
+        states = (
+            f"cells {self.total}: {c['done']} done, {c['running']} running, {c['pending']} pending"
         )
+        short_bad = "".join(f" {c[k]} {k[:4]}" for k in ("failed", "diverged") if c[k])
+        forms = (
+            f"{states}{bad} | {_clock(elapsed)} elapsed, ETA {left}",
+            f"{states}{bad} | ETA {left}",
+            f"{c['done']}/{self.total} done {c['running']} run {c['pending']} wait{short_bad}"
+            f" | ETA {left}",
+        )
+        return next((f for f in forms if len(f) <= self.WIDTH), forms[-1][: self.WIDTH])
 
     def refresh(self, force: bool = False) -> None:
         if self._live is not None:
@@ -749,7 +763,11 @@ def _filesystem_type(path: str) -> str | None:
 # -- the launch -----------------------------------------------------------------------------
 def connect(address: str | None, num_cpus: int | None = None, num_gpus: int | None = None) -> int:
     """Attach to a cluster (`--address`, RAY_ADDRESS, or the job we were submitted as) or start a
-    local Ray. Token authentication stays whatever the cluster has: on by default."""
+    local Ray. Token authentication stays whatever the cluster has: on by default.
+
+    A local Ray listens on 127.0.0.1 only and its token file is private to this user; a
+    cluster address must be HOST:PORT and answer a TCP connect within seconds, or Ray would
+    retry for minutes."""
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
         target = address or os.environ.get("RAY_ADDRESS")
@@ -762,19 +780,110 @@ def connect(address: str | None, num_cpus: int | None = None, num_gpus: int | No
                 "(`ray job submit -- bnsweep launch SPEC`, docs/cluster.md) or run it on a "
                 "cluster node with the GCS address (HOST:6379)"
             )
+        if target and target != "auto":
+            _check_reachable(target, *host_port(target))
         if target:
             kwargs["address"] = target
+            local: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
         else:
             # A Ray of our own ("local"), never one a `ray start` on this machine left recorded
             # in /tmp/ray; no dashboard: it starts slowly and nobody looks at it.
             kwargs.update(
                 address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False
             )
+            _private_token_file()
+            local = _loopback_only()
         try:
-            ray.init(**kwargs)
+            with local:
+                ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ray.exceptions.RayError) as err:
             raise BnsweepError(_connect_error(target, err)) from err
+        if not target:
+            _private_token_file()  # whatever Ray wrote meanwhile
     return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+#: How long a cluster address may take to accept a TCP connection before the launch gives up.
+CONNECT_CHECK_SECONDS = 5.0
+
+
+class ClusterUnreachable(RuntimeFailure):
+    """Nothing answers at the Ray address given: a runtime failure (exit 1), not a typo."""
+
+
+def _check_reachable(target: str, host: str, port: int) -> None:
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_CHECK_SECONDS):
+            pass
+    except OSError as err:
+        reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        raise ClusterUnreachable(
+            f"--address {target}: no Ray head answers there ({reason} within "
+            f"{CONNECT_CHECK_SECONDS:.0f} s); is the cluster up (`ray status` on the head)?"
+        ) from None
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Start a local Ray whose every server listens on 127.0.0.1, not on all interfaces.
+
+    Ray 2.60 turns `_node_ip_address="127.0.0.1"` into the machine's external address
+    (`services.resolve_ip_for_localhost`), and binds its servers to the node address. Only
+    with "clusters" off (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, its setting for laptops) is
+    the node address the loopback one; the variable reaches the processes ray.init starts,
+    and the constant is what this process has already read from it.
+    """
+    from ray._private import ray_constants
+
+    name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    saved_env, saved_flag = os.environ.get(name), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[name] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved_env
+
+
+def _token_path() -> Path | None:
+    """The token file a local Ray reads or writes: RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token;
+    None when the token comes from RAY_AUTH_TOKEN itself."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return None
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+
+
+def _private_token_file() -> None:
+    """The auth token readable by this user only (0600 in a 0700 folder).
+
+    Ray 2.60 writes a new ~/.ray/auth_token with plain `open(path, "w")`: 0644 under the
+    usual umask, so every user of the machine could read the key to this Ray. Writing the
+    token first, privately, leaves Ray nothing to create; an existing one is made private."""
+    path = _token_path()
+    if path is None:
+        return
+    if path.exists():
+        if path.stat().st_mode & 0o077:
+            log.warning("%s was readable by other users; made it private (0600)", path)
+            path.chmod(0o600)
+        return
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+        return  # authentication turned off on purpose: Ray reads no token
+    from ray._private.authentication.authentication_token_generator import (
+        generate_new_authentication_token,
+    )
+
+    created = not path.parent.exists()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if created:
+        path.parent.chmod(0o700)  # mkdir's mode is filtered by the umask
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(generate_new_authentication_token())
 
 
 def _connect_error(target: str | None, err: BaseException) -> str:

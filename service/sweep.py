@@ -8,6 +8,9 @@ BN, otherwise equal to the cell it is compared with; Sect. 4.2), in a stable ord
 from __future__ import annotations
 
 import itertools
+import json
+import math
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,11 +34,34 @@ _NOT_IN_GRID = frozenset({"seed"})
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
+#: The most cells a sweep may have unless its `max_cells` says otherwise (docs/sweeps.md):
+#: a typo such as `seeds: 10000000` is refused at once instead of filling memory.
+DEFAULT_MAX_CELLS = 100_000
+MAX_CELLS_ENV = "BNSWEEP_MAX_CELLS"
+
+#: What a union-typed field accepts, in words: pydantic would name each member type instead
+#: ("seeds.int: ...", "seeds.list[int]: ...").
+_UNION_HELP = {"seeds": "a count (>= 1), or a list of distinct integers >= 0"}
+
+
+def default_max_cells() -> int:
+    """BNSWEEP_MAX_CELLS if set, else DEFAULT_MAX_CELLS."""
+    text = os.environ.get(MAX_CELLS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_CELLS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise SpecError(f"{MAX_CELLS_ENV}: expected an integer >= 1, got {text!r}")
+    return value
+
 
 class Resources(BaseModel):
     """What one trial asks Ray for. A GPU fraction below 1 packs several trials on one GPU."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     cpus: float = Field(1.0, gt=0)
     gpus: float = Field(0.0, ge=0)
@@ -52,7 +78,7 @@ class Diagnostics(BaseModel):
     """BN diagnostics of every trial (docs/diagnostics.md): at initialisation, every `every`
     epochs and at the last epoch; `every: 0` turns them off. They never change a result."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     every: int = Field(1, ge=0)
     #: Validation images in the probe batch; default: 64, or the batch size when smaller.
@@ -62,7 +88,9 @@ class Diagnostics(BaseModel):
 class SweepSpec(BaseModel):
     """One sweep: trial defaults, grids of axes, the BASE arm, seeds, resources and storage."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: YAML already gives numbers and booleans their types, so `seeds: true` or
+    # `cpus: "2"` is a mistake to name, not a value to convert.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     name: str
     description: str = ""
@@ -83,6 +111,9 @@ class SweepSpec(BaseModel):
     database: str | None = None
     report: dict[str, Any] | None = None
     diagnostics: Diagnostics = Field(default_factory=Diagnostics)
+    #: Refuse the sweep when it has more cells than this (default: BNSWEEP_MAX_CELLS, else
+    #: DEFAULT_MAX_CELLS).
+    max_cells: int | None = Field(None, ge=1)
 
     @field_validator("name")
     @classmethod
@@ -131,14 +162,30 @@ class SweepSpec(BaseModel):
 
     @model_validator(mode="after")
     def _cells_are_valid(self) -> SweepSpec:
+        limit = self.max_cells or default_max_cells()
+        seeds = self.seeds if isinstance(self.seeds, int) else len(self.seeds)
+        # From the grid sizes alone first: a huge grid is refused before any cell exists.
+        listed = sum(math.prod(len(values) for values in grid.values()) for grid in self.grids)
+        if listed * seeds > limit:
+            raise ValueError(_too_many(listed * seeds, limit, "at least "))
         # Build every distinct trial once so a bad value fails at load time, naming the field.
-        for values in _grid_points(self):
+        points = _grid_points(self)
+        for values in points:
             TrialSpec(**values)
+        if len(points) * seeds > limit:
+            raise ValueError(_too_many(len(points) * seeds, limit, ""))
         return self
 
     @property
     def seed_list(self) -> list[int]:
         return list(range(1, self.seeds + 1)) if isinstance(self.seeds, int) else list(self.seeds)
+
+
+def _too_many(cells: int, limit: int, bound: str) -> str:
+    return (
+        f"the sweep has {bound}{cells:,} cells (grid points x seeds), more than "
+        f"the limit of {limit:,}; set max_cells (or {MAX_CELLS_ENV}) to allow more"
+    )
 
 
 def _check_fields(names: Any, where: str) -> None:
@@ -178,16 +225,49 @@ def expand(spec: SweepSpec) -> list[TrialSpec]:
     ]
 
 
-def parse_sweep_spec(text: str, source: str = "<spec>") -> SweepSpec:
-    """Validate YAML text; any problem becomes one SpecError line naming the field."""
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
+    would keep the last value without a word)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *defaults` overrides by design
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.get(key)
+        except TypeError:
+            continue  # an unhashable key: construct_mapping names it
+        if first is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} given twice (first on line {first})", key_node.start_mark
+            )
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates
+)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """YAML text as data, refusing duplicate keys; a problem is one SpecError line."""
     try:
-        data = yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise SpecError(
-            f"{source}:{where} is not valid YAML ({getattr(err, 'problem', err)})"
+            f"{source}:{where} is not valid YAML ({getattr(err, 'problem', None) or err})"
         ) from None
+
+
+def parse_sweep_spec(text: str, source: str = "<spec>") -> SweepSpec:
+    """Validate YAML text; any problem becomes one SpecError line naming the field."""
+    data = load_yaml(text, source)
     if not isinstance(data, dict):
         raise SpecError(f"{source}: a sweep spec is a mapping with at least 'name' and 'grids'")
     try:
@@ -198,16 +278,70 @@ def parse_sweep_spec(text: str, source: str = "<spec>") -> SweepSpec:
         raise SpecError(f"{source}: {err}") from None
 
 
-def load_sweep_spec(path: str | Path) -> SweepSpec:
+def read_spec_text(path: str | Path) -> str:
+    """The text of a spec file; a missing, unreadable or binary file is one SpecError line."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise SpecError(f"sweep spec {path}: is a folder, expected a YAML file")
+    if not path.exists():
         raise SpecError(f"sweep spec not found: {path}")
-    return parse_sweep_spec(path.read_text(encoding="utf-8"), source=str(path))
+    try:
+        data = path.read_bytes()
+    except PermissionError:
+        raise SpecError(f"sweep spec {path}: permission denied") from None
+    except OSError as err:
+        raise SpecError(f"sweep spec {path}: unreadable ({err.strerror or err})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError(
+            f"sweep spec {path}: not a text file (byte {err.start} is not UTF-8); "
+            "a spec is YAML text"
+        ) from None
+    if "\x00" in text:
+        raise SpecError(f"sweep spec {path}: not a text file (it holds NUL bytes)")
+    return text
+
+
+def load_sweep_spec(path: str | Path) -> SweepSpec:
+    return parse_sweep_spec(read_spec_text(path), source=str(path))
+
+
+def redacted_spec_text(text: str, source: str = "<spec>") -> str:
+    """The spec as the store keeps it: the password of its `database:` URL becomes ***.
+
+    The URL is found as data (the YAML node of the top-level `database` key) and only that
+    scalar's span of the text is rewritten, so the rest (comments, the `report:` layout, any
+    other occurrence of the password's characters) stays exactly as written.
+    """
+    from service.store.api import redact_url
+
+    root = yaml.compose(text, Loader=_StrictLoader)
+    if not isinstance(root, yaml.MappingNode):
+        return text
+    for key_node, value_node in root.value:
+        if key_node.value != "database" or not isinstance(value_node, yaml.ScalarNode):
+            continue
+        url = load_yaml(text, source).get("database")
+        if not isinstance(url, str):
+            return text
+        shown = redact_url(url)
+        if shown == url.strip():
+            return text
+        start, end = value_node.start_mark.index, value_node.end_mark.index
+        tail = "\n" if text[start:end].endswith("\n") else ""
+        # A JSON string is a valid YAML double-quoted scalar.
+        return text[:start] + json.dumps(shown) + tail + text[end:]
+    return text
 
 
 def _first_error(err: ValidationError) -> str:
     """One line for the first problem: the field path, what is wrong, and what is allowed."""
     first = err.errors()[0]
+    field = str(first["loc"][0]) if first["loc"] else ""
+    if field in _UNION_HELP and len(first["loc"]) > 1:
+        # One message for the field, not one per member of its union.
+        return f"{field}: {_UNION_HELP[field]}; got {first['input']!r}"
     loc = ".".join(str(p) for p in first["loc"] if p not in ("function-after",))
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":

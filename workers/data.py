@@ -314,41 +314,88 @@ def _load_cifar(name: str, data_root: str | Path | None, cls: type, label_key: s
 
 
 def _diagnose_cifar(base: Path, cls: type, label_key: str) -> str | None:
-    """The first CIFAR file that is unreadable, mis-shaped or fails its MD5, as a message."""
+    """The first CIFAR file that is not a file, unreadable, fails its MD5 or is mis-shaped.
+
+    A file that fails its MD5 is never unpickled: unpickling runs whatever code the file names
+    (DESIGN house rule 11). What we say about it comes from its size and a scan of its opcodes
+    (`pickletools` parses a pickle without executing it).
+    """
     from torchvision.datasets import cifar as tv_cifar
 
-    for filename, md5 in cls.train_list + cls.test_list:
+    meta = (cls.meta["filename"], cls.meta["md5"])
+    for filename, md5 in [*cls.train_list, *cls.test_list, meta]:
         path = base / filename
+        if path.is_dir():
+            return f"{path}: is a folder, expected the CIFAR batch file"
+        try:
+            verified = tv_cifar.check_integrity(str(path), md5)
+        except OSError as err:
+            return f"{path}: unreadable ({_one_line(err)})"
+        if not verified:
+            return (
+                f"{path}: MD5 mismatch (corrupt, or not the official file; not loaded: "
+                f"{_pickle_summary(path)})"
+            )
+        # Verified: the official file (or a test's fixture, with the check bypassed).
         entry = _unpickle(path)
         if isinstance(entry, str):
             return entry
-        data = entry.get("data") if isinstance(entry, dict) else None
-        labels = entry.get(label_key) if isinstance(entry, dict) else None
-        if (
-            not isinstance(data, np.ndarray)
-            or data.dtype != np.uint8
-            or data.ndim != 2
-            or data.shape[1] != 3 * 32 * 32
-        ):
-            got = (
-                f"{data.dtype} {data.shape}"
-                if isinstance(data, np.ndarray)
-                else type(data).__name__
-            )
-            return f"{path}: wrong shape: expected key 'data' with uint8 [N, 3072], got {got}"
-        if labels is None or len(labels) != len(data):
-            return f"{path}: wrong shape: expected {len(data)} labels under {label_key!r}"
-        if not tv_cifar.check_integrity(str(path), md5):
-            return f"{path}: MD5 mismatch (corrupt, or not the official file)"
-    meta_path = base / cls.meta["filename"]
-    meta = _unpickle(meta_path)
-    if isinstance(meta, str):
-        return meta
-    if not isinstance(meta, dict) or cls.meta["key"] not in meta:
-        return f"{meta_path}: expected a dict with {cls.meta['key']!r}"
-    if not tv_cifar.check_integrity(str(meta_path), cls.meta["md5"]):
-        return f"{meta_path}: MD5 mismatch (corrupt, or not the official file)"
+        problem = _cifar_entry_problem(path, entry, cls, label_key, is_meta=filename == meta[0])
+        if problem:
+            return problem
     return None
+
+
+def _cifar_entry_problem(
+    path: Path, entry: object, cls: type, label_key: str, *, is_meta: bool
+) -> str | None:
+    if is_meta:
+        if not isinstance(entry, dict) or cls.meta["key"] not in entry:
+            return f"{path}: expected a dict with {cls.meta['key']!r}"
+        return None
+    data = entry.get("data") if isinstance(entry, dict) else None
+    labels = entry.get(label_key) if isinstance(entry, dict) else None
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != 3 * 32 * 32
+    ):
+        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        return f"{path}: wrong shape: expected key 'data' with uint8 [N, 3072], got {got}"
+    if labels is None or len(labels) != len(data):
+        return f"{path}: wrong shape: expected {len(data)} labels under {label_key!r}"
+    return None
+
+
+#: What the official CIFAR pickles import while loading; any other name is code to run.
+_CIFAR_PICKLE_GLOBALS = frozenset(
+    {"numpy.core.multiarray._reconstruct", "numpy.ndarray", "numpy.dtype"}
+)
+
+
+def _pickle_summary(path: Path) -> str:
+    """Size and shape of a pickle from its opcodes alone: never executed, never imported."""
+    import pickletools
+
+    size = path.stat().st_size
+    names: list[str] = []
+    strings: list[str] = []
+    try:
+        with path.open("rb") as f:
+            for opcode, arg, _ in pickletools.genops(f):
+                if opcode.name in ("GLOBAL", "INST"):
+                    names.append(str(arg).replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(".".join(strings[-2:]))
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception as err:  # any malformed opcode stream: say so and stop reading
+        return f"{size} bytes, not a complete pickle ({_one_line(err)})"
+    foreign = sorted(set(names) - _CIFAR_PICKLE_GLOBALS)
+    if foreign:
+        return f"{size} bytes, a pickle that would import {', '.join(foreign)}"
+    return f"{size} bytes"
 
 
 def _unpickle(path: Path) -> object:

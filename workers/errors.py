@@ -1,14 +1,35 @@
 """User-facing errors: each carries one line that names what is wrong and what is allowed.
 
 Every layer raises a subclass of `BnsweepError`; the CLI prints its message on one line and
-exits with code 2. Anything else that escapes is a bug and keeps its traceback.
+exits with the error's `exit_code`. Anything else that escapes is a bug and keeps its traceback.
+
+Exit codes (README, "Exit codes"): 2 when what was typed is wrong (a flag, a spec, a URL, a
+field name: running it again cannot help), 1 when the world did not cooperate (the database is
+down or missing, the sweep is unknown to it, a folder cannot be written), 130 when interrupted.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+#: `bnsweep` exits with these; scripts may rely on them.
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
 
 class BnsweepError(ValueError):
     """A problem with the user's input, configuration or data, explained in one line."""
+
+    exit_code: ClassVar[int] = EXIT_USAGE
+
+
+class RuntimeFailure(BnsweepError):
+    """The input was fine but something it relies on failed: the database is unreachable or
+    holds no such sweep, a file cannot be written, a launch ended with failed cells."""
+
+    exit_code: ClassVar[int] = EXIT_RUNTIME
 
 
 class SpecError(BnsweepError):

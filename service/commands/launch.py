@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -28,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("spec", help="sweep spec (YAML)")
     parser.add_argument(
-        "--db", help=f"results store URL (default: BNSWEEP_DB, the spec's, or {DEFAULT_DB})"
+        "--db",
+        metavar="URL",
+        help=f"results store URL (default: BNSWEEP_DB, the spec's, or {DEFAULT_DB})",
     )
     parser.add_argument(
         "--address",
@@ -49,19 +50,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from service.store.api import Store
-    from service.sweep import load_sweep_spec
+    from service.sweep import parse_sweep_spec, read_spec_text, redacted_spec_text
     from workers.errors import SpecError
 
     if args.num_cpus is not None and args.num_cpus < 1:
         raise SpecError(f"--num-cpus: must be >= 1, got {args.num_cpus}")
-    sweep = load_sweep_spec(args.spec)
-    spec_text = _without_password(Path(args.spec).read_text(encoding="utf-8"), sweep.database)
+    target = args.address or os.environ.get("RAY_ADDRESS")
+    if target and target != "auto" and not target.startswith("ray://"):
+        from service.ray_address import host_port
+
+        host_port(target)  # a malformed address is refused before anything else happens
+    text = read_spec_text(args.spec)
+    sweep = parse_sweep_spec(text, source=args.spec)
+    spec_text = redacted_spec_text(text, source=args.spec)
     url = database_url(args.db, sweep.database)
     if args.dry_run:
         return dry_run(sweep, url)
 
     from service.driver import launch
 
+    _check_storage(sweep.storage)
     with Store.open(url) as store:
         summary = launch(sweep, store, spec_text, address=args.address, num_cpus=args.num_cpus)
     resumed = f", {len(summary.resumed)} resumed from checkpoints" if summary.resumed else ""
@@ -111,30 +119,22 @@ def dry_run(sweep: SweepSpec, url: str) -> int:
 
 
 def _open_existing(url: str) -> Store | None:
-    """The store at `url` opened without creating anything; None when it has no bnsweep schema
-    yet (no SQLite file, an empty PostgreSQL database)."""
-    import sqlalchemy as sa
-
-    from service.store.api import Store, normalize_url
-
-    parsed = sa.make_url(normalize_url(url))
-    path = parsed.database if parsed.get_backend_name() == "sqlite" else None
-    if path not in (None, "", ":memory:") and not Path(str(path)).expanduser().exists():
-        return None
-    with Store.open(url, check_schema=False) as probe:
-        if probe.schema_revision() is None:
-            return None
-    return Store.open(url, create=False)  # still refuses a schema of another bnsweep version
-
-
-def _without_password(spec_text: str, database: str | None) -> str:
-    """The spec as the store keeps it: a password in its `database` URL becomes ***."""
-    if not database:
-        return spec_text
-    import sqlalchemy as sa
+    """The store at `url` opened read-only; None when nothing of bnsweep's is there yet (no
+    SQLite file, an empty database). Another program's file, or another bnsweep version's
+    schema, is refused."""
+    from service.store.api import NoStoreYet, Store
 
     try:
-        password = sa.make_url(database.strip()).password
-    except (sa.exc.ArgumentError, ValueError):
-        return spec_text
-    return spec_text.replace(str(password), "***") if password else spec_text
+        return Store.open(url, read_only=True)
+    except NoStoreYet:
+        return None
+
+
+def _check_storage(storage: str) -> None:
+    """A local `storage:` folder can be created and written, checked before the store or Ray
+    is touched (a URI such as s3://... is Ray's to check)."""
+    if "://" in storage:
+        return
+    from service.commands import check_writable_folder
+
+    check_writable_folder("storage", storage, create=False)

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # Literal here so `bnsweep --help` does not import scipy; a test keeps them equal to the
 # registries in analysis.tables / analysis.stats.
-FORMATS = ("md", "latex", "html", "csv", "term")
+FORMATS = ("md", "latex", "latex-fragment", "html", "csv", "term")
 CORRECTIONS = ("none", "holm")
 TESTS = ("t", "wilcoxon")
 LAYOUT_KINDS = ("gamma", "formulation", "methods")
@@ -41,12 +41,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and print or write the paper's tables from every completed trial in the store.",
     )
     source = tables.add_mutually_exclusive_group()
-    source.add_argument("--sweep", help="a sweep registered in the store (default: all trials)")
+    source.add_argument(
+        "--sweep", metavar="NAME", help="a sweep registered in the store (default: all trials)"
+    )
     source.add_argument("--spec", help="a sweep spec (YAML): its cells, whichever sweep ran them")
-    tables.add_argument("--format", choices=FORMATS, default="term", help="default: term")
+    tables.add_argument(
+        "--format",
+        type=_formats,
+        default=("term",),
+        metavar="FORMAT[,FORMAT...]",
+        help=f"one or several of {', '.join(FORMATS)}, comma-separated ('table' is term too; "
+        "default: term)",
+    )
     tables.add_argument("--out", help="write <out>/<sweep>.<ext> instead of printing")
     tables.add_argument(
-        "--alpha", type=float, default=0.05, help="significant when p ≤ alpha (default 0.05)"
+        "--level",
+        type=float,
+        default=0.05,
+        help="significance level: significant when p ≤ LEVEL (default 0.05)",
+    )
+    # α is the learning rate everywhere else (train --alpha, every table header).
+    tables.add_argument("--alpha", action=_Renamed, new="--level", help=argparse.SUPPRESS)
+    tables.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="bold/underline in the term format: auto (on a terminal), always, never; "
+        "without them significance and the best mean are marked * and ^",
     )
     tables.add_argument(
         "--correction", choices=CORRECTIONS, default="none", help="across one table (default none)"
@@ -76,7 +97,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="add, per block and column, the matrix of every row tested against every other",
     )
     tables.add_argument(
-        "--db", help="results store URL (default: BNSWEEP_DB or sqlite:///bnsweep.db)"
+        "--db",
+        metavar="URL",
+        help="results store URL (default: BNSWEEP_DB or sqlite:///bnsweep.db)",
     )
     tables.set_defaults(func=run_tables)
 
@@ -89,12 +112,51 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "γ/β drift per layer at the end of training, the >6σ fraction over epochs, and the "
         "gradient factor per layer at initialisation per γ (docs/diagnostics.md).",
     )
-    plots.add_argument("--sweep", help="a sweep registered in the store (default: all trials)")
+    plots.add_argument(
+        "--sweep", metavar="NAME", help="a sweep registered in the store (default: all trials)"
+    )
     plots.add_argument("--out", help="output folder (default: plots/<sweep>)")
     plots.add_argument(
-        "--db", help="results store URL (default: BNSWEEP_DB or sqlite:///bnsweep.db)"
+        "--db",
+        metavar="URL",
+        help="results store URL (default: BNSWEEP_DB or sqlite:///bnsweep.db)",
     )
     plots.set_defaults(func=run_plots)
+
+
+class _Renamed(argparse.Action):
+    """A flag that was renamed: refused with one line naming the new one."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: Any) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, nargs="?", **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kwargs: Any) -> None:
+        parser.error(
+            f"{self.option_strings[0]} is the learning rate α elsewhere; the significance "
+            f"level is {self.new} (e.g. {self.new} 0.01)"
+        )
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    # "table" is what status and query call the terminal format: one name for both.
+    names = tuple(
+        dict.fromkeys(("term" if n.strip() == "table" else n.strip()) for n in text.split(","))
+    )
+    names = tuple(n for n in names if n)
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown format {unknown[0] if unknown else text!r}; allowed: {', '.join(FORMATS)}"
+        )
+    return names
+
+
+def _out_folder(out: str) -> Path:
+    """--out as a writable folder, checked before any table is built."""
+    from service.commands import check_writable_folder
+
+    return check_writable_folder("--out", out)
 
 
 # -- shared steps ------------------------------------------------------------------------------
@@ -218,7 +280,13 @@ def _spec_trials(args: argparse.Namespace) -> tuple[str, str | None, Any, pd.Dat
 def run_tables(args: argparse.Namespace) -> int:
     from analysis.source import load_trials, older_recipe_note, sweep_report
 
-    options = {"alpha": args.alpha, "correction": args.correction, "test": args.test}
+    if not 0 < args.level < 1:
+        from workers.errors import SpecError
+
+        raise SpecError(f"--level: must be a number in (0, 1), got {args.level:g}")
+    if args.out:
+        _out_folder(args.out)
+    options = {"alpha": args.level, "correction": args.correction, "test": args.test}
     options["exclude_diverged"] = args.exclude_diverged
     if args.spec:
         name, url, report, trials = _spec_trials(args)
@@ -234,12 +302,14 @@ def run_tables(args: argparse.Namespace) -> int:
     tables = tables_for(
         trials, report, args.layout, versus=args.versus, pairwise=args.pairwise, **options
     )
-    if args.out:
-        text = _render(tables, args.format, for_terminal=False)
-        print(_write(text, args.out, name, args.format))
-    else:
-        text = _render(tables, args.format, for_terminal=sys.stdout.isatty())
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    styled = {"always": True, "never": False}.get(args.color, sys.stdout.isatty())
+    for fmt in args.format:
+        if args.out:
+            text = _render(tables, fmt, for_terminal=args.color == "always")
+            print(_write(text, args.out, name, fmt))
+        else:
+            text = _render(tables, fmt, for_terminal=styled)
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
 
 
@@ -250,7 +320,7 @@ def run_plots(args: argparse.Namespace) -> int:
     trials, epochs = load_results(args.db, args.sweep)
     diagnostics = load_diagnostics(args.db, args.sweep)
     report = sweep_report(args.db, args.sweep) if args.sweep else None
-    out = Path(args.out) if args.out else Path("plots") / _safe_name(args.sweep or "all")
+    out = _out_folder(args.out or str(Path("plots") / _safe_name(args.sweep or "all")))
     paths = make_plots(trials, epochs, out, _layout(report, None), diagnostics=diagnostics)
     for path in paths:
         print(path)

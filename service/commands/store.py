@@ -2,13 +2,15 @@
 shell.
 
 The store, pandas and rich are imported inside the handlers so that `bnsweep --help` stays quick.
-Every user mistake (a bad URL, an unknown sweep or field, a malformed `--where`) is a
-`StoreError`, which `service.cli` prints as one line with exit code 2.
+Every problem is a `StoreError`, which `service.cli` prints as one line: exit code 2 for a
+mistake in what was typed (a bad URL, an unknown field, a malformed `--where`), 1 for a
+runtime failure (the database down or missing, an unknown sweep).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -18,6 +20,8 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from service.store.api import ArmStatus, ForgetCount, SweepStatus
+
+from workers.errors import EXIT_RUNTIME
 
 FORMATS = ("table", "csv", "json")
 
@@ -58,6 +62,11 @@ _HEADERS = {
     "outlier_fraction": ">6σ",
     "gradient_factor": "grad factor",
 }
+
+
+def _format_name(value: str) -> str:
+    # "term" is what `tables` calls the terminal format: one name for both.
+    return "table" if value == "term" else value
 
 
 def _add_db(parser: argparse.ArgumentParser) -> None:
@@ -121,6 +130,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and which seeds are missing for which arm.",
     )
     status.add_argument("--sweep", default=None, metavar="NAME", help="only this sweep")
+    status.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 while any cell has no final result (for scripts: `until bnsweep status "
+        "--check; do bnsweep launch ...; done`)",
+    )
+    status.add_argument(
+        "--format",
+        choices=FORMATS,
+        type=_format_name,
+        default="table",
+        help="table, or one row per sweep as csv or json (default: table)",
+    )
     _add_db(status)
     status.set_defaults(func=run_status)
 
@@ -132,7 +154,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "accept any of several values.",
     )
     query.add_argument("--sweep", default=None, metavar="NAME", help="only trials of this sweep")
-    _add_where(query, "keep rows whose FIELD equals VALUE, e.g. --where lr=0.1 --where seed=3")
+    query.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="keep rows whose FIELD equals VALUE (--where lr=0.1 --where seed=3), or compares "
+        "with it: >, >=, <, <=, != on numbers (--where test_acc>0.9); gamma, alpha and c "
+        "stand for bn_scale_init, lr and bn_lr_divisor",
+    )
+    query.add_argument(
+        "--limit", type=int, default=None, metavar="N", help="at most N rows (the first ones)"
+    )
     rows = query.add_mutually_exclusive_group()
     rows.add_argument("--epochs", action="store_true", help="one row per epoch instead")
     rows.add_argument(
@@ -141,7 +174,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="one row per (trial, epoch, BN layer): γ/β drift, >6σ fraction, gradient factor "
         "(epoch 0 = initialisation; see docs/diagnostics.md)",
     )
-    query.add_argument("--format", choices=FORMATS, default="table", help="default: table")
+    query.add_argument(
+        "--format",
+        choices=(*FORMATS, "parquet"),
+        type=_format_name,
+        default="table",
+        help="default: table; parquet is binary, for a file: --format parquet > rows.parquet",
+    )
     _add_db(query)
     query.set_defaults(func=run_query)
 
@@ -220,10 +259,15 @@ def run_status(args: argparse.Namespace) -> int:
     from service.store.api import Store, older_recipe_line
 
     console = _console()
-    with Store.open(args.db, create=False) as store:
+    with Store.open(args.db, read_only=True) as store:
         names = [args.sweep] if args.sweep else [info.name for info in store.sweeps()]
         statuses = [store.sweep_status(name) for name in names]
         url = store.url
+    missing = sum(s.total - s.done for s in statuses)
+    code = EXIT_RUNTIME if args.check and missing else 0
+    if args.format != "table":
+        _write_status(statuses, args.format)
+        return code
     if not statuses:
         console.print(f"no sweeps in {url}", markup=False, highlight=False)
         return 0
@@ -234,42 +278,88 @@ def run_status(args: argparse.Namespace) -> int:
             console.print(
                 f"{status.name}: all {status.total} cells done", markup=False, highlight=False
             )
-        else:
-            console.print(_missing_table(status.name, arms))
+            continue
+        console.print(_missing_table(status.name, arms))
         line = older_recipe_line(dict(status.older_recipes), status.name)
         if line is not None:
             console.print(line, markup=False, highlight=False, soft_wrap=True)
-    return 0
+    return code
 
 
-def parse_where(items: Sequence[str]) -> dict[str, list[str]]:
-    """`FIELD=VALUE` strings → {field: [values]}; a repeated field means any of its values."""
-    from service.store.api import StoreError
+def _write_status(statuses: Sequence[SweepStatus], fmt: str) -> None:
+    """One record per sweep: the counts, and per arm the seeds without a final result."""
+    import csv
+    import json
 
-    where: dict[str, list[str]] = {}
+    counts = ("total", "completed", "running", "failed", "diverged", "pending")
+    rows = [
+        {
+            "sweep": s.name,
+            **{k: getattr(s, k) for k in counts},
+            "missing": s.total - s.done,
+        }
+        for s in statuses
+    ]
+    if fmt == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=["sweep", *counts, "missing"])
+        writer.writeheader()
+        writer.writerows(rows)
+        return
+    for row, s in zip(rows, statuses, strict=True):
+        row["incomplete_arms"] = [
+            {
+                "spec_hash": arm.spec_hash,
+                "label": arm.label,
+                "missing_seeds": list(arm.missing_seeds),
+                "failed_seeds": list(arm.failed_seeds),
+                "running_seeds": list(arm.running_seeds),
+            }
+            for arm in s.incomplete_arms
+        ]
+    sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+
+
+_WHERE = re.compile(r"^\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op>>=|<=|!=|=|>|<)(?P<value>.*)$")
+
+
+def parse_where(items: Sequence[str]) -> dict[str, list[object]]:
+    """`FIELD=VALUE` (or FIELD>VALUE, >=, <, <=, !=) strings → {field: [values]}: a repeated
+    field with `=` means any of its values; comparisons must all hold."""
+    from service.store.api import Compare, StoreError
+
+    where: dict[str, list[object]] = {}
     for item in items:
-        name, sep, value = item.partition("=")
-        name = name.strip()
-        if not sep or not name:
-            raise StoreError(f"--where {item!r}: expected FIELD=VALUE, e.g. --where lr=0.1")
-        where.setdefault(name, []).append(value.strip())
+        match = _WHERE.match(item)
+        if match is None:
+            raise StoreError(
+                f"--where {item!r}: expected FIELD=VALUE or FIELD>VALUE (>=, <, <=, !=), "
+                "e.g. --where lr=0.1 --where test_acc>0.9"
+            )
+        name, op, value = match["name"], match["op"], match["value"].strip()
+        where.setdefault(name, []).append(value if op == "=" else Compare(op, value))
     return where
 
 
 def run_query(args: argparse.Namespace) -> int:
-    from service.store.api import Store, check_where
+    from service.store.api import Store, StoreError, check_where
 
     where = parse_where(args.where)
+    if args.limit is not None and args.limit < 0:
+        raise StoreError(f"--limit: must be >= 0, got {args.limit}")
+    if args.format == "parquet" and sys.stdout.isatty():
+        raise StoreError("--format parquet: binary output; redirect it to a file (> rows.parquet)")
     # Checked before the database is opened: a typo in a field never touches the store.
     diagnostics = getattr(args, "diagnostics", False)
     check_where(where, epochs=args.epochs, diagnostics=diagnostics)
-    with Store.open(args.db, create=False) as store:
+    with Store.open(args.db, read_only=True) as store:
         if diagnostics:
             frame = store.diagnostics(sweep=args.sweep, where=where)
         elif args.epochs:
             frame = store.epochs(sweep=args.sweep, where=where)
         else:
             frame = store.trials(sweep=args.sweep, where=where)
+    if args.limit is not None:
+        frame = frame.head(args.limit)
     _write_frame(frame, args.format, epochs=args.epochs, diagnostics=diagnostics)
     return 0
 
@@ -326,7 +416,15 @@ def seed_ranges(seeds: Sequence[int]) -> str:
 
 
 def _write_frame(frame: pd.DataFrame, fmt: str, *, epochs: bool, diagnostics: bool = False) -> None:
-    if fmt == "csv":
+    if fmt == "parquet":
+        import io
+
+        buffer = io.BytesIO()  # pyarrow wants a seekable file; stdout may be a pipe
+        frame.to_parquet(buffer, index=False)
+        sys.stdout.flush()
+        sys.stdout.buffer.write(buffer.getvalue())
+        sys.stdout.buffer.flush()
+    elif fmt == "csv":
         frame.to_csv(sys.stdout, index=False)
     elif fmt == "json":
         # One JSON array of row objects; missing values are null and times ISO 8601 in UTC.
@@ -351,13 +449,41 @@ def _print_table(frame: pd.DataFrame, *, epochs: bool, diagnostics: bool = False
     else:
         results, what = _TRIAL_RESULT_COLUMNS, "trials"
     columns = ["spec_hash", "seed", *spec_columns, *results]
-    table = Table(title=f"{len(frame)} {what}", title_justify="left")
-    for column in columns:
-        numeric = frame[column].dtype.kind in "iuf"
-        table.add_column(_HEADERS.get(column, column), justify="right" if numeric else "left")
-    for row in frame[columns].itertuples(index=False):
-        table.add_row(*(_cell(value) for value in row))
+    if "error" in frame and frame["error"].notna().any():
+        columns.append("error")  # docs/sweeps.md: failed trials say why
+    title = f"{len(frame)} {what}"
+    headers = [_HEADERS.get(column, column) for column in columns]
+    right = [frame[column].dtype.kind in "iuf" for column in columns]
+    cells = [[_cell(value) for value in row] for row in frame[columns].itertuples(index=False)]
+    if len(cells) > _RICH_ROWS:
+        # rich measures every cell of every row twice: minutes for ten thousand rows.
+        sys.stdout.write(_plain_table(title, headers, right, cells))
+        return
+    table = Table(title=title, title_justify="left")
+    for header, justify_right in zip(headers, right, strict=True):
+        table.add_column(header, justify="right" if justify_right else "left")
+    for row in cells:
+        table.add_row(*row)
     _console().print(table)
+
+
+#: Above this many rows `query --format table` prints aligned plain text instead of a rich table.
+_RICH_ROWS = 1000
+
+
+def _plain_table(title: str, headers: list[str], right: list[bool], rows: list[list[str]]) -> str:
+    """Columns aligned with spaces; an error message shows its first line only."""
+    rows = [[cell.splitlines()[0] if cell else "" for cell in row] for row in rows]
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        parts = (
+            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)
+        )
+        return "  ".join(parts).rstrip()
+
+    body = [line(headers), "  ".join("-" * w for w in widths), *(line(row) for row in rows)]
+    return title + "\n" + "\n".join(body) + "\n"
 
 
 def _console() -> Console:

@@ -3,12 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import fields
 
-from workers.spec import TrialSpec
+from service.commands import check_writable_folder
+from workers.spec import DEVICES, MEMORY_FORMATS, PRECISIONS, TrialSpec
 
 #: Short flags the paper's symbols suggest, in addition to one `--field-name` per TrialSpec field.
 ALIASES = {"bn_scale_init": ("--gamma",), "bn_lr_divisor": ("--c",), "lr": ("--alpha",)}
+
+#: What `--help` lists for the named fields. Literal so that `bnsweep --help` does not import
+#: torch; a test keeps them equal to the registries (workers.data, workers.models, workers.norm).
+ALLOWED: dict[str, tuple[str, ...]] = {
+    "dataset": ("cifar10", "cifar100", "cub200", "stanford_cars", "digits", "synthetic"),
+    "arch": (
+        "resnet8",
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet101",
+        "resnet152",
+        "resnext50_32x4d",
+        "mobilenet_v2",
+        "repvgg_a0",
+    ),
+    "formulation": ("standard", "a1", "a2", "rbn", "rbn_minus", "iebn", "iebn_minus"),
+    "input_norm": ("bn", "fixed", "offline", "none"),
+    "precision": tuple(PRECISIONS),
+    "memory_format": tuple(MEMORY_FORMATS),
+    "device": tuple(DEVICES),
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,13 +46,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for f in fields(TrialSpec):
         flags = (f"--{f.name.replace('_', '-')}", *ALIASES.get(f.name, ()))
         default = defaults[f.name].default
-        # A true/false field is a flag pair (--compile / --no-compile), not a word to spell.
-        kind = (
-            {"action": argparse.BooleanOptionalAction}
-            if isinstance(default, bool)
-            else {"metavar": f.name.upper()}
-        )
-        parser.add_argument(*flags, dest=f.name, default=None, help=f"default: {default}", **kind)
+        if isinstance(default, bool):
+            # A flag, not a value: `--compile`, `--no-compile`.
+            parser.add_argument(
+                *flags, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+                help=f"default: {'on' if default else 'off'}",
+            )  # fmt: skip
+            continue
+        allowed = f"one of {', '.join(ALLOWED[f.name])}; " if f.name in ALLOWED else ""
+        parser.add_argument(
+            *flags, dest=f.name, default=None, metavar=f.name.upper(),
+            help=f"{allowed}default: {default}",
+        )  # fmt: skip
     parser.add_argument(
         "--checkpoint-dir", default=None, help="write a resumable checkpoint here after every epoch"
     )
@@ -60,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, f.name) is not None
     }
     spec = TrialSpec(**values)
+    if args.checkpoint_dir:
+        # Before the first epoch, not after it: a run of hours must not fail at its first save.
+        check_writable_folder("--checkpoint-dir", args.checkpoint_dir)
     console = Console(stderr=True)
     columns = (
         TextColumn("epoch"),
@@ -81,6 +113,13 @@ def run(args: argparse.Namespace) -> int:
                 f"loss {m.train_loss:.4f}  val {100 * m.val_acc:.2f}%  test {100 * m.test_acc:.2f}%"
             )
             bar.update(task, completed=m.epoch, status=status)
+            if not console.is_terminal:
+                # Off a terminal (a Slurm log, a pipe) the bar is off: one line per epoch.
+                print(
+                    f"epoch {m.epoch}/{spec.epochs}  {status}  {m.seconds:.1f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
         result = run_trial(spec, on_epoch=on_epoch, checkpoint=args.resume)
 

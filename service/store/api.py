@@ -24,6 +24,7 @@ Rules worth knowing before reading the code (docs/store.md says the same for use
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -34,6 +35,7 @@ import random
 import re
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -58,7 +60,7 @@ from service.store.models import (
     SweepTrial,
     Trial,
 )
-from workers.errors import BnsweepError
+from workers.errors import BnsweepError, RuntimeFailure
 from workers.spec import ARM_FIELDS, TrialSpec
 
 if TYPE_CHECKING:
@@ -85,6 +87,16 @@ T = TypeVar("T")
 class StoreError(BnsweepError):
     """The results database is unreachable, misconfigured, at the wrong schema, or was asked
     something it does not know (an unknown sweep or field)."""
+
+
+class StoreFailure(StoreError, RuntimeFailure):
+    """The URL and request were well formed, but the database behind them is down, missing,
+    another program's, at another schema, or holds no such sweep: exit code 1, not 2."""
+
+
+class NoStoreYet(StoreFailure):
+    """Nothing bnsweep wrote is there yet: no SQLite file, or a database without any tables.
+    A launch would create the schema; a read-only command has nothing to read."""
 
 
 # -- URLs --------------------------------------------------------------------------------------
@@ -780,7 +792,8 @@ def _epoch_select_columns() -> list[sa.ColumnElement[Any]]:
     ]
 
 
-#: Fields `where` may filter on (equality, or membership for a list of values).
+#: Fields `where` may filter on (equality, or membership for a list of values; `Compare` for
+#: the numeric ones).
 TRIAL_FILTER_FIELDS: tuple[str, ...] = (
     "spec_hash",
     "seed",
@@ -790,6 +803,11 @@ TRIAL_FILTER_FIELDS: tuple[str, ...] = (
     "epochs_run",
     "best_epoch",
     "diverged_epoch",
+    "best_val_acc",
+    "test_acc",
+    "final_test_acc",
+    "seconds",
+    "images_per_sec",
     "host",
     "device",
     "package_version",
@@ -797,6 +815,27 @@ TRIAL_FILTER_FIELDS: tuple[str, ...] = (
     "recipe",
     "threads",
 )
+#: The paper's symbols as names of the fields they stand for: γ, α and c.
+WHERE_ALIASES: Mapping[str, str] = {"gamma": "bn_scale_init", "alpha": "lr", "c": "bn_lr_divisor"}
+#: Comparisons `where` accepts besides equality; all but != on numeric fields only.
+COMPARISONS: Mapping[str, Callable[[Any, Any], Any]] = {
+    ">": lambda column, value: column > value,
+    ">=": lambda column, value: column >= value,
+    "<": lambda column, value: column < value,
+    "<=": lambda column, value: column <= value,
+    "!=": lambda column, value: column != value,
+}
+
+
+@dataclass(frozen=True)
+class Compare:
+    """A `where` value other than equality: `Compare(">", 0.9)` keeps rows above 0.9. Several
+    comparisons of one field must all hold; its plain values are alternatives."""
+
+    op: str
+    value: object
+
+
 EPOCH_FILTER_FIELDS: tuple[str, ...] = (*TRIAL_FILTER_FIELDS, "epoch")
 _DIAGNOSTIC_OWN_FIELDS = ("epoch", "layer", "depth", "module")
 DIAGNOSTIC_FILTER_FIELDS: tuple[str, ...] = (*TRIAL_FILTER_FIELDS, *_DIAGNOSTIC_OWN_FIELDS)
@@ -819,6 +858,13 @@ def _coerce(name: str, kind: type, value: object) -> object:
         return text
     if isinstance(value, bool):
         raise StoreError(f"where {name}: expected a number, got {value!r}")
+    if kind is int and isinstance(value, (str, int)):
+        try:
+            whole = int(value.strip()) if isinstance(value, str) else value
+        except ValueError:
+            pass  # "3.0" or "1e3": through float below
+        else:
+            return _int64(name, whole, value)
     try:
         number = float(value.strip()) if isinstance(value, str) else float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -827,7 +873,16 @@ def _coerce(name: str, kind: type, value: object) -> object:
     if kind is int:
         if not number.is_integer():
             raise StoreError(f"where {name}: expected an integer, got {value!r}")
-        return int(number)
+        return _int64(name, int(number), value)
+    if not math.isfinite(number):
+        raise StoreError(f"where {name}: expected a finite number, got {value!r}")
+    return number
+
+
+def _int64(name: str, number: int, shown: object) -> int:
+    # Both backends store 64-bit integers; a larger one cannot be bound as a parameter.
+    if not -(2**63) <= number < 2**63:
+        raise StoreError(f"where {name}: {shown!r} is outside the 64-bit integer range")
     return number
 
 
@@ -844,15 +899,32 @@ def check_where(
     else:
         allowed = EPOCH_FILTER_FIELDS if epochs else TRIAL_FILTER_FIELDS
     checked: dict[str, tuple[object, ...]] = {}
-    for name, value in (where or {}).items():
+    for given, value in (where or {}).items():
+        name = WHERE_ALIASES.get(given, given)
         if name not in allowed:
-            raise StoreError(f"unknown field {name!r} in where; valid fields: {', '.join(allowed)}")
+            raise StoreError(
+                f"unknown field {given!r} in where; valid fields: {', '.join(allowed)} "
+                f"(and {', '.join(WHERE_ALIASES)} for {', '.join(WHERE_ALIASES.values())})"
+            )
         kind = _filter_column(name, diagnostics).type.python_type
         values = value if isinstance(value, (list, tuple, set, frozenset)) else (value,)
         if not values:
             raise StoreError(f"where {name}: expected at least one value")
-        checked[name] = tuple(_coerce(name, kind, v) for v in values)
+        coerced = checked.setdefault(name, ())
+        checked[name] = coerced + tuple(_coerce_filter(name, kind, v) for v in values)
     return checked
+
+
+def _coerce_filter(name: str, kind: type, value: object) -> object:
+    if not isinstance(value, Compare):
+        return _coerce(name, kind, value)
+    if value.op not in COMPARISONS:
+        raise StoreError(
+            f"where {name}: unknown comparison {value.op!r}; allowed: =, " + ", ".join(COMPARISONS)
+        )
+    if value.op != "!=" and kind not in (int, float):
+        raise StoreError(f"where {name}{value.op}: {name} is text; only = and != apply to it")
+    return Compare(value.op, _coerce(name, kind, value.value))
 
 
 def _where_clauses(
@@ -860,15 +932,19 @@ def _where_clauses(
 ) -> list[sa.ColumnElement[bool]]:
     # Values travel as bound parameters; nothing from the user is pasted into SQL text.
     clauses: list[sa.ColumnElement[bool]] = []
-    for name, values in checked.items():
+    for name, given in checked.items():
         column = _filter_column(name, diagnostics)
+        compares = [v for v in given if isinstance(v, Compare)]
+        values = [v for v in given if not isinstance(v, Compare)]
         present = [v for v in values if v is not None]
         parts: list[sa.ColumnElement[bool]] = []
         if present:
             parts.append(column.in_(present) if len(present) > 1 else column == present[0])
         if len(present) < len(values):
             parts.append(column.is_(None))
-        clauses.append(sa.or_(*parts))
+        if parts:
+            clauses.append(sa.or_(*parts))
+        clauses.extend(COMPARISONS[c.op](column, c.value) for c in compares)
     return clauses
 
 
@@ -1003,7 +1079,86 @@ def _sqlite_on_begin(conn: sa.Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
-def _make_engine(url: sa.URL) -> sa.Engine:
+def _sqlite_read_only_on_connect(dbapi_connection: Any, _record: object) -> None:
+    # No journal_mode change here: a read-only command leaves the file as it found it.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_SECONDS * 1000)}")
+        cursor.execute("PRAGMA query_only=ON")
+    finally:
+        cursor.close()
+
+
+def _sqlite_read_only_uri(path: Path) -> str:
+    # mode=ro: SQLite opens the file O_RDONLY and never writes it, checkpoints a WAL into it
+    # or changes its journal mode.
+    return f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+
+
+def _probe_sqlite(path: Path) -> None:
+    """Refuse an existing file that is not SQLite, not bnsweep's, or of a newer bnsweep,
+    reading it through a read-only connection (nothing about the file changes)."""
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(_sqlite_read_only_uri(path), uri=True, timeout=SQLITE_BUSY_SECONDS)
+        try:
+            tables = {
+                row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            versions = (
+                [row[0] for row in conn.execute(f'SELECT version_num FROM "{VERSION_TABLE}"')]
+                if VERSION_TABLE in tables
+                else []
+            )
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as err:
+        text = str(err)
+        if "not a database" in text or "malformed" in text:
+            raise StoreFailure(
+                f"{path}: not a SQLite database, or a damaged one ({text})"
+            ) from None
+        if "unable to open" in text and not os.access(path, os.R_OK):
+            raise StoreFailure(f"{path}: permission denied (cannot read it)") from None
+        raise StoreFailure(f"{path}: cannot read it ({text})") from None
+    if tables and not versions:
+        raise StoreFailure(_foreign(str(path)))
+    unknown = [v for v in versions if v not in _known_revisions()]
+    if unknown:
+        raise StoreFailure(_newer(str(path), unknown[0]))
+
+
+def _foreign(where: str) -> str:
+    return (
+        f"{where} holds tables but no bnsweep schema version: another program's database, "
+        "which bnsweep leaves alone; give --db a bnsweep store or a new file"
+    )
+
+
+def _newer(where: str, revision: str) -> str:
+    return (
+        f"{where} is at schema revision {revision}, unknown to this bnsweep (which needs "
+        f"{head_revision()}): it was written by a newer bnsweep; upgrade bnsweep"
+    )
+
+
+def _make_engine(url: sa.URL, *, read_only: bool = False) -> sa.Engine:
+    if url.get_backend_name() == "sqlite" and read_only and not _is_sqlite_memory(url):
+        import sqlite3
+
+        uri = _sqlite_read_only_uri(Path(str(url.database)).expanduser())
+        engine = sa.create_engine(
+            "sqlite://",
+            creator=lambda: sqlite3.connect(
+                uri, uri=True, timeout=SQLITE_BUSY_SECONDS, check_same_thread=False
+            ),
+            pool_pre_ping=True,
+        )
+        sa_event.listen(engine, "connect", _sqlite_read_only_on_connect)
+        sa_event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
     if url.get_backend_name() == "sqlite":
         engine = sa.create_engine(
             url, pool_pre_ping=True, connect_args={"timeout": SQLITE_BUSY_SECONDS}
@@ -1011,11 +1166,15 @@ def _make_engine(url: sa.URL) -> sa.Engine:
         sa_event.listen(engine, "connect", _sqlite_on_connect)
         sa_event.listen(engine, "begin", _sqlite_on_begin)
         return engine
+    connect_args: dict[str, Any] = {"connect_timeout": 10, "application_name": "bnsweep"}
+    if read_only:
+        # The server refuses any write of a read-only command, whatever the code tries.
+        connect_args["options"] = "-c default_transaction_read_only=on"
     return sa.create_engine(
         url,
         # A connection dropped by a server restart is found and replaced at checkout.
         pool_pre_ping=True,
-        connect_args={"connect_timeout": 10, "application_name": "bnsweep"},
+        connect_args=connect_args,
     )
 
 
@@ -1061,6 +1220,35 @@ def _is_transient(err: sa_exc.DBAPIError) -> bool:
 # -- the store ---------------------------------------------------------------------------------
 
 
+class _ShmWatch:
+    """The SQLite `-shm` file as last seen: SQLite maps it into memory, and touching a mapped
+    page that someone truncated away kills the process with SIGBUS, a C-level crash no Python
+    code can catch. Checked before each transaction, a shrunk `-shm` (same file, fewer bytes)
+    stops the store with one line instead. Not airtight: a truncation between the check and
+    SQLite's next access, or a full disk under the mapping, still crashes."""
+
+    def __init__(self, database: Path) -> None:
+        self.path = database.with_name(database.name + "-shm")
+        self.seen: tuple[int, int] | None = None
+
+    def check(self) -> None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            self.seen = None  # no -shm (not WAL, or every connection closed): nothing mapped
+            return
+        if self.seen is not None and stat.st_ino == self.seen[0] and stat.st_size < self.seen[1]:
+            # Grown back (zeros) so that closing our connections touches mapped bytes again;
+            # SQLite rebuilds a zeroed index from the -wal file, as after a crash.
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, self.seen[1])
+            raise StoreFailure(
+                f"{self.path} was truncated while bnsweep had it open (another program, or a "
+                "cleanup of the folder); SQLite would crash on it: stop that, then run again"
+            )
+        self.seen = (stat.st_ino, stat.st_size)
+
+
 @dataclass
 class _Cell:
     """A trial's state as seen inside one `apply` transaction."""
@@ -1077,6 +1265,8 @@ class Store:
         self._engine = engine
         self._url = url
         self.retry_seconds = float(retry_seconds)
+        sqlite_file = url.get_backend_name() == "sqlite" and not _is_sqlite_memory(url)
+        self._shm = _ShmWatch(Path(str(url.database)).expanduser()) if sqlite_file else None
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -1087,6 +1277,7 @@ class Store:
         *,
         create: bool = True,
         check_schema: bool = True,
+        read_only: bool = False,
         retry_seconds: float = DEFAULT_RETRY_SECONDS,
     ) -> Store:
         """Open the store at `url` (else BNSWEEP_DB, else `sqlite:///bnsweep.db`).
@@ -1098,20 +1289,36 @@ class Store:
         `bnsweep db upgrade`. A newer or unknown revision is an error too. `check_schema=False`
         skips all of this; it is for `Store.upgrade()` callers such as `bnsweep db upgrade`.
 
+        An existing SQLite file is first read through a read-only connection: a file of another
+        program (tables, but no bnsweep version table), a file that is not SQLite and a newer
+        schema are refused before anything could change it (WAL mode is only switched on for
+        bnsweep's own files). `read_only` (status, query, tables, plots, a dry run) implies
+        `create=False` and keeps every connection read-only, so the file's bytes stay the same.
+
         Opening connects once, without retries, so a wrong URL fails at once.
         """
         parsed = _parse_url(resolve_url(url))
         shown = redact_url(parsed)
+        create = create and not read_only
         if parsed.get_backend_name() == "sqlite" and not _is_sqlite_memory(parsed):
             path = Path(str(parsed.database)).expanduser()
+            if path.is_dir():
+                raise StoreFailure(f"{path}: is a folder, expected a SQLite file (--db {shown})")
             if not path.exists():
                 if not create:
-                    raise StoreError(
+                    raise NoStoreYet(
                         f"no results database at {path}: launch a sweep or run "
                         f"`bnsweep db upgrade --db {shown}` first"
                     )
-                path.parent.mkdir(parents=True, exist_ok=True)
-        store = cls(_make_engine(parsed), parsed, retry_seconds)
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as err:
+                    raise StoreFailure(
+                        f"cannot create the folder of {path}: {err.strerror or err}"
+                    ) from None
+            else:
+                _probe_sqlite(path)
+        store = cls(_make_engine(parsed, read_only=read_only), parsed, retry_seconds)
         try:
             if check_schema:
                 store._check_schema(create=create)
@@ -1127,7 +1334,7 @@ class Store:
     def _check_schema(self, *, create: bool) -> None:
         def inspect(conn: sa.Connection) -> tuple[str | None, bool]:
             revision = _current_revision(conn)
-            has_tables = revision is None and sa.inspect(conn).has_table(Trial.__tablename__)
+            has_tables = revision is None and bool(sa.inspect(conn).get_table_names())
             return revision, has_tables
 
         current, has_tables = self._run(inspect, "reading the schema version", retry=False)
@@ -1137,12 +1344,9 @@ class Store:
         shown = self.url
         if current is None:
             if has_tables:
-                raise StoreError(
-                    f"{shown} has a trials table but no bnsweep schema version; "
-                    "is it another application's database?"
-                )
+                raise StoreFailure(_foreign(shown))
             if not create:
-                raise StoreError(
+                raise NoStoreYet(
                     f"no bnsweep results in {shown}: launch a sweep or run "
                     f"`bnsweep db upgrade --db {shown}` first"
                 )
@@ -1150,11 +1354,8 @@ class Store:
             self.upgrade()
             return
         if current not in _known_revisions():
-            raise StoreError(
-                f"{shown} is at schema revision {current}, unknown to this bnsweep "
-                f"(which needs {head}): it was written by a newer bnsweep; upgrade bnsweep"
-            )
-        raise StoreError(
+            raise StoreFailure(_newer(shown, current))
+        raise StoreFailure(
             f"{shown} is at schema revision {current}, this bnsweep needs {head}: "
             f"run `bnsweep db upgrade --db {shown}`"
         )
@@ -1171,6 +1372,10 @@ class Store:
             if conn.dialect.name == "postgresql":
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK_KEY)))
             before = _current_revision(conn)
+            if before is not None and before not in _known_revisions():
+                raise StoreFailure(_newer(self.url, before))
+            if before is None and sa.inspect(conn).get_table_names():
+                raise StoreFailure(_foreign(self.url))
             config = _alembic_config(_script_location())
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
@@ -1225,6 +1430,8 @@ class Store:
         COMMIT was sent, the transaction may or may not have landed, and running it again
         gives the same rows either way.
         """
+        if self._shm is not None:
+            self._shm.check()
         deadline = time.monotonic() + (self.retry_seconds if retry else 0.0)
         delay = 0.05
         failures = 0
@@ -1238,15 +1445,19 @@ class Store:
             except sa_exc.DBAPIError as err:
                 message = _db_message(err, self._url)
                 if not _is_transient(err):
+                    if "not a database" in message or "malformed" in message:
+                        raise StoreFailure(
+                            f"{self.url}: not a SQLite database, or a damaged one ({message})"
+                        ) from None
                     if isinstance(err, (sa_exc.OperationalError, sa_exc.InterfaceError)):
-                        raise StoreError(f"{self.url}: {what} failed: {message}") from None
+                        raise StoreFailure(f"{self.url}: {what} failed: {message}") from None
                     raise  # integrity or programming errors are bugs: keep the traceback
                 failures += 1
                 left = deadline - time.monotonic()
                 if left <= 0:
                     if not retry:
-                        raise StoreError(f"cannot reach {self.url} ({what}): {message}") from None
-                    raise StoreError(
+                        raise StoreFailure(f"cannot reach {self.url} ({what}): {message}") from None
+                    raise StoreFailure(
                         f"{self.url} unavailable for {self.retry_seconds:.0f} s "
                         f"({failures} tries) while {what}: {message}"
                     ) from None
@@ -1531,7 +1742,7 @@ class Store:
         if infos:
             return infos[0]
         known = [info.name for info in self.sweeps()]
-        raise StoreError(
+        raise StoreFailure(
             f"no sweep named {name!r} in {self.url}; known sweeps: "
             + (", ".join(known) if known else "none")
         )

@@ -197,7 +197,7 @@ def test_terminal_is_the_default_format(bnsweep: Run, db: str) -> None:
     [
         (["--sweep", "nope"], "no sweep named 'nope'"),
         (["--sweep", "empty"], "no completed trial"),
-        (["--sweep", "small", "--alpha", "2"], r"alpha: must be a number in \(0, 1\)"),
+        (["--sweep", "small", "--level", "2"], r"--level: must be a number in \(0, 1\)"),
         (
             ["--sweep", "small", "--versus", "rbn"],
             r"versus: no arm in these results matches 'rbn'; allowed: standard γ=0.1 c=100, "
@@ -207,7 +207,8 @@ def test_terminal_is_the_default_format(bnsweep: Run, db: str) -> None:
 )
 def test_bad_input_is_one_line_and_exit_2(bnsweep: Run, db: str, argv, message) -> None:
     code, out, err = bnsweep("tables", *argv, "--db", db)
-    assert code == 2 and out == ""
+    # An unknown sweep is a runtime failure (1); a bad option a usage error (2).
+    assert code == (1 if "nope" in argv else 2) and out == ""
     assert err.startswith("bnsweep: error: ") and len(err.strip().splitlines()) == 1
     import re
 
@@ -240,3 +241,26 @@ def test_plots_write_png_and_pdf(bnsweep: Run, db: str, tmp_path: Path) -> None:
     }
     assert all(p.stat().st_size > 1000 for p in paths)
     assert paths[0].read_bytes()[:4] == b"\x89PNG" and paths[1].read_bytes()[:4] == b"%PDF"
+
+
+def test_several_formats_at_once_and_the_colour_switch(
+    bnsweep: Run, db: str, tmp_path: Path
+) -> None:
+    code, out, err = bnsweep(
+        "tables", "--sweep", "small", "--db", db, "--format", "md,latex,latex-fragment",
+        "--out", str(tmp_path),
+    )  # fmt: skip
+    assert code == 0, err
+    names = sorted(Path(line).name for line in out.split())
+    assert names == ["small.fragment.tex", "small.md", "small.tex"]
+    code, plain, _ = bnsweep("tables", "--sweep", "small", "--db", db, "--color", "never")
+    code2, styled, _ = bnsweep("tables", "--sweep", "small", "--db", db, "--color", "always")
+    assert code == code2 == 0 and "\x1b[" in styled and "\x1b[" not in plain
+    assert "significant against BASE" in plain
+    code, md_and_csv, _ = bnsweep("tables", "--sweep", "small", "--db", db, "--format", "md,csv")
+    assert code == 0 and md_and_csv.count("| ") > 3 and "table,block,row" in md_and_csv
+
+
+def test_table_is_a_name_of_the_terminal_format(bnsweep: Run, db: str) -> None:
+    default = bnsweep("tables", "--sweep", "small", "--db", db)
+    assert bnsweep("tables", "--sweep", "small", "--db", db, "--format", "table") == default

@@ -98,10 +98,12 @@ def db(tmp_path: Path) -> tuple[str, Callable[[], str]]:
         )
 
     def digest() -> str:
+        # The file and any WAL content; not the -shm index, which a read-only connection to
+        # a WAL file creates (SQLite's shared memory, no data).
         return "".join(
             hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(tmp_path.glob("store.db*"))
-            if p.stat().st_size
+            if p.stat().st_size and not p.name.endswith("-shm")
         )
 
     return f"sqlite:///{path}", digest
@@ -197,7 +199,8 @@ def test_bad_queries_are_one_line_and_leave_the_store_alone(
 ) -> None:
     url, digest = db
     before = digest()
-    assert main([*argv, "--db", url]) == 2
+    # A typo is a usage error (2); a sweep the store does not hold is a runtime failure (1).
+    assert main([*argv, "--db", url]) == (1 if "no sweep named" in expected else 2)
     one_error_line(capsys, expected)
     assert digest() == before
 
@@ -358,3 +361,55 @@ def test_the_store_url_comes_from_db_then_env_then_spec_then_default(
     line = store_line("--db", "sqlite:///flag.db", database="sqlite:///spec.db")
     assert line.startswith("store: sqlite:///flag.db ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]  # a dry run creates nothing
+
+
+# -- for people and scripts (issue 13) ------------------------------------------------------------
+def test_train_compile_is_a_flag() -> None:
+    from service.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["train", "--compile"]).compile is True
+    assert parse(["train", "--no-compile"]).compile is False
+    assert parse(["train"]).compile is None  # unset: the TrialSpec default
+
+
+def test_train_help_lists_the_registries_allowed_values() -> None:
+    from service.commands.train import ALLOWED
+    from workers.data import DATASETS
+    from workers.models import MODELS
+    from workers.norm import FORMULATIONS, INPUT_NORMS
+
+    registries = {
+        "dataset": DATASETS,
+        "arch": MODELS,
+        "formulation": FORMULATIONS,
+        "input_norm": INPUT_NORMS,
+    }
+    for name, registry in registries.items():
+        assert ALLOWED[name] == tuple(registry), name
+    done = bnsweep("train", "--help", cwd=Path.cwd())
+    help_text = " ".join(done.stdout.split())
+    assert "--compile, --no-compile" in help_text or "--compile | --no-compile" in help_text
+    assert "one of resnet8, resnet18" in help_text and "one of fp32, bf16" in help_text
+
+
+def test_train_off_a_terminal_prints_one_line_per_epoch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["train", "--dataset", "digits", "--arch", "resnet8", "--epochs", "2", "--device", "cpu"]
+    assert main([*argv, "--no-compile", "--checkpoint-dir", str(tmp_path / "ck")]) == 0
+    _, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
+    assert all("val " in line and "test " in line for line in lines)
+    assert any((tmp_path / "ck").iterdir())
+
+
+def test_shared_options_after_the_subcommand(
+    db: tuple[str, Callable[[], str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, _ = db
+    assert main(["status", "--db", url, "-v"]) == 0
+    assert main(["-v", "status", "--db", url]) == 0
+    assert main(["db", "upgrade", "--db", url, "--verbose"]) == 0
+    assert "already at revision" in capsys.readouterr().out

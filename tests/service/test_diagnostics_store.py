@@ -146,8 +146,8 @@ def test_filters_sweeps_and_missing_values(store: Store) -> None:
     assert len(store.diagnostics(where={"module": "InputBatchNorm2d"})) == 3
     empty = store.diagnostics(where={"bn_scale_init": 0.9})
     assert empty.empty and list(empty.columns) == list(DIAGNOSTIC_COLUMNS)
-    with pytest.raises(StoreError, match=r"unknown field 'gamma'.*valid fields:.*layer"):
-        store.diagnostics(where={"gamma": 1})
+    with pytest.raises(StoreError, match=r"unknown field 'gama'.*valid fields:.*layer"):
+        store.diagnostics(where={"gama": 1})
     with pytest.raises(StoreError, match="no sweep named"):
         store.diagnostics(sweep="nope")
 

@@ -459,8 +459,8 @@ def test_where_filters_coerce_strings_and_accept_lists(populated: Store) -> None
 
 
 def test_where_rejects_unknown_fields_and_bad_values(populated: Store) -> None:
-    with pytest.raises(StoreError, match="unknown field 'gamma' in where; valid fields: spec_hash"):
-        populated.trials(where={"gamma": 0.1})
+    with pytest.raises(StoreError, match="unknown field 'gama' in where; valid fields: spec_hash"):
+        populated.trials(where={"gama": 0.1})
     with pytest.raises(StoreError, match="where lr: expected a number, got 'fast'"):
         populated.trials(where={"lr": "fast"})
     with pytest.raises(StoreError, match="where seed: expected an integer"):
@@ -621,7 +621,7 @@ def test_a_database_from_a_newer_bnsweep_is_refused(tmp_path: Path) -> None:
 def test_another_applications_tables_are_not_taken_over(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "other.db") as conn:
         conn.execute("CREATE TABLE trials (id INTEGER PRIMARY KEY)")
-    with pytest.raises(StoreError, match="has a trials table but no bnsweep schema version"):
+    with pytest.raises(StoreError, match="holds tables but no bnsweep schema version"):
         Store.open(f"sqlite:///{tmp_path / 'other.db'}")
 
 

@@ -115,7 +115,7 @@ def test_query_of_an_empty_result_still_has_the_header(bnsweep: Run, db: str) ->
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--where", "gamma=0.1"], "unknown field 'gamma' in where; valid fields: spec_hash"),
+        (["--where", "gama=0.1"], "unknown field 'gama' in where; valid fields: spec_hash"),
         (["--where", "lr"], "--where 'lr': expected FIELD=VALUE"),
         (["--where", "=3"], "expected FIELD=VALUE"),
         (["--where", "lr=fast"], "where lr: expected a number, got 'fast'"),
@@ -130,7 +130,8 @@ def test_bad_queries_are_one_line_and_exit_2_leaving_the_database_alone(
 ) -> None:
     before = _digest(db)
     code, out, err = bnsweep("query", "--db", db, *argv)
-    assert code == 2 and out == ""
+    # A typo is a usage error (2); a sweep the store does not hold is a runtime failure (1).
+    assert code == (1 if "no sweep named" in message else 2) and out == ""
     assert err.startswith("bnsweep: error: ") and message in err
     assert err.count("\n") == 1
     assert _digest(db) == before
@@ -139,7 +140,7 @@ def test_bad_queries_are_one_line_and_exit_2_leaving_the_database_alone(
 def test_query_of_a_missing_sqlite_file_does_not_create_it(bnsweep: Run, tmp_path: Path) -> None:
     path = tmp_path / "nothing-here.db"
     code, _, err = bnsweep("query", "--db", f"sqlite:///{path}")
-    assert code == 2 and "no results database at" in err
+    assert code == 1 and "no results database at" in err
     assert not path.exists()
 
 
@@ -188,7 +189,7 @@ def test_status_of_one_sweep_and_of_a_finished_sweep(bnsweep: Run, db: str, tmp_
     code, out, _ = bnsweep("status", "--db", url)
     assert code == 0 and "done: all 1 cells done" in out
     code, _, err = bnsweep("status", "--db", db, "--sweep", "nope")
-    assert code == 2 and "known sweeps: demo, solo" in err
+    assert code == 1 and "known sweeps: demo, solo" in err
 
 
 def test_db_upgrade_creates_then_reports_the_current_revision(bnsweep: Run, tmp_path: Path) -> None:
@@ -327,7 +328,7 @@ def test_a_password_never_appears_even_when_the_server_is_unreachable(
 ) -> None:
     url = "postgresql://bnsweep:pa55-w0rd@127.0.0.1:1/results"
     code, out, err = bnsweep("-v", *argv, "--db", url)
-    assert code == 2
+    assert code == 1  # the server is down: a runtime failure
     assert "bnsweep:***@127.0.0.1:1" in err and err.count("\n") == 1
     assert "pa55-w0rd" not in out + err + caplog.text
 
@@ -375,6 +376,105 @@ def test_bnsweep_query_and_status_as_a_user_runs_them(db: str, tmp_path: Path) -
     assert len(pd.read_csv(io.StringIO(done.stdout))) == 12
     done = bnsweep("status", "--db", db)
     assert done.returncode == 0 and "missing seeds" in done.stdout
-    done = bnsweep("query", "--db", db, "--where", "gamma=1")
+    done = bnsweep("query", "--db", db, "--where", "gama=1")
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.startswith("bnsweep: error: unknown field 'gamma'")
+    assert done.stderr.startswith("bnsweep: error: unknown field 'gama'")
+
+
+def test_status_check_exits_1_while_cells_are_missing(
+    bnsweep: Run, db: str, tmp_path: Path
+) -> None:
+    code, out, _ = bnsweep("status", "--db", db, "--check")
+    assert code == 1 and "missing seeds" in out
+    code, _, _ = bnsweep("status", "--db", db)  # without --check: a report, exit 0
+    assert code == 0
+    url = f"sqlite:///{tmp_path / 'done.db'}"
+    with Store.open(url) as store:
+        spec = make_spec(seed=1)
+        store.register_sweep("done", "x", [spec])
+        run_cell(store, spec)
+    code, out, _ = bnsweep("status", "--db", url, "--check")
+    assert code == 0 and "done: all 1 cells done" in out
+
+
+def test_status_as_json_and_csv(bnsweep: Run, db: str) -> None:
+    code, out, _ = bnsweep("status", "--db", db, "--format", "json", "--sweep", "demo")
+    assert code == 0
+    (demo,) = json.loads(out)
+    assert (demo["sweep"], demo["total"], demo["completed"], demo["pending"]) == ("demo", 12, 5, 4)
+    assert demo["missing"] == demo["total"] - demo["completed"] - demo["diverged"]
+    arm = next(a for a in demo["incomplete_arms"] if a["failed_seeds"])
+    assert arm["failed_seeds"] == [1] and arm["running_seeds"] == [2]
+    code, out, _ = bnsweep("status", "--db", db, "--format", "csv")
+    frame = pd.read_csv(io.StringIO(out))
+    assert code == 0 and list(frame["sweep"]) == ["demo", "solo"]
+    assert frame.set_index("sweep").loc["demo", "total"] == 12
+
+
+def _json_rows(bnsweep: Run, *argv: str) -> list[dict]:
+    code, out, err = bnsweep("query", *argv, "--format", "json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_query_aliases_comparisons_and_limit(bnsweep: Run, db: str) -> None:
+    rows = _json_rows(bnsweep, "--db", db)
+    by_alias = _json_rows(bnsweep, "--db", db, "--where", "gamma=1", "--where", "alpha=0.1")
+    assert by_alias == [r for r in rows if r["bn_scale_init"] == 1 and r["lr"] == 0.1]
+    assert by_alias and _json_rows(bnsweep, "--db", db, "--where", "c=100") == [
+        r for r in rows if r["bn_lr_divisor"] == 100
+    ]
+    done = [r for r in rows if r["test_acc"] is not None]
+    low, high = min(r["test_acc"] for r in done), max(r["test_acc"] for r in done)
+    assert _json_rows(bnsweep, "--db", db, "--where", f"test_acc>={low}") == done
+    assert _json_rows(bnsweep, "--db", db, "--where", f"test_acc>{high}") == []
+    assert _json_rows(bnsweep, "--db", db, "--where", f"test_acc<{low}") == []
+    band = _json_rows(bnsweep, "--db", db, "--where", f"test_acc<={high}", "--where", "seed<2")
+    assert band and band == [r for r in done if r["seed"] < 2]
+    assert _json_rows(bnsweep, "--db", db, "--where", "seed>=2", "--where", "seed<3") == [
+        r for r in rows if r["seed"] == 2
+    ]
+    assert _json_rows(bnsweep, "--db", db, "--where", "status!=pending") == [
+        r for r in rows if r["status"] != "pending"
+    ]
+    assert _json_rows(bnsweep, "--db", db, "--limit", "3") == rows[:3]
+    code, _, err = bnsweep("query", "--db", db, "--where", "arch>resnet8")
+    assert code == 2 and "arch is text; only = and != apply to it" in err
+
+
+def test_query_table_shows_errors_and_stays_fast_when_long(
+    bnsweep: Run, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out, _ = bnsweep("query", "--db", db, "--sweep", "demo")
+    assert code == 0 and "error" in out and "boom" in out
+    import service.commands.store as store_command
+
+    monkeypatch.setattr(store_command, "_RICH_ROWS", 2)  # the plain path of long results
+    code, out, _ = bnsweep("query", "--db", db, "--sweep", "demo")
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == "12 trials" and len(lines) == 3 + 12
+    assert lines[1].split()[:2] == ["hash", "seed"] and set(lines[2]) == {"-", " "}
+    assert any(line.rstrip().endswith("boom") for line in lines)
+
+
+def test_query_writes_parquet(bnsweep: Run, db: str, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "service.cli", "query", "--db", db, "--format", "parquet"],
+        capture_output=True,
+        timeout=120,
+        env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )
+    assert done.returncode == 0, done.stderr
+    path = tmp_path / "rows.parquet"
+    path.write_bytes(done.stdout)
+    frame = pd.read_parquet(path)
+    _, out, _ = bnsweep("query", "--db", db, "--format", "csv")
+    assert len(frame) == len(pd.read_csv(io.StringIO(out))) and "test_acc" in frame
+
+
+def test_the_terminal_format_has_one_name_for_every_command(bnsweep: Run, db: str) -> None:
+    assert (
+        bnsweep("status", "--db", db, "--format", "term")[:2] == bnsweep("status", "--db", db)[:2]
+    )
+    code, out, _ = bnsweep("query", "--db", db, "--format", "term", "--sweep", "solo")
+    assert code == 0 and out == bnsweep("query", "--db", db, "--sweep", "solo")[1]

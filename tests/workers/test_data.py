@@ -144,6 +144,50 @@ def test_cifar_files_failing_their_md5_are_named(
     assert_one_line(err, "data_batch_1", "MD5 mismatch")
 
 
+class _CreatesAFile:
+    """Unpickling this runs `open(<path>, "w")`: what a crafted batch file can do."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.path), "w"))
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4])
+def test_a_cifar_file_failing_its_md5_is_never_unpickled(
+    protocol: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pickle
+
+    monkeypatch.undo()  # the product's check, as it runs on real data
+    fx = fixtures.write_cifar10(tmp_path / "data")
+    witness = tmp_path / "code-ran"
+    (fx.folder / "data_batch_1").write_bytes(
+        pickle.dumps(_CreatesAFile(witness), protocol=protocol)
+    )
+    with pytest.raises(DataError) as err:
+        load_dataset("cifar10", fx.data_root)
+    assert not witness.exists()
+    assert_one_line(err, "data_batch_1", "MD5 mismatch", "not loaded", "would import", "open")
+
+
+def test_a_cifar_file_failing_its_md5_is_described_without_loading_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.undo()
+    fx = fixtures.write_cifar10(tmp_path)
+    (fx.folder / "data_batch_1").write_bytes(b"")
+    with pytest.raises(DataError) as err:
+        load_dataset("cifar10", fx.data_root)
+    assert_one_line(err, "data_batch_1", "MD5 mismatch", "0 bytes", "not a complete pickle")
+    (fx.folder / "data_batch_1").unlink()
+    (fx.folder / "data_batch_1").mkdir()
+    with pytest.raises(DataError) as err:
+        load_dataset("cifar10", fx.data_root)
+    assert_one_line(err, "data_batch_1", "is a folder")
+
+
 # -- fixed splits ---------------------------------------------------------------------------
 def test_validation_split_is_sklearns_stratified_split_with_complex_seed_0() -> None:
     from sklearn.model_selection import train_test_split

@@ -1,0 +1,90 @@
+"""The copy of a spec the store keeps (issue 13, item 4): the password of its `database:` URL is
+redacted as data, every other character stays as written, and the `report:` layout survives."""
+
+from __future__ import annotations
+
+import argparse
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+
+import service.driver
+from analysis.source import sweep_report
+from service.commands import launch as launch_command
+from service.store.api import Store, redact_url
+from service.sweep import parse_sweep_spec, redacted_spec_text
+
+SPEC = """\
+# a password-looking word: a
+name: secret-sweep
+defaults: {dataset: digits, arch: resnet8, epochs: 1, device: cpu}
+grids:
+  - {bn_scale_init: [0.5], lr: [0.1]}
+seeds: 2
+database: {url}   # the store
+report:
+  layout: gamma
+  blocks: [dataset]
+"""
+
+
+def spec(url: str) -> str:
+    return SPEC.replace("{url}", url)
+
+
+@pytest.mark.parametrize(
+    ("url", "secrets"),
+    [
+        ("postgresql://bnsweep:a@db.example/results", []),  # 'a' is everywhere else too
+        ("postgresql://bnsweep:p%40ss%3Aw0rd@db.example/results", ["p@ss:w0rd", "p%40ss%3Aw0rd"]),
+        ("'postgresql://bnsweep:s3cr3t@db.example/results'", ["s3cr3t"]),
+        ("postgresql://bnsweep@db.example/results?password=hunter2", ["hunter2"]),
+    ],
+)
+def test_the_password_is_redacted_and_nothing_else_changes(url: str, secrets: list[str]) -> None:
+    text = spec(url)
+    stored = redacted_spec_text(text)
+    for secret in secrets:
+        assert secret not in stored
+    before, after = text.splitlines(), stored.splitlines()
+    assert len(before) == len(after)
+    changed = [(b, a) for b, a in zip(before, after, strict=True) if b != a]
+    assert len(changed) == 1 and changed[0][0].startswith("database: ")
+    assert after[-3:] == before[-3:] and after[0] == before[0]
+    assert changed[0][1] == f'database: "{redact_url(yaml.safe_load(url))}"   # the store'
+    original, kept = parse_sweep_spec(text), parse_sweep_spec(stored)
+    assert kept.report == original.report and kept.name == original.name
+    assert kept.database == redact_url(original.database or "")
+
+
+def test_a_spec_without_a_password_is_kept_byte_for_byte() -> None:
+    for url in ("sqlite:///results.db", "postgresql://bnsweep@db.example/results"):
+        assert redacted_spec_text(spec(url)) == spec(url)
+    text = spec("sqlite:///r.db").replace("database: sqlite:///r.db   # the store\n", "")
+    assert redacted_spec_text(text) == text
+
+
+def test_launch_stores_the_redacted_spec_with_its_report_layout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    path = tmp_path / "s.yaml"
+    path.write_text(spec("postgresql://bnsweep:a@db.example/results"), encoding="utf-8")
+    from service.sweep import expand
+
+    def fake_launch(sweep, store, spec_text, **_kwargs):  # what the driver stores of the spec
+        store.register_sweep(sweep.name, spec_text, expand(sweep))
+        return types.SimpleNamespace(ran=0, completed=0, diverged=0, failed=0, resumed=())
+
+    monkeypatch.setattr(service.driver, "launch", fake_launch)
+    args = argparse.Namespace(
+        spec=str(path), db=url, address=None, dry_run=False, num_cpus=None, no_tables=True
+    )
+    assert launch_command.run(args) == 0
+    with Store.open(url, create=False) as store:
+        stored = store.get_sweep("secret-sweep").spec_text
+    assert stored == redacted_spec_text(path.read_text(encoding="utf-8"))
+    assert "bnsweep:***@db.example" in stored
+    assert sweep_report(url, "secret-sweep") == yaml.safe_load(path.read_text())["report"]
