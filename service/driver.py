@@ -52,6 +52,7 @@ from service.store.api import (
     EpochRecorded,
     Store,
     StoreError,
+    StoreFailure,
     TrialFailed,
     TrialFinished,
     TrialStarted,
@@ -325,6 +326,8 @@ class LaunchSummary:
     resumed: dict[Cell, int] = field(default_factory=dict)  # cell → epoch it resumed after
     attempted: set[Cell] = field(default_factory=set)
     ended: set[Cell] = field(default_factory=set)  # cells with an outcome: a result or a failure
+    results: set[Cell] = field(default_factory=set)  # cells that ended completed or diverged
+    requeued: int = 0  # rows a killed or interrupted launch had left `running`
     interrupted: bool = False  # the launch stopped (Ctrl-C) before every cell had an outcome
 
     @property
@@ -405,6 +408,7 @@ class StoreCallback(tune.Callback):
             else:
                 self.summary.completed += 1
             self.summary.ended.add(key)
+            self.summary.results.add(key)
             self.progress.finished(key, outcome.status)
             self.flush()
         self.maybe_flush()
@@ -937,6 +941,7 @@ def launch(
         store.register_sweep(sweep.name, spec_text, launch_plan.cells)
         marker = place_storage_marker(root, sweep.name)
         missing = plan(sweep, store).missing  # another launch may have finished some meanwhile
+        summary.requeued = store.requeue_stale(missing)  # we hold the lock: nobody trains them
         progress = Progress(
             len(launch_plan.cells),
             len(launch_plan.cells) - len(missing),
@@ -955,7 +960,20 @@ def launch(
             progress.close()
             ray.kill(events)
         summary.interrupted = any(cell_of(c) not in summary.ended for c in missing)
+    _check_stored(store, summary)
     return summary
+
+
+def _check_stored(store: Store, summary: LaunchSummary) -> None:
+    """What the launch is about to report must be in the store: read it back."""
+    stored = store.completed_cells(summary.results)
+    if stored != summary.results:
+        lost = len(summary.results - stored)
+        raise StoreFailure(
+            f"{lost} of the {len(summary.results)} cells this launch finished are not in the "
+            f"store {store.url} when read back; their results were lost (was the "
+            "database replaced or restored while the launch ran?): launch again to train them"
+        )
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ import sys
 from dataclasses import fields
 
 from service.commands import check_writable_folder
-from workers.spec import DEVICES, MEMORY_FORMATS, PRECISIONS, TrialSpec
+from workers.spec import COMPILE_MODES, DEVICES, MEMORY_FORMATS, PRECISIONS, TrialSpec
 
 #: Short flags the paper's symbols suggest, in addition to one `--field-name` per TrialSpec field.
 ALIASES = {"bn_scale_init": ("--gamma",), "bn_lr_divisor": ("--c",), "lr": ("--alpha",)}
@@ -32,6 +32,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "precision": tuple(PRECISIONS),
     "memory_format": tuple(MEMORY_FORMATS),
     "device": tuple(DEVICES),
+    "compile_mode": tuple(COMPILE_MODES),
 }
 
 

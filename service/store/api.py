@@ -1249,6 +1249,36 @@ class _ShmWatch:
         self.seen = (stat.st_ino, stat.st_size)
 
 
+class _FileWatch:
+    """The SQLite file behind the store's path, as first seen: if it is deleted or replaced
+    while the store is open, SQLite keeps writing to the old, unlinked file, and every result
+    from then on would vanish without a word. Checked before each transaction."""
+
+    def __init__(self, database: Path) -> None:
+        self.path = database
+        self.seen: tuple[int, int] | None = None
+
+    def check(self) -> None:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            if self.seen is None:
+                return  # not created yet: the first transaction creates it
+            identity = None
+        else:
+            identity = (stat.st_dev, stat.st_ino)
+        if self.seen is None:
+            self.seen = identity
+            return
+        if identity != self.seen:
+            what = "deleted" if identity is None else "replaced by another file"
+            raise StoreFailure(
+                f"{self.path} was {what} while bnsweep had it open; nothing more is written, so "
+                "that no result goes to a file nobody can read: put the store back (or choose "
+                "another --db) and launch again"
+            )
+
+
 @dataclass
 class _Cell:
     """A trial's state as seen inside one `apply` transaction."""
@@ -1267,6 +1297,9 @@ class Store:
         self.retry_seconds = float(retry_seconds)
         sqlite_file = url.get_backend_name() == "sqlite" and not _is_sqlite_memory(url)
         self._shm = _ShmWatch(Path(str(url.database)).expanduser()) if sqlite_file else None
+        self._file = _FileWatch(Path(str(url.database)).expanduser()) if sqlite_file else None
+        if self._file is not None:
+            self._file.check()
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -1430,6 +1463,8 @@ class Store:
         COMMIT was sent, the transaction may or may not have landed, and running it again
         gives the same rows either way.
         """
+        if self._file is not None:
+            self._file.check()
         if self._shm is not None:
             self._shm.check()
         deadline = time.monotonic() + (self.retry_seconds if retry else 0.0)
@@ -1719,6 +1754,31 @@ class Store:
             return done & wanted
 
         return self._run(work, "reading completed cells")
+
+    def requeue_stale(self, cells: Iterable[TrialSpec | tuple[str, int]]) -> int:
+        """Set those of `cells` that are still `running` back to `pending`; return how many.
+
+        Called by a launch that holds the sweep's lock: a row still running then belongs to a
+        launch that was killed or interrupted, and no trial is training it any more."""
+        wanted = {_cell_of(cell) for cell in cells}
+        hashes = sorted({spec_hash for spec_hash, _ in wanted})
+
+        def work(conn: sa.Connection) -> int:
+            stale: list[int] = []
+            for chunk in _chunks(hashes):
+                query = sa.select(Trial.id, Trial.spec_hash, Trial.seed).where(
+                    Trial.spec_hash.in_(chunk), Trial.status == "running"
+                )
+                stale += [i for i, h, seed in conn.execute(query) if (h, seed) in wanted]
+            for chunk in _chunks(stale):
+                conn.execute(
+                    sa.update(Trial)
+                    .where(Trial.id.in_(chunk))
+                    .values(status="pending", updated_at=_now())
+                )
+            return len(stale)
+
+        return self._run(work, "requeueing stale running trials", write=True) if hashes else 0
 
     def _sweep_infos(self, conn: sa.Connection, name: str | None = None) -> list[SweepInfo]:
         cells = sa.func.count(SweepTrial.trial_id)
