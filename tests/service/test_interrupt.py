@@ -1,0 +1,148 @@
+"""Launches stopped and relaunched as a user would: Ctrl-C mid-sweep, an edit of the spec, the
+SQLite file deleted under a running store, and the exit codes a script sees.
+
+The launches are real `bnsweep launch` processes, each with a local Ray of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from service.store.api import EpochRecorded, Store, StoreFailure, TrialStarted
+from service.sweep import expand, load_sweep_spec
+from tests.service.test_driver import results, write_spec
+from workers.trial import EpochMetrics
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _launch(spec: Path, url: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(Path(sys.executable).with_name("bnsweep")), "launch", str(spec), "--db", url,
+         "--no-tables", "--num-cpus", "2"],
+        env={k: v for k, v in os.environ.items() if k not in ("BNSWEEP_DB", "RAY_ADDRESS")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def _checkpoints(spec: Path) -> dict[str, int]:
+    """Cell folder → the epoch of its latest checkpoint."""
+    sweep = load_sweep_spec(spec)
+    found = {}
+    for path in Path(sweep.storage).glob(f"{sweep.name}/cells/*/checkpoint-*"):
+        found[path.parent.name] = int(path.name.removeprefix("checkpoint-"))
+    return found
+
+
+@pytest.mark.slow  # a launch interrupted mid-sweep, then two relaunches: about a minute
+def test_ctrl_c_says_so_exits_130_and_an_edited_relaunch_trains_only_its_cells(
+    tmp_path: Path,
+) -> None:
+    # Two arms x 2 seeds, 30 epochs with a checkpoint after each; one trial at a time.
+    spec = write_spec(
+        tmp_path, "stopped", defaults={"epochs": 30}, checkpoint_every=1, max_concurrent=1
+    )
+    url = f"sqlite:///{tmp_path / 'stopped.db'}"
+    process = _launch(spec, url)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(epoch >= 2 for epoch in _checkpoints(spec).values()):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C at a terminal signals the whole group
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, (out, err)
+    assert "interrupted after" in out and "ran " not in out
+    trials, _ = results(url, "stopped")
+    assert (trials["status"] == "completed").sum() < 4
+    in_flight = set(_checkpoints(spec))
+    assert in_flight
+
+    # The edit drops BASE: the relaunch trains the γ = 0.5 cells only, from their checkpoints.
+    edited = yaml.safe_load(spec.read_text())
+    edited["base"] = False
+    spec.write_text(yaml.safe_dump(edited))
+    again = subprocess.run(
+        [str(Path(sys.executable).with_name("bnsweep")), "launch", str(spec), "--db", url,
+         "--no-tables", "--num-cpus", "2"],
+        capture_output=True, text=True, timeout=500,
+        env={k: v for k, v in os.environ.items() if k not in ("BNSWEEP_DB", "RAY_ADDRESS")},
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    trials, epochs = results(url, "stopped")
+    wanted = {(c.spec_hash, c.seed) for c in expand(load_sweep_spec(spec))}
+    done = trials[trials["status"] == "completed"]
+    assert wanted <= set(zip(done["spec_hash"], done["seed"], strict=True))
+    base = trials[trials["bn_scale_init"] == 1.0]
+    assert not (base["status"] == "running").any()  # stale rows went back to pending
+    # Each cell's epochs are there once, 1..30.
+    kept = epochs[epochs["spec_hash"].isin({h for h, _ in wanted})]
+    assert kept.groupby(["spec_hash", "seed"])["epoch"].apply(sorted).tolist() == [
+        list(range(1, 31))
+    ] * len(wanted)
+
+
+def test_a_launch_with_failed_cells_exits_1_and_says_how_many(tmp_path: Path) -> None:
+    spec = write_spec(
+        tmp_path,
+        "failing",
+        grids=[{"dataset": ["cifar10"], "data_root": [str(tmp_path / "no-such-folder")]}],
+        base=False,
+        seeds=1,
+        retries=0,
+    )
+    url = f"sqlite:///{tmp_path / 'failing.db'}"
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("bnsweep")), "launch", str(spec), "--db", url,
+         "--no-tables", "--num-cpus", "2"],
+        capture_output=True, text=True, timeout=300,
+        env={k: v for k, v in os.environ.items() if k not in ("BNSWEEP_DB", "RAY_ADDRESS")},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "1 cells did not complete (1 failed, 0 diverged)" in done.stdout
+
+
+def test_a_sqlite_file_deleted_or_replaced_under_the_store_stops_it(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    (cell,) = expand(load_sweep_spec(write_spec(tmp_path, "gone", base=False, seeds=1)))
+    key = (cell.spec_hash, cell.seed)
+    metrics = EpochMetrics(1, 1.0, 1.0, 0.5, 0.5, 0.1, 1.0)
+    for how in ("deleted", "replaced by another file"):
+        with Store.open(f"sqlite:///{path}") as store:
+            store.register_sweep("gone", "", [cell])
+            store.apply([TrialStarted(*key)])
+            path.unlink()
+            for suffix in ("-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            if how != "deleted":
+                path.write_bytes(b"")
+            with pytest.raises(StoreFailure, match=f"was {how} while bnsweep had it open") as err:
+                store.apply([EpochRecorded(*key, metrics=metrics)])
+            assert "\n" not in str(err.value)
+        path.unlink(missing_ok=True)
+
+
+def test_stale_running_rows_go_back_to_pending(tmp_path: Path) -> None:
+    cells = expand(load_sweep_spec(write_spec(tmp_path, "stale", seeds=2)))
+    with Store.open(f"sqlite:///{tmp_path / 'stale.db'}") as store:
+        store.register_sweep("stale", "", cells)
+        store.apply([TrialStarted(c.spec_hash, c.seed) for c in cells[:3]])
+        assert store.requeue_stale(cells[1:]) == 2
+        status = store.trials(sweep="stale").set_index(["spec_hash", "seed"])["status"]
+    assert status[(cells[0].spec_hash, cells[0].seed)] == "running"  # not asked about
+    assert sorted(status.tolist()) == ["pending", "pending", "pending", "running"]
