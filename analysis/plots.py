@@ -106,7 +106,11 @@ def _gamma_figure(table: Table, block: Any) -> Figure | None:
             lines.setdefault(key, []).append((cell.arm.gamma, cell.mean, cell.std))
         per_column.append((j, lines, base_cell))
     kinds = sorted({key for _, lines, _ in per_column for key in lines})
-    kind_names, shared = _arm_labels([(f, 1.0, c) for f, c in kinds], fields=(0, 2))
+    kind_names, shared = arm_labels([(f, 1.0, c) for f, c in kinds], fields=(0, 2))
+    if len(kinds) == 1:
+        # One line per column: its formulation and c belong in the title, not on every line.
+        shared = kind_names[(kinds[0][0], 1.0, kinds[0][1])]
+        kind_names = dict.fromkeys(kind_names, "")
     several_columns = len(table.column_titles) > 1
     drawn = False
     for j, lines, base_cell in per_column:
@@ -206,10 +210,10 @@ def plot_validation_curves(
         for ax, cv in zip(axes, col_values, strict=True):
             panel = part if cv is None else part[part[columns] == cv]
             arms = sorted(panel.groupby(list(ARM_FIELDS), sort=True), key=lambda kv: kv[0])
-            names, shared = _arm_labels([arm for arm, _ in arms])
+            names, shared = arm_labels([arm for arm, _ in arms])
             k = 0
             for arm, line in arms:
-                is_base = _is_base(arm)
+                is_base = is_base_arm(arm)
                 x = line["epoch"].to_numpy()
                 m = line["mean"].to_numpy()
                 s = np.nan_to_num(line["std"].to_numpy())
@@ -245,12 +249,12 @@ def plot_validation_curves(
     return paths
 
 
-def _is_base(arm: tuple[Any, ...]) -> bool:
+def is_base_arm(arm: tuple[Any, ...]) -> bool:
     formulation, gamma, c = arm
     return bool(formulation == "standard" and gamma == 1.0 and c == 1.0)
 
 
-def _arm_labels(
+def arm_labels(
     arms: Sequence[tuple[Any, ...]], fields: Sequence[int] = (0, 1, 2)
 ) -> tuple[dict[tuple[Any, ...], str], str]:
     """Legend labels naming only the arm fields (formulation, γ, c) that differ between the
@@ -261,12 +265,12 @@ def _arm_labels(
         lambda a: f"γ={a[1]:g}",
         lambda a: f"c={a[2]:g}",
     )
-    others = [a for a in arms if not _is_base(a)]
+    others = [a for a in arms if not is_base_arm(a)]
     varying = [i for i in fields if len({parts[i](a) for a in others}) > 1]
     if not varying:
         varying = list(fields)  # one arm: name it fully rather than not at all
     shared = ", ".join(parts[i](others[0]) for i in fields if i not in varying) if others else ""
-    names = {a: "BASE" if _is_base(a) else " ".join(parts[i](a) for i in varying) for a in arms}
+    names = {a: "BASE" if is_base_arm(a) else " ".join(parts[i](a) for i in varying) for a in arms}
     return names, shared
 
 
@@ -533,14 +537,15 @@ def _arm_lines(ax: Any, df: pd.DataFrame, x: str, value: str, spread: bool = Fal
     Labels name only what differs between the arms; returns what they share, for the legend's
     title."""
     curves = df.groupby([*ARM_FIELDS, x], dropna=False)[value].agg(["mean", "std"]).reset_index()
-    arms = sorted(curves.groupby(list(ARM_FIELDS), sort=True), key=lambda kv: not _is_base(kv[0]))
-    names, shared = _arm_labels([arm for arm, _ in arms])
+    groups = curves.groupby(list(ARM_FIELDS), sort=True)
+    arms = sorted(groups, key=lambda kv: not is_base_arm(kv[0]))
+    names, shared = arm_labels([arm for arm, _ in arms])
     steps = np.diff(np.sort(curves[x].unique()))
     width = 0.5 * float(steps.min()) if len(steps) else 0.0  # half the x spacing for all arms
     k = 0
     for i, (arm, line) in enumerate(arms):
         line = line.sort_values(x)
-        is_base = _is_base(arm)
+        is_base = is_base_arm(arm)
         color = "0.25" if is_base else f"C{k % 10}"
         k += 0 if is_base else 1
         xs, m = line[x].to_numpy(dtype=float), line["mean"].to_numpy()

@@ -24,7 +24,15 @@ from service.web.figures import (
     trial_figure,
 )
 from service.web.pages import Site
-from service.web.view import NotFound, Snapshot, TableQuery, cell_trials, find_cell, report_of
+from service.web.view import (
+    BadRequest,
+    NotFound,
+    Snapshot,
+    TableQuery,
+    cell_trials,
+    find_cell,
+    report_of,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -181,12 +189,16 @@ def trials_frame(
     """The sweep's trials, filtered (`field=value` as `bnsweep query --where`) and sorted."""
     from service.store.api import StoreError, check_where
 
+    try:
+        checked = check_where(where)
+    except StoreError as err:  # the user's filter, not the store, is wrong
+        raise BadRequest(str(err)) from None
     frame = snap.trials(name)
-    for field, values in check_where(where).items():
+    for field, values in checked.items():
         frame = frame[frame[field].isin(values)] if field in frame else frame
     if sort:
         if sort not in frame.columns:
-            raise StoreError(f"sort: unknown column {sort!r}; allowed: {', '.join(frame.columns)}")
+            raise BadRequest(f"sort: unknown column {sort!r}; allowed: {', '.join(frame.columns)}")
         frame = frame.sort_values(sort, ascending=not descending, kind="stable")
     return frame
 
@@ -258,8 +270,12 @@ def _trials_controls(
 def parse_where(text: str) -> dict[str, list[str]]:
     """`status=failed lr=0.1` (or one `field=value` per `where` parameter) → filters."""
     from service.commands.store import parse_where as parse_items
+    from service.store.api import StoreError
 
-    return parse_items(text.split()) if text.strip() else {}
+    try:
+        return parse_items(text.split()) if text.strip() else {}
+    except StoreError as err:
+        raise BadRequest(str(err)) from None
 
 
 def trial(snap: Snapshot, site: Site, name: str, trial_id: int, figure: bool = True) -> str:

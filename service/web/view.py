@@ -42,6 +42,10 @@ class NotFound(BnsweepError):
     """A page or API path names a sweep, cell or trial the store does not have."""
 
 
+class BadRequest(BnsweepError):
+    """A control or filter of a page has a value outside what is allowed."""
+
+
 # -- the table controls ----------------------------------------------------------------------
 
 
