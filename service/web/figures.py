@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,12 +40,23 @@ class SvgFigure:
 def svg_text(fig: Figure) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
-    return buf.getvalue()
+    return clean_svg(buf.getvalue())
+
+
+_METADATA = re.compile(r"\s*<metadata>.*?</metadata>", re.S)
+
+
+def clean_svg(text: str) -> str:
+    """matplotlib's SVG without its RDF metadata block (a creator line and vocabulary URLs that
+    no reader needs): the report names no URL beyond the XML namespaces an SVG must declare."""
+    return _METADATA.sub("", text, count=1)
 
 
 def _read_svgs(paths: Sequence[Path], title: str) -> list[SvgFigure]:
     return [
-        SvgFigure(p.stem, f"{title}: {p.stem.replace('_', ' ')}", p.read_text(encoding="utf-8"))
+        SvgFigure(
+            p.stem, f"{title}: {p.stem.replace('_', ' ')}", clean_svg(p.read_text(encoding="utf-8"))
+        )
         for p in paths
         if p.suffix == ".svg"
     ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -696,10 +697,14 @@ def trial_page(
     )
 
 
+_XMLNS = re.compile(r'\s+xmlns(?::\w+)?="[^"]*"')
+
+
 def _inline_svg(svg: str) -> str:
-    """An SVG document as an element inside HTML: without its XML prolog and doctype."""
+    """An SVG document as an element inside HTML: without its XML prolog, doctype and namespace
+    declarations (HTML's parser puts `<svg>` and `xlink:href` in their namespaces itself)."""
     start = svg.find("<svg")
-    return svg[start:] if start >= 0 else ""
+    return _XMLNS.sub("", svg[start:]) if start >= 0 else ""
 
 
 # -- errors ---------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ schema revision and a store that is not there (one clear message); a password in
 from __future__ import annotations
 
 import csv
-import html
 import hashlib
+import html
 import io
 import re
 from pathlib import Path
