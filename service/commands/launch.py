@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from service.store.api import Store
@@ -44,6 +44,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)"
     )
     parser.add_argument("--no-tables", action="store_true", help="skip the tables at the end")
+    parser.add_argument(
+        "--report",
+        metavar="DIR",
+        help="write the static report (as `bnsweep report`) to DIR at the end of the sweep",
+    )
+    parser.add_argument(
+        "--report-every",
+        type=float,
+        default=0.0,
+        metavar="MINUTES",
+        help="with --report, also rewrite it every MINUTES while the sweep runs (default: only "
+        "at the end)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -54,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.num_cpus is not None and args.num_cpus < 1:
         raise SpecError(f"--num-cpus: must be >= 1, got {args.num_cpus}")
+    report_every = getattr(args, "report_every", 0.0) or 0.0
+    if report_every < 0 or (report_every and not getattr(args, "report", None)):
+        raise SpecError(f"--report-every: minutes >= 0, with --report DIR; got {report_every:g}")
     sweep = load_sweep_spec(args.spec)
     spec_text = _without_password(Path(args.spec).read_text(encoding="utf-8"), sweep.database)
     url = database_url(args.db, sweep.database)
@@ -62,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     from service.driver import launch
 
-    with Store.open(url) as store:
+    with Store.open(url) as store, _report(args, url, sweep.name) as report:
         summary = launch(sweep, store, spec_text, address=args.address, num_cpus=args.num_cpus)
     resumed = f", {len(summary.resumed)} resumed from checkpoints" if summary.resumed else ""
     print(
@@ -73,7 +89,20 @@ def run(args: argparse.Namespace) -> int:
         from service.commands.report import render_sweep_tables
 
         print(render_sweep_tables(url, sweep.name, fmt="term"))
+    if report is not None and report.written is not None:
+        print(f"report: {report.written / 'index.html'}")
     return 0
+
+
+def _report(args: argparse.Namespace, url: str, name: str) -> Any:
+    """The `--report` writer around the launch (service/web/report.py), or nothing."""
+    import contextlib
+
+    if not getattr(args, "report", None):
+        return contextlib.nullcontext()
+    from service.web.report import ReportWhileRunning
+
+    return ReportWhileRunning(url, name, args.report, 60.0 * (args.report_every or 0.0))
 
 
 def dry_run(sweep: SweepSpec, url: str) -> int:

@@ -144,3 +144,44 @@ def _write_sweep(snap: Snapshot, name: str, root: Path) -> None:
         _write(path, build.trial(snap, here, name, trial_id, figure=figures))
     _write(base / "trials.csv", build.trials_csv(snap, name))
     _write(base / "trials.parquet", build.trials_parquet(snap, name))
+
+
+class ReportWhileRunning:
+    """`with ReportWhileRunning(url, sweep, out, every_seconds):` around a launch: rewrites the
+    report every `every_seconds` (0: never) in a background thread while the block runs, and
+    once more at its end. A report that cannot be written is a warning, never the launch's
+    failure: the results are in the store and `bnsweep report` can write it later."""
+
+    def __init__(
+        self, url: str | None, sweep: str, out_dir: str | Path, every_seconds: float = 0.0
+    ) -> None:
+        import threading
+
+        self.url, self.sweep, self.out_dir = url, sweep, Path(out_dir)
+        self.every_seconds = float(every_seconds)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bnsweep-report", daemon=True)
+        self.written: Path | None = None
+
+    def _write(self) -> None:
+        from workers.errors import BnsweepError
+
+        try:
+            self.written = write_report(self.url, self.sweep, self.out_dir)
+        except (BnsweepError, OSError) as err:
+            log.warning("could not write the report to %s: %s", self.out_dir, err)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_seconds):
+            self._write()
+
+    def __enter__(self) -> ReportWhileRunning:
+        if self.every_seconds > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._write()

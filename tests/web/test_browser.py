@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from tests.web.stores import make_store
+from tests.web.test_report import check_site
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [
@@ -164,6 +165,8 @@ def test_a_browser_sees_the_table_a_cell_and_a_launch(
                     "--num-cpus",
                     "1",
                     "--no-tables",
+                    "--report",
+                    str(tmp_path / "report"),
                 ],
                 cwd=tmp_path,
                 env=environment(),
@@ -187,3 +190,6 @@ def test_a_browser_sees_the_table_a_cell_and_a_launch(
         finally:
             browser.close()
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000
+    # `launch --report DIR` wrote the static report of the new sweep at its end.
+    assert "report: " in launch.stdout, launch.stderr[-3000:]
+    assert check_site(tmp_path / "report") > 1

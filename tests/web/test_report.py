@@ -4,16 +4,17 @@ replaces an earlier report whole, and `bnsweep report` writes it."""
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
 
 from service.cli import main
-from service.store.api import Store
+from service.store.api import Store, TrialStarted
 from service.web.report import write_report
 from service.web.view import NotFound
-from tests.web.stores import make_store
+from tests.web.stores import cells, make_store
 
 _LINK = re.compile(r'(?:href|src)="([^"]*)"')
 _URL = re.compile(r"\b(?:https?|ftp)://", re.I)
@@ -138,3 +139,30 @@ def test_bnsweep_report_prints_the_folder(tmp_path: Path, capsys) -> None:
     assert capsys.readouterr().out.strip() == str((tmp_path / "site").resolve())
     assert main(["report", "--db", url, "--sweep", "x", "--out", str(tmp_path / "o")]) == 2
     assert "bnsweep: error: no sweep named 'x'" in capsys.readouterr().err
+
+
+def test_a_report_is_rewritten_while_a_launch_runs_and_at_its_end(tmp_path: Path) -> None:
+    from service.web.report import ReportWhileRunning
+
+    url = make_store(tmp_path / "r.db", "running")
+    out = tmp_path / "report"
+    with ReportWhileRunning(url, "demo", out, every_seconds=0.05) as writer:
+        deadline = time.monotonic() + 120
+        while writer.written is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert writer.written == out.resolve()  # written while the block still ran
+        with Store.open(url) as store:
+            spec = cells(range(1, 4))[-1]
+            store.apply([TrialStarted(spec.spec_hash, spec.seed)])
+    # The last write, at the end, has the last state: three running cells.
+    assert '<span data-count="running">3</span>' in (out / "sweeps" / "demo.html").read_text(
+        encoding="utf-8"
+    )
+
+
+def test_a_report_that_cannot_be_written_is_a_warning(tmp_path: Path, caplog) -> None:
+    from service.web.report import ReportWhileRunning
+
+    with ReportWhileRunning(f"sqlite:///{tmp_path / 'none.db'}", "demo", tmp_path / "r"):
+        pass
+    assert "could not write the report" in caplog.text and "no results database" in caplog.text
