@@ -65,3 +65,12 @@ def test_the_dashboard_refuses_an_older_schema_at_start(tmp_path: Path, capsys) 
 def test_help_lists_report_and_dashboard() -> None:
     text = build_parser().format_help()
     assert "report" in text and "dashboard" in text
+
+
+def test_report_every_needs_report_and_a_positive_interval(tmp_path: Path, capsys) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: x\n", encoding="utf-8")
+    assert main(["launch", str(spec), "--report-every", "5"]) == 2
+    one_error_line(capsys, "--report-every: minutes >= 0, with --report DIR; got 5")
+    assert main(["launch", str(spec), "--report", "r", "--report-every", "-1"]) == 2
+    one_error_line(capsys, "--report-every: minutes >= 0, with --report DIR; got -1")
