@@ -51,6 +51,9 @@ def create_app(
 ) -> FastAPI:
     """The dashboard for the store at `url` (else BNSWEEP_DB, else sqlite:///bnsweep.db)."""
     reader = reader or Reader(url)
+    # The table model pulls in scipy and pandas (~2 s); at start, not in the first request.
+    import analysis.tables  # noqa: F401
+
     app = FastAPI(title="bnsweep dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.reader = reader
     site = Site(live=True)

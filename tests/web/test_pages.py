@@ -284,3 +284,13 @@ def test_bad_controls_and_unknown_things_are_one_line_each(tmp_path: Path) -> No
             response = client.get(path)
             shown = html.unescape(response.text)
             assert (response.status_code, text in shown) == (status, True), path
+
+
+def test_the_pages_status_is_the_stores(state_url: tuple[str, str]) -> None:
+    from service.web.view import status_of
+
+    state, url = state_url
+    with Store.open(url, create=False) as store:
+        for info in store.sweeps():
+            expected = store.sweep_status(info.name)
+            assert status_of(info.name, store.trials(sweep=info.name)) == expected, state
