@@ -294,3 +294,25 @@ def test_the_pages_status_is_the_stores(state_url: tuple[str, str]) -> None:
         for info in store.sweeps():
             expected = store.sweep_status(info.name)
             assert status_of(info.name, store.trials(sweep=info.name)) == expected, state
+
+
+def test_the_fingerprint_moves_with_every_kind_of_write(tmp_path: Path) -> None:
+    from service.store.api import EpochRecorded, TrialFinished, store_fingerprint
+    from tests.service.test_store import epoch, result
+
+    url = make_store(tmp_path / "r.db", "pending")
+    spec = cells(range(1, 3))[0]
+    key = (spec.spec_hash, spec.seed)
+    writes = [
+        lambda s: s.register_sweep("other", "name: other", [spec]),
+        lambda s: s.apply([TrialStarted(*key)]),
+        lambda s: s.apply([EpochRecorded(*key, metrics=epoch(1))]),
+        lambda s: s.apply([TrialFinished.from_result(*key, result())]),
+    ]
+    with Store.open(url) as store:
+        seen = [store_fingerprint(store)]
+        assert store_fingerprint(store) == seen[0]  # reads alone change nothing
+        for write in writes:
+            write(store)
+            seen.append(store_fingerprint(store))
+    assert len(set(seen)) == len(seen)
