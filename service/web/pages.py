@@ -227,6 +227,9 @@ def controls(site: Site, query: TableQuery) -> str:
         f'<label>significance level <input name="alpha" size="5" value="{query.alpha:g}">'
         "</label> "
         f"<label>layout {_options('layout', layouts, query.layout or '')}</label> "
+        '<label>compared against <input name="versus" size="22" placeholder="BASE" '
+        f'value="{esc(query.versus or "")}" title="an arm, e.g. BASE or standard γ=0.1 c=100">'
+        "</label> "
         '<button type="submit">apply</button></form>'
     )
 
@@ -460,15 +463,19 @@ def cell_page(
         f"({cell.n_runs} runs, {cell.n_diverged} diverged)</p>"
     )
     s, comp = cell.stats, cell.comparison
-    if row.is_base:
+    reference = query.versus or "BASE"
+    if s is None and (row.is_base and not query.versus):
         parts.append("<p>This is the BASE row: the arm every other row is compared against.</p>")
     elif s is None:
-        parts.append("<p>Not compared: no BASE run in this column.</p>")
+        parts.append(
+            f"<p>Not compared: this is the reference arm ({esc(reference)}), or it has no run "
+            "in this column.</p>"
+        )
     else:
         label = "W+" if s.test == "wilcoxon" else "t"
         test_name = "Wilcoxon signed-rank test" if s.test == "wilcoxon" else "t-test"
         stats_rows = [
-            ("test", f"one-sided paired {test_name}, arm better than BASE"),
+            ("test", f"one-sided paired {test_name}, arm better than {reference}"),
             (label, _num(s.statistic)),
             ("df", _num(s.df)),
             ("p", _num(s.p, 6)),
@@ -508,7 +515,11 @@ def cell_page(
             rows.append([link, f"{100 * a:.2f}", f"{100 * b:.2f}", f"{100 * (a - b):+.2f}"])
         parts.append("<h2>Pairs (matched by seed)</h2>")
         parts.append(
-            _table(["seed", "arm (%)", "BASE (%)", "difference (pp)"], rows, cls="pairs sortable")
+            _table(
+                ["seed", "arm (%)", f"{reference} (%)", "difference (pp)"],
+                rows,
+                cls="pairs sortable",
+            )
         )
         if comp.dropped:
             parts.append("<h2>Seeds dropped</h2>")

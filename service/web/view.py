@@ -52,13 +52,15 @@ class BadRequest(BnsweepError):
 @dataclass(frozen=True)
 class TableQuery:
     """The controls above a sweep's table, as `bnsweep tables` takes them: the paired test, the
-    correction, the significance level and the layout (None: the sweep's `report:`, else
-    inferred from the arms)."""
+    correction, the significance level, the layout (None: the sweep's `report:`, else
+    inferred from the arms) and the arm compared against (None: BASE; `bnsweep tables
+    --versus`, whose table model checks the name)."""
 
     test: str = "t"
     correction: str = "none"
     alpha: float = 0.05
     layout: str | None = None
+    versus: str | None = None
 
     def __post_init__(self) -> None:
         from analysis.stats import AnalysisOptions
@@ -397,6 +399,8 @@ class Snapshot:
         def build() -> list[Table]:
             from service.commands.report import tables_for
 
+            # Only a chosen arm is passed, so a table model without `versus` answers BASE tables.
+            versus = {"versus": query.versus} if query.versus else {}
             return tables_for(
                 self.trials(name),
                 report_of(self._info(name).spec_text),
@@ -404,6 +408,7 @@ class Snapshot:
                 test=query.test,
                 correction=query.correction,
                 alpha=query.alpha,
+                **versus,
             )
 
         return self._cached(("tables", name, query), build)

@@ -316,3 +316,32 @@ def test_the_fingerprint_moves_with_every_kind_of_write(tmp_path: Path) -> None:
             write(store)
             seen.append(store_fingerprint(store))
     assert len(set(seen)) == len(seen)
+
+
+def _has_versus() -> bool:
+    import inspect
+
+    from service.commands.report import tables_for
+
+    return "versus" in inspect.signature(tables_for).parameters
+
+
+@pytest.mark.skipif(
+    not _has_versus(), reason="needs `bnsweep tables --versus` in the table model (analysis)"
+)
+def test_the_arm_compared_against_is_a_control_like_versus(tmp_path: Path) -> None:
+    url = make_store(tmp_path / "r.db", "finished")
+    query = "?versus=standard%20%CE%B3%3D0.5%20c%3D100"
+    with client_for(url) as client:
+        rows = _csv_rows(client, query)
+        page = client.get(f"/sweeps/demo{query}").text
+        assert 'value="standard γ=0.5 c=100"' in page
+        cells = _page_cells(page)
+        by_key = {(r["block"], r["row"], r["column"]): r for r in rows}
+        for cell in cells:
+            row = by_key[(cell["block"], cell["row"], cell["column"])]
+            assert cell["strong"] == (row["significant"] == "true")
+        tested = next(c for c in cells if by_key[(c["block"], c["row"], c["column"])]["p"])
+        assert "standard γ=0.5 c=100 (%)" in client.get(tested["href"]).text
+        bad = client.get("/sweeps/demo?versus=nope")
+        assert bad.status_code == 400 and "versus" in bad.text
