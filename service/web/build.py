@@ -12,6 +12,7 @@ import io
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +63,12 @@ def tables_or_reason(snap: Snapshot, name: str, query: TableQuery) -> list[Table
     try:
         return snap.tables(name, query)
     except AnalysisError as err:
+        if query.versus:
+            try:  # a table against BASE exists: then the chosen arm is what is wrong
+                snap.tables(name, replace(query, versus=None))
+            except AnalysisError:
+                return str(err)
+            raise BadRequest(str(err)) from None
         return str(err)
 
 
@@ -140,8 +147,6 @@ def figures(snap: Snapshot, name: str) -> dict[str, SvgFigure]:
 
 
 def _difference(snap: Snapshot, name: str, layout: Any) -> list[SvgFigure]:
-    from dataclasses import replace
-
     from analysis.pairing import AnalysisError
     from analysis.tables import build_tables
 

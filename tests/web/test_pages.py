@@ -158,7 +158,7 @@ def test_each_state_says_what_it_is(state_url: tuple[str, str]) -> None:
             "pending": "No table yet",
             "running": "about",  # an ETA from the store: running cells, completed durations
             "failed": "RuntimeError: CUDA OOM",
-            "diverged": "Diverged runs have no score",
+            "diverged": "Diverged runs",  # counted or left out, the note says where
             "no_base": "No BASE arm",
             "one_seed": "a single seed",
             "finished": "All 18 cells done",
