@@ -121,7 +121,9 @@ def run_dashboard(args: argparse.Namespace) -> int:
     check_binding(args.host, args.port, token)
     create_app, uvicorn = load_server()
     # Fail now, in one line, for a wrong URL or a store of another schema revision.
-    Store.open(args.db, create=False).close()
+    from service.web.view import read_only
+
+    Store.open(args.db, create=False, **read_only()).close()
     app = create_app(args.db, token=token)  # type: ignore[operator]
     shown = f"[{args.host}]" if ":" in args.host else args.host
     store = redact_url(resolve_url(args.db))

@@ -284,7 +284,9 @@ class Reader:
 
         with self._lock:
             if self._store is None:
-                self._store = Store.open(self._url, create=False, retry_seconds=self._retry_seconds)
+                self._store = Store.open(
+                    self._url, create=False, retry_seconds=self._retry_seconds, **read_only()
+                )
             return self._store
 
     @property
@@ -324,6 +326,16 @@ class Reader:
             while len(self._cache) > CACHE_ENTRIES:
                 self._cache.popitem(last=False)
         return value
+
+
+def read_only() -> dict[str, bool]:
+    """`read_only=True` where `Store.open` has it (SQLite opened with mode=ro, never switched to
+    WAL); otherwise `create=False` alone keeps the reads from creating or migrating anything."""
+    import inspect
+
+    from service.store.api import Store
+
+    return {"read_only": True} if "read_only" in inspect.signature(Store.open).parameters else {}
 
 
 @dataclass(frozen=True)
