@@ -276,7 +276,7 @@ def test_bad_controls_and_unknown_things_are_one_line_each(tmp_path: Path) -> No
             "/sweeps/demo?test=z": (400, "test: unknown value 'z'"),
             "/sweeps/demo/cells/9-9-9": (404, "no cell '9-9-9'"),
             "/sweeps/demo/trials/99999": (404, "no trial 99999"),
-            "/sweeps/demo/trials?where=gamma%3D1": (400, "unknown field 'gamma'"),
+            "/sweeps/demo/trials?where=colour%3D1": (400, "unknown field 'colour'"),
             "/api/sweeps/nope/status": (404, "no sweep named 'nope'"),
             "/sweeps/demo?fragment=nope": (404, "no section 'nope'"),
         }
