@@ -3,7 +3,12 @@ BN diagnostics (γ/β drift, the >6σ fraction, the gradient factor at initialis
 
 Figures are built with `matplotlib.figure.Figure` directly (no pyplot, no global backend
 state), so plotting works headless and inside a long-running service. Each figure is saved as
-PNG and PDF; the functions return the paths written.
+PNG and PDF (`formats=("svg",)` for the web pages); the functions return the paths written.
+
+Readability rules every figure follows: a legend names only what differs between its lines (what
+all of them share goes into the title), BASE is drawn first and underneath so an arm that
+tracks it (γ = 1, c = 100) stays visible, and spread is shown as error bars offset per arm rather
+than as overlapping bands.
 """
 
 from __future__ import annotations
@@ -34,12 +39,14 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower() or "all"
 
 
-def _save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
+def _save(fig: Figure, out_dir: Path, stem: str, formats: Sequence[str] = FORMATS) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for ext in FORMATS:
+    for ext in formats:
         path = out_dir / f"{stem}.{ext}"
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+        # No creation date in the file: the same results give the same bytes (static reports).
+        metadata = {"Date": None} if ext == "svg" else None
+        fig.savefig(path, dpi=150, bbox_inches="tight", metadata=metadata)
         paths.append(path)
     return paths
 
@@ -57,6 +64,7 @@ def plot_accuracy_vs_gamma(
     out_dir: str | Path,
     layout: TableLayout | None = None,
     options: AnalysisOptions | None = None,
+    formats: Sequence[str] = FORMATS,
 ) -> list[Path]:
     """One figure per block of the `gamma` table: mean test accuracy against γ (log axis) per α,
     ± sample std as error bars, and BASE as a horizontal line with a ± std band."""
@@ -74,18 +82,18 @@ def plot_accuracy_vs_gamma(
         if fig is None:
             continue
         stem = "accuracy_vs_gamma" + (f"_{_slug(block.label)}" if block.label else "")
-        paths += _save(fig, Path(out_dir), stem)
+        paths += _save(fig, Path(out_dir), stem, formats)
     return paths
 
 
 def _gamma_figure(table: Table, block: Any) -> Figure | None:
     fig, (ax,) = _new_figure()
     colors = [f"C{i}" for i in range(10)]
-    drawn = False
-    for j, title in enumerate(table.column_titles):
-        color = colors[j % len(colors)]
+    Points = list[tuple[float, float, float]]  # (γ, mean, std)
+    per_column: list[tuple[int, dict[tuple[str, float], Points], Any]] = []
+    for j in range(len(table.column_titles)):
         # One line per (formulation, c): the proposed c = 100 and its c = 1 ablation apart.
-        lines: dict[tuple[str, float], list[tuple[float, float, float]]] = {}
+        lines: dict[tuple[str, float], Points] = {}
         base_cell = None
         for row in block.rows:
             cell = row.cells[j]
@@ -96,24 +104,27 @@ def _gamma_figure(table: Table, block: Any) -> Figure | None:
                 continue
             key = (cell.arm.formulation, cell.arm.c)
             lines.setdefault(key, []).append((cell.arm.gamma, cell.mean, cell.std))
-        several = len(lines) > 1
-        for k, ((formulation, c), pts) in enumerate(sorted(lines.items())):
-            pts.sort()
-            g, m, s = (np.array(v, dtype=float) for v in zip(*pts, strict=True))
-            label = title + (f", {formulation} c = {c:g}" if several else "")
-            ax.errorbar(
-                g,
-                m,
-                yerr=np.nan_to_num(s),
-                color=color,
-                marker="os^v"[k % 4],
-                capsize=3,
-                label=label,
-            )
-            drawn = True
+        per_column.append((j, lines, base_cell))
+    kinds = sorted({key for _, lines, _ in per_column for key in lines})
+    kind_names, shared = arm_labels([(f, 1.0, c) for f, c in kinds], fields=(0, 2))
+    if len(kinds) == 1:
+        # One line per column: its formulation and c belong in the title, not on every line.
+        shared = kind_names[(kinds[0][0], 1.0, kinds[0][1])]
+        kind_names = dict.fromkeys(kind_names, "")
+    several_columns = len(table.column_titles) > 1
+    drawn = False
+    for j, lines, base_cell in per_column:
+        color = colors[j % len(colors)]
+        title = table.column_titles[j]
         if base_cell is not None:
+            # Underneath the arms (zorder 1): the γ = 1 point of an arm sits on this line.
             ax.axhline(
-                base_cell.mean, color=color, linestyle="--", linewidth=1, label=f"BASE, {title}"
+                base_cell.mean,
+                color=color,
+                linestyle="--",
+                linewidth=1,
+                zorder=1,
+                label=f"BASE, {title}" if several_columns else "BASE",
             )
             if np.isfinite(base_cell.std):
                 ax.axhspan(
@@ -121,14 +132,35 @@ def _gamma_figure(table: Table, block: Any) -> Figure | None:
                     base_cell.mean + base_cell.std,
                     color=color,
                     alpha=0.12,
+                    zorder=0,
                 )
+            drawn = True
+        for (formulation, c), pts in sorted(lines.items()):
+            pts.sort()
+            g, m, s = (np.array(v, dtype=float) for v in zip(*pts, strict=True))
+            name = kind_names[(formulation, 1.0, c)]
+            label = ", ".join(x for x in (title if several_columns else "", name) if x)
+            ax.errorbar(
+                g,
+                m,
+                yerr=np.nan_to_num(s),
+                color=color,
+                marker="os^v"[kinds.index((formulation, c)) % 4],
+                capsize=3,
+                zorder=3,
+                label=label or "mean ± std",
+            )
             drawn = True
     if not drawn:
         return None
     ax.set_xscale("log")
     ax.set_xlabel("γ at initialisation (log scale)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(block.label or table.title, fontsize=10)
+    heading = block.label or table.title
+    constant = [shared] if shared else []
+    if not several_columns and table.column_titles:
+        constant.append(table.column_titles[0])
+    ax.set_title(heading + (f"\n{', '.join(constant)}" if constant else ""), fontsize=10)
     ax.legend(fontsize=7)
     ax.grid(True, which="both", alpha=0.3)
     return fig
@@ -139,6 +171,7 @@ def plot_validation_curves(
     out_dir: str | Path,
     trials: pd.DataFrame | None = None,
     columns: str = "lr",
+    formats: Sequence[str] = FORMATS,
 ) -> list[Path]:
     """Validation accuracy per epoch, mean ± std band over seeds, one line per arm; one figure
     per experiment group (everything but `columns` and the arm), one panel per `columns` value.
@@ -176,37 +209,69 @@ def plot_validation_curves(
         fig, axes = _new_figure(len(col_values))
         for ax, cv in zip(axes, col_values, strict=True):
             panel = part if cv is None else part[part[columns] == cv]
-            # BASE last, as in the tables.
-            lines = sorted(
-                panel.groupby(list(ARM_FIELDS), sort=True), key=lambda kv: _is_base(kv[0])
-            )
-            for k, (arm, line) in enumerate(lines):
-                formulation, gamma, c = arm
-                is_base = _is_base(arm)
-                name = "BASE" if is_base else f"{formulation} γ={gamma:g} c={c:g}"
+            arms = sorted(panel.groupby(list(ARM_FIELDS), sort=True), key=lambda kv: kv[0])
+            names, shared = arm_labels([arm for arm, _ in arms])
+            k = 0
+            for arm, line in arms:
+                is_base = is_base_arm(arm)
                 x = line["epoch"].to_numpy()
                 m = line["mean"].to_numpy()
                 s = np.nan_to_num(line["std"].to_numpy())
-                color = "black" if is_base else f"C{k % 10}"
-                ax.plot(x, m, color=color, linestyle="--" if is_base else "-", label=name)
-                ax.fill_between(x, m - s, m + s, color=color, alpha=0.15, linewidth=0)
+                color = "0.25" if is_base else f"C{k % 10}"
+                k += 0 if is_base else 1
+                # BASE wide and underneath, the arms thinner with markers on top: an arm that
+                # tracks BASE (γ = 1, c = 100) stays visible instead of vanishing under it.
+                ax.plot(
+                    x,
+                    m,
+                    color=color,
+                    linestyle="--" if is_base else "-",
+                    linewidth=2.5 if is_base else 1.2,
+                    marker=None if is_base else "os^v<>"[k % 6],
+                    markersize=3,
+                    markevery=max(1, len(x) // 12),
+                    zorder=1 if is_base else 3,
+                    label=names[arm],
+                )
+                ax.fill_between(x, m - s, m + s, color=color, alpha=0.08, linewidth=0, zorder=0)
+            legend_title = shared or None
             ax.set_title(
                 f"α = {cv:g}" if cv is not None and columns == "lr" else str(cv or ""), fontsize=10
             )
             ax.set_xlabel("epoch")
             ax.set_ylabel("validation accuracy (%)")
             ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, title=legend_title, title_fontsize=7)
         if label:
             fig.suptitle(label, fontsize=10)
         stem = "validation_curves" + (f"_{_slug(label)}" if label else "")
-        paths += _save(fig, Path(out_dir), stem)
+        paths += _save(fig, Path(out_dir), stem, formats)
     return paths
 
 
-def _is_base(arm: tuple[Any, ...]) -> bool:
+def is_base_arm(arm: tuple[Any, ...]) -> bool:
     formulation, gamma, c = arm
     return bool(formulation == "standard" and gamma == 1.0 and c == 1.0)
+
+
+def arm_labels(
+    arms: Sequence[tuple[Any, ...]], fields: Sequence[int] = (0, 1, 2)
+) -> tuple[dict[tuple[Any, ...], str], str]:
+    """Legend labels naming only the arm fields (formulation, γ, c) that differ between the
+    non-BASE arms, and the text of those all of them share (for a title): a legend that says
+    "standard ... c=100" on every line hides the one thing that differs."""
+    parts = (
+        lambda a: str(a[0]),
+        lambda a: f"γ={a[1]:g}",
+        lambda a: f"c={a[2]:g}",
+    )
+    others = [a for a in arms if not is_base_arm(a)]
+    varying = [i for i in fields if len({parts[i](a) for a in others}) > 1]
+    if not varying:
+        varying = list(fields)  # one arm: name it fully rather than not at all
+    shared = ", ".join(parts[i](others[0]) for i in fields if i not in varying) if others else ""
+    names = {a: "BASE" if is_base_arm(a) else " ".join(parts[i](a) for i in varying) for a in arms}
+    return names, shared
 
 
 def make_plots(
@@ -215,15 +280,16 @@ def make_plots(
     out_dir: str | Path,
     layout: TableLayout | None = None,
     diagnostics: pd.DataFrame | None = None,
+    formats: Sequence[str] = FORMATS,
 ) -> list[Path]:
     """Every figure `bnsweep plots` draws; the BN diagnostics figures when `diagnostics` (the
     store's `diagnostics()` frame) has rows."""
     columns = (layout or TableLayout()).columns
-    paths = plot_accuracy_vs_gamma(trials, out_dir, layout) + plot_validation_curves(
-        epochs, out_dir, trials, columns=columns
-    )
+    paths = plot_accuracy_vs_gamma(
+        trials, out_dir, layout, formats=formats
+    ) + plot_validation_curves(epochs, out_dir, trials, columns=columns, formats=formats)
     if diagnostics is not None and not diagnostics.empty:
-        paths += plot_diagnostics(diagnostics, out_dir, trials, columns=columns)
+        paths += plot_diagnostics(diagnostics, out_dir, trials, columns=columns, formats=formats)
     return paths
 
 
@@ -252,13 +318,14 @@ def plot_diagnostics(
     out_dir: str | Path,
     trials: pd.DataFrame | None = None,
     columns: str = "lr",
+    formats: Sequence[str] = FORMATS,
 ) -> list[Path]:
     """The three BN diagnostics figures: drift at the end of training, the >6σ fraction over
     epochs, and the gradient factor at initialisation."""
     return (
-        plot_bn_drift(diagnostics, out_dir, trials, columns)
-        + plot_outlier_fraction(diagnostics, out_dir, trials, columns)
-        + plot_gradient_factor_at_init(diagnostics, out_dir)
+        plot_bn_drift(diagnostics, out_dir, trials, columns, formats)
+        + plot_outlier_fraction(diagnostics, out_dir, trials, columns, formats)
+        + plot_gradient_factor_at_init(diagnostics, out_dir, formats)
     )
 
 
@@ -275,11 +342,6 @@ def _completed_only(frame: pd.DataFrame, trials: pd.DataFrame | None) -> pd.Data
         return frame
     done = trials.loc[trials["status"].astype(str) == COMPLETED, ["spec_hash", "seed"]]
     return frame.merge(done.drop_duplicates(), on=["spec_hash", "seed"])
-
-
-def _arm_name(arm: tuple[Any, ...]) -> str:
-    formulation, gamma, c = arm
-    return "BASE" if _is_base(arm) else f"{formulation} γ={gamma:g} c={c:g}"
 
 
 def _panels(
@@ -325,6 +387,7 @@ def plot_bn_drift(
     out_dir: str | Path,
     trials: pd.DataFrame | None = None,
     columns: str = "lr",
+    formats: Sequence[str] = FORMATS,
 ) -> list[Path]:
     """Mean |γ − γ_init| and mean |β − β_init| per BN layer (by depth) at each run's last recorded
     epoch, mean over seeds, one line per arm: how far BN's affine parameters move in training
@@ -348,13 +411,13 @@ def plot_bn_drift(
                 (("gamma_drift", "mean |γ − γ_init|"), ("beta_drift", "mean |β − β_init|"))
             ):
                 ax = axes[row][j]
-                _arm_lines(ax, panel, "depth", value)
+                shared = _arm_lines(ax, panel, "depth", value)
                 ax.set_ylabel(name)
                 ax.set_yscale("symlog", linthresh=1e-4)
                 ax.grid(True, alpha=0.3)
                 if row == 0:
                     ax.set_title(_panel_title(cv, columns), fontsize=10)
-                    ax.legend(fontsize=7)
+                    ax.legend(fontsize=7, title=shared or None, title_fontsize=7)
                 else:
                     _depth_ticks(ax, panel)
                     ax.set_xlabel("BN layer (forward order)")
@@ -363,7 +426,8 @@ def plot_bn_drift(
             + (f"\n{label}" if label else ""),
             fontsize=10,
         )
-        paths += _save(fig, Path(out_dir), "bn_drift" + (f"_{_slug(label)}" if label else ""))
+        stem = "bn_drift" + (f"_{_slug(label)}" if label else "")
+        paths += _save(fig, Path(out_dir), stem, formats)
     return paths
 
 
@@ -372,9 +436,11 @@ def plot_outlier_fraction(
     out_dir: str | Path,
     trials: pd.DataFrame | None = None,
     columns: str = "lr",
+    formats: Sequence[str] = FORMATS,
 ) -> list[Path]:
     """Fraction of normalised values with |X̂| > 6 (Sect. 3.2) on the probe batch, averaged
-    over a run's BN layers, per epoch (0 = initialisation): mean ± std over seeds per arm."""
+    over a run's BN layers, per epoch (0 = initialisation): mean ± std over seeds per arm, the
+    std as error bars offset per arm (bands of five arms on one axis hid each other's data)."""
     _check_diagnostics(diagnostics, ("outlier_fraction",))
     df = _completed_only(diagnostics, trials)
     if df.empty:
@@ -389,20 +455,23 @@ def plot_outlier_fraction(
         fig, axes = _new_figure(len(col_values))
         for ax, cv in zip(axes, col_values, strict=True):
             panel = part if cv is None else part[part[columns] == cv]
-            _arm_lines(ax, panel, "epoch", "outlier_fraction", band=True)
+            shared = _arm_lines(ax, panel, "epoch", "outlier_fraction", spread=True)
             ax.set_yscale("symlog", linthresh=1e-6)
             ax.set_xlabel("epoch (0 = initialisation)")
             ax.set_ylabel("fraction of |X̂| > 6, mean over BN layers")
             ax.set_title(_panel_title(cv, columns), fontsize=10)
             ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, title=shared or None, title_fontsize=7)
         if label:
             fig.suptitle(label, fontsize=10)
-        paths += _save(fig, Path(out_dir), "bn_outliers" + (f"_{_slug(label)}" if label else ""))
+        stem = "bn_outliers" + (f"_{_slug(label)}" if label else "")
+        paths += _save(fig, Path(out_dir), stem, formats)
     return paths
 
 
-def plot_gradient_factor_at_init(diagnostics: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+def plot_gradient_factor_at_init(
+    diagnostics: pd.DataFrame, out_dir: str | Path, formats: Sequence[str] = FORMATS
+) -> list[Path]:
     """The BN gradient factor γ/√(σ²_B + ε) per layer at initialisation (epoch 0), one line per
     γ (mean over seeds and c; c acts only after the first update), a panel per network.
 
@@ -457,32 +526,47 @@ def plot_gradient_factor_at_init(diagnostics: pd.DataFrame, out_dir: str | Path)
         fig.suptitle(
             "BN gradient factor at initialisation" + (f"\n{label}" if label else ""), fontsize=10
         )
-        paths += _save(
-            fig, Path(out_dir), "gradient_factor_init" + (f"_{_slug(label)}" if label else "")
-        )
+        stem = "gradient_factor_init" + (f"_{_slug(label)}" if label else "")
+        paths += _save(fig, Path(out_dir), stem, formats)
     return paths
 
 
-def _arm_lines(ax: Any, df: pd.DataFrame, x: str, value: str, band: bool = False) -> None:
-    """One line per arm (mean over seeds, ± std band), BASE last, dashed and black."""
+def _arm_lines(ax: Any, df: pd.DataFrame, x: str, value: str, spread: bool = False) -> str:
+    """One line per arm (mean over seeds), BASE first, underneath, dashed and grey; with
+    `spread`, ± std over seeds as error bars, each arm's nudged sideways so none hides another.
+    Labels name only what differs between the arms; returns what they share, for the legend's
+    title."""
     curves = df.groupby([*ARM_FIELDS, x], dropna=False)[value].agg(["mean", "std"]).reset_index()
-    arms = sorted(curves.groupby(list(ARM_FIELDS), sort=True), key=lambda kv: _is_base(kv[0]))
-    for k, (arm, line) in enumerate(arms):
+    groups = curves.groupby(list(ARM_FIELDS), sort=True)
+    arms = sorted(groups, key=lambda kv: not is_base_arm(kv[0]))
+    names, shared = arm_labels([arm for arm, _ in arms])
+    steps = np.diff(np.sort(curves[x].unique()))
+    width = 0.5 * float(steps.min()) if len(steps) else 0.0  # half the x spacing for all arms
+    k = 0
+    for i, (arm, line) in enumerate(arms):
         line = line.sort_values(x)
-        is_base = _is_base(arm)
-        color = "black" if is_base else f"C{k % 10}"
-        xs, m = line[x].to_numpy(), line["mean"].to_numpy()
-        ax.plot(
-            xs,
-            m,
-            color=color,
-            linestyle="--" if is_base else "-",
-            marker="." if len(xs) < 60 else None,
-            label=_arm_name(arm),
-        )
-        if band:
+        is_base = is_base_arm(arm)
+        color = "0.25" if is_base else f"C{k % 10}"
+        k += 0 if is_base else 1
+        xs, m = line[x].to_numpy(dtype=float), line["mean"].to_numpy()
+        if spread and len(arms) > 1:
+            xs = xs + width * (i / (len(arms) - 1) - 0.5)
+        style = {
+            "color": color,
+            "linestyle": "--" if is_base else "-",
+            "linewidth": 2.0 if is_base else 1.2,
+            "marker": "." if len(xs) < 60 else None,
+            "zorder": 1 if is_base else 3,
+            "label": names[arm],
+        }
+        if spread:
             s = np.nan_to_num(line["std"].to_numpy())
-            ax.fill_between(xs, np.maximum(m - s, 0), m + s, color=color, alpha=0.15, linewidth=0)
+            # A fraction is never negative: the lower bar stops at 0 (the axis is symlog).
+            low = np.minimum(s, np.maximum(m, 0))
+            ax.errorbar(xs, m, yerr=np.vstack([low, s]), capsize=2, elinewidth=0.8, **style)
+        else:
+            ax.plot(xs, m, **style)
+    return shared
 
 
 def _new_grid(nrows: int, ncols: int) -> tuple[Figure, Any]:

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "service.commands.launch",
     "service.commands.store",
     "service.commands.report",
+    "service.commands.web",
 )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from service.store.api import Store
@@ -45,6 +45,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)"
     )
     parser.add_argument("--no-tables", action="store_true", help="skip the tables at the end")
+    parser.add_argument(
+        "--report",
+        metavar="DIR",
+        help="write the static report (as `bnsweep report`) to DIR at the end of the sweep",
+    )
+    parser.add_argument(
+        "--report-every",
+        type=float,
+        default=0.0,
+        metavar="MINUTES",
+        help="with --report, also rewrite it every MINUTES while the sweep runs (default: only "
+        "at the end)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -55,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.num_cpus is not None and args.num_cpus < 1:
         raise SpecError(f"--num-cpus: must be >= 1, got {args.num_cpus}")
+    report_every = getattr(args, "report_every", 0.0) or 0.0
+    if report_every < 0 or (report_every and not getattr(args, "report", None)):
+        raise SpecError(f"--report-every: minutes >= 0, with --report DIR; got {report_every:g}")
     target = args.address or os.environ.get("RAY_ADDRESS")
     if target and target != "auto" and not target.startswith("ray://"):
         from service.ray_address import host_port
@@ -70,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from service.driver import launch
 
     _check_storage(sweep.storage)
-    with Store.open(url) as store:
+    with Store.open(url) as store, _report(args, url, sweep.name) as report:
         summary = launch(sweep, store, spec_text, address=args.address, num_cpus=args.num_cpus)
     resumed = f", {len(summary.resumed)} resumed from checkpoints" if summary.resumed else ""
     counts = (
@@ -89,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
         from service.commands.report import render_sweep_tables
 
         print(render_sweep_tables(url, sweep.name, fmt="term"))
+    if report is not None and report.written is not None:
+        print(f"report: {report.written / 'index.html'}")
     if summary.unsuccessful:
         print(
             f"sweep {sweep.name}: {summary.unsuccessful} cells did not complete "
@@ -96,6 +114,17 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _report(args: argparse.Namespace, url: str, name: str) -> Any:
+    """The `--report` writer around the launch (service/web/report.py), or nothing."""
+    import contextlib
+
+    if not getattr(args, "report", None):
+        return contextlib.nullcontext()
+    from service.web.report import ReportWhileRunning
+
+    return ReportWhileRunning(url, name, args.report, 60.0 * (args.report_every or 0.0))
 
 
 def dry_run(sweep: SweepSpec, url: str) -> int:

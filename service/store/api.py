@@ -2055,3 +2055,41 @@ class Store:
                 "forgot %d trials (%d epoch rows) in %s", result.trials, result.epochs, self.url
             )
         return result
+
+
+@dataclass(frozen=True)
+class StoreFingerprint:
+    """What changes whenever the store's content does: row counts and the latest update times.
+
+    Every event changes one of them: a start, failure or finish updates `trials.updated_at`, a
+    new epoch or diagnostics row adds to a count, registering a sweep adds rows or moves
+    `sweeps.updated_at`. Readers (the dashboard) cache what they computed under it.
+    """
+
+    sweeps: int
+    sweeps_updated: datetime | None
+    trials: int
+    trials_updated: datetime | None
+    links: int
+    epochs: int
+    diagnostics: int
+
+
+def store_fingerprint(store: Store) -> StoreFingerprint:
+    """The store's fingerprint, read in one statement (five aggregate subqueries)."""
+    sweeps, trials = Sweep.__table__, Trial.__table__
+
+    def count(table: sa.Table) -> sa.ScalarSelect[Any]:
+        return sa.select(sa.func.count()).select_from(table).scalar_subquery()
+
+    query = sa.select(
+        count(sweeps),
+        sa.select(sa.func.max(sweeps.c.updated_at)).scalar_subquery(),
+        count(trials),
+        sa.select(sa.func.max(trials.c.updated_at)).scalar_subquery(),
+        count(SweepTrial.__table__),
+        count(Epoch.__table__),
+        count(Diagnostic.__table__),
+    )
+    row = store._run(lambda conn: conn.execute(query).one(), "reading the store's fingerprint")
+    return StoreFingerprint(*row)

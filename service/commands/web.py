@@ -1,0 +1,139 @@
+"""`bnsweep report` and `bnsweep dashboard`: a sweep's pages as a static site, or served live.
+
+Both show the same pages (service/web): progress and ETA, the paper table with each cell's
+test, missing seeds and failures, curves and figures, every trial. The dashboard needs the
+`dashboard` extra (FastAPI, uvicorn); the report needs nothing beyond bnsweep itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+
+#: The loopback names a dashboard may bind to without a token.
+LOOPBACK_NAMES = ("localhost",)
+TOKEN_ENV = "BNSWEEP_DASHBOARD_TOKEN"
+INSTALL_HINT = "pip install 'bnsweep[dashboard]'"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    report = subparsers.add_parser(
+        "report",
+        help="write a sweep's pages as a static site (tables, cells, curves, trials)",
+        description="Write the pages `bnsweep dashboard` serves as plain files: an index, one "
+        "page per sweep with its table, a page per cell, curves as SVG, every trial, and the "
+        "tables and trials as downloads. Written beside OUT and renamed into place, so a "
+        "reader never sees half a report.",
+    )
+    report.add_argument(
+        "--sweep",
+        action="append",
+        metavar="NAME",
+        help="a sweep to include (repeatable; default: every sweep in the store)",
+    )
+    report.add_argument("--out", required=True, metavar="DIR", help="the report's folder")
+    report.add_argument(
+        "--db",
+        metavar="URL",
+        help="results store URL (default: BNSWEEP_DB or sqlite:///bnsweep.db)",
+    )
+    report.set_defaults(func=run_report)
+
+    dashboard = subparsers.add_parser(
+        "dashboard",
+        help="serve the sweeps' pages and a JSON API, live and read-only",
+        description="Serve the report's pages from the store as it changes (running sweeps "
+        "refresh in place) and a JSON API for notebooks. Read-only: the store is never "
+        "created or migrated. Binds to 127.0.0.1; another address needs --token. "
+        f"Needs the dashboard extra: {INSTALL_HINT}.",
+    )
+    dashboard.add_argument(
+        "--db",
+        metavar="URL",
+        help="results store URL (default: BNSWEEP_DB or sqlite:///bnsweep.db)",
+    )
+    dashboard.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)"
+    )
+    dashboard.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    dashboard.add_argument(
+        "--token",
+        default=None,
+        help=f"required by every page and API call (default: ${TOKEN_ENV}); "
+        "needed to bind beyond the loopback interface",
+    )
+    dashboard.set_defaults(func=run_dashboard)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from service.web.report import write_report
+
+    print(write_report(args.db, args.sweep, args.out))
+    return 0
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_binding(host: str, port: int, token: str | None) -> None:
+    """Refuse, in one line, a binding the dashboard must not make."""
+    from workers.errors import SpecError
+
+    if not 0 < port < 65536:
+        raise SpecError(f"--port: expected 1-65535, got {port}")
+    if not is_loopback(host) and not token:
+        raise SpecError(
+            f"--host {host}: serving beyond this machine needs a token "
+            f"(--token TOKEN or ${TOKEN_ENV}); every page and API call then checks it"
+        )
+    if token is not None and len(token) < 16:
+        raise SpecError("--token: use at least 16 characters (e.g. `openssl rand -hex 16`)")
+
+
+def load_server() -> tuple[object, object]:
+    """(create_app, uvicorn), or one line saying how to install the dashboard extra."""
+    from workers.errors import BnsweepError
+
+    try:
+        import uvicorn
+
+        from service.web.app import create_app
+    except ImportError as err:
+        missing = getattr(err, "name", None) or "a dependency"
+        raise BnsweepError(
+            f"bnsweep dashboard needs {missing}, which is not installed: {INSTALL_HINT}"
+        ) from None
+    return create_app, uvicorn
+
+
+def run_dashboard(args: argparse.Namespace) -> int:
+    from service.store.api import Store, redact_url, resolve_url
+
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    check_binding(args.host, args.port, token)
+    create_app, uvicorn = load_server()
+    # Fail now, in one line, for a wrong URL or a store of another schema revision.
+    from service.web.view import read_only
+
+    Store.open(args.db, create=False, **read_only()).close()
+    app = create_app(args.db, token=token)  # type: ignore[operator]
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    store = redact_url(resolve_url(args.db))
+    print(
+        f"bnsweep dashboard: http://{shown}:{args.port}/ (store {store}, read-only; Ctrl-C stops)",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")  # type: ignore[attr-defined]
+    finally:
+        app.state.reader.close()  # type: ignore[attr-defined]
+    return 0

@@ -1,0 +1,245 @@
+"""`bnsweep dashboard`: the report's pages served live, plus a JSON API (FastAPI).
+
+Read-only: the store is opened with `create=False` (never created, never migrated) and only
+read. Every request reads the store's fingerprint once; pages, downloads and API answers are
+cached under it, so they are recomputed only after the store changed. With a token (required
+when binding to anything but the loopback interface) every page, asset and API call checks it:
+`Authorization: Bearer TOKEN`, or `?token=TOKEN` once, which sets a same-site cookie for the
+pages' own links and refreshes.
+
+Routes mirror the static report's files without `.html`: `/`, `/sweeps/NAME`,
+`/sweeps/NAME/cells/B-R-C`, `/sweeps/NAME/curves`, `/sweeps/NAME/trials`, ...; the API is under
+`/api` (docs/dashboard.md lists it).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+
+from service.web import build
+from service.web.pages import Site, error_page
+from service.web.report import ASSETS
+from service.web.view import NotFound, Reader, TableQuery
+from workers.errors import BnsweepError
+
+log = logging.getLogger(__name__)
+
+TOKEN_COOKIE = "bnsweep_token"
+
+
+def _status_of(err: BnsweepError) -> int:
+    """404 for a missing sweep, cell or trial; 503 for an unreachable or wrong-schema store
+    (the message says which, and what to run); 400 for a bad control value."""
+    from service.store.api import StoreError
+
+    if isinstance(err, NotFound):
+        return 404
+    if isinstance(err, StoreError):
+        return 503
+    return 400
+
+
+def create_app(
+    url: str | None = None, *, token: str | None = None, reader: Reader | None = None
+) -> FastAPI:
+    """The dashboard for the store at `url` (else BNSWEEP_DB, else sqlite:///bnsweep.db)."""
+    reader = reader or Reader(url)
+    # The table model pulls in scipy and pandas (~2 s); at start, not in the first request.
+    import analysis.tables  # noqa: F401
+
+    app = FastAPI(title="bnsweep dashboard", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.reader = reader
+    site = Site(live=True)
+
+    @app.middleware("http")
+    async def check_token(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        if token is None:
+            return await call_next(request)
+        given = _presented_token(request)
+        if given is None or not hmac.compare_digest(given.encode(), token.encode()):
+            message = "this dashboard needs its token: ?token=TOKEN or Authorization: Bearer TOKEN"
+            if request.url.path.startswith("/api/"):
+                return JSONResponse({"error": message}, status_code=401)
+            return HTMLResponse(error_page(site, "Token needed", message), status_code=401)
+        response = await call_next(request)
+        if request.query_params.get("token") is not None:
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+    @app.exception_handler(BnsweepError)
+    async def bnsweep_error(request: Request, err: BnsweepError) -> Response:
+        status = _status_of(err)
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": str(err)}, status_code=status)
+        if request.query_params.get("fragment"):
+            return PlainTextResponse(str(err), status_code=status)
+        title = {404: "Not found", 503: "Store unavailable"}.get(status, "Bad request")
+        return HTMLResponse(error_page(site, title, str(err)), status_code=status)
+
+    def html(text: str) -> HTMLResponse:
+        return HTMLResponse(text, headers={"Cache-Control": "no-cache"})
+
+    def params(request: Request) -> dict[str, str]:
+        return dict(request.query_params)
+
+    @app.get("/", response_class=HTMLResponse)
+    def index(request: Request, fragment: str | None = None) -> HTMLResponse:
+        snap = reader.snapshot()
+        return html(snap.page(("index", fragment), lambda: build.index(snap, site, fragment)))
+
+    @app.get("/static/{asset}")
+    def static(asset: str) -> Response:
+        if asset not in ASSETS:
+            raise NotFound(f"no asset {asset!r}")
+        text = (resources.files("service.web") / "static" / asset).read_text(encoding="utf-8")
+        media = "text/css" if asset.endswith(".css") else "text/javascript"
+        return Response(text, media_type=f"{media}; charset=utf-8")
+
+    @app.get("/sweeps/{name}/tables.{ext}")
+    def tables_download(name: str, ext: str, request: Request) -> Response:
+        query = TableQuery.from_params(params(request))
+        snap = reader.snapshot()
+        text, media = snap.page(
+            ("tables", name, query, ext), lambda: build.table_download(snap, name, query, ext)
+        )
+        return Response(text, media_type=media, headers=_attachment(name, f"tables.{ext}"))
+
+    @app.get("/sweeps/{name}/trials.csv")
+    def trials_csv(name: str) -> Response:
+        snap = reader.snapshot()
+        text = snap.page(("trials.csv", name), lambda: build.trials_csv(snap, name))
+        return Response(
+            text, media_type="text/csv; charset=utf-8", headers=_attachment(name, "trials.csv")
+        )
+
+    @app.get("/sweeps/{name}/trials.parquet")
+    def trials_parquet(name: str) -> Response:
+        snap = reader.snapshot()
+        data = snap.page(("trials.parquet", name), lambda: build.trials_parquet(snap, name))
+        return Response(
+            data,
+            media_type="application/vnd.apache.parquet",
+            headers=_attachment(name, "trials.parquet"),
+        )
+
+    @app.get("/sweeps/{name}", response_class=HTMLResponse)
+    def sweep(name: str, request: Request, fragment: str | None = None) -> HTMLResponse:
+        query = TableQuery.from_params(params(request))
+        snap = reader.snapshot()
+        return html(
+            snap.page(
+                ("sweep", name, query, fragment),
+                lambda: build.sweep(snap, site, name, query, fragment),
+            )
+        )
+
+    @app.get("/sweeps/{name}/cells/{ident}", response_class=HTMLResponse)
+    def cell(name: str, ident: str, request: Request) -> HTMLResponse:
+        query = TableQuery.from_params(params(request))
+        snap = reader.snapshot()
+        return html(
+            snap.page(
+                ("cell", name, ident, query), lambda: build.cell(snap, site, name, ident, query)
+            )
+        )
+
+    @app.get("/sweeps/{name}/curves", response_class=HTMLResponse)
+    def curves(name: str) -> HTMLResponse:
+        snap = reader.snapshot()
+        return html(snap.page(("curves", name), lambda: build.curves(snap, site, name, False)))
+
+    @app.get("/sweeps/{name}/curves_seeds", response_class=HTMLResponse)
+    def curves_seeds(name: str) -> HTMLResponse:
+        snap = reader.snapshot()
+        return html(snap.page(("curves_seeds", name), lambda: build.curves(snap, site, name, True)))
+
+    @app.get("/sweeps/{name}/figures/{stem}.svg")
+    def figure(name: str, stem: str) -> Response:
+        snap = reader.snapshot()
+        found = build.figures(snap, name)
+        if stem not in found:
+            raise NotFound(f"no figure {stem!r} for sweep {name!r}")
+        return Response(found[stem].svg, media_type="image/svg+xml")
+
+    @app.get("/sweeps/{name}/trials", response_class=HTMLResponse)
+    def trials(
+        name: str, where: str = "", sort: str = "", desc: str = "", start: int = 0
+    ) -> HTMLResponse:
+        filters = build.parse_where(where)
+        snap = reader.snapshot()
+        key = ("trials", name, where, sort, desc, start)
+        return html(
+            snap.page(
+                key,
+                lambda: build.trials(snap, site, name, filters, sort or None, bool(desc), start),
+            )
+        )
+
+    @app.get("/sweeps/{name}/trials/{trial_id}", response_class=HTMLResponse)
+    def trial(name: str, trial_id: int) -> HTMLResponse:
+        snap = reader.snapshot()
+        return html(
+            snap.page(("trial", name, trial_id), lambda: build.trial(snap, site, name, trial_id))
+        )
+
+    # -- the JSON API ------------------------------------------------------------------------
+
+    def json(value: Any) -> Response:
+        return Response(
+            value if isinstance(value, str) else build.json_text(value),
+            media_type="application/json",
+            headers={"Cache-Control": "no-cache"},
+        )
+
+    @app.get("/api/sweeps")
+    def api_sweeps() -> Response:
+        snap = reader.snapshot()
+        return json(snap.page(("api", "sweeps"), lambda: build.api_sweeps(snap)))
+
+    @app.get("/api/sweeps/{name}/status")
+    def api_status(name: str) -> Response:
+        snap = reader.snapshot()
+        return json(snap.page(("api", "status", name), lambda: build.api_status(snap, name)))
+
+    @app.get("/api/sweeps/{name}/trials")
+    def api_trials(name: str, where: str = "") -> Response:
+        filters = build.parse_where(where)
+        snap = reader.snapshot()
+        return json(
+            snap.page(("api", "trials", name, where), lambda: build.api_trials(snap, name, filters))
+        )
+
+    @app.get("/api/sweeps/{name}/tables")
+    def api_tables(name: str, request: Request) -> Response:
+        query = TableQuery.from_params(params(request))
+        snap = reader.snapshot()
+        return json(
+            snap.page(("api", "tables", name, query), lambda: build.api_tables(snap, name, query))
+        )
+
+    return app
+
+
+def _attachment(name: str, file: str) -> dict[str, str]:
+    from service.web.pages import safe_name
+
+    return {
+        "Content-Disposition": f'attachment; filename="{safe_name(name)}-{file}"',
+        "Cache-Control": "no-cache",
+    }
+
+
+def _presented_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE)

@@ -1,0 +1,414 @@
+"""Each page, download and API answer from a `Snapshot`: the one place both sites call.
+
+The static report writes what these return to files; the dashboard returns them from routes.
+Everything is cached under the snapshot's fingerprint, so a second request for a page of an
+unchanged store costs one fingerprint read.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from service.web import pages
+from service.web.figures import (
+    SvgFigure,
+    analysis_figures,
+    curve_figures,
+    difference_figures,
+    trial_figure,
+)
+from service.web.pages import Site
+from service.web.view import (
+    BadRequest,
+    NotFound,
+    Snapshot,
+    TableQuery,
+    cell_trials,
+    find_cell,
+    report_of,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from analysis.tables import Table
+
+#: Rows of the trials page per screen on the live site (the static page shows up to
+#: STATIC_TRIAL_ROWS; the CSV and Parquet downloads have every row).
+TRIALS_PER_PAGE = 200
+STATIC_TRIAL_ROWS = 5000
+#: The static report draws a trial page's figure only for sweeps up to this many trial pages
+#: (each figure costs ~0.1 s; the epochs table is on every page).
+STATIC_TRIAL_FIGURES = 50
+#: Download name → (renderer of `analysis.tables`, media type).
+TABLE_FORMATS: dict[str, tuple[str, str]] = {
+    "md": ("md", "text/markdown; charset=utf-8"),
+    "tex": ("latex", "application/x-tex; charset=utf-8"),
+    "csv": ("csv", "text/csv; charset=utf-8"),
+    "html": ("html", "text/html; charset=utf-8"),
+}
+
+
+def tables_or_reason(snap: Snapshot, name: str, query: TableQuery) -> list[Table] | str:
+    """The sweep's tables, or why there are none yet (no completed trial)."""
+    from analysis.pairing import AnalysisError
+
+    try:
+        return snap.tables(name, query)
+    except AnalysisError as err:
+        if query.versus:
+            try:  # a table against BASE exists: then the chosen arm is what is wrong
+                snap.tables(name, replace(query, versus=None))
+            except AnalysisError:
+                return str(err)
+            raise BadRequest(str(err)) from None
+        return str(err)
+
+
+def index(snap: Snapshot, site: Site, fragment: str | None = None) -> str:
+    overviews = snap.overviews()
+    if fragment == "sweeps":
+        return pages.sweeps_section(site, overviews)
+    if fragment is not None:
+        raise NotFound(f"no section {fragment!r} on this page; it has: sweeps")
+    return pages.index_page(site, overviews, snap.store.url)
+
+
+def sweep(
+    snap: Snapshot, site: Site, name: str, query: TableQuery, fragment: str | None = None
+) -> str:
+    overview = snap.overview(name)
+    parts = (
+        overview,
+        query,
+        tables_or_reason(snap, name, query),
+        snap.status(name),
+        snap.failures(name),
+    )
+    if fragment is not None:
+        text = pages.sweep_fragment(fragment, site, *parts)
+        if text is None:
+            raise NotFound(f"no section {fragment!r} on this page; it has: progress, table, status")
+        return text
+    return pages.sweep_page(site, *parts)
+
+
+def _one_table(snap: Snapshot, name: str, query: TableQuery) -> Table:
+    tables = tables_or_reason(snap, name, query)
+    if isinstance(tables, str):
+        raise NotFound(f"sweep {name}: no table yet ({tables})")
+    return tables[0]
+
+
+def cell(snap: Snapshot, site: Site, name: str, ident: str, query: TableQuery) -> str:
+    table = _one_table(snap, name, query)
+    located = find_cell(table, ident)
+    block, _, j, found = located
+    trials = cell_trials(snap.trials(name), found, block, table.column_field, table.columns[j])
+    ids = {int(s): int(t) for s, t in zip(trials["seed"], trials["trial_id"], strict=True)}
+    return pages.cell_page(site, name, table, ident, located, ids, query)
+
+
+def cell_ids(table: Table) -> list[str]:
+    from service.web.view import cell_id
+
+    return [
+        cell_id(b, r, j)
+        for b, block in enumerate(table.blocks)
+        for r, row in enumerate(block.rows)
+        for j, c in enumerate(row.cells)
+        if c is not None
+    ]
+
+
+def figures(snap: Snapshot, name: str) -> dict[str, SvgFigure]:
+    """Every figure of the sweep's curves pages, by file stem."""
+
+    def build() -> dict[str, SvgFigure]:
+        from analysis.tables import TableLayout
+
+        trials, epochs = snap.trials(name), snap.epochs(name)
+        layout = TableLayout.from_dict(report_of(snap.overview(name).spec_text))
+        out: list[SvgFigure] = []
+        for per_seed in (False, True):
+            out += curve_figures(epochs, trials, per_seed)[0]
+        out += _difference(snap, name, layout)
+        out += analysis_figures(trials, snap.diagnostics(name), layout)
+        return {f.stem: f for f in out}
+
+    return snap.page(("figures", name), build)
+
+
+def _difference(snap: Snapshot, name: str, layout: Any) -> list[SvgFigure]:
+    from analysis.pairing import AnalysisError
+    from analysis.tables import build_tables
+
+    try:
+        # The gamma layout: one point per γ, whichever table the sweep itself shows.
+        table = build_tables(snap.trials(name), replace(layout, kind="gamma"))[0]
+    except AnalysisError:
+        return []
+    return difference_figures(table)
+
+
+def curves(snap: Snapshot, site: Site, name: str, per_seed: bool) -> str:
+    snap.overview(name)
+    found = figures(snap, name)
+    curves_list, experiments = _curve_list(snap, name, per_seed, found)
+    differences = [f for s, f in found.items() if s.startswith("difference_")]
+    others = [f for s, f in found.items() if not s.startswith(("difference_", "curves_"))]
+    return pages.curves_page(site, name, curves_list, experiments, per_seed, differences, others)
+
+
+def _curve_list(
+    snap: Snapshot, name: str, per_seed: bool, found: dict[str, SvgFigure]
+) -> tuple[list[SvgFigure], int]:
+    listed = [
+        f for s, f in found.items() if s.startswith("curves_") and s.endswith("_seeds") == per_seed
+    ]
+    epochs, trials = snap.epochs(name), snap.trials(name)
+
+    def count() -> int:
+        from analysis.pairing import EXPERIMENT_FIELDS
+
+        done = trials[trials["status"].astype(str) == "completed"]
+        merged = epochs.merge(done[["spec_hash", "seed"]], on=["spec_hash", "seed"])
+        if merged.empty:
+            return 0
+        varying = [f for f in EXPERIMENT_FIELDS if f in merged and merged[f].nunique() > 1]
+        return int(merged.groupby(varying).ngroups) if varying else 1
+
+    return listed, snap.page(("experiments", name), count)
+
+
+def trials_frame(
+    snap: Snapshot, name: str, where: dict[str, list[str]], sort: str | None, descending: bool
+) -> pd.DataFrame:
+    """The sweep's trials, filtered (`field=value` as `bnsweep query --where`) and sorted."""
+    from service.store.api import StoreError, check_where
+
+    try:
+        checked = check_where(where)
+    except StoreError as err:  # the user's filter, not the store, is wrong
+        raise BadRequest(str(err)) from None
+    frame = snap.trials(name)
+    for field, values in checked.items():
+        frame = frame[frame[field].isin(values)] if field in frame else frame
+    if sort:
+        if sort not in frame.columns:
+            raise BadRequest(f"sort: unknown column {sort!r}; allowed: {', '.join(frame.columns)}")
+        frame = frame.sort_values(sort, ascending=not descending, kind="stable")
+    return frame
+
+
+def trials(
+    snap: Snapshot,
+    site: Site,
+    name: str,
+    where: dict[str, list[str]] | None = None,
+    sort: str | None = None,
+    descending: bool = False,
+    start: int = 0,
+) -> str:
+    frame = trials_frame(snap, name, where or {}, sort, descending)
+    total = len(frame)
+    if site.live:
+        start = max(0, min(start, max(0, total - 1)))
+        shown = frame.iloc[start : start + TRIALS_PER_PAGE]
+        html = _trials_controls(
+            site, name, frame.columns, where or {}, sort, descending, start, total
+        )
+    else:
+        start, shown = 0, frame.iloc[:STATIC_TRIAL_ROWS]
+        html = (
+            f'<p class="note">The first {len(shown)} of {total} trials; the downloads have all.</p>'
+            if total > len(shown)
+            else ""
+        )
+    return pages.trials_page(site, name, shown, total, start, html)
+
+
+def _trials_controls(
+    site: Site,
+    name: str,
+    columns: Sequence[str],
+    where: dict[str, list[str]],
+    sort: str | None,
+    descending: bool,
+    start: int,
+    total: int,
+) -> str:
+    esc = pages.esc
+    filters = " ".join(f"{k}={v}" for k, vs in where.items() for v in vs)
+    options = "".join(
+        f'<option value="{esc(c)}"{" selected" if c == sort else ""}>{esc(c)}</option>'
+        for c in ["", *columns]
+    )
+    query = {"where": filters, "sort": sort or "", "desc": "1" if descending else ""}
+    query = {k: v for k, v in query.items() if v}
+    nav = []
+    page = ("sweeps", site.sweep(name), "trials")
+    if start > 0:
+        back = {**query, "start": str(max(0, start - TRIALS_PER_PAGE))}
+        nav.append(f'<a href="{esc(site.page(*page, query=back))}">previous</a>')
+    if start + TRIALS_PER_PAGE < total:
+        ahead = {**query, "start": str(start + TRIALS_PER_PAGE)}
+        nav.append(f'<a href="{esc(site.page(*page, query=ahead))}">next</a>')
+    return (
+        '<form class="controls" method="get">'
+        f'<label>where <input name="where" size="40" value="{esc(filters)}" '
+        'placeholder="status=failed lr=0.1"></label> '
+        f'<label>sort by <select name="sort">{options}</select></label> '
+        f'<label><input type="checkbox" name="desc" value="1"{" checked" if descending else ""}>'
+        " descending</label> "
+        '<button type="submit">apply</button></form>' + (f"<p>{' · '.join(nav)}</p>" if nav else "")
+    )
+
+
+def parse_where(text: str) -> dict[str, list[str]]:
+    """`status=failed lr=0.1` (or one `field=value` per `where` parameter) → filters."""
+    from service.commands.store import parse_where as parse_items
+    from service.store.api import StoreError
+
+    try:
+        return parse_items(text.split()) if text.strip() else {}
+    except StoreError as err:
+        raise BadRequest(str(err)) from None
+
+
+def trial(snap: Snapshot, site: Site, name: str, trial_id: int, figure: bool = True) -> str:
+    frame = snap.trials(name)
+    rows = frame[frame["trial_id"] == trial_id]
+    if rows.empty:
+        raise NotFound(f"no trial {trial_id} in sweep {name!r}")
+    record = rows.iloc[0].to_dict()
+    epochs = snap.epochs(name)
+    epochs = epochs[epochs["trial_id"] == trial_id]
+    diagnostics = snap.diagnostics(name)
+    diagnostics = diagnostics[diagnostics["trial_id"] == trial_id]
+    drawn = trial_figure(epochs) if figure else None
+    return pages.trial_page(site, name, record, epochs, diagnostics, drawn)
+
+
+# -- downloads and the JSON API ---------------------------------------------------------------
+
+
+def table_download(snap: Snapshot, name: str, query: TableQuery, ext: str) -> tuple[str, str]:
+    """(text, media type) of `bnsweep tables --format F` for this sweep and these options."""
+    from analysis.tables import render
+
+    if ext not in TABLE_FORMATS:
+        raise NotFound(f"no table format {ext!r}; allowed: {', '.join(TABLE_FORMATS)}")
+    fmt, media = TABLE_FORMATS[ext]
+    tables = tables_or_reason(snap, name, query)
+    if isinstance(tables, str):
+        raise NotFound(f"sweep {name}: no table yet ({tables})")
+    return render(tables, fmt), media
+
+
+def trials_csv(snap: Snapshot, name: str) -> str:
+    return snap.trials(name).to_csv(index=False)
+
+
+def trials_parquet(snap: Snapshot, name: str) -> bytes:
+    buf = io.BytesIO()
+    snap.trials(name).to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def api_sweeps(snap: Snapshot) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": o.name,
+            **o.progress.counts(),
+            "done": o.progress.done,
+            "eta_seconds": o.progress.eta_seconds,
+            "eta": o.progress.eta_text,
+            "last_update": _jsonable(o.progress.last_update),
+            "created_at": _jsonable(o.created_at),
+            "updated_at": _jsonable(o.updated_at),
+            "recipe": dict(o.recipe),
+        }
+        for o in snap.overviews()
+    ]
+
+
+def api_status(snap: Snapshot, name: str) -> dict[str, Any]:
+    s = snap.status(name)
+    return {
+        "name": s.name,
+        "total": s.total,
+        **{k: getattr(s, k) for k in ("completed", "running", "failed", "diverged", "pending")},
+        "arms": [
+            {
+                "spec_hash": a.spec_hash,
+                "label": a.label,
+                "seeds": list(a.seeds),
+                "missing_seeds": list(a.missing_seeds),
+                "failed_seeds": list(a.failed_seeds),
+                "running_seeds": list(a.running_seeds),
+            }
+            for a in s.arms
+        ],
+        "failures": [
+            {
+                "trial_id": f.trial_id,
+                "spec_hash": f.spec_hash,
+                "seed": f.seed,
+                "error": f.error,
+                "traceback_at": f.traceback_at,
+            }
+            for f in snap.failures(name)
+        ],
+    }
+
+
+def api_trials(snap: Snapshot, name: str, where: dict[str, list[str]]) -> str:
+    """Every trial column, as a JSON array of objects (times ISO 8601 UTC, missing = null)."""
+    frame = trials_frame(snap, name, where, None, False)
+    return frame.to_json(orient="records", date_format="iso")
+
+
+def api_tables(snap: Snapshot, name: str, query: TableQuery) -> list[dict[str, Any]]:
+    """The CSV's rows as objects with the CSV's columns; numbers as numbers, empty as null."""
+    text, _ = table_download(snap, name, query, "csv")
+    rows = []
+    for record in csv.DictReader(io.StringIO(text)):
+        rows.append({k: _typed(k, v) for k, v in record.items()})
+    return rows
+
+
+_TEXT_COLUMNS = {"table", "block", "row", "column", "formulation", "test", "not_tested", "dropped"}
+
+
+def _typed(column: str, value: str) -> Any:
+    if column in _TEXT_COLUMNS:
+        return value
+    if value == "":
+        return None
+    if value in ("true", "false"):
+        return value == "true"
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return int(number) if number.is_integer() and column in ("n", "n_pairs", "diverged") else number
+
+
+def json_text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, default=str)

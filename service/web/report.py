@@ -1,0 +1,187 @@
+"""The static report: the dashboard's pages written as files, for a login node with no open port.
+
+    report/
+      index.html                       the sweeps in the report
+      static/bnsweep.css, bnsweep.js   the only assets (package data)
+      sweeps/NAME.html                 progress, recipe, the table, missing seeds, failures
+      sweeps/NAME/cells/B-R-C.html     one cell's pairs and test
+      sweeps/NAME/curves.html          curves (curves_seeds.html: with per-seed traces), figures
+      sweeps/NAME/figures/*.svg
+      sweeps/NAME/trials.html          the trials table; trials/ID.html one trial
+      sweeps/NAME/tables.{md,tex,csv,html}, trials.csv, trials.parquet
+
+The whole folder is written beside `out_dir` under a temporary name and renamed into place, so
+a reader sees the previous report or the new one, never a half-written one. Every link is
+relative and no page names an external URL, so the folder can be copied anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from service.web import build
+from service.web.pages import Site, safe_name
+from service.web.view import Reader, Snapshot, TableQuery
+
+if TYPE_CHECKING:
+    from service.store.api import Store
+
+log = logging.getLogger(__name__)
+
+ASSETS = ("bnsweep.css", "bnsweep.js")
+
+
+def write_report(
+    store: Store | str | None, sweep_name: str | Iterable[str] | None, out_dir: str | Path
+) -> Path:
+    """Write the report of `sweep_name` (a name, several, or None for every sweep) from `store`
+    (an open `Store`, or a URL opened read-only) to `out_dir`, atomically; returns `out_dir`.
+
+    What `bnsweep launch --report DIR` calls at the end of a sweep (and every few minutes
+    while it runs, with `--report-every`).
+    """
+    reader = Reader(store) if isinstance(store, str) or store is None else Reader(store=store)
+    try:
+        snap = reader.snapshot()
+        names = _names(snap, sweep_name)
+        out = Path(out_dir).expanduser().resolve()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        try:
+            _write_site(snap, names, tmp)
+            os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a report is for others to read
+            _swap_into_place(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    finally:
+        reader.close()
+    log.info("wrote the report of %s to %s", ", ".join(names) or "no sweep", out)
+    return out
+
+
+def _names(snap: Snapshot, sweep_name: str | Iterable[str] | None) -> list[str]:
+    if sweep_name is None:
+        return snap.sweep_names()
+    names = [sweep_name] if isinstance(sweep_name, str) else list(sweep_name)
+    for name in names:
+        snap.overview(name)  # NotFound, naming the known sweeps
+    return names
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename `tmp` to `out`; an existing report is renamed away first and then removed, so
+    at every instant `out` is a whole report (or, between the two renames, absent)."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.replace(out, old / out.name)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write(path: Path, text: str | bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+
+
+def _write_site(snap: Snapshot, names: list[str], root: Path) -> None:
+    static = resources.files("service.web") / "static"
+    for asset in ASSETS:
+        _write(root / "static" / asset, static.joinpath(asset).read_text(encoding="utf-8"))
+    site = Site(live=False)
+    overviews = [snap.overview(name) for name in names]
+    from service.web import pages
+
+    _write(root / "index.html", pages.index_page(site, overviews, snap.store.url))
+    for name in names:
+        _write_sweep(snap, name, root)
+
+
+def _write_sweep(snap: Snapshot, name: str, root: Path) -> None:
+    query = TableQuery()
+    folder = safe_name(name)
+    base = root / "sweeps" / folder
+    trials = snap.trials(name)
+    shown = trials.iloc[: build.STATIC_TRIAL_ROWS]
+    failed = trials[trials["status"].astype(str) == "failed"]
+    written = frozenset(int(t) for t in (*shown["trial_id"], *failed["trial_id"]))
+    site = Site(live=False, trial_pages=written)
+
+    def page(*parts: str) -> tuple[Site, Path]:
+        return site.at(*parts), root.joinpath(*parts[:-1], parts[-1] + ".html")
+
+    here, path = page("sweeps", folder)
+    _write(path, build.sweep(snap, here, name, query))
+    tables = build.tables_or_reason(snap, name, query)
+    if not isinstance(tables, str):
+        for ident in build.cell_ids(tables[0]):
+            here, path = page("sweeps", folder, "cells", ident)
+            _write(path, build.cell(snap, here, name, ident, query))
+        for ext in build.TABLE_FORMATS:
+            _write(base / f"tables.{ext}", build.table_download(snap, name, query, ext)[0])
+    for stem, per_seed in (("curves", False), ("curves_seeds", True)):
+        here, path = page("sweeps", folder, stem)
+        _write(path, build.curves(snap, here, name, per_seed))
+    for fig in build.figures(snap, name).values():
+        _write(base / "figures" / f"{fig.stem}.svg", fig.svg)
+    here, path = page("sweeps", folder, "trials")
+    _write(path, build.trials(snap, here, name))
+    figures = len(written) <= build.STATIC_TRIAL_FIGURES
+    for trial_id in sorted(written):
+        here, path = page("sweeps", folder, "trials", str(trial_id))
+        _write(path, build.trial(snap, here, name, trial_id, figure=figures))
+    _write(base / "trials.csv", build.trials_csv(snap, name))
+    _write(base / "trials.parquet", build.trials_parquet(snap, name))
+
+
+class ReportWhileRunning:
+    """`with ReportWhileRunning(url, sweep, out, every_seconds):` around a launch: rewrites the
+    report every `every_seconds` (0: never) in a background thread while the block runs, and
+    once more at its end. A report that cannot be written is a warning, never the launch's
+    failure: the results are in the store and `bnsweep report` can write it later."""
+
+    def __init__(
+        self, url: str | None, sweep: str, out_dir: str | Path, every_seconds: float = 0.0
+    ) -> None:
+        import threading
+
+        self.url, self.sweep, self.out_dir = url, sweep, Path(out_dir)
+        self.every_seconds = float(every_seconds)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bnsweep-report", daemon=True)
+        self.written: Path | None = None
+
+    def _write(self) -> None:
+        from workers.errors import BnsweepError
+
+        try:
+            self.written = write_report(self.url, self.sweep, self.out_dir)
+        except (BnsweepError, OSError) as err:
+            log.warning("could not write the report to %s: %s", self.out_dir, err)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_seconds):
+            self._write()
+
+    def __enter__(self) -> ReportWhileRunning:
+        if self.every_seconds > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._write()
