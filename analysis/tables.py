@@ -1362,7 +1362,7 @@ def render_latex(tables: Sequence[Table], fragment: bool = False) -> str:
             body += [f"{b.label}: {x}" for b in t.blocks for x in b.notes] + list(t.notes)
             lines += [_latex_text(x) + r"\par" for x in body]
             lines.append(r"\end{table}")
-        lines += _latex_pairwise(t)
+        lines += _latex_pairwise(t, fragment)
         out.append("\n".join(lines))
     return "\n\n".join(out) + "\n"
 
@@ -1375,15 +1375,19 @@ def _latex_pair(text: str) -> str:
     return escaped
 
 
-def _latex_pairwise(t: Table) -> list[str]:
+def _latex_pairwise(t: Table, fragment: bool = False) -> list[str]:
+    """Each pairwise matrix as a `table` float, or as its `tabular` alone for a fragment."""
     lines: list[str] = []
     for m in t.pairwise:
         cols = len(m.labels)
+        lines.append("")
+        if not fragment:
+            lines += [
+                r"\begin{table}[t]",
+                r"\centering",
+                r"\caption{" + latex_escape(m.title) + "}",
+            ]
         lines += [
-            "",
-            r"\begin{table}[t]",
-            r"\centering",
-            r"\caption{" + latex_escape(m.title) + "}",
             r"\begin{tabular}{l" + "r" * cols + "}",
             r"\toprule",
             " & ".join(latex_escape(h) for h in (_pair_head(t), *m.labels)) + r" \\",
@@ -1395,15 +1399,15 @@ def _latex_pairwise(t: Table) -> list[str]:
                 text = _latex_pair(_pair_text(c, t.options))
                 texts.append(r"\textbf{" + text + "}" if c is not None and c.significant else text)
             lines.append(" & ".join([latex_escape(label), *texts]) + r" \\")
-        lines += [
-            r"\bottomrule",
-            r"\end{tabular}",
-            "",
-            r"\smallskip",
-            r"\footnotesize",
-            _latex_pair(t.pairwise_caption) + r"\par",
-            r"\end{table}",
-        ]
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        if not fragment:
+            lines += [
+                "",
+                r"\smallskip",
+                r"\footnotesize",
+                _latex_pair(t.pairwise_caption) + r"\par",
+                r"\end{table}",
+            ]
     return lines
 
 

@@ -33,7 +33,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -351,11 +351,11 @@ class StoreCallback(tune.Callback):
         summary: LaunchSummary,
         progress: Progress,
         flush_seconds: float = 2.0,
-        events: Any = None,
+        events: Callable[[], Sequence[Any]] | None = None,
     ) -> None:
         self.store, self.summary, self.progress = store, summary, progress
         self.flush_seconds = flush_seconds
-        self.events = events  # an `EventSink` actor, or None
+        self.events = events  # takes what trials queued: (cell, kind, records) items
         self._pending: list[Any] = []
         self._last_flush = time.monotonic()
         self._package_version = _package_version()
@@ -458,7 +458,7 @@ class StoreCallback(tune.Callback):
         """Take what the trials queued on `events` (one round trip) as store events."""
         if self.events is None:
             return
-        for key, kind, items in ray.get(self.events.drain.remote()):
+        for key, kind, items in self.events():
             cell = (str(key[0]), int(key[1]))
             self._pending += RECORD_EVENTS[kind](cell, items)
 
@@ -949,7 +949,9 @@ def launch(
             stream=progress_stream,
         )
         events = EventSink.remote()
-        callback = StoreCallback(store, summary, progress, events=events)
+        callback = StoreCallback(
+            store, summary, progress, events=lambda: ray.get(events.drain.remote())
+        )
         try:
             if missing:
                 _fit(_new_tuner(sweep, missing, root, callback, marker, events), callback)

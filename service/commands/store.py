@@ -278,8 +278,8 @@ def run_status(args: argparse.Namespace) -> int:
             console.print(
                 f"{status.name}: all {status.total} cells done", markup=False, highlight=False
             )
-            continue
-        console.print(_missing_table(status.name, arms))
+        else:
+            console.print(_missing_table(status.name, arms))
         line = older_recipe_line(dict(status.older_recipes), status.name)
         if line is not None:
             console.print(line, markup=False, highlight=False, soft_wrap=True)

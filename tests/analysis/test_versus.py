@@ -221,7 +221,9 @@ def test_pairwise_in_every_renderer():
     assert float(first["p"]) == pytest.approx(cell.stats.p, rel=1e-6)
     assert float(first["p_adjusted"]) == pytest.approx(cell.stats.p_adjusted, rel=1e-6)
     assert first["significant"] == "true" and first["gamma"] == "0.1"
-    assert set(RENDERERS) == {"md", "latex", "html", "csv", "term"}
+    fragment = render(tables, "latex-fragment")  # the tabulars alone: the matrices still there
+    assert r"\begin{tabular}" in fragment and r"$\tilde{p}$" in fragment
+    assert set(RENDERERS) == {"md", "latex", "latex-fragment", "html", "csv", "term"}
 
 
 def test_pairwise_compares_the_best_of_rows_of_table_6():

@@ -231,7 +231,7 @@ def test_query_diagnostics_as_table_csv_and_json(
 # -- the driver's callback -------------------------------------------------------------------
 
 
-def test_the_store_callback_writes_the_epoch_reports_diagnostics(tmp_path: Path) -> None:
+def test_the_store_callback_writes_the_queued_diagnostics(tmp_path: Path) -> None:
     from service.driver import LaunchSummary, Progress, StoreCallback
 
     spec = make_spec()
@@ -239,14 +239,18 @@ def test_the_store_callback_writes_the_epoch_reports_diagnostics(tmp_path: Path)
     with Store.open(url) as store:
         store.register_sweep("demo", "x", [spec])
         progress = Progress(1, 0, stream=open(tmp_path / "progress.log", "w"))  # noqa: SIM115
-        callback = StoreCallback(store, LaunchSummary(), progress)
-        trial = SimpleNamespace(config={"cell": spec.to_dict()})
-        callback.on_trial_result(0, [], trial, {"kind": "started", "host": "h", "device": "cpu"})
         payload = [
             {"epoch": e, "layers": [layer(n, d) for d, n in enumerate(LAYERS)]} for e in (0, 1)
         ]
-        report = {"kind": "epoch", **epoch(1), "diagnostics": payload}
-        callback.on_trial_result(1, [], trial, report)
+        # What trials put on the launch's queue: the diagnostics travel beside Tune's results.
+        queued = [[((spec.spec_hash, spec.seed), "diagnostics", payload)]]
+        callback = StoreCallback(
+            store, LaunchSummary(), progress, events=lambda: queued.pop() if queued else []
+        )
+        trial = SimpleNamespace(config={"cell": spec.to_dict()})
+        callback.on_trial_result(0, [], trial, {"kind": "started", "host": "h", "device": "cpu"})
+        callback.on_trial_result(1, [], trial, {"kind": "epoch", **epoch(1)})
+        callback.drain()
         callback.flush()
         frame = store.diagnostics()
         progress.stream.close()

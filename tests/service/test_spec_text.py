@@ -76,7 +76,9 @@ def test_launch_stores_the_redacted_spec_with_its_report_layout(
 
     def fake_launch(sweep, store, spec_text, **_kwargs):  # what the driver stores of the spec
         store.register_sweep(sweep.name, spec_text, expand(sweep))
-        return types.SimpleNamespace(ran=0, completed=0, diverged=0, failed=0, resumed=())
+        return types.SimpleNamespace(
+            ran=0, completed=0, diverged=0, failed=0, resumed=(), interrupted=False, unsuccessful=0
+        )
 
     monkeypatch.setattr(service.driver, "launch", fake_launch)
     args = argparse.Namespace(

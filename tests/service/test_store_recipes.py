@@ -302,8 +302,8 @@ def test_forget_refuses_running_trials_and_an_empty_filter(store: Store) -> None
         store.forget()
     with pytest.raises(StoreError, match="no sweep named 'nope'"):
         store.forget(sweep="nope", dry_run=True)
-    with pytest.raises(StoreError, match="unknown field 'gamma'"):
-        store.forget(where={"gamma": 1})
+    with pytest.raises(StoreError, match="unknown field 'gama'"):
+        store.forget(where={"gama": 1})
     assert len(store.trials()) == before
     done = store.forget(sweep="demo", where={"status": ["completed", "diverged", "failed"]})
     assert done.trials == 7 and len(store.trials(sweep="demo")) == 5
