@@ -937,7 +937,7 @@ def launch(
     root = storage_root(sweep, base_dir)
     check_storage_is_shared(sweep, root, nodes)
     check_compile_works(sweep, launch_plan.missing)
-    with _one_launch_at_a_time(root, sweep.name):
+    with store.launch_lock(sweep.name), _one_launch_at_a_time(root, sweep.name):
         store.register_sweep(sweep.name, spec_text, launch_plan.cells)
         marker = place_storage_marker(root, sweep.name)
         missing = plan(sweep, store).missing  # another launch may have finished some meanwhile

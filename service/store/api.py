@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -36,7 +37,7 @@ import re
 import subprocess
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -1437,6 +1438,51 @@ class Store:
 
     def close(self) -> None:
         self._engine.dispose()
+
+    @contextlib.contextmanager
+    def launch_lock(self, sweep: str) -> Iterator[None]:
+        """Hold the store's lock for launching `sweep`, or fail at once with one line.
+
+        Taken in the store rather than in a checkpoint folder, so two launches of one sweep from
+        two folders (or machines) into one store cannot both train its missing cells. PostgreSQL:
+        a session advisory lock on a connection held for the launch (the server drops it with
+        a killed driver's connection). SQLite: an exclusive `flock` on a file beside the
+        database, dropped by the kernel with a killed driver."""
+        key = int.from_bytes(hashlib.sha256(f"bnsweep launch {sweep}".encode()).digest()[:8], "big")
+        key -= 1 << 63 if key >= 1 << 63 else 0  # PostgreSQL's bigint is signed
+        busy = (
+            f"sweep {sweep} is being launched already into this store ({self.url}); wait for "
+            "that launch to end or stop it"
+        )
+        if self.dialect == "postgresql":
+            with self._engine.connect() as conn:
+                if not conn.execute(
+                    sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}
+                ).scalar():
+                    conn.rollback()
+                    raise StoreError(busy)
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    with contextlib.suppress(sa_exc.DBAPIError):
+                        conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                        conn.commit()
+            return
+        database = self._url.database
+        if self.dialect != "sqlite" or _is_sqlite_memory(self._url) or not database:
+            yield  # one process owns an in-memory store
+            return
+        import fcntl
+
+        path = Path(str(database)).expanduser()
+        lock = path.with_name(f"{path.name}.launch-{key & 0xFFFFFFFFFFFF:012x}.lock")
+        with open(lock, "a+", encoding="utf-8") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StoreError(busy) from None
+            yield
 
     def __enter__(self) -> Store:
         return self

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.store.api import EpochRecorded, Store, StoreFailure, TrialStarted
+from service.store.api import EpochRecorded, Store, StoreError, StoreFailure, TrialStarted
 from service.sweep import expand, load_sweep_spec
 from tests.service.test_driver import results, write_spec
 from workers.trial import EpochMetrics
@@ -146,3 +146,49 @@ def test_stale_running_rows_go_back_to_pending(tmp_path: Path) -> None:
         status = store.trials(sweep="stale").set_index(["spec_hash", "seed"])["status"]
     assert status[(cells[0].spec_hash, cells[0].seed)] == "running"  # not asked about
     assert sorted(status.tolist()) == ["pending", "pending", "pending", "running"]
+
+
+def _lock_refuses_a_second_holder(url: str) -> None:
+    # The lock needs no schema: the server's test database is left as it was.
+    opened = {"create": False, "check_schema": False} if url.startswith("postgresql") else {}
+    with Store.open(url, **opened) as first, Store.open(url, **opened) as second:
+        with first.launch_lock("shared"):
+            busy = pytest.raises(StoreError, match="sweep shared is being launched already")
+            with busy as err, second.launch_lock("shared"):
+                pass
+            assert "\n" not in str(err.value)
+            with second.launch_lock("another"):  # other sweeps are not held up
+                pass
+        with second.launch_lock("shared"):  # released with the first launch
+            pass
+
+
+def test_one_launch_per_sweep_and_store_on_sqlite(tmp_path: Path) -> None:
+    _lock_refuses_a_second_holder(f"sqlite:///{tmp_path / 'store.db'}")
+
+
+@pytest.mark.postgres
+def test_one_launch_per_sweep_and_store_on_postgresql(postgres_url: str) -> None:
+    _lock_refuses_a_second_holder(postgres_url)
+
+
+def test_the_same_sweep_launched_from_a_second_folder_is_refused(tmp_path: Path) -> None:
+    """Two folders (two storage paths, two folder locks), one store: the store's lock holds."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = write_spec(tmp_path / "a", "twice-over")
+    second = write_spec(tmp_path / "b", "twice-over")
+    assert load_sweep_spec(first).storage != load_sweep_spec(second).storage
+    with Store.open(url) as store, store.launch_lock("twice-over"):
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("bnsweep")), "launch", str(second), "--db", url,
+             "--no-tables", "--num-cpus", "2"],
+            capture_output=True, text=True, timeout=300,
+            env={k: v for k, v in os.environ.items() if k not in ("BNSWEEP_DB", "RAY_ADDRESS")},
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    (line,) = [ln for ln in done.stderr.splitlines() if ln.startswith("bnsweep")]
+    assert "sweep twice-over is being launched already into this store" in line
+    with Store.open(url) as store:
+        assert store.sweeps() == []  # refused before anything was written
