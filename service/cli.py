@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "service.commands.store",
     "service.commands.report",
     "service.commands.web",
+    "service.commands.completion",
 )
 
 
