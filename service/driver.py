@@ -41,6 +41,7 @@ from typing import Any
 
 import ray
 from ray import tune
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text
@@ -948,7 +949,12 @@ def launch(
             epochs={cell_of(c): c.epochs for c in missing},
             stream=progress_stream,
         )
-        events = EventSink.remote()
+        # On the driver's own node: a sink on a worker node would go, with the records in it,
+        # when that node does (the cluster test removes one mid-sweep).
+        here = ray.get_runtime_context().get_node_id()
+        events = EventSink.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)
+        ).remote()
         callback = StoreCallback(
             store, summary, progress, events=lambda: ray.get(events.drain.remote())
         )

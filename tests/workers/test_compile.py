@@ -131,8 +131,12 @@ def test_a_second_seed_compiles_nothing_and_variants_never_share_a_recompile_lim
 def test_falling_back_to_eager_fails_the_trial_in_one_line(
     eager_backend: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
-    with pytest.raises(CompileError, match=r"^compile: the compiled resnet8/standard needed more"):
+    # config.patch, not monkeypatch: after pytest's undo, Dynamo's config reports the entry as
+    # "does not exist" for the rest of the process (torch 2.14), failing every later compile.
+    with (
+        torch._dynamo.config.patch(recompile_limit=1),
+        pytest.raises(CompileError, match=r"^compile: the compiled resnet8/standard needed more"),
+    ):
         run_trial(SPEC)
 
 
