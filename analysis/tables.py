@@ -1468,7 +1468,7 @@ def render_html(tables: Sequence[Table]) -> str:
                 parts.append(
                     f"<tr{attr}>"
                     + "".join(f'<th scope="row">{x}</th>' for x in lead_cells)
-                    + "".join(f'<td class="num">{_html_cell(c)}</td>' for c in r.cells)
+                    + "".join(f'<td class="num">{html_cell(c)}</td>' for c in r.cells)
                     + "</tr>"
                 )
         parts.append("</tbody>")
@@ -1506,7 +1506,9 @@ def _html_pairwise(t: Table) -> list[str]:
     return parts
 
 
-def _html_cell(cell: Cell | None) -> str:
+def html_cell(cell: Cell | None) -> str:
+    """A cell as HTML: `<u>` on the mean of the best, `<strong>` around a significant cell, the
+    chosen γ and the footnote markers after it (the dashboard draws cells with it too)."""
     if cell is None:
         return ""
     mean, std = (html.escape(x) for x in _value_parts(cell))

@@ -89,11 +89,11 @@ DATASETS = {
 }
 
 
-@functools.cache  # each network is built and counted once, however many cells and tables use it
-def forward_flops(arch: str, dataset: str) -> int:
-    """Forward FLOPs for one image (a multiply-add counts as two)."""
+def _network(arch: str, dataset: str) -> torch.nn.Module:
+    """The network a paper cell of `dataset` trains (BN formulation and γ do not change its
+    FLOPs or its size)."""
     shape = DATASETS[dataset]
-    model = build_model(
+    return build_model(
         arch,
         num_classes=shape.classes,
         in_channels=3,
@@ -101,7 +101,14 @@ def forward_flops(arch: str, dataset: str) -> int:
         formulation="standard",
         gamma=1.0,
         input_norm="bn",
-    ).eval()
+    )
+
+
+@functools.cache  # each network is built and counted once, however many cells and tables use it
+def forward_flops(arch: str, dataset: str) -> int:
+    """Forward FLOPs for one image (a multiply-add counts as two)."""
+    shape = DATASETS[dataset]
+    model = _network(arch, dataset).eval()
     batch = 2  # BN in eval mode does not care; 2 keeps the count exact and the run short
     x = torch.zeros(batch, 3, shape.image_size, shape.image_size)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -114,16 +121,7 @@ def checkpoint_bytes(arch: str, dataset: str) -> int:
     """The size of one trial checkpoint: weights, BN buffers and one SGD momentum buffer per
     parameter, serialised as `workers.checkpoint.save_checkpoint` does (RNG states and the epoch
     history add a few kB)."""
-    shape = DATASETS[dataset]
-    model = build_model(
-        arch,
-        num_classes=shape.classes,
-        in_channels=3,
-        small_input=shape.image_size <= SMALL_INPUT_MAX,
-        formulation="standard",
-        gamma=1.0,
-        input_norm="bn",
-    )
+    model = _network(arch, dataset)
     momentum = {
         i: {"momentum_buffer": p.detach().clone()} for i, p in enumerate(model.parameters())
     }

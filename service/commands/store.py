@@ -389,15 +389,19 @@ def _missing_table(name: str, arms: Sequence[ArmStatus]) -> object:
     table.add_column("done", justify="right")
     table.add_column("missing seeds")
     for arm in arms:
-        notes = []
-        if arm.failed_seeds:
-            notes.append(f"failed: {seed_ranges(arm.failed_seeds)}")
-        if arm.running_seeds:
-            notes.append(f"running: {seed_ranges(arm.running_seeds)}")
-        missing = seed_ranges(arm.missing_seeds) + (f" ({'; '.join(notes)})" if notes else "")
         done = len(arm.seeds) - len(arm.missing_seeds)
-        table.add_row(arm.label, arm.spec_hash, f"{done}/{len(arm.seeds)}", missing)
+        table.add_row(arm.label, arm.spec_hash, f"{done}/{len(arm.seeds)}", missing_text(arm))
     return table
+
+
+def missing_text(arm: ArmStatus) -> str:
+    """An arm's missing seeds, with those failed or running named: "3-5 (failed: 4)"."""
+    notes = []
+    if arm.failed_seeds:
+        notes.append(f"failed: {seed_ranges(arm.failed_seeds)}")
+    if arm.running_seeds:
+        notes.append(f"running: {seed_ranges(arm.running_seeds)}")
+    return seed_ranges(arm.missing_seeds) + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def seed_ranges(seeds: Sequence[int]) -> str:

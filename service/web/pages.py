@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
+from analysis.tables import html_cell
 from service.web.view import COUNT_ORDER, Failure, Progress, SweepOverview, TableQuery, cell_id
 
 if TYPE_CHECKING:
@@ -244,22 +245,6 @@ def downloads(site: Site, name: str, query: TableQuery) -> str:
     return '<p class="downloads">Download the tables: ' + " · ".join(links) + "</p>"
 
 
-def _cell_html(cell: Cell) -> str:
-    """As `analysis.tables._html_cell`: `<u>` on the mean of the best, `<strong>` around a
-    significant cell, the chosen γ and the footnote markers after it."""
-    mean, std = esc(cell.mean_text), esc(cell.std_text)
-    if cell.best:
-        mean = f"<u>{mean}</u>"
-    text = f"{mean} ± {std}"
-    if cell.significant:
-        text = f"<strong>{text}</strong>"
-    if cell.detail:
-        text += f" ({esc(cell.detail)})"
-    if cell.markers:
-        text += f"<sup>{esc(''.join(cell.markers))}</sup>"
-    return text
-
-
 def table_html(site: Site, name: str, table: Table, query: TableQuery) -> str:
     """The paper's table with every cell a link to its statistics."""
     has_blocks = any(b.label for b in table.blocks)
@@ -295,7 +280,7 @@ def table_html(site: Site, name: str, table: Table, query: TableQuery) -> str:
                     f' data-column="{esc(table.column_labels[j])}"'
                     f' data-significant="{str(cell.significant).lower()}"'
                     f' data-best="{str(cell.best).lower()}" data-p="{_num(p, 8)}">'
-                    f'<a href="{esc(href)}">{_cell_html(cell)}</a></td>'
+                    f'<a href="{esc(href)}">{html_cell(cell)}</a></td>'
                 )
             parts.append(
                 f"<tr{attr}>"
@@ -320,7 +305,7 @@ def table_section(site: Site, name: str, tables: Sequence[Table] | str, query: T
 
 def status_section(site: Site, name: str, status: SweepStatus, failures: Sequence[Failure]) -> str:
     """`bnsweep status`'s arm table, and the failed cells with their errors."""
-    from service.commands.store import seed_ranges
+    from service.commands.store import missing_text
 
     parts = ["<h2>Missing seeds</h2>"]
     arms = status.incomplete_arms
@@ -329,12 +314,7 @@ def status_section(site: Site, name: str, status: SweepStatus, failures: Sequenc
     else:
         rows = []
         for arm in arms:
-            notes = []
-            if arm.failed_seeds:
-                notes.append(f"failed: {seed_ranges(arm.failed_seeds)}")
-            if arm.running_seeds:
-                notes.append(f"running: {seed_ranges(arm.running_seeds)}")
-            missing = seed_ranges(arm.missing_seeds) + (f" ({'; '.join(notes)})" if notes else "")
+            missing = missing_text(arm)
             done = len(arm.seeds) - len(arm.missing_seeds)
             rows.append(
                 [
@@ -459,7 +439,7 @@ def cell_page(
     where = " / ".join(x for x in (block.label, row.label, table.column_titles[j]) if x)
     parts = [f"<p>{esc(table.title)}: <strong>{esc(where)}</strong></p>"]
     parts.append(
-        f"<p>{_cell_html(cell)} over n = {cell.n} seeds with a score "
+        f"<p>{html_cell(cell)} over n = {cell.n} seeds with a score "
         f"({cell.n_runs} runs, {cell.n_diverged} diverged)</p>"
     )
     s, comp = cell.stats, cell.comparison

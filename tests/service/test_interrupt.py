@@ -24,16 +24,25 @@ from workers.trial import EpochMetrics
 pytestmark = pytest.mark.timeout(600)
 
 
+def _argv(spec: Path, url: str) -> list[str]:
+    bnsweep = str(Path(sys.executable).with_name("bnsweep"))
+    return [bnsweep, "launch", str(spec), "--db", url, "--no-tables", "--num-cpus", "2"]
+
+
+#: The launch's environment: its own local Ray and the store given on the command line.
+_ENV = {k: v for k, v in os.environ.items() if k not in ("BNSWEEP_DB", "RAY_ADDRESS")}
+
+
 def _launch(spec: Path, url: str) -> subprocess.Popen[str]:
+    """A launch in its own process group, as a terminal runs it (Ctrl-C reaches the group)."""
     return subprocess.Popen(
-        [str(Path(sys.executable).with_name("bnsweep")), "launch", str(spec), "--db", url,
-         "--no-tables", "--num-cpus", "2"],
-        env={k: v for k, v in os.environ.items() if k not in ("BNSWEEP_DB", "RAY_ADDRESS")},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        _argv(spec, url), env=_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
     )  # fmt: skip
+
+
+def _launch_to_the_end(spec: Path, url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(_argv(spec, url), env=_ENV, capture_output=True, text=True, timeout=500)
 
 
 def _checkpoints(spec: Path) -> dict[str, int]:
@@ -77,12 +86,7 @@ def test_ctrl_c_says_so_exits_130_and_an_edited_relaunch_trains_only_its_cells(
     edited = yaml.safe_load(spec.read_text())
     edited["base"] = False
     spec.write_text(yaml.safe_dump(edited))
-    again = subprocess.run(
-        [str(Path(sys.executable).with_name("bnsweep")), "launch", str(spec), "--db", url,
-         "--no-tables", "--num-cpus", "2"],
-        capture_output=True, text=True, timeout=500,
-        env={k: v for k, v in os.environ.items() if k not in ("BNSWEEP_DB", "RAY_ADDRESS")},
-    )  # fmt: skip
+    again = _launch_to_the_end(spec, url)
     assert again.returncode == 0, again.stderr
     trials, epochs = results(url, "stopped")
     wanted = {(c.spec_hash, c.seed) for c in expand(load_sweep_spec(spec))}
@@ -107,12 +111,7 @@ def test_a_launch_with_failed_cells_exits_1_and_says_how_many(tmp_path: Path) ->
         retries=0,
     )
     url = f"sqlite:///{tmp_path / 'failing.db'}"
-    done = subprocess.run(
-        [str(Path(sys.executable).with_name("bnsweep")), "launch", str(spec), "--db", url,
-         "--no-tables", "--num-cpus", "2"],
-        capture_output=True, text=True, timeout=300,
-        env={k: v for k, v in os.environ.items() if k not in ("BNSWEEP_DB", "RAY_ADDRESS")},
-    )  # fmt: skip
+    done = _launch_to_the_end(spec, url)
     assert done.returncode == 1, done.stderr
     assert "1 cells did not complete (1 failed, 0 diverged)" in done.stdout
 
@@ -181,12 +180,7 @@ def test_the_same_sweep_launched_from_a_second_folder_is_refused(tmp_path: Path)
     second = write_spec(tmp_path / "b", "twice-over")
     assert load_sweep_spec(first).storage != load_sweep_spec(second).storage
     with Store.open(url) as store, store.launch_lock("twice-over"):
-        done = subprocess.run(
-            [str(Path(sys.executable).with_name("bnsweep")), "launch", str(second), "--db", url,
-             "--no-tables", "--num-cpus", "2"],
-            capture_output=True, text=True, timeout=300,
-            env={k: v for k, v in os.environ.items() if k not in ("BNSWEEP_DB", "RAY_ADDRESS")},
-        )  # fmt: skip
+        done = _launch_to_the_end(second, url)
     assert done.returncode == 2, done.stderr
     (line,) = [ln for ln in done.stderr.splitlines() if ln.startswith("bnsweep")]
     assert "sweep twice-over is being launched already into this store" in line
