@@ -33,12 +33,9 @@ import numpy as np
 import pandas as pd
 
 from workers.errors import BnsweepError
-from workers.spec import ARM_FIELDS, RESULT_FIELD_NAMES
+from workers.spec import ARM_FIELDS, EXPERIMENT_FIELDS
 
 log = logging.getLogger(__name__)
-
-#: The fields that define an experiment: every result field that is not an arm field.
-EXPERIMENT_FIELDS: tuple[str, ...] = tuple(f for f in RESULT_FIELD_NAMES if f not in ARM_FIELDS)
 
 #: Columns the trials frame must have; the experiment fields are optional (absent = constant).
 REQUIRED_COLUMNS: tuple[str, ...] = (*ARM_FIELDS, "seed", "status", "test_acc")

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from analysis.pairing import COMPLETED, EXPERIMENT_FIELDS
+from analysis.pairing import COMPLETED
 from analysis.stats import AnalysisOptions
 from analysis.tables import Table, TableLayout, build_tables
-from workers.spec import ARM_FIELDS
+from workers.spec import ARM_FIELDS, EXPERIMENT_FIELDS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -47,6 +47,7 @@ from rich.live import Live
 from rich.text import Text
 
 from service.checkpoints import CellRecords, CellStorage, write_cell_file
+from service.plan import Cell, cell_label, cell_of, plan
 from service.ray_address import host_port
 from service.store.api import (
     DiagnosticsRecorded,
@@ -58,7 +59,7 @@ from service.store.api import (
     TrialFinished,
     TrialStarted,
 )
-from service.sweep import SweepSpec, expand
+from service.sweep import SweepSpec
 from workers.diagnostics import BNDiagnostics
 from workers.errors import BnsweepError, RuntimeFailure, SpecError
 from workers.spec import TrialSpec
@@ -66,7 +67,6 @@ from workers.trial import EpochMetrics, TrialResult, run_trial
 
 log = logging.getLogger(__name__)
 
-Cell = tuple[str, int]  # (spec_hash, seed): the store's key for one run
 LOCK_FILE = ".bnsweep-launch.lock"
 #: Written by each launch into <storage>/<sweep>/ with a fresh token; every trial reads it back
 #: before training, so a node that does not share the checkpoint folder is found at once.
@@ -112,50 +112,6 @@ SHARED_FILESYSTEMS = frozenset(
         "virtiofs",
     }
 )
-
-
-def cell_of(spec: TrialSpec) -> Cell:
-    return (spec.spec_hash, spec.seed)
-
-
-# -- planning -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LaunchPlan:
-    sweep: SweepSpec
-    cells: tuple[TrialSpec, ...]
-    completed: frozenset[Cell]
-
-    @property
-    def missing(self) -> tuple[TrialSpec, ...]:
-        return tuple(c for c in self.cells if cell_of(c) not in self.completed)
-
-    def describe(self) -> str:
-        """What `--dry-run` prints: how many cells exist, how many are done, and what would run."""
-        missing = self.missing
-        by_arm = Counter(_arm_label(c) for c in missing)
-        lines = [
-            f"sweep {self.sweep.name}: {len(self.cells)} cells "
-            f"({len(self.cells) // max(len(self.sweep.seed_list), 1)} trial specs x "
-            f"{len(self.sweep.seed_list)} seeds), {len(self.cells) - len(missing)} completed, "
-            f"{len(missing)} to run",
-        ]
-        lines += [f"  {n:4d}  {label}" for label, n in sorted(by_arm.items())]
-        return "\n".join(lines)
-
-
-def plan(sweep: SweepSpec, store: Store) -> LaunchPlan:
-    """Read-only: the sweep's cells and which of them the store already has completed."""
-    cells = tuple(expand(sweep))
-    return LaunchPlan(sweep, cells, frozenset(store.completed_cells(cells)))
-
-
-def _arm_label(spec: TrialSpec) -> str:
-    arm = (
-        "BASE"
-        if spec.is_base
-        else f"{spec.formulation} γ={spec.bn_scale_init:g} c={spec.bn_lr_divisor:g}"
-    )
-    return f"{spec.dataset}/{spec.arch} α={spec.lr:g} {spec.input_norm}: {arm}"
 
 
 # -- the trainable (runs on the workers) ----------------------------------------------------
@@ -419,7 +375,7 @@ class StoreCallback(tune.Callback):
         error = _trial_error(trial)
         log.warning(
             "%s seed %d failed: %s (traceback in %s)",
-            _arm_label(spec),
+            cell_label(spec),
             spec.seed,
             error,
             getattr(trial, "error_file", None) or "the Ray logs",
@@ -435,7 +391,7 @@ class StoreCallback(tune.Callback):
         spec = TrialSpec.from_dict(trial.config["cell"])
         log.warning(
             "%s seed %d failed (%s); retrying from its last checkpoint (failure %d)",
-            _arm_label(spec),
+            cell_label(spec),
             spec.seed,
             _trial_error(trial),
             trial.num_failures,

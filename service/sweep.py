@@ -155,7 +155,7 @@ class SweepSpec(BaseModel):
     def _report(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         # The table layout is analysis's to define; checking it here fails a bad spec at launch,
         # not after hours of training when the tables are rendered.
-        from analysis.tables import TableLayout
+        from analysis.layout import TableLayout
 
         TableLayout.from_dict(value)
         return value

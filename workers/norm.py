@@ -24,8 +24,6 @@ name: a substring rule such as "bn" or "weight" would also catch w_v/w_b or conv
 from __future__ import annotations
 
 import logging
-import math
-import numbers
 from collections.abc import Callable, Iterator
 
 import torch
@@ -34,6 +32,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from workers.errors import DataError, SpecError
+from workers.spec import BN_SCALE_RULE, check_bn_scale
 
 log = logging.getLogger(__name__)
 
@@ -207,25 +206,6 @@ def bn_other_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
 
 
 #: The one line for a γ that is not a positive finite number; `TrialSpec` says the same.
-BN_SCALE_RULE = (
-    "must be a finite number > 0 (the method uses (0, 1], Sect. 3.2; γ > 1 is allowed, Sect. 4.4)"
-)
-
-
-def check_bn_scale(gamma: float) -> float:
-    """γ must be a finite number > 0; anything else is a user error, never silently 1.
-
-    The method initialises γ in (0, 1] (Sect. 3.2), but the paper also tried γ > 1 (Sect. 4.4,
-    "degraded results, as expected"), so a user may too. γ ≤ 0 zeroes or flips every BN output.
-    """
-    if (
-        isinstance(gamma, bool)
-        or not isinstance(gamma, numbers.Real)
-        or not math.isfinite(gamma)
-        or gamma <= 0.0
-    ):
-        raise SpecError(f"bn_scale_init (γ): {BN_SCALE_RULE}, got {gamma!r}")
-    return float(gamma)
 
 
 @torch.no_grad()

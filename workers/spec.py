@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -42,6 +43,25 @@ RUNTIME_FIELDS = ("cudnn_benchmark", "compile", "compile_mode", "eval_batch_size
 #:    parameter group's cosine ends at 1e-8 (the γ group ended at 1e-8/c); `fixed` input
 #:    normalisation at μ = σ = 128/255 (was 0.5).
 RECIPE = 2
+
+#: The names of the registries a spec chooses from: `workers/data.py` DATASETS,
+#: `workers/models.py` MODELS, `workers/norm.py` FORMULATIONS and INPUT_NORMS. They are listed
+#: here so that a spec validates without importing torch (`launch --dry-run`, the CLI's
+#: checks); tests/workers/test_spec.py keeps each list equal to its registry.
+DATASET_NAMES = ("cifar10", "cifar100", "cub200", "stanford_cars", "digits", "synthetic")
+ARCH_NAMES = (
+    "resnet8",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "mobilenet_v2",
+    "repvgg_a0",
+)
+FORMULATION_NAMES = ("standard", "a1", "a2", "rbn", "rbn_minus", "iebn", "iebn_minus")
+INPUT_NORM_NAMES = ("bn", "fixed", "offline", "none")
 
 #: Fields that do not change what a run computes; they are left out of `spec_hash`.
 NON_RESULT_FIELDS = frozenset({"data_root", "device", "seed", *RUNTIME_FIELDS})
@@ -135,6 +155,9 @@ class TrialSpec:
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(TrialSpec))
 RESULT_FIELD_NAMES: tuple[str, ...] = tuple(n for n in FIELD_NAMES if n not in NON_RESULT_FIELDS)
 
+#: The fields that define an experiment: every result field that is not an arm field.
+EXPERIMENT_FIELDS: tuple[str, ...] = tuple(f for f in RESULT_FIELD_NAMES if f not in ARM_FIELDS)
+
 
 def spec_hash(spec: TrialSpec) -> str:
     """A stable 16-hex-digit key of every field that changes the result, the seed excluded,
@@ -185,16 +208,11 @@ def _coerce_numbers(spec: TrialSpec) -> None:
 
 
 def _validate(spec: TrialSpec) -> None:
-    # Registries live beside what they build; imported here to keep `spec` import-light.
-    from workers.data import DATASETS
-    from workers.models import MODELS
-    from workers.norm import FORMULATIONS, INPUT_NORMS, check_bn_scale
-
     choices = {
-        "dataset": DATASETS,
-        "arch": MODELS,
-        "formulation": FORMULATIONS,
-        "input_norm": INPUT_NORMS,
+        "dataset": DATASET_NAMES,
+        "arch": ARCH_NAMES,
+        "formulation": FORMULATION_NAMES,
+        "input_norm": INPUT_NORM_NAMES,
         "precision": PRECISIONS,
         "memory_format": MEMORY_FORMATS,
         "device": DEVICES,
@@ -232,3 +250,24 @@ def _validate(spec: TrialSpec) -> None:
         )
     if spec.seed < 0:
         raise SpecError(f"seed: must be >= 0, got {spec.seed!r}")
+
+
+BN_SCALE_RULE = (
+    "must be a finite number > 0 (the method uses (0, 1], Sect. 3.2; γ > 1 is allowed, Sect. 4.4)"
+)
+
+
+def check_bn_scale(gamma: float) -> float:
+    """γ must be a finite number > 0; anything else is a user error, never silently 1.
+
+    The method initialises γ in (0, 1] (Sect. 3.2), but the paper also tried γ > 1 (Sect. 4.4,
+    "degraded results, as expected"), so a user may too. γ ≤ 0 zeroes or flips every BN output.
+    """
+    if (
+        isinstance(gamma, bool)
+        or not isinstance(gamma, numbers.Real)
+        or not math.isfinite(gamma)
+        or gamma <= 0.0
+    ):
+        raise SpecError(f"bn_scale_init (γ): {BN_SCALE_RULE}, got {gamma!r}")
+    return float(gamma)

@@ -130,7 +130,7 @@ def _report(args: argparse.Namespace, url: str, name: str) -> Any:
 def dry_run(sweep: SweepSpec, url: str) -> int:
     """Print the plan; write nothing. A database that does not exist yet is read as empty
     rather than created."""
-    from service.driver import LaunchPlan, plan
+    from service.plan import LaunchPlan, plan
     from service.store.api import redact_url
     from service.sweep import expand
 

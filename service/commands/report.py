@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
     from analysis.tables import Table
 
+from analysis.layout import LAYOUT_NAMES
+
 log = logging.getLogger(__name__)
 
 # Literal here so `bnsweep --help` does not import scipy; a test keeps them equal to the
@@ -30,7 +32,6 @@ log = logging.getLogger(__name__)
 FORMATS = ("md", "latex", "latex-fragment", "html", "csv", "term")
 CORRECTIONS = ("none", "holm")
 TESTS = ("t", "wilcoxon")
-LAYOUT_KINDS = ("gamma", "formulation", "methods")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -81,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     tables.add_argument(
         "--layout",
-        choices=LAYOUT_KINDS,
+        choices=LAYOUT_NAMES,
         help="override the spec's report: layout (default: the spec's, else inferred)",
     )
     tables.add_argument(

@@ -176,7 +176,7 @@ def _curve_list(
     epochs, trials = snap.epochs(name), snap.trials(name)
 
     def count() -> int:
-        from analysis.pairing import EXPERIMENT_FIELDS
+        from workers.spec import EXPERIMENT_FIELDS
 
         done = trials[trials["status"].astype(str) == "completed"]
         merged = epochs.merge(done[["spec_hash", "seed"]], on=["spec_hash", "seed"])

@@ -110,8 +110,8 @@ def curve_figures(
     """Validation accuracy and training loss per epoch, mean ± std over seeds per arm (completed
     runs), one figure per experiment; with `per_seed`, every seed's own trace behind the mean.
     Returns the figures and how many experiments there were (at most MAX_CURVE_FIGURES drawn)."""
-    from analysis.pairing import EXPERIMENT_FIELDS
     from analysis.plots import arm_labels, is_base_arm
+    from workers.spec import EXPERIMENT_FIELDS
 
     done = trials.loc[trials["status"].astype(str) == "completed", ["spec_hash", "seed"]]
     df = epochs.merge(done.drop_duplicates(), on=["spec_hash", "seed"])

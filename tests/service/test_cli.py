@@ -21,6 +21,8 @@ from service.store.api import Store
 from service.sweep import expand, parse_sweep_spec
 from tests.workers import fixtures
 
+REPO = Path(__file__).resolve().parents[2]
+
 GOOD: dict[str, Any] = {
     "name": "good",
     "defaults": {"dataset": "digits", "arch": "resnet8", "epochs": 1, "device": "cpu"},
@@ -361,6 +363,34 @@ def test_the_store_url_comes_from_db_then_env_then_spec_then_default(
     line = store_line("--db", "sqlite:///flag.db", database="sqlite:///spec.db")
     assert line.startswith("store: sqlite:///flag.db ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]  # a dry run creates nothing
+
+
+#: What `launch --dry-run` must not import to print its plan in under 2 s (issue 13): torch and
+#: torchvision (~4 s here), Ray (~1.3 s), and the analysis stack (pandas' siblings scipy and
+#: matplotlib). bench/cli_latency.py times the whole command.
+HEAVY_MODULES = ("torch", "torchvision", "ray", "scipy", "matplotlib")
+
+
+@pytest.mark.parametrize("store", ["none yet", "existing"])
+def test_a_dry_run_imports_neither_torch_nor_ray(tmp_path: Path, store: str) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    if store == "existing":
+        Store.open(url).close()
+    probe = (
+        "import sys\n"
+        "from service.cli import main\n"
+        f"code = main(['launch', {str(REPO / 'configs/paper/table1.yaml')!r}, '--db', {url!r},"
+        " '--dry-run'])\n"
+        f"heavy = sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)\n"
+        "print('heavy:', heavy)\n"
+        "sys.exit(code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "sweep paper-table1:" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "heavy: []"
 
 
 # -- for people and scripts (issue 13) ------------------------------------------------------------

@@ -25,7 +25,8 @@ import torch
 from ray import cloudpickle
 
 from service import driver
-from service.driver import cell_of, check_resources_fit, launch
+from service.driver import check_resources_fit, launch
+from service.plan import cell_of
 from service.store.api import Store
 from service.sweep import expand, parse_sweep_spec
 from workers.errors import SpecError

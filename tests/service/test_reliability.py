@@ -37,7 +37,8 @@ from ray.cluster_utils import Cluster
 
 from service import driver
 from service.cli import main
-from service.driver import cell_of, launch
+from service.driver import launch
+from service.plan import cell_of
 from service.store.api import Store, StoreError, normalize_url
 from service.sweep import expand, load_sweep_spec
 from tests.service.tcp_proxy import TcpProxy

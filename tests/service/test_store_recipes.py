@@ -209,7 +209,7 @@ def _register(store: Store, text: str = DEMO) -> list[TrialSpec]:
 
 
 def _missing(store: Store, text: str = DEMO) -> set[tuple[str, int]]:
-    from service.driver import plan
+    from service.plan import plan
     from service.sweep import parse_sweep_spec
 
     return {(c.spec_hash, c.seed) for c in plan(parse_sweep_spec(text), store).missing}

@@ -83,3 +83,16 @@ def test_gamma_above_one_is_a_valid_spec(gamma: float) -> None:
 def test_gamma_not_above_zero_is_one_clear_error(gamma: float) -> None:
     with pytest.raises(SpecError, match=r"^bn_scale_init \(γ\): must be a finite number > 0"):
         TrialSpec(bn_scale_init=gamma)
+
+
+def test_the_light_registry_names_are_the_registries() -> None:
+    """A spec validates against name lists that need no torch (`launch --dry-run`); each must
+    be its registry's keys, in order, so registering a model or dataset means naming it there."""
+    from workers.data import DATASETS
+    from workers.models import MODELS
+    from workers.norm import FORMULATIONS, INPUT_NORMS
+
+    assert workers.spec.DATASET_NAMES == tuple(DATASETS)
+    assert workers.spec.ARCH_NAMES == tuple(MODELS)
+    assert workers.spec.FORMULATION_NAMES == tuple(FORMULATIONS)
+    assert workers.spec.INPUT_NORM_NAMES == tuple(INPUT_NORMS)
