@@ -345,7 +345,7 @@ def _first_error(err: ValidationError) -> str:
     loc = ".".join(str(p) for p in first["loc"] if p not in ("function-after",))
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        nested = {"resources": Resources, "diagnostics": Diagnostics}
+        nested: dict[str, type[BaseModel]] = {"resources": Resources, "diagnostics": Diagnostics}
         model = nested.get(str(first["loc"][0]), SweepSpec) if len(first["loc"]) > 1 else SweepSpec
         allowed = ", ".join(model.model_fields)
         message = f"unknown key; allowed: {allowed}"

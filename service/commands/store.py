@@ -446,6 +446,7 @@ def _print_table(frame: pd.DataFrame, *, epochs: bool, diagnostics: bool = False
 
     varying = [c for c in SPEC_COLUMNS if frame[c].nunique(dropna=False) > 1]
     spec_columns = varying or list(ARM_FIELDS)
+    results: tuple[str, ...]
     if diagnostics:
         results, what = _DIAGNOSTIC_RESULT_COLUMNS, "diagnostic rows"
     elif epochs:

@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         f"epoch{'' if result.epochs_run == 1 else 's'} in {result.seconds:.1f} s "
         f"({result.images_per_sec:.0f} img/s)"
     )
-    if result.test_acc is not None:
+    if result.test_acc is not None and result.best_val_acc is not None:
         print(
             f"best val {100 * result.best_val_acc:.2f}% at epoch {result.best_epoch}; "
             f"test at best {100 * result.test_acc:.2f}%; final test "

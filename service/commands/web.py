@@ -11,6 +11,9 @@ import argparse
 import ipaddress
 import os
 import sys
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
 
 #: The loopback names a dashboard may bind to without a token.
 LOOPBACK_NAMES = ("localhost",)
@@ -98,7 +101,7 @@ def check_binding(host: str, port: int, token: str | None) -> None:
         raise SpecError("--token: use at least 16 characters (e.g. `openssl rand -hex 16`)")
 
 
-def load_server() -> tuple[object, object]:
+def load_server() -> tuple[Callable[..., Any], ModuleType]:
     """(create_app, uvicorn), or one line saying how to install the dashboard extra."""
     from workers.errors import BnsweepError
 
@@ -124,7 +127,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
     from service.web.view import read_only
 
     Store.open(args.db, create=False, **read_only()).close()
-    app = create_app(args.db, token=token)  # type: ignore[operator]
+    app = create_app(args.db, token=token)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     store = redact_url(resolve_url(args.db))
     print(
@@ -133,7 +136,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
         flush=True,
     )
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")  # type: ignore[attr-defined]
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
-        app.state.reader.close()  # type: ignore[attr-defined]
+        app.state.reader.close()
     return 0

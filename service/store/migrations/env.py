@@ -9,6 +9,7 @@ run by hand, from the BNSWEEP_DB environment variable.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import context
@@ -29,7 +30,7 @@ def _url() -> str:
     return normalize_url(url)
 
 
-def _configure(**kwargs: object) -> None:
+def _configure(**kwargs: Any) -> None:
     context.configure(
         target_metadata=target_metadata,
         version_table=VERSION_TABLE,
