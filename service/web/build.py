@@ -189,7 +189,7 @@ def _curve_list(
 
 
 def trials_frame(
-    snap: Snapshot, name: str, where: dict[str, list[str]], sort: str | None, descending: bool
+    snap: Snapshot, name: str, where: dict[str, list[object]], sort: str | None, descending: bool
 ) -> pd.DataFrame:
     """The sweep's trials, filtered (`field=value` as `bnsweep query --where`) and sorted."""
     from service.store.api import StoreError, check_where
@@ -212,7 +212,7 @@ def trials(
     snap: Snapshot,
     site: Site,
     name: str,
-    where: dict[str, list[str]] | None = None,
+    where: dict[str, list[object]] | None = None,
     sort: str | None = None,
     descending: bool = False,
     start: int = 0,
@@ -239,7 +239,7 @@ def _trials_controls(
     site: Site,
     name: str,
     columns: Sequence[str],
-    where: dict[str, list[str]],
+    where: dict[str, list[object]],
     sort: str | None,
     descending: bool,
     start: int,
@@ -378,7 +378,7 @@ def api_status(snap: Snapshot, name: str) -> dict[str, Any]:
     }
 
 
-def api_trials(snap: Snapshot, name: str, where: dict[str, list[str]]) -> str:
+def api_trials(snap: Snapshot, name: str, where: dict[str, list[object]]) -> str:
     """Every trial column, as a JSON array of objects (times ISO 8601 UTC, missing = null)."""
     frame = trials_frame(snap, name, where, None, False)
     return frame.to_json(orient="records", date_format="iso")
