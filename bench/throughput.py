@@ -48,10 +48,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from machine import cpu_model
 
-from workers.data import DataSplits, load_dataset, stratified_split
+from workers.data import DataSplits, load_dataset
 from workers.param_groups import param_groups
 from workers.seeding import complex_seed
 from workers.spec import TrialSpec
+from workers.splits import stratified_split
 from workers.trial import (
     autocast_for,
     build,

@@ -48,7 +48,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from workers.checkpoint import capture_rng, restore_rng
-from workers.data import DataSplits, DeviceLoader
+from workers.data import DataSplits
+from workers.device_loader import DeviceLoader
 from workers.errors import SpecError
 from workers.norm import bn_modules
 

@@ -44,3 +44,9 @@ def choice_error(field: str, value: object, allowed: object) -> SpecError:
     """The standard message for a value that is not one of a fixed set of names."""
     names = ", ".join(sorted(allowed)) if not isinstance(allowed, str) else allowed
     return SpecError(f"{field}: unknown value {value!r}; allowed: {names}")
+
+
+def one_line(err: BaseException) -> str:
+    """`err` as one line: its type, then its message with each run of whitespace one space."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

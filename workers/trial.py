@@ -33,8 +33,10 @@ from workers.checkpoint import (
     save_checkpoint,
 )
 from workers.compile import COMPILED, Variant, compile_module, loud_fallback
-from workers.data import DataSplits, DeviceLoader, channel_stats, load_splits
+from workers.data import DataSplits, load_splits
+from workers.device_loader import DeviceLoader
 from workers.errors import SpecError
+from workers.input_stats import channel_stats
 from workers.models import build_model
 from workers.param_groups import param_groups
 from workers.seeding import complex_seed, seed_everything
