@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from workers.data import DataSplits
+from workers.devices import resolve_device
 from workers.errors import BnsweepError, choice_error
 from workers.spec import COMPILE_MODES, TrialSpec
 
@@ -59,8 +60,6 @@ def compile_problem(device: str, mode: str = "default") -> str | None:
 
 @functools.cache
 def _compile_problem(device_name: str, mode: str) -> str | None:
-    from workers.trial import resolve_device  # trial imports this module
-
     try:
         device = resolve_device(device_name)
     except BnsweepError as err:
