@@ -135,7 +135,9 @@ def compile_module(module: Callable[..., torch.Tensor], mode: str = "default") -
     unsupported = _torch_unsupported()
     if unsupported is not None:
         raise CompileError(unsupported)
-    step = torch.compile(module, mode=mode, isolate_recompiles=True)
+    # torch's overloads of compile() do not declare isolate_recompiles yet (2.14 takes it;
+    # _torch_unsupported checked above that this torch does).
+    step = torch.compile(module, mode=mode, isolate_recompiles=True)  # type: ignore[call-overload]
     return _MarkStep(step) if mode in CUDA_GRAPH_MODES else step
 
 

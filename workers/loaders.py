@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +25,9 @@ from torch import Tensor
 
 from workers.errors import DataError, one_line
 from workers.splits import SPLIT_SEED, stratified_split
+
+if TYPE_CHECKING:
+    from torchvision.datasets import CIFAR10
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +129,9 @@ def _check_labels(what: str, labels: np.ndarray, num_classes: int) -> None:
 
 
 # -- CIFAR-10 / CIFAR-100 (torchvision, never downloading) ----------------------------------
-def _load_cifar(name: str, data_root: str | Path | None, cls: type, label_key: str) -> RawDataset:
+def _load_cifar(
+    name: str, data_root: str | Path | None, cls: type[CIFAR10], label_key: str
+) -> RawDataset:
     base = _dataset_dir(name, data_root, cls.base_folder)
     files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
     _require(name, base, files)
@@ -152,7 +158,7 @@ def _load_cifar(name: str, data_root: str | Path | None, cls: type, label_key: s
     )
 
 
-def _diagnose_cifar(base: Path, cls: type, label_key: str) -> str | None:
+def _diagnose_cifar(base: Path, cls: type[CIFAR10], label_key: str) -> str | None:
     """The first CIFAR file that is not a file, unreadable, fails its MD5 or is mis-shaped.
 
     A file that fails its MD5 is never unpickled: unpickling runs whatever code the file names
@@ -186,7 +192,7 @@ def _diagnose_cifar(base: Path, cls: type, label_key: str) -> str | None:
 
 
 def _cifar_entry_problem(
-    path: Path, entry: object, cls: type, label_key: str, *, is_meta: bool
+    path: Path, entry: object, cls: type[CIFAR10], label_key: str, *, is_meta: bool
 ) -> str | None:
     if is_meta:
         if not isinstance(entry, dict) or cls.meta["key"] not in entry:
@@ -430,9 +436,9 @@ def _decode(path: Path, size: int) -> np.ndarray:
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as opened:
             # Sect. 4.2 resizes to a square, aspect ratio not kept; grey images become RGB.
-            image = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+            image = opened.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: unreadable image ({one_line(err)})") from None
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)

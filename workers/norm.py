@@ -245,6 +245,9 @@ class InputBatchNorm2d(nn.BatchNorm2d):
 class Standardize(nn.Module):
     """(x − mean) / std per channel, with mean and std as buffers (saved with the model)."""
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, mean: Tensor, std: Tensor) -> None:
         super().__init__()
         self.register_buffer("mean", mean.detach().float().reshape(1, -1, 1, 1).clone())

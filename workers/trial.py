@@ -123,7 +123,8 @@ def build_network(spec: TrialSpec, data: DataSplits, device: torch.device) -> nn
         input_norm=spec.input_norm,
         input_stats=stats,
     )
-    return model.to(device=device, memory_format=memory_format_for(spec))
+    # Module.to's overloads take memory_format alone; at run time it goes with a device too.
+    return model.to(device=device, memory_format=memory_format_for(spec))  # type: ignore[call-overload]
 
 
 def build(
@@ -142,7 +143,7 @@ def build(
     # group, so each group ends at 1e-8, the γ group too (not at 1e-8/c): one factor per group,
     # with that group's floor. Written as LambdaLR for the closed form (CosineAnnealingLR's
     # recursive update drifts by rounding) and so the factor of an epoch can be asked for.
-    schedules = [
+    schedules: list[Callable[[int], float]] = [
         functools.partial(_cosine_factor, epochs=spec.epochs, floor=FINAL_LR / group["lr"])
         for group in optimizer.param_groups
     ]
