@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from workers.data import DataSplits, load_splits
+from workers.devices import resolve_device
 from workers.diagnostics import BNDiagnostics
 from workers.spec import TrialSpec
 from workers.trial import (
@@ -38,7 +39,6 @@ from workers.trial import (
     evaluate,
     make_loaders,
     memory_format_for,
-    resolve_device,
     train_one_epoch,
 )
 

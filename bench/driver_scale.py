@@ -107,7 +107,7 @@ def _written_bytes() -> int:
 def stand_in_run_trial(spec, on_epoch=None, checkpoint=None, inspect=None):
     """`run_trial`'s contract at a set pace: epochs, saves and diagnostics, no computation."""
     from workers.checkpoint import load_checkpoint
-    from workers.trial import EpochMetrics, TrialResult
+    from workers.results import EpochMetrics, TrialResult
 
     period = float(os.environ[EPOCH_SECONDS_ENV])
     payload = b"\0" * int(os.environ[CHECKPOINT_BYTES_ENV])

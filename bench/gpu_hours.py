@@ -48,7 +48,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from service.sweep import expand, load_sweep_spec
-from workers.data import CROP
+from workers.loaders import CROP
 from workers.models import build_model
 from workers.spec import TrialSpec
 from workers.trial import SMALL_INPUT_MAX

@@ -48,16 +48,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from machine import cpu_model
 
-from workers.data import DataSplits, load_dataset, stratified_split
+from workers.data import DataSplits, load_dataset
+from workers.devices import cpu_has_fast_bf16, device_numerics
 from workers.param_groups import param_groups
 from workers.seeding import complex_seed
 from workers.spec import TrialSpec
+from workers.splits import stratified_split
 from workers.trial import (
     autocast_for,
     build,
     compiled,
-    cpu_has_fast_bf16,
-    device_numerics,
     evaluate,
     make_loaders,
     memory_format_for,

@@ -62,8 +62,9 @@ from service.store.api import (
 from service.sweep import SweepSpec
 from workers.diagnostics import BNDiagnostics
 from workers.errors import BnsweepError, RuntimeFailure, SpecError
+from workers.results import EpochMetrics, TrialResult
 from workers.spec import TrialSpec
-from workers.trial import EpochMetrics, TrialResult, run_trial
+from workers.trial import run_trial
 
 log = logging.getLogger(__name__)
 

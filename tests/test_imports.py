@@ -48,6 +48,37 @@ def test_workers_are_plain_pytorch() -> None:
     )
 
 
+def test_workers_modules_import_one_another_without_a_circle() -> None:
+    """Each worker module imports only modules below it (the registry its loaders, never the
+    reverse; `trial` imports `compile` and both import `devices`), lazy imports included."""
+    graph = {
+        f"workers.{path.stem}": {n for n in _imports(path) if n.startswith("workers.")}
+        for path in _modules("workers")
+    }
+    circles: list[str] = []
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        for name in sorted(graph.get(module, ())):
+            if name in path:
+                circles.append(" -> ".join((*path[path.index(name) :], name)))
+            elif name not in done:
+                visit(name, (*path, name))
+        done.add(module)
+
+    done: set[str] = set()
+    for module in sorted(graph):
+        visit(module, (module,))
+    assert circles == []
+
+
+def test_the_trial_records_import_no_torch() -> None:
+    """The store and the driver read `workers.results` without loading torch: it imports the
+    standard library only (no other worker module, which could bring torch with it)."""
+    results = ROOT / "workers" / "results.py"
+    forbidden = ("torch", "numpy", "scipy", "sklearn", "pandas", "workers")
+    assert _violations([results], forbidden) == []
+
+
 def test_the_store_does_not_reach_up() -> None:
     files = _modules("service/store")
     bad = ("analysis", "ray", "service.driver", "service.cli", "service.commands", "service.sweep")

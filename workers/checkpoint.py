@@ -85,6 +85,8 @@ def capture_rng() -> dict[str, Any]:
     runs on the CPU, and one state per visible GPU cannot be restored where fewer are visible.
     """
     np_state = np.random.get_state()
+    # The global RandomState is MT19937, whose legacy state is the tuple, never the dict.
+    assert isinstance(np_state, tuple)
     return {
         "python": _to_lists(random.getstate()),
         "numpy": [

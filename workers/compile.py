@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from workers.data import DataSplits
+from workers.devices import resolve_device
 from workers.errors import BnsweepError, choice_error
 from workers.spec import COMPILE_MODES, TrialSpec
 
@@ -59,8 +60,6 @@ def compile_problem(device: str, mode: str = "default") -> str | None:
 
 @functools.cache
 def _compile_problem(device_name: str, mode: str) -> str | None:
-    from workers.trial import resolve_device  # trial imports this module
-
     try:
         device = resolve_device(device_name)
     except BnsweepError as err:
@@ -136,7 +135,9 @@ def compile_module(module: Callable[..., torch.Tensor], mode: str = "default") -
     unsupported = _torch_unsupported()
     if unsupported is not None:
         raise CompileError(unsupported)
-    step = torch.compile(module, mode=mode, isolate_recompiles=True)
+    # torch's overloads of compile() do not declare isolate_recompiles yet (2.14 takes it;
+    # _torch_unsupported checked above that this torch does).
+    step = torch.compile(module, mode=mode, isolate_recompiles=True)  # type: ignore[call-overload]
     return _MarkStep(step) if mode in CUDA_GRAPH_MODES else step
 
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -48,9 +47,11 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from workers.checkpoint import capture_rng, restore_rng
-from workers.data import DataSplits, DeviceLoader
+from workers.data import DataSplits
+from workers.device_loader import DeviceLoader
 from workers.errors import SpecError
 from workers.norm import bn_modules
+from workers.results import VALUE_FIELDS, LayerDiagnostics
 
 log = logging.getLogger(__name__)
 
@@ -61,42 +62,6 @@ OUTLIER_SIGMAS = 6.0
 #: smallest training split here, 128 cost about 5 % of an epoch and 64 about half that
 #: (bench/diagnostics_overhead.py).
 DEFAULT_PROBE_SIZE = 64
-
-
-@dataclass(frozen=True)
-class LayerDiagnostics:
-    """One BN layer at one epoch. γ/β statistics run over the layer's channels (std with ddof 0);
-    the probe statistics over the probe batch in train mode (batch statistics, as in training)."""
-
-    layer: str  # module path in the model, e.g. "input_norm", "body.stages.1.bn1"
-    depth: int  # 0-based position in the forward pass (0 = the input BN when there is one)
-    module: str  # the BN class, e.g. "BatchNorm2d", "InputBatchNorm2d"
-    channels: int
-    gamma_mean: float
-    gamma_std: float
-    beta_mean: float
-    beta_std: float
-    gamma_drift: float  # mean |γ − γ_init| over channels
-    beta_drift: float  # mean |β − β_init| = mean |β| (β_init = 0)
-    outlier_fraction: float  # fraction of the probe's X̂ values with |X̂| > 6 (Sect. 3.2)
-    gradient_factor: float  # mean over channels of γ/√(σ²_B + ε) (Eqn. 20), σ²_B of the probe
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values for Ray's result dicts and the store's event."""
-        return asdict(self)
-
-
-#: The numeric fields of `LayerDiagnostics`, in order.
-VALUE_FIELDS: tuple[str, ...] = (
-    "gamma_mean",
-    "gamma_std",
-    "beta_mean",
-    "beta_std",
-    "gamma_drift",
-    "beta_drift",
-    "outlier_fraction",
-    "gradient_factor",
-)
 
 
 def check_every(every: int) -> int:
@@ -368,9 +333,7 @@ def conv_bn_relu_stack(depth: int = 8, width: int = 32, in_channels: int = 3) ->
 __all__ = [
     "DEFAULT_PROBE_SIZE",
     "OUTLIER_SIGMAS",
-    "VALUE_FIELDS",
     "BNDiagnostics",
-    "LayerDiagnostics",
     "check_every",
     "conv_bn_relu_stack",
     "probe_batch",

@@ -10,6 +10,7 @@ down or missing, the sweep is unknown to it, a folder cannot be written), 130 wh
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import ClassVar
 
 #: `bnsweep` exits with these; scripts may rely on them.
@@ -40,7 +41,13 @@ class DataError(BnsweepError):
     """A dataset is missing, in the wrong layout, corrupt, or too small."""
 
 
-def choice_error(field: str, value: object, allowed: object) -> SpecError:
+def choice_error(field: str, value: object, allowed: str | Iterable[str]) -> SpecError:
     """The standard message for a value that is not one of a fixed set of names."""
     names = ", ".join(sorted(allowed)) if not isinstance(allowed, str) else allowed
     return SpecError(f"{field}: unknown value {value!r}; allowed: {names}")
+
+
+def one_line(err: BaseException) -> str:
+    """`err` as one line: its type, then its message with each run of whitespace one space."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -245,6 +245,9 @@ class InputBatchNorm2d(nn.BatchNorm2d):
 class Standardize(nn.Module):
     """(x − mean) / std per channel, with mean and std as buffers (saved with the model)."""
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, mean: Tensor, std: Tensor) -> None:
         super().__init__()
         self.register_buffer("mean", mean.detach().float().reshape(1, -1, 1, 1).clone())
@@ -301,7 +304,7 @@ def _none(in_channels: int, gamma: float, stats: Stats | None) -> nn.Module:
 
 #: name → builder `(in_channels, γ, stats) -> module` prepended to the network (Sect. 3.4).
 #: `stats` is the training split's per-channel (mean, std) in [0, 1] units, as computed by
-#: `workers.data.channel_stats`; only `offline` uses it.
+#: `workers.input_stats.channel_stats`; only `offline` uses it.
 INPUT_NORMS: dict[str, InputNormBuilder] = {
     "bn": _input_bn,
     "fixed": _fixed,

@@ -71,7 +71,7 @@ def param_groups(
         "bn_scale": (lr / bn_lr_divisor, 0.0),
         "no_decay": (lr, 0.0),
     }
-    groups = [
+    groups: list[dict[str, Any]] = [
         {"name": name, "params": members[name], "lr": settings[name][0],
          "weight_decay": settings[name][1]}
         for name in GROUP_NAMES

@@ -16,7 +16,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +33,13 @@ from workers.checkpoint import (
     save_checkpoint,
 )
 from workers.compile import COMPILED, Variant, compile_module, loud_fallback
-from workers.data import DataSplits, DeviceLoader, channel_stats, load_splits
-from workers.errors import SpecError
+from workers.data import DataSplits, load_splits
+from workers.device_loader import DeviceLoader
+from workers.devices import cpu_has_fast_bf16, device_numerics, resolve_device
+from workers.input_stats import channel_stats
 from workers.models import build_model
 from workers.param_groups import param_groups
+from workers.results import EpochMetrics, TrialResult
 from workers.seeding import complex_seed, seed_everything
 from workers.spec import TrialSpec
 
@@ -53,32 +56,6 @@ SMALL_INPUT_MAX = 64
 #: 118 batches per epoch, about 10 % of an epoch on a fast GPU). A CPU gains little past a few
 #: hundred images per convolution, and a larger batch only holds more memory.
 EVAL_BATCH_SIZES = {"cuda": 1024, "cpu": 256}
-
-
-@dataclass(frozen=True)
-class EpochMetrics:
-    epoch: int  # 1-based
-    train_loss: float
-    val_loss: float
-    val_acc: float  # fractions in [0, 1]
-    test_acc: float
-    lr: float  # the learning rate α·factor used during this epoch
-    seconds: float  # training + evaluation wall time of this epoch
-
-
-@dataclass(frozen=True)
-class TrialResult:
-    status: str  # "completed" | "diverged"
-    epochs_run: int
-    best_epoch: int | None
-    best_val_acc: float | None
-    test_acc: float | None  # test accuracy at the best-validation epoch: the reported score
-    final_test_acc: float | None
-    seconds: float
-    images_per_sec: float
-    diverged_epoch: int | None = None
-    error: str | None = None
-    history: tuple[EpochMetrics, ...] = field(default=(), repr=False)
 
 
 SaveCheckpoint = Callable[[str | Path], Path]
@@ -120,23 +97,6 @@ class _Progress:
 
 
 # -- phases ---------------------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    """`cpu` is the CPU, and nothing of torch.cuda is called for it (a Ray task given no GPU
-    sees every GPU of its node). `cuda` is the first visible GPU, `cuda:0`: the one Ray made
-    visible to a GPU trial. `auto` is `cuda` when a GPU is visible, else `cpu`."""
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "auto":
-        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SpecError(
-            "device: 'cuda' was asked for but no CUDA device is visible; allowed here: auto, cpu"
-        )
-    if name == "cuda":
-        return torch.device("cuda", 0)
-    raise SpecError(f"device: unknown value {name!r}; allowed: auto, cpu, cuda")
-
-
 @functools.lru_cache(maxsize=8)
 def _offline_stats(
     dataset: str, data_root: str | None, val_fraction: float
@@ -163,7 +123,8 @@ def build_network(spec: TrialSpec, data: DataSplits, device: torch.device) -> nn
         input_norm=spec.input_norm,
         input_stats=stats,
     )
-    return model.to(device=device, memory_format=memory_format_for(spec))
+    # Module.to's overloads take memory_format alone; at run time it goes with a device too.
+    return model.to(device=device, memory_format=memory_format_for(spec))  # type: ignore[call-overload]
 
 
 def build(
@@ -182,7 +143,7 @@ def build(
     # group, so each group ends at 1e-8, the γ group too (not at 1e-8/c): one factor per group,
     # with that group's floor. Written as LambdaLR for the closed form (CosineAnnealingLR's
     # recursive update drifts by rounding) and so the factor of an epoch can be asked for.
-    schedules = [
+    schedules: list[Callable[[int], float]] = [
         functools.partial(_cosine_factor, epochs=spec.epochs, floor=FINAL_LR / group["lr"])
         for group in optimizer.param_groups
     ]
@@ -261,56 +222,6 @@ def prepare(
         return network, network
     kept = COMPILED.get(Variant.of(spec, data, device), network)
     return kept.module, kept.step
-
-
-#: Whether each precision lets the GPU's fp32 matmuls and convolutions use TF32 tensor cores.
-#: bf16 says no: autocast runs those in bfloat16, and what it leaves in fp32 stays IEEE.
-TF32_ALLOWED = {"fp32": False, "tf32": True, "bf16": False}
-
-
-@contextlib.contextmanager
-def device_numerics(spec: TrialSpec, device: torch.device) -> Iterator[None]:
-    """cuDNN and matmul settings for the run, restored afterwards (a notebook keeps its own).
-
-    Every precision is reproducible by default: deterministic cuDNN algorithms, none chosen by
-    timing. fp32 is IEEE fp32: TF32 off for convolutions and matmuls (PyTorch enables it for
-    cuDNN convolutions by default). tf32 lets both use TF32 tensor cores. `cudnn_benchmark`
-    trades reproducibility for speed: cuDNN times the algorithms once per input shape and keeps
-    the fastest, and may pick non-deterministic ones.
-    """
-    if device.type != "cuda":
-        yield
-        return
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    tf32 = TF32_ALLOWED[spec.precision]
-    settings: list[tuple[Any, str, Any]] = [
-        (cudnn, "benchmark", spec.cudnn_benchmark),
-        (cudnn, "deterministic", not spec.cudnn_benchmark),
-    ]
-    if hasattr(cudnn, "conv"):
-        # torch >= 2.9's precision API; mixing it with the legacy flags below is an error.
-        precision = "tf32" if tf32 else "ieee"
-        settings += [
-            (cudnn.conv, "fp32_precision", precision),
-            (matmul, "fp32_precision", precision),
-        ]
-    else:
-        settings += [(cudnn, "allow_tf32", tf32), (matmul, "allow_tf32", tf32)]
-    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in settings]
-    for owner, name, value in settings:
-        setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        for owner, name, value in saved:
-            setattr(owner, name, value)
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether oneDNN runs bfloat16 convolutions natively on this CPU. Without it (e.g. AMD Zen 3,
-    AVX2 only) PyTorch falls back to its slow reference convolution for bf16."""
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(torch.backends.mkldnn.is_available() and check is not None and check())
 
 
 def _cosine_factor(epoch: int, *, epochs: int, floor: float) -> float:

@@ -262,7 +262,7 @@ def older_recipe_line(counts: Mapping[int, int], sweep: str | None = None) -> st
 
 
 class EpochMetricsLike(Protocol):
-    """What `workers.trial.EpochMetrics` provides; a plain mapping with these keys also works."""
+    """What `workers.results.EpochMetrics` provides; a plain mapping with these keys also works."""
 
     epoch: int
     train_loss: float
@@ -274,7 +274,7 @@ class EpochMetricsLike(Protocol):
 
 
 class TrialResultLike(Protocol):
-    """What `workers.trial.TrialResult` provides; a plain mapping with these keys also works."""
+    """What `workers.results.TrialResult` provides; a plain mapping with these keys also works."""
 
     status: str
     epochs_run: int
@@ -569,7 +569,7 @@ class TrialFailed:
 
 
 class LayerDiagnosticsLike(Protocol):
-    """What `workers.diagnostics.LayerDiagnostics` provides; a mapping with its keys also works."""
+    """What `workers.results.LayerDiagnostics` provides; a mapping with its keys also works."""
 
     layer: str
     depth: int

@@ -14,8 +14,9 @@ import workers.trial
 from analysis.stats import AnalysisOptions
 from analysis.tables import build_tables, render
 from service.store.api import EpochRecorded, Store, TrialFinished, TrialStarted
+from workers.results import EpochMetrics, TrialResult
 from workers.spec import TrialSpec
-from workers.trial import EpochMetrics, TrialResult, run_trial
+from workers.trial import run_trial
 
 SPEC = TrialSpec(
     dataset="digits",

@@ -37,7 +37,7 @@ LAYERS = ("input_norm", "body.stem.1", "body.stages.0.bn1")
 
 
 def layer(name: str, depth: int, **changes: object) -> dict[str, object]:
-    """Keys as `workers.diagnostics.LayerDiagnostics.to_dict()` gives them."""
+    """Keys as `workers.results.LayerDiagnostics.to_dict()` gives them."""
     values: dict[str, object] = {
         "layer": name,
         "depth": depth,
@@ -163,7 +163,7 @@ def test_events_check_their_values() -> None:
     with pytest.raises(StoreError, match="depth"):
         DiagnosticsRecorded(spec.spec_hash, 1, 0, (layer("a", -1),))
     # The worker's own value type is accepted as it is.
-    from workers.diagnostics import LayerDiagnostics
+    from workers.results import LayerDiagnostics
 
     event = DiagnosticsRecorded(spec.spec_hash, 1, 0, (LayerDiagnostics(**layer("x", 1)),))
     assert event.values[0].layer == "x" and event.values[0].gradient_factor == 1.2

@@ -74,7 +74,7 @@ def _pretend_gpu_node() -> None:
             f.write(json.dumps(seen) + "\n")
         if spec.device == "cuda":
             time.sleep(settings.get("gpu_seconds", 0))  # long enough for the trials to overlap
-            from workers.trial import TrialResult
+            from workers.results import TrialResult
 
             return TrialResult("completed", spec.epochs, 1, 0.5, 0.5, 0.5, 1.0, 1.0)
         fail_at = settings.get("fail_once_after_epoch")

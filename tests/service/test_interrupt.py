@@ -19,7 +19,7 @@ import yaml
 from service.store.api import EpochRecorded, Store, StoreError, StoreFailure, TrialStarted
 from service.sweep import expand, load_sweep_spec
 from tests.service.test_driver import results, write_spec
-from workers.trial import EpochMetrics
+from workers.results import EpochMetrics
 
 pytestmark = pytest.mark.timeout(600)
 

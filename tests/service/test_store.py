@@ -79,7 +79,7 @@ def epoch(n: int, **changes: object) -> dict[str, object]:
 
 
 def result(**changes: object) -> SimpleNamespace:
-    """Duck-typed like workers.trial.TrialResult, which the store must not import."""
+    """Duck-typed like workers.results.TrialResult, which the store must not import."""
     values: dict[str, object] = {
         "status": "completed",
         "epochs_run": 3,

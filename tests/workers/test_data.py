@@ -11,19 +11,13 @@ import torch
 
 from tests.workers import fixtures
 from tests.workers.fixtures import WRITERS, bypass_cifar_md5, truncate
-from workers import data
-from workers.data import (
-    AUGMENTS,
-    DATASETS,
-    DataSplits,
-    DeviceLoader,
-    channel_stats,
-    load_dataset,
-    load_splits,
-    stratified_split,
-)
+from workers import loaders
+from workers.data import DATASETS, DataSplits, load_dataset, load_splits
+from workers.device_loader import AUGMENTS, DeviceLoader
 from workers.errors import DataError
+from workers.input_stats import channel_stats
 from workers.seeding import complex_seed
+from workers.splits import stratified_split
 
 # Sect. 4.2: CIFAR flip only; CUB-200 / Stanford Cars 256 → random 224 crop + flip.
 PAPER_AUGMENT = {
@@ -269,7 +263,7 @@ def test_image_cache_is_written_once_reused_and_rebuilt_when_the_listing_changes
         raise AssertionError(f"decoded {path} although the cache is valid")
 
     with monkeypatch.context() as patched:
-        patched.setattr(data, "_decode", no_decoding)
+        patched.setattr(loaders, "_decode", no_decoding)
         again = DATASETS["cub200"].load(fx.data_root)
     assert torch.equal(again.train_x, first.train_x) and torch.equal(again.test_x, first.test_x)
 
@@ -287,7 +281,7 @@ def test_image_cache_location_can_be_moved_off_a_read_only_data_root(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fx = fixtures.write_stanford_cars(tmp_path / "data")
-    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(loaders.CACHE_ENV, str(tmp_path / "cache"))
     DATASETS["stanford_cars"].load(fx.data_root)
     assert len(list((tmp_path / "cache").glob("stanford_cars-256-*.npz"))) == 1
     assert not (fx.folder / ".bnsweep-cache").exists()

@@ -15,6 +15,7 @@ import torch
 
 from workers.checkpoint import load_checkpoint, save_checkpoint
 from workers.data import load_splits
+from workers.devices import device_numerics, resolve_device
 from workers.errors import SpecError
 from workers.seeding import complex_seed
 from workers.spec import PRECISIONS, RESULT_FIELD_NAMES, RUNTIME_FIELDS, TrialSpec
@@ -22,12 +23,10 @@ from workers.trial import (
     EVAL_BATCH_SIZES,
     autocast_for,
     build,
-    device_numerics,
     eval_batch_size_for,
     evaluate,
     make_loaders,
     memory_format_for,
-    resolve_device,
     run_trial,
     train_one_epoch,
 )

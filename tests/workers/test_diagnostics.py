@@ -14,18 +14,13 @@ import torch
 from torch import nn
 
 from workers.checkpoint import load_checkpoint
-from workers.diagnostics import (
-    BNDiagnostics,
-    LayerDiagnostics,
-    conv_bn_relu_stack,
-    probe_batch,
-    should_inspect,
-)
+from workers.diagnostics import BNDiagnostics, conv_bn_relu_stack, probe_batch, should_inspect
 from workers.errors import SpecError
 from workers.models import build_model
 from workers.norm import SIGMA_ACT_RELU, bn_modules, set_bn_scale
+from workers.results import EpochMetrics, LayerDiagnostics, TrialResult
 from workers.spec import TrialSpec
-from workers.trial import EpochMetrics, TrialResult, run_trial
+from workers.trial import run_trial
 
 SPEC = TrialSpec(
     dataset="digits", arch="resnet8", epochs=2, batch_size=64, lr=0.1, device="cpu", seed=3

@@ -19,13 +19,13 @@ import torch
 
 from tests.bench_scripts import BENCH, load_bench
 from workers.data import load_splits
+from workers.devices import device_numerics
 from workers.errors import SpecError
 from workers.seeding import complex_seed
 from workers.spec import MEMORY_FORMATS, PRECISIONS, RESULT_FIELD_NAMES, TrialSpec
 from workers.trial import (
     autocast_for,
     build,
-    device_numerics,
     evaluate,
     make_loaders,
     memory_format_for,

@@ -92,7 +92,7 @@ def test_the_light_registry_names_are_the_registries() -> None:
     from workers.models import MODELS
     from workers.norm import FORMULATIONS, INPUT_NORMS
 
-    assert workers.spec.DATASET_NAMES == tuple(DATASETS)
-    assert workers.spec.ARCH_NAMES == tuple(MODELS)
-    assert workers.spec.FORMULATION_NAMES == tuple(FORMULATIONS)
-    assert workers.spec.INPUT_NORM_NAMES == tuple(INPUT_NORMS)
+    assert tuple(DATASETS) == workers.spec.DATASET_NAMES
+    assert tuple(MODELS) == workers.spec.ARCH_NAMES
+    assert tuple(FORMULATIONS) == workers.spec.FORMULATION_NAMES
+    assert tuple(INPUT_NORMS) == workers.spec.INPUT_NORM_NAMES

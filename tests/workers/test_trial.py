@@ -13,8 +13,9 @@ import torch
 
 from workers.checkpoint import CheckpointError, load_checkpoint
 from workers.data import load_splits
+from workers.results import EpochMetrics, TrialResult
 from workers.spec import TrialSpec
-from workers.trial import FINAL_LR, EpochMetrics, TrialResult, build, run_trial
+from workers.trial import FINAL_LR, build, run_trial
 
 SPEC = TrialSpec(dataset="digits", arch="resnet8", epochs=3, batch_size=64, lr=0.1, device="cpu")
 
