@@ -67,3 +67,20 @@ def test_analysis_reads_the_store_in_one_module_only() -> None:
 @pytest.mark.parametrize("package", ["workers", "service", "analysis"])
 def test_every_module_parses(package: str) -> None:
     assert _modules(package), f"{package} has no modules"
+
+
+def test_the_trainable_imports_nothing_of_the_driver_side() -> None:
+    """Every Ray worker imports `service.trainable` (Ray pickles `train_cell` by module path): it
+    stays free of the store, the callback, the progress display and the launch."""
+    trainable = ROOT / "service" / "trainable.py"
+    bad = (
+        "service.store",
+        "sqlalchemy",
+        "service.callback",
+        "service.progress",
+        "service.driver",
+        "service.cli",
+        "service.commands",
+        "rich",
+    )
+    assert _violations([trainable], bad) == []
