@@ -84,3 +84,14 @@ def test_the_trainable_imports_nothing_of_the_driver_side() -> None:
         "rich",
     )
     assert _violations([trainable], bad) == []
+
+
+def test_only_the_cli_imports_the_launch_and_tables_commands() -> None:
+    """Commands import `service.web` and `service.tables`, `service.web` imports
+    `service.tables`: no other module imports `bnsweep launch` or `bnsweep tables`, so no
+    circle runs through them."""
+    files = [p for p in _modules("service") if p != ROOT / "service" / "cli.py"]
+    assert _violations(files, ("service.commands.launch", "service.commands.report")) == []
+    tables = ROOT / "service" / "tables.py"
+    bad = ("service.commands", "service.web", "service.cli", "service.driver")
+    assert _violations([tables], bad) == []

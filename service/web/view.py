@@ -409,7 +409,7 @@ class Snapshot:
         (no completed trial), which the pages show as a line instead of a table."""
 
         def build() -> list[Table]:
-            from service.commands.report import tables_for
+            from service.tables import tables_for
 
             # Only a chosen arm is passed, so a table model without `versus` answers BASE tables.
             versus = {"versus": query.versus} if query.versus else {}

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import service.cli
-from service.commands.report import render_sweep_tables
 from service.store.api import EpochRecorded, Store, TrialFinished, TrialStarted
 from service.sweep import expand, parse_sweep_spec
+from service.tables import render_sweep_tables
 
 Run = Callable[..., tuple[int, str, str]]
 
