@@ -104,7 +104,28 @@ def render_sweep_tables(
     empty_ok: bool = True,
     **options: Any,
 ) -> str:
-    """The tables of a stored sweep, rendered as `fmt` (layout from the sweep's `report:`).
+    """The tables of a stored sweep, rendered as `fmt` (layout from the `report:` of the spec
+    text the sweep was registered with); the rest as `tables_text`."""
+    from analysis.source import load_trials, sweep_report
+
+    _check_format(fmt)
+    trials = load_trials(store_url, sweep_name)
+    report = sweep_report(store_url, sweep_name)
+    return tables_text(trials, report, sweep_name, fmt, out, empty_ok=empty_ok, **options)
+
+
+def tables_text(
+    trials: pd.DataFrame,
+    report: Mapping[str, Any] | None,
+    sweep_name: str,
+    fmt: str = "term",
+    out: str | Path | None = None,
+    *,
+    empty_ok: bool = True,
+    **options: Any,
+) -> str:
+    """The tables of a sweep's trials frame with its spec's `report:` mapping, rendered as `fmt`:
+    what `bnsweep launch` prints at the end, from the spec it launched.
 
     With `out`, also writes `<out>/<sweep>.<ext>`. `options` are `AnalysisOptions` fields
     (alpha, correction, test, ...). With `empty_ok` (what `launch` wants at the end of a sweep
@@ -112,15 +133,10 @@ def render_sweep_tables(
     instead of raising `AnalysisError`.
     """
     from analysis.pairing import AnalysisError
-    from analysis.source import load_trials, sweep_report
 
-    if fmt not in FORMATS:
-        from workers.errors import choice_error
-
-        raise choice_error("format", fmt, FORMATS)
-    trials = load_trials(store_url, sweep_name)
+    _check_format(fmt)
     try:
-        tables = tables_for(trials, sweep_report(store_url, sweep_name), **options)
+        tables = tables_for(trials, report, **options)
     except AnalysisError as err:
         if not empty_ok:
             raise
@@ -129,3 +145,10 @@ def render_sweep_tables(
     if out is not None:
         log.info("wrote %s", write_tables(text, out, sweep_name, fmt))
     return text
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        from workers.errors import choice_error
+
+        raise choice_error("format", fmt, FORMATS)

@@ -97,9 +97,12 @@ def run(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
     print(f"sweep {sweep.name}: ran {summary.ran} cells this launch ({counts})")
     if not args.no_tables:
-        from service.tables import render_sweep_tables
+        from analysis.source import load_trials
+        from service.tables import tables_text
 
-        print(render_sweep_tables(url, sweep.name, fmt="term"))
+        # The spec in hand is the one just registered: its report: layout, not the stored
+        # text parsed again, and one read of the store for the trials.
+        print(tables_text(load_trials(url, sweep.name), sweep.report, sweep.name, fmt="term"))
     if report is not None and report.written is not None:
         print(f"report: {report.written / 'index.html'}")
     if summary.unsuccessful:
