@@ -266,7 +266,9 @@ def launch(
         # On the driver's own node: a sink on a worker node would go, with the records in it,
         # when that node does (the cluster test removes one mid-sweep).
         here = ray.get_runtime_context().get_node_id()
-        events = EventSink.options(
+        # mypy does not apply class decorators (python/mypy#3135): it sees the plain class, not
+        # the ActorClass that @ray.remote made of it.
+        events = EventSink.options(  # type: ignore[attr-defined]
             scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)
         ).remote()
         callback = StoreCallback(

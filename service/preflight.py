@@ -201,7 +201,9 @@ def check_resources_fit(
     need = {"CPU": float(resources.cpus), "GPU": float(resources.gpus)}
     if any(all(node.get(k, 0.0) >= v for k, v in need.items() if v > 0) for node in alive):
         return
-    largest = max(alive, key=lambda n: (n.get("GPU", 0.0), n.get("CPU", 0.0)), default={})
+    largest: Mapping[str, float] = max(
+        alive, key=lambda n: (n.get("GPU", 0.0), n.get("CPU", 0.0)), default={}
+    )
     message = (
         f"resources: each trial asks for {need['CPU']:g} CPUs and {need['GPU']:g} GPUs, but no "
         f"node of this Ray cluster has that much ({len(alive)} node(s); the largest has "

@@ -53,7 +53,7 @@ def train_cell(
     spec = spec.replace(device=assigned_device(spec, ray.get_gpu_ids()))
     key = cell_of(spec)
     resumed = cells.latest(key) if cells is not None else None
-    if resumed is not None:
+    if cells is not None and resumed is not None:
         # Epochs and diagnostics up to the checkpoint, sent again: a driver that died may have
         # held their rows unwritten, and this is their last chance (the store upserts).
         earlier = cells.records(key, resumed)
