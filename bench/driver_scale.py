@@ -57,10 +57,10 @@ CHECKPOINT_BYTES_ENV = "BNSWEEP_BENCH_CHECKPOINT_BYTES"
 # -- the stand-in, installed in every Ray worker ----------------------------------------------
 def install_stand_in() -> None:
     """Ray's `worker_process_setup_hook`: swap the training for the stand-in in this worker."""
-    import service.driver as driver
+    import service.trainable as trainable
 
-    driver.run_trial = stand_in_run_trial
-    driver._inspector = lambda spec, settings: _FakeDiagnostics()
+    trainable.run_trial = stand_in_run_trial
+    trainable._inspector = lambda spec, settings: _FakeDiagnostics()
 
 
 class _FakeLayer:

@@ -98,3 +98,31 @@ def test_analysis_reads_the_store_in_one_module_only() -> None:
 @pytest.mark.parametrize("package", ["workers", "service", "analysis"])
 def test_every_module_parses(package: str) -> None:
     assert _modules(package), f"{package} has no modules"
+
+
+def test_the_trainable_imports_nothing_of_the_driver_side() -> None:
+    """Every Ray worker imports `service.trainable` (Ray pickles `train_cell` by module path): it
+    stays free of the store, the callback, the progress display and the launch."""
+    trainable = ROOT / "service" / "trainable.py"
+    bad = (
+        "service.store",
+        "sqlalchemy",
+        "service.callback",
+        "service.progress",
+        "service.driver",
+        "service.cli",
+        "service.commands",
+        "rich",
+    )
+    assert _violations([trainable], bad) == []
+
+
+def test_only_the_cli_imports_the_launch_and_tables_commands() -> None:
+    """Commands import `service.web` and `service.tables`, `service.web` imports
+    `service.tables`: no other module imports `bnsweep launch` or `bnsweep tables`, so no
+    circle runs through them."""
+    files = [p for p in _modules("service") if p != ROOT / "service" / "cli.py"]
+    assert _violations(files, ("service.commands.launch", "service.commands.report")) == []
+    tables = ROOT / "service" / "tables.py"
+    bad = ("service.commands", "service.web", "service.cli", "service.driver")
+    assert _violations([tables], bad) == []

@@ -26,7 +26,8 @@ from torchvision import models as tvm
 from torchvision.models.resnet import BasicBlock
 
 from workers.errors import SpecError, choice_error
-from workers.norm import FORMULATIONS, INPUT_NORMS, Stats, check_bn_scale, set_bn_scale
+from workers.norm import FORMULATIONS, INPUT_NORMS, Stats, set_bn_scale
+from workers.spec import check_bn_scale
 
 NormLayer = Callable[..., nn.Module]
 ModelBuilder = Callable[[int, int, bool, NormLayer], nn.Module]

@@ -7,6 +7,13 @@ from pathlib import Path
 
 from workers.errors import RuntimeFailure, SpecError
 
+DEFAULT_DB = "sqlite:///bnsweep.db"
+
+
+def database_url(cli_value: str | None, spec_value: str | None = None) -> str:
+    """`--db`, then BNSWEEP_DB, then the spec's `database`, then a SQLite file here."""
+    return cli_value or os.environ.get("BNSWEEP_DB") or spec_value or DEFAULT_DB
+
 
 def check_writable_folder(option: str, folder: str | Path, *, create: bool = True) -> Path:
     """`folder` writable (created if need be; with `create=False` only checked to be creatable,

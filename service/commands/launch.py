@@ -6,16 +6,11 @@ import argparse
 import os
 from typing import TYPE_CHECKING, Any
 
+from service.commands import DEFAULT_DB, database_url
+
 if TYPE_CHECKING:
     from service.store.api import Store
     from service.sweep import SweepSpec
-
-DEFAULT_DB = "sqlite:///bnsweep.db"
-
-
-def database_url(cli_value: str | None, spec_value: str | None = None) -> str:
-    """`--db`, then BNSWEEP_DB, then the spec's `database`, then a SQLite file here."""
-    return cli_value or os.environ.get("BNSWEEP_DB") or spec_value or DEFAULT_DB
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -102,9 +97,12 @@ def run(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
     print(f"sweep {sweep.name}: ran {summary.ran} cells this launch ({counts})")
     if not args.no_tables:
-        from service.commands.report import render_sweep_tables
+        from analysis.source import load_trials
+        from service.tables import tables_text
 
-        print(render_sweep_tables(url, sweep.name, fmt="term"))
+        # The spec in hand is the one just registered: its report: layout, not the stored
+        # text parsed again, and one read of the store for the trials.
+        print(tables_text(load_trials(url, sweep.name), sweep.report, sweep.name, fmt="term"))
     if report is not None and report.written is not None:
         print(f"report: {report.written / 'index.html'}")
     if summary.unsuccessful:

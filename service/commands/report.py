@@ -3,33 +3,35 @@
 Tables always reflect every completed trial in the store linked to the sweep: a trial is
 shared by every sweep that registered its cell, so results of earlier launches and of other
 sweeps with the same cells count too. Trials of an older training recipe never count; `tables`
-says in one line on stderr when the store holds some. `bnsweep launch` calls
-`render_sweep_tables` at the end.
+says in one line on stderr when the store holds some. The tables are built and rendered in
+`service/tables.py`, which `bnsweep launch` and the dashboard use too.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
-import shutil
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from analysis.tables import Table
-
 from analysis.layout import LAYOUT_NAMES
+from service.tables import (
+    FORMATS,
+    render_tables,
+    safe_name,
+    table_layout,
+    tables_for,
+    write_tables,
+)
 
 log = logging.getLogger(__name__)
 
 # Literal here so `bnsweep --help` does not import scipy; a test keeps them equal to the
-# registries in analysis.tables / analysis.stats.
-FORMATS = ("md", "latex", "latex-fragment", "html", "csv", "term")
+# registries in analysis.stats.
 CORRECTIONS = ("none", "holm")
 TESTS = ("t", "wilcoxon")
 
@@ -160,116 +162,11 @@ def _out_folder(out: str) -> Path:
     return check_writable_folder("--out", out)
 
 
-# -- shared steps ------------------------------------------------------------------------------
-def _options(values: Mapping[str, Any]) -> Any:
-    from analysis.stats import AnalysisOptions
-
-    known = {"alpha", "correction", "test", "confidence", "power", "exclude_diverged"}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        from analysis.pairing import AnalysisError
-
-        raise AnalysisError(
-            f"unknown table option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}"
-        )
-    return AnalysisOptions(**{k: v for k, v in values.items() if v is not None})
-
-
-def _layout(
-    report: Mapping[str, Any] | None,
-    kind: str | None,
-    versus: str | None = None,
-    pairwise: bool = False,
-) -> Any:
-    from analysis.tables import TableLayout
-
-    layout = TableLayout.from_dict(report)
-    # The command line overrides the spec's report: section; unset options leave it as it is.
-    changes: dict[str, Any] = {k: v for k, v in (("kind", kind), ("versus", versus)) if v}
-    if pairwise:
-        changes["pairwise"] = True
-    return dataclasses.replace(layout, **changes) if changes else layout
-
-
-def _render(tables: list[Table], fmt: str, *, for_terminal: bool) -> str:
-    from analysis.tables import render, render_term
-
-    if fmt == "term" and for_terminal:
-        # Styled only when a person reads it: bold and underline become ANSI codes.
-        return render_term(tables, width=shutil.get_terminal_size().columns, styles=True)
-    return render(tables, fmt)
-
-
-def _write(text: str, out: str | Path, name: str, fmt: str) -> Path:
-    from analysis.tables import RENDERERS
-
-    path = Path(out) / f"{_safe_name(name)}.{RENDERERS[fmt].extension}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def _safe_name(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or "tables"
-
-
-def tables_for(
-    trials: pd.DataFrame,
-    report: Mapping[str, Any] | None = None,
-    layout_kind: str | None = None,
-    versus: str | None = None,
-    pairwise: bool = False,
-    **options: Any,
-) -> list[Table]:
-    """Tables of a trials frame with a spec's `report:` mapping and table options; `versus`
-    and `pairwise` override the mapping's (see `analysis.tables.TableLayout`)."""
-    from analysis.tables import build_tables
-
-    layout = _layout(report, layout_kind, versus, pairwise)
-    return build_tables(trials, layout, _options(options))
-
-
-def render_sweep_tables(
-    store_url: str | None,
-    sweep_name: str,
-    fmt: str = "term",
-    out: str | Path | None = None,
-    *,
-    empty_ok: bool = True,
-    **options: Any,
-) -> str:
-    """The tables of a stored sweep, rendered as `fmt` (layout from the sweep's `report:`).
-
-    With `out`, also writes `<out>/<sweep>.<ext>`. `options` are `AnalysisOptions` fields
-    (alpha, correction, test, ...). With `empty_ok` (what `launch` wants at the end of a sweep
-    in which nothing completed) a sweep without any completed trial gives a one-line message
-    instead of raising `AnalysisError`.
-    """
-    from analysis.pairing import AnalysisError
-    from analysis.source import load_trials, sweep_report
-
-    if fmt not in FORMATS:
-        from workers.errors import choice_error
-
-        raise choice_error("format", fmt, FORMATS)
-    trials = load_trials(store_url, sweep_name)
-    try:
-        tables = tables_for(trials, sweep_report(store_url, sweep_name), **options)
-    except AnalysisError as err:
-        if not empty_ok:
-            raise
-        return f"sweep {sweep_name}: no tables yet ({err})"
-    text = _render(tables, fmt, for_terminal=out is None and sys.stdout.isatty())
-    if out is not None:
-        log.info("wrote %s", _write(text, out, sweep_name, fmt))
-    return text
-
-
 # -- handlers ----------------------------------------------------------------------------------
 def _spec_trials(args: argparse.Namespace) -> tuple[str, str | None, Any, pd.DataFrame]:
     """(name, store url, report mapping, trials) for --spec: the spec's cells, from any sweep."""
     from analysis.source import load_cells
-    from service.commands.launch import database_url
+    from service.commands import database_url
     from service.sweep import expand, load_sweep_spec
 
     spec = load_sweep_spec(args.spec)
@@ -306,10 +203,10 @@ def run_tables(args: argparse.Namespace) -> int:
     styled = {"always": True, "never": False}.get(args.color, sys.stdout.isatty())
     for fmt in args.format:
         if args.out:
-            text = _render(tables, fmt, for_terminal=args.color == "always")
-            print(_write(text, args.out, name, fmt))
+            text = render_tables(tables, fmt, for_terminal=args.color == "always")
+            print(write_tables(text, args.out, name, fmt))
         else:
-            text = _render(tables, fmt, for_terminal=styled)
+            text = render_tables(tables, fmt, for_terminal=styled)
             sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
 
@@ -321,8 +218,8 @@ def run_plots(args: argparse.Namespace) -> int:
     trials, epochs = load_results(args.db, args.sweep)
     diagnostics = load_diagnostics(args.db, args.sweep)
     report = sweep_report(args.db, args.sweep) if args.sweep else None
-    out = _out_folder(args.out or str(Path("plots") / _safe_name(args.sweep or "all")))
-    paths = make_plots(trials, epochs, out, _layout(report, None), diagnostics=diagnostics)
+    out = _out_folder(args.out or str(Path("plots") / safe_name(args.sweep or "all")))
+    paths = make_plots(trials, epochs, out, table_layout(report, None), diagnostics=diagnostics)
     for path in paths:
         print(path)
     if not paths:

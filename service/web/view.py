@@ -319,7 +319,7 @@ class Reader:
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
-                return self._cache[key]  # type: ignore[no-any-return]
+                return self._cache[key]
         value = build()  # outside the lock: two requests may build the same value once each
         with self._lock:
             self._cache[key] = value
@@ -409,10 +409,10 @@ class Snapshot:
         (no completed trial), which the pages show as a line instead of a table."""
 
         def build() -> list[Table]:
-            from service.commands.report import tables_for
+            from service.tables import tables_for
 
             # Only a chosen arm is passed, so a table model without `versus` answers BASE tables.
-            versus = {"versus": query.versus} if query.versus else {}
+            versus: dict[str, Any] = {"versus": query.versus} if query.versus else {}
             return tables_for(
                 self.trials(name),
                 report_of(self._info(name).spec_text),

@@ -6,7 +6,6 @@ import pandas as pd
 import pytest
 
 from analysis.pairing import (
-    EXPERIMENT_FIELDS,
     AnalysisError,
     Arm,
     DroppedSeed,
@@ -15,7 +14,7 @@ from analysis.pairing import (
 from analysis.stats import evaluate_comparisons
 from tests.analysis.data import BASE, frame, rows
 from workers.errors import BnsweepError
-from workers.spec import ARM_FIELDS, RESULT_FIELD_NAMES
+from workers.spec import ARM_FIELDS, EXPERIMENT_FIELDS, RESULT_FIELD_NAMES
 
 ARM = ("standard", 0.1, 100.0)
 BASE_SCORES = [90.0, 90.5, 89.5, 91.0, 90.2, 89.9]

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 import service.cli
-from service.commands.report import render_sweep_tables
 from service.store.api import EpochRecorded, Store, TrialFinished, TrialStarted
 from service.sweep import expand, parse_sweep_spec
+from service.tables import render_sweep_tables, tables_text
+from workers.errors import SpecError
 
 Run = Callable[..., tuple[int, str, str]]
 
@@ -227,6 +228,19 @@ def test_render_sweep_tables_for_launch(db: str, tmp_path: Path) -> None:
 
     with pytest.raises(AnalysisError):
         render_sweep_tables(db, "empty", empty_ok=False)
+
+
+def test_the_launch_s_tables_from_its_spec_are_those_of_the_stored_spec(db: str) -> None:
+    """What `bnsweep launch` prints from the spec it holds (`tables_text`) is what the stored
+    spec's layout gives (`render_sweep_tables`), character for character."""
+    from analysis.source import load_trials
+
+    report = parse_sweep_spec(SPEC).report
+    for fmt in ("term", "md"):
+        held = tables_text(load_trials(db, "small"), report, "small", fmt=fmt)
+        assert held == render_sweep_tables(db, "small", fmt=fmt)
+    with pytest.raises(SpecError, match="format"):
+        tables_text(load_trials(db, "small"), report, "small", fmt="docx")
 
 
 def test_plots_write_png_and_pdf(bnsweep: Run, db: str, tmp_path: Path) -> None:

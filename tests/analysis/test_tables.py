@@ -68,9 +68,10 @@ def test_layout_errors_name_the_key_and_the_allowed_values(report, message):
 
 
 def test_registries_are_what_the_cli_offers():
+    from service import tables
     from service.commands import report
 
-    assert set(report.FORMATS) == set(RENDERERS)
+    assert set(tables.FORMATS) == set(RENDERERS)
     assert set(report.CORRECTIONS) == set(CORRECTIONS)
     assert set(report.TESTS) == set(TESTS)
 

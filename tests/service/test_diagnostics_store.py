@@ -232,7 +232,8 @@ def test_query_diagnostics_as_table_csv_and_json(
 
 
 def test_the_store_callback_writes_the_queued_diagnostics(tmp_path: Path) -> None:
-    from service.driver import LaunchSummary, Progress, StoreCallback
+    from service.callback import LaunchSummary, StoreCallback
+    from service.progress import Progress
 
     spec = make_spec()
     url = f"sqlite:///{tmp_path / 'driver.db'}"

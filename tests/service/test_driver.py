@@ -24,11 +24,14 @@ import pytest
 import ray
 import yaml
 
-from service import driver
+from service import callback, driver, preflight, trainable
+from service.callback import LaunchSummary, StoreCallback
 from service.checkpoints import CellRecords, CellStorage, write_cell_file
 from service.cli import main
-from service.driver import LaunchSummary, Progress, check_storage_is_shared, launch
+from service.driver import launch
 from service.plan import cell_of
+from service.preflight import check_storage_is_shared
+from service.progress import Progress
 from service.store.api import EpochRecorded, Store, TrialStarted
 from service.sweep import expand, load_sweep_spec, parse_sweep_spec
 from workers.diagnostics import BNDiagnostics
@@ -297,7 +300,7 @@ def _abandon_after_two_epochs(sweep_spec: Any, root: Path, url: str) -> tuple[tu
 
     def on_epoch(metrics: Any, save: Any) -> None:
         recorded.append(metrics)
-        items = driver._diagnostics_report(inspector)
+        items = trainable._diagnostics_report(inspector)
         diagnostics.extend(items)
         epoch = metrics.epoch
         cells.write_records(key, epoch, epoch, CellRecords([dataclasses.asdict(metrics)], items))
@@ -381,7 +384,7 @@ def test_an_error_is_read_from_the_trials_text_never_its_pickle(tmp_path: Path) 
         "Trial", (), {"pickled_error_file": str(tmp_path / "error.pkl"),
                       "error_file": str(tmp_path / "error.txt")},
     )()  # fmt: skip
-    assert driver._trial_error(trial) == "DataError: cifar10: /data/cifar10 does not exist"
+    assert callback._trial_error(trial) == "DataError: cifar10: /data/cifar10 does not exist"
     assert not proof.exists()
 
 
@@ -412,7 +415,7 @@ def _sweep(**fields: Any) -> Any:
 def test_a_local_checkpoint_folder_is_refused_on_several_nodes(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.delenv(driver.SHARED_STORAGE_ENV, raising=False)
+    monkeypatch.delenv(preflight.SHARED_STORAGE_ENV, raising=False)
     root = str(tmp_path / "runs")
     with pytest.raises(SpecError, match="shared storage") as err:
         check_storage_is_shared(_sweep(), root, nodes=3)
@@ -420,7 +423,7 @@ def test_a_local_checkpoint_folder_is_refused_on_several_nodes(
     check_storage_is_shared(_sweep(), root, nodes=1)
     check_storage_is_shared(_sweep(), "s3://bucket/runs", nodes=3)
     check_storage_is_shared(_sweep(shared_storage=True), root, nodes=3)
-    monkeypatch.setenv(driver.SHARED_STORAGE_ENV, "1")
+    monkeypatch.setenv(preflight.SHARED_STORAGE_ENV, "1")
     check_storage_is_shared(_sweep(), root, nodes=3)
     # The spec's word wins over the environment's.
     with pytest.raises(SpecError, match="shared storage"):
@@ -429,26 +432,28 @@ def test_a_local_checkpoint_folder_is_refused_on_several_nodes(
 
 def test_every_trial_checks_it_sees_the_launchs_storage_marker(tmp_path: Path) -> None:
     root = str(tmp_path / "runs")
-    marker = driver.place_storage_marker(root, "shared")
+    marker = preflight.place_storage_marker(root, "shared")
     assert marker is not None and Path(marker.path).parent == Path(root) / "shared"
-    driver.check_storage_visible(marker)  # this node wrote it
-    driver.check_storage_visible(None)  # object storage: nothing to check
-    assert driver.place_storage_marker("s3://bucket/runs", "shared") is None
+    preflight.check_storage_visible(marker)  # this node wrote it
+    preflight.check_storage_visible(None)  # object storage: nothing to check
+    assert preflight.place_storage_marker("s3://bucket/runs", "shared") is None
 
     # A later launch's marker replaced it: a node that still sees this one has a stale copy.
-    newer = driver.place_storage_marker(root, "shared")
+    newer = preflight.place_storage_marker(root, "shared")
     assert newer is not None and newer.token != marker.token
     with pytest.raises(SpecError, match="sees another launch's") as err:
-        driver.check_storage_visible(marker)
+        preflight.check_storage_visible(marker)
     assert "\n" not in str(err.value) and "is not shared with it" in str(err.value)
-    elsewhere = driver.StorageMarker(str(tmp_path / "node-local" / driver.STORAGE_MARKER), "t")
+    elsewhere = preflight.StorageMarker(
+        str(tmp_path / "node-local" / preflight.STORAGE_MARKER), "t"
+    )
     with pytest.raises(SpecError, match="does not see"):
-        driver.check_storage_visible(elsewhere)
+        preflight.check_storage_visible(elsewhere)
 
     # The trainable checks first, before it reports or trains anything (no Tune session here).
     cell = expand(_sweep())[0]
     with pytest.raises(SpecError, match="does not see"):
-        driver.train_cell({"cell": cell.to_dict()}, storage=elsewhere)
+        trainable.train_cell({"cell": cell.to_dict()}, storage=elsewhere)
 
 
 def test_a_node_that_cannot_see_the_storage_fails_its_trials_with_the_reason(
@@ -456,7 +461,9 @@ def test_a_node_that_cannot_see_the_storage_fails_its_trials_with_the_reason(
 ) -> None:
     # As if the trials ran on a node without the folder: the launch hands them a marker that
     # is not there. Each trial fails before training, and the store says why.
-    elsewhere = driver.StorageMarker(str(tmp_path / "node-local" / driver.STORAGE_MARKER), "t")
+    elsewhere = preflight.StorageMarker(
+        str(tmp_path / "node-local" / preflight.STORAGE_MARKER), "t"
+    )
     monkeypatch.setattr(driver, "place_storage_marker", lambda root, name: elsewhere)
     spec = write_spec(tmp_path, "unseen", base=False, seeds=1, retries=0)
     url = f"sqlite:///{tmp_path / 'unseen.db'}"
@@ -517,7 +524,7 @@ def test_progress_on_a_terminal_is_one_live_line() -> None:
 def test_the_callback_pickles_without_the_store(tmp_path: Path) -> None:
     with Store.open(f"sqlite:///{tmp_path / 'p.db'}") as store:
         progress = Progress(1, 0, stream=io.StringIO())
-        callback = driver.StoreCallback(store, LaunchSummary(), progress)
+        callback = StoreCallback(store, LaunchSummary(), progress)
         assert pickle.loads(pickle.dumps(callback)).__dict__ == {}
 
 

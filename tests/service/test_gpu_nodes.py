@@ -24,9 +24,10 @@ import ray
 import torch
 from ray import cloudpickle
 
-from service import driver
-from service.driver import check_resources_fit, launch
+from service import preflight
+from service.driver import launch
 from service.plan import cell_of
+from service.preflight import check_resources_fit
 from service.store.api import Store
 from service.sweep import expand, parse_sweep_spec
 from workers.errors import SpecError
@@ -45,7 +46,7 @@ def _pretend_gpu_node() -> None:
     returns at once, and a trial can be told to fail once after an epoch."""
     import torch
 
-    import service.driver as worker_driver
+    import service.trainable as worker_trainable
 
     def touched(*args: Any, **kwargs: Any) -> None:
         if not ray.get_gpu_ids():
@@ -59,7 +60,7 @@ def _pretend_gpu_node() -> None:
     torch.cuda.init = touched
     torch.cuda.get_rng_state_all = touched
     torch.cuda.set_rng_state_all = touched
-    real_run_trial = worker_driver.run_trial
+    real_run_trial = worker_trainable.run_trial
 
     def recording_run_trial(spec: Any, on_epoch: Any = None, checkpoint: Any = None, **kw: Any):
         settings = json.loads(Path(os.environ[SETTINGS_ENV]).read_text())
@@ -90,7 +91,7 @@ def _pretend_gpu_node() -> None:
         assert not torch.cuda.is_initialized()
         return result
 
-    worker_driver.run_trial = recording_run_trial
+    worker_trainable.run_trial = recording_run_trial
 
     import workers.compile as compile_module
 
@@ -218,7 +219,7 @@ def test_with_an_autoscaler_an_unmet_request_is_a_warning(caplog: pytest.LogCapt
     nodes = [{"Alive": True, "Resources": {"CPU": 8.0}}, {"Alive": False, "Resources": {"GPU": 8}}]
     with pytest.raises(SpecError):
         check_resources_fit(Resources(), nodes, autoscaler=False)
-    with caplog.at_level(logging.WARNING, logger="service.driver"):
+    with caplog.at_level(logging.WARNING, logger="service.preflight"):
         check_resources_fit(Resources(), nodes, autoscaler=True)
     assert "waiting for the autoscaler" in caplog.text
     check_resources_fit(Resources(), [{"Alive": True, "Resources": {"CPU": 1, "GPU": 1}}],
@@ -233,10 +234,10 @@ def test_autoscaler_detection_uses_a_ray_call_that_still_exists(
     from ray._private.state import state
 
     assert callable(state.get_cluster_config)
-    monkeypatch.delenv(driver.AUTOSCALER_ENV, raising=False)
-    assert driver.autoscaler_present() is False  # a local Ray has no autoscaler config
-    monkeypatch.setenv(driver.AUTOSCALER_ENV, "1")
-    assert driver.autoscaler_present() is True
+    monkeypatch.delenv(preflight.AUTOSCALER_ENV, raising=False)
+    assert preflight.autoscaler_present() is False  # a local Ray has no autoscaler config
+    monkeypatch.setenv(preflight.AUTOSCALER_ENV, "1")
+    assert preflight.autoscaler_present() is True
 
 
 # -- the checkpoint cadence -------------------------------------------------------------------

@@ -35,7 +35,7 @@ import ray
 import sqlalchemy as sa
 from ray.cluster_utils import Cluster
 
-from service import driver
+from service import preflight
 from service.cli import main
 from service.driver import launch
 from service.plan import cell_of
@@ -78,7 +78,7 @@ def ray_env() -> Iterator[dict[str, str]]:
         env.setenv("RAY_TMPDIR", folder)
         env.setenv("RAY_AUTH_MODE", "token")
         env.delenv("RAY_ADDRESS", raising=False)
-        env.delenv(driver.SHARED_STORAGE_ENV, raising=False)
+        env.delenv(preflight.SHARED_STORAGE_ENV, raising=False)
         _ensure_auth_token()
         # Ray reads RAY_AUTH_MODE into a cached config at import; refresh it as ray.init does
         # for a local cluster, or this process would talk to the cluster without its token.
@@ -173,7 +173,7 @@ def test_a_sweep_survives_the_loss_of_a_worker_node(
 ) -> None:
     # The folder is on this machine, which every simulated node shares: declared, as a compose
     # volume would be, through the environment.
-    monkeypatch.setenv(driver.SHARED_STORAGE_ENV, "1")
+    monkeypatch.setenv(preflight.SHARED_STORAGE_ENV, "1")
     # 20 epochs: the two trials must both be running, each with an epoch in the store (written
     # every 2 s), when the watcher looks; on a quiet machine an epoch takes a fraction of a second.
     n_epochs = 20

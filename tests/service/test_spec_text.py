@@ -90,3 +90,33 @@ def test_launch_stores_the_redacted_spec_with_its_report_layout(
     assert stored == redacted_spec_text(path.read_text(encoding="utf-8"))
     assert "bnsweep:***@db.example" in stored
     assert sweep_report(url, "secret-sweep") == yaml.safe_load(path.read_text())["report"]
+
+
+def test_launch_prints_its_tables_from_the_spec_it_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The tables at the end of a launch take the layout from the launched spec, not from its
+    stored text parsed again."""
+    import analysis.source
+    from service.sweep import expand
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    path = tmp_path / "s.yaml"
+    path.write_text(spec(url), encoding="utf-8")
+
+    def fake_launch(sweep, store, spec_text, **_kwargs):
+        store.register_sweep(sweep.name, spec_text, expand(sweep))
+        return types.SimpleNamespace(
+            ran=0, completed=0, diverged=0, failed=0, resumed=(), interrupted=False, unsuccessful=0
+        )
+
+    def no_stored_report(*_args, **_kwargs):
+        raise AssertionError("the launch read its spec back from the store")
+
+    monkeypatch.setattr(service.driver, "launch", fake_launch)
+    monkeypatch.setattr(analysis.source, "sweep_report", no_stored_report)
+    args = argparse.Namespace(
+        spec=str(path), db=url, address=None, dry_run=False, num_cpus=None, no_tables=False
+    )
+    assert launch_command.run(args) == 0
+    assert "sweep secret-sweep: no tables yet (no completed trial" in capsys.readouterr().out

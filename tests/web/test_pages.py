@@ -321,7 +321,7 @@ def test_the_fingerprint_moves_with_every_kind_of_write(tmp_path: Path) -> None:
 def _has_versus() -> bool:
     import inspect
 
-    from service.commands.report import tables_for
+    from service.tables import tables_for
 
     return "versus" in inspect.signature(tables_for).parameters
 
