@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-    from analysis.tables import Table
+    from analysis.table_model import Table
 
 from analysis.layout import LAYOUT_NAMES
 
 log = logging.getLogger(__name__)
 
 # Literal here so `bnsweep --help` does not import scipy; a test keeps them equal to the
-# registries in analysis.tables / analysis.stats.
+# registries in analysis.render.formats / analysis.stats.
 FORMATS = ("md", "latex", "latex-fragment", "html", "csv", "term")
 CORRECTIONS = ("none", "holm")
 TESTS = ("t", "wilcoxon")
@@ -181,7 +181,7 @@ def _layout(
     versus: str | None = None,
     pairwise: bool = False,
 ) -> Any:
-    from analysis.tables import TableLayout
+    from analysis.layout import TableLayout
 
     layout = TableLayout.from_dict(report)
     # The command line overrides the spec's report: section; unset options leave it as it is.
@@ -192,7 +192,8 @@ def _layout(
 
 
 def _render(tables: list[Table], fmt: str, *, for_terminal: bool) -> str:
-    from analysis.tables import render, render_term
+    from analysis.render.formats import render
+    from analysis.render.terminal import render_term
 
     if fmt == "term" and for_terminal:
         # Styled only when a person reads it: bold and underline become ANSI codes.
@@ -201,7 +202,7 @@ def _render(tables: list[Table], fmt: str, *, for_terminal: bool) -> str:
 
 
 def _write(text: str, out: str | Path, name: str, fmt: str) -> Path:
-    from analysis.tables import RENDERERS
+    from analysis.render.formats import RENDERERS
 
     path = Path(out) / f"{_safe_name(name)}.{RENDERERS[fmt].extension}"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -222,7 +223,7 @@ def tables_for(
     **options: Any,
 ) -> list[Table]:
     """Tables of a trials frame with a spec's `report:` mapping and table options; `versus`
-    and `pairwise` override the mapping's (see `analysis.tables.TableLayout`)."""
+    and `pairwise` override the mapping's (see `analysis.layout.TableLayout`)."""
     from analysis.tables import build_tables
 
     layout = _layout(report, layout_kind, versus, pairwise)

@@ -3,7 +3,7 @@
 A `Site` makes every link: file names relative to the page for the static report, routes for
 the dashboard. Sections marked `data-refresh` are fetched again by `bnsweep.js` on the live
 site (`?fragment=<id>` returns a section's inner HTML), so a running sweep's progress moves
-without a reload. Bold and underline in a table are placed exactly as `analysis.tables`'s
+without a reload. Bold and underline in a table are placed exactly as `analysis.render`'s
 renderers place them (`<strong>` = significantly better than the arm compared against,
 `<u>` = highest mean in its column within its block); nothing here decides either.
 """
@@ -19,13 +19,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
-from analysis.tables import html_cell
+from analysis.render.html_page import html_cell
 from service.web.view import COUNT_ORDER, Failure, Progress, SweepOverview, TableQuery, cell_id
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from analysis.tables import Block, Cell, Row, Table
+    from analysis.table_model import Block, Cell, Row, Table
     from service.store.api import SweepStatus
     from service.web.figures import SvgFigure
 
@@ -211,8 +211,8 @@ def _options(name: str, values: Sequence[tuple[str, str]], selected: str) -> str
 
 def controls(site: Site, query: TableQuery) -> str:
     """The table's controls (live site only: the static report shows the defaults)."""
+    from analysis.planning import LAYOUTS
     from analysis.stats import CORRECTIONS, TESTS
-    from analysis.tables import LAYOUTS
 
     if not site.live:
         return (
