@@ -192,7 +192,6 @@ class LayoutKind:
     row_header: str
     title: str
     plan: Callable[[BlockData], list[RowPlan]]
-    shows: Callable[[Arm], bool]  # which non-BASE arms the layout can show
 
 
 LAYOUTS: dict[str, LayoutKind] = {
@@ -200,7 +199,6 @@ LAYOUTS: dict[str, LayoutKind] = {
         "γ",
         "Test accuracy (%) by BN scale initialisation γ and learning rate α",
         _plan_gamma,
-        lambda arm: True,
     ),
     "formulation": LayoutKind(
         "Formulation",
@@ -211,7 +209,6 @@ LAYOUTS: dict[str, LayoutKind] = {
             [("standard", "Ours"), ("a1", "A1"), ("a2", "A2")],
             named=frozenset({"standard", "a1", "a2"}),
         ),
-        lambda arm: arm.formulation in ("standard", "a1", "a2"),
     ),
     "methods": LayoutKind(
         "Method",
@@ -227,7 +224,6 @@ LAYOUTS: dict[str, LayoutKind] = {
                 ("standard", "Proposed"),
             ]
         ),
-        lambda arm: True,
     ),
 }
 
