@@ -1,4 +1,8 @@
-"""The table model: cells, rows, blocks, pairwise matrices and tables; renderers only format it."""
+"""The table model: cells, rows, blocks, pairwise matrices and tables; renderers only format it.
+
+In a notebook a `Table` and the `Tables` that `build_tables` returns show themselves as the
+HTML renderer draws them, and `to_frame()` gives their cells as a DataFrame.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,45 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
+
 from analysis.pairing import Arm, Comparison
+from analysis.render import formats
+from analysis.render.html_page import render_html
 from analysis.stats import AnalysisOptions, CellStats
 
-__all__ = ["Block", "Cell", "PairCell", "PairwiseMatrix", "Row", "Table"]
+__all__ = [
+    "FRAME_COLUMNS",
+    "Block",
+    "Cell",
+    "PairCell",
+    "PairwiseMatrix",
+    "Row",
+    "Table",
+    "Tables",
+]
+
+#: Columns of `Table.to_frame()`: one line per filled cell; `column` is the column's value
+#: (e.g. α = 0.1), `p` and `p_adjusted` the test against `versus` (NaN where untested).
+FRAME_COLUMNS = (
+    "block",
+    "row",
+    "column",
+    "formulation",
+    "gamma",
+    "c",
+    "n",
+    "mean",
+    "std",
+    "p",
+    "p_adjusted",
+    "significant",
+    "best",
+    "detail",
+    "n_runs",
+    "n_diverged",
+    "versus",
+)
 
 
 @dataclass(frozen=True)
@@ -135,3 +174,51 @@ class Table:
             for j, c in enumerate(r.cells)
             if c is not None
         ]
+
+    def to_frame(self) -> pd.DataFrame:
+        """The filled cells, one line each (columns: FRAME_COLUMNS), in reading order."""
+        lines = [
+            (
+                b.label,
+                r.label,
+                self.columns[j],
+                c.arm.formulation,
+                c.arm.gamma,
+                c.arm.c,
+                c.n,
+                c.mean,
+                c.std,
+                c.stats.p if c.stats is not None else math.nan,
+                c.stats.p_adjusted if c.stats is not None else math.nan,
+                c.significant,
+                c.best,
+                c.detail,
+                c.n_runs,
+                c.n_diverged,
+                self.reference if c.stats is not None else "",
+            )
+            for b, r, j, c in self.cells()
+        ]
+        return pd.DataFrame(lines, columns=list(FRAME_COLUMNS))
+
+    def _repr_html_(self) -> str:
+        """What a notebook shows: the HTML renderer's page of this one table."""
+        return render_html([self])
+
+
+class Tables(list[Table]):
+    """The tables `build_tables` returns: a list that a notebook shows as HTML."""
+
+    def to_frame(self) -> pd.DataFrame:
+        """Every table's `to_frame()`, one after the other, with the table's title first."""
+        frames = [t.to_frame().assign(table=t.title) for t in self]
+        if not frames:
+            return pd.DataFrame(columns=["table", *FRAME_COLUMNS])
+        return pd.concat(frames, ignore_index=True)[["table", *FRAME_COLUMNS]]
+
+    def render(self, fmt: str) -> str:
+        """The tables in one of `analysis.render.formats.RENDERERS` (md, latex, html, csv, ...)."""
+        return formats.render(self, fmt)
+
+    def _repr_html_(self) -> str:
+        return render_html(self)
