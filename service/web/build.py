@@ -24,7 +24,7 @@ from service.web.figures import (
     difference_figures,
     trial_figure,
 )
-from service.web.pages import Site
+from service.web.frame import Site, esc
 from service.web.view import (
     BadRequest,
     NotFound,
@@ -245,7 +245,6 @@ def _trials_controls(
     start: int,
     total: int,
 ) -> str:
-    esc = pages.esc
     filters = " ".join(f"{k}={v}" for k, vs in where.items() for v in vs)
     options = "".join(
         f'<option value="{esc(c)}"{" selected" if c == sort else ""}>{esc(c)}</option>'
