@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from workers.errors import SpecError, choice_error
 from workers.spec import EXPERIMENT_FIELDS
 
-#: The layouts `analysis.tables.LAYOUTS` draws (tests/analysis/test_tables.py keeps them equal).
+#: The layouts `analysis.planning.LAYOUTS` draws (tests/analysis/test_tables.py keeps them equal).
 LAYOUT_NAMES = ("gamma", "formulation", "methods")
 
 

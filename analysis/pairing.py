@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -437,11 +437,3 @@ def pair_prepared(
 def pair_with_base(trials: pd.DataFrame, exclude_diverged: bool = False) -> list[Comparison]:
     """All comparisons arm vs BASE in `trials`, ordered by experiment then arm."""
     return list(pair_prepared(prepare_trials(trials, exclude_diverged)).values())
-
-
-def experiment_label(experiment: Mapping[str, Any] | tuple[tuple[str, Any], ...]) -> str:
-    """`dataset=cifar10, lr=0.1, ...`: a compact key for logs and the CSV."""
-    items = experiment.items() if isinstance(experiment, Mapping) else experiment
-    return ", ".join(
-        f"{k}={v:g}" if isinstance(v, float) and math.isfinite(v) else f"{k}={v}" for k, v in items
-    )

@@ -22,9 +22,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from analysis.layout import TableLayout
 from analysis.pairing import COMPLETED
 from analysis.stats import AnalysisOptions
-from analysis.tables import Table, TableLayout, build_tables
+from analysis.table_model import Table
+from analysis.tables import build_tables
 from workers.spec import ARM_FIELDS, EXPERIMENT_FIELDS
 
 if TYPE_CHECKING:

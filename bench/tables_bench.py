@@ -19,8 +19,9 @@ import time
 import numpy as np
 import pandas as pd
 
+from analysis.render.formats import RENDERERS
 from analysis.stats import AnalysisOptions
-from analysis.tables import RENDERERS, build_tables
+from analysis.tables import build_tables
 
 DATASETS = ("cifar10", "cifar100", "cub200", "stanford_cars")
 ARCHS = (

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-    from analysis.tables import Table
+    from analysis.table_model import Table
 
 log = logging.getLogger(__name__)
 
 # Literal here so `bnsweep --help` does not import scipy; a test keeps it equal to the registry
-# in analysis.tables.
+# in analysis.render.formats.
 FORMATS = ("md", "latex", "latex-fragment", "html", "csv", "term")
 
 
@@ -47,7 +47,7 @@ def table_layout(
     versus: str | None = None,
     pairwise: bool = False,
 ) -> Any:
-    from analysis.tables import TableLayout
+    from analysis.layout import TableLayout
 
     layout = TableLayout.from_dict(report)
     # The command line overrides the spec's report: section; unset options leave it as it is.
@@ -58,7 +58,8 @@ def table_layout(
 
 
 def render_tables(tables: list[Table], fmt: str, *, for_terminal: bool) -> str:
-    from analysis.tables import render, render_term
+    from analysis.render.formats import render
+    from analysis.render.terminal import render_term
 
     if fmt == "term" and for_terminal:
         # Styled only when a person reads it: bold and underline become ANSI codes.
@@ -67,7 +68,7 @@ def render_tables(tables: list[Table], fmt: str, *, for_terminal: bool) -> str:
 
 
 def write_tables(text: str, out: str | Path, name: str, fmt: str) -> Path:
-    from analysis.tables import RENDERERS
+    from analysis.render.formats import RENDERERS
 
     path = Path(out) / f"{safe_name(name)}.{RENDERERS[fmt].extension}"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +89,7 @@ def tables_for(
     **options: Any,
 ) -> list[Table]:
     """Tables of a trials frame with a spec's `report:` mapping and table options; `versus`
-    and `pairwise` override the mapping's (see `analysis.tables.TableLayout`)."""
+    and `pairwise` override the mapping's (see `analysis.layout.TableLayout`)."""
     from analysis.tables import build_tables
 
     layout = table_layout(report, layout_kind, versus, pairwise)

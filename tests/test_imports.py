@@ -126,3 +126,72 @@ def test_only_the_cli_imports_the_launch_and_tables_commands() -> None:
     tables = ROOT / "service" / "tables.py"
     bad = ("service.commands", "service.web", "service.cli", "service.driver")
     assert _violations([tables], bad) == []
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    """Imports that run (top-level or lazy), leaving out those under `if TYPE_CHECKING:`."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If)
+        and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+        for stmt in node.body
+        for n in ast.walk(stmt)
+    }
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_the_renderers_only_read_the_table_model() -> None:
+    """The renderers name the model's classes in annotations alone, so the model can show
+    itself with them (a notebook's `_repr_html_`) without an import circle."""
+    files = _modules("analysis/render")
+    assert files
+    found = [
+        f"{p.relative_to(ROOT)} imports {name}"
+        for p in files
+        for name in sorted(_runtime_imports(p))
+        if name.startswith(("analysis.table_model", "analysis.tables", "analysis.planning"))
+    ]
+    assert found == []
+
+
+def test_the_table_modules_form_no_circle() -> None:
+    """Among analysis modules, no import that runs leads back to the module it started from."""
+    files = _modules("analysis")
+    graph = {
+        _module_name(p): {n for n in _runtime_imports(p) if n.startswith("analysis.")}
+        for p in files
+    }
+
+    def reaches(start: str, goal: str) -> bool:
+        stack, seen = list(graph.get(start, ())), set()
+        while stack:
+            name = stack.pop()
+            if name == goal:
+                return True
+            if name not in seen:
+                seen.add(name)
+                stack.extend(graph.get(name, ()))
+        return False
+
+    assert [m for m in graph if reaches(m, m)] == []
+
+
+def test_layout_and_display_stay_light() -> None:
+    """A spec's `report:` check (launch --dry-run) imports these without pandas or scipy."""
+    files = [ROOT / "analysis" / "layout.py", ROOT / "analysis" / "display.py"]
+    assert _violations(files, ("pandas", "numpy", "scipy", "matplotlib", "analysis.pairing")) == []

@@ -6,7 +6,8 @@
   the running sweeps' progress refreshed in place.
 
 `view` reads the store (read-only, through `service.store.api`) into frozen view values and
-caches them under the store's fingerprint; `pages` turns them into HTML with links from a
-`Site` (file names for the static site, routes for the server); `figures` draws the SVGs.
+caches them under the store's fingerprint; `pages` turns them into HTML in the frame of
+`frame`, with links from a `Site` (file names for the static site, routes for the server);
+`figures` draws the SVGs.
 Nothing here needs Ray; only `app` needs the `dashboard` extra (FastAPI, uvicorn).
 """

@@ -24,7 +24,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from service.web import build
-from service.web.pages import Site, error_page
+from service.web.frame import Site
+from service.web.pages import error_page
 from service.web.report import ASSETS
 from service.web.view import NotFound, Reader, TableQuery
 from workers.errors import BnsweepError
@@ -230,7 +231,7 @@ def create_app(
 
 
 def _attachment(name: str, file: str) -> dict[str, str]:
-    from service.web.pages import safe_name
+    from service.web.frame import safe_name
 
     return {
         "Content-Disposition": f'attachment; filename="{safe_name(name)}-{file}"',

@@ -24,7 +24,7 @@ from service.web.figures import (
     difference_figures,
     trial_figure,
 )
-from service.web.pages import Site
+from service.web.frame import Site, esc
 from service.web.view import (
     BadRequest,
     NotFound,
@@ -38,7 +38,7 @@ from service.web.view import (
 if TYPE_CHECKING:
     import pandas as pd
 
-    from analysis.tables import Table
+    from analysis.table_model import Table
 
 #: Rows of the trials page per screen on the live site (the static page shows up to
 #: STATIC_TRIAL_ROWS; the CSV and Parquet downloads have every row).
@@ -47,7 +47,7 @@ STATIC_TRIAL_ROWS = 5000
 #: The static report draws a trial page's figure only for sweeps up to this many trial pages
 #: (each figure costs ~0.1 s; the epochs table is on every page).
 STATIC_TRIAL_FIGURES = 50
-#: Download name → (renderer of `analysis.tables`, media type).
+#: Download name → (renderer of `analysis.render.formats`, media type).
 TABLE_FORMATS: dict[str, tuple[str, str]] = {
     "md": ("md", "text/markdown; charset=utf-8"),
     "tex": ("latex", "application/x-tex; charset=utf-8"),
@@ -132,7 +132,7 @@ def figures(snap: Snapshot, name: str) -> dict[str, SvgFigure]:
     """Every figure of the sweep's curves pages, by file stem."""
 
     def build() -> dict[str, SvgFigure]:
-        from analysis.tables import TableLayout
+        from analysis.layout import TableLayout
 
         trials, epochs = snap.trials(name), snap.epochs(name)
         layout = TableLayout.from_dict(report_of(snap.overview(name).spec_text))
@@ -245,7 +245,6 @@ def _trials_controls(
     start: int,
     total: int,
 ) -> str:
-    esc = pages.esc
     filters = " ".join(f"{k}={v}" for k, vs in where.items() for v in vs)
     options = "".join(
         f'<option value="{esc(c)}"{" selected" if c == sort else ""}>{esc(c)}</option>'
@@ -302,7 +301,7 @@ def trial(snap: Snapshot, site: Site, name: str, trial_id: int, figure: bool = T
 
 def table_download(snap: Snapshot, name: str, query: TableQuery, ext: str) -> tuple[str, str]:
     """(text, media type) of `bnsweep tables --format F` for this sweep and these options."""
-    from analysis.tables import render
+    from analysis.render.formats import render
 
     if ext not in TABLE_FORMATS:
         raise NotFound(f"no table format {ext!r}; allowed: {', '.join(TABLE_FORMATS)}")

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-    from analysis.tables import Table, TableLayout
+    from analysis.layout import TableLayout
+    from analysis.table_model import Table
 
 #: Experiments drawn on one curves page; a 100,000-trial sweep has hundreds (the trials page
 #: and the CSV have them all).

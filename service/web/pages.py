@@ -1,138 +1,31 @@
 """The pages, as HTML text, from the view values; the same functions serve both sites.
 
-A `Site` makes every link: file names relative to the page for the static report, routes for
-the dashboard. Sections marked `data-refresh` are fetched again by `bnsweep.js` on the live
-site (`?fragment=<id>` returns a section's inner HTML), so a running sweep's progress moves
-without a reload. Bold and underline in a table are placed exactly as `analysis.tables`'s
+Each page sits in the frame of service/web/frame.py (links from a `Site`, the layout, the
+live sections). Bold and underline in a table are placed exactly as `analysis.render`'s
 renderers place them (`<strong>` = significantly better than the arm compared against,
 `<u>` = highest mean in its column within its block); nothing here decides either.
 """
 
 from __future__ import annotations
 
-import html
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlencode
 
-from analysis.tables import html_cell
+from analysis.render.html_page import html_cell
+from service.web.frame import Site, esc, layout, num, plain_table, section, time
 from service.web.view import COUNT_ORDER, Failure, Progress, SweepOverview, TableQuery, cell_id
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from analysis.tables import Block, Cell, Row, Table
+    from analysis.table_model import Block, Cell, Row, Table
     from service.store.api import SweepStatus
     from service.web.figures import SvgFigure
 
-esc = html.escape
-
 #: The downloads of a sweep's tables: `bnsweep tables --format F` writes the same text.
 TABLE_DOWNLOADS = (("md", "md"), ("tex", "latex"), ("csv", "csv"), ("html", "html"))
-#: Seconds between two refreshes of a live page's running sections.
-REFRESH_SECONDS = 3
-
-
-def safe_name(name: str) -> str:
-    """A sweep name as a file or folder name (as `bnsweep tables --out` names its files)."""
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or "sweep"
-
-
-@dataclass(frozen=True)
-class Site:
-    """Where links point. `live`: routes of the dashboard (`/sweeps/NAME/...`); otherwise the
-    static report's files (`sweeps/NAME/....html`), relative to the page being written."""
-
-    live: bool
-    here: tuple[str, ...] = ("index",)
-    #: The trials that have a page (the static report writes a bounded number); None: all.
-    trial_pages: frozenset[int] | None = None
-
-    def at(self, *parts: str) -> Site:
-        return replace(self, here=parts)
-
-    def trial_link(self, sweep: str, trial_id: int, text: str) -> str:
-        """A link to a trial's page, or the text alone where the report has no such page."""
-        if self.trial_pages is not None and trial_id not in self.trial_pages:
-            return esc(text)
-        href = self.page("sweeps", self.sweep(sweep), "trials", str(trial_id))
-        return f'<a href="{esc(href)}">{esc(text)}</a>'
-
-    def sweep(self, name: str) -> str:
-        return name if self.live else safe_name(name)
-
-    def _prefix(self) -> str:
-        return "../" * (len(self.here) - 1)
-
-    def page(self, *parts: str, query: Mapping[str, str] | None = None) -> str:
-        """A page: ("index",), ("sweeps", NAME), ("sweeps", NAME, "cells", ID), ..."""
-        if not self.live:
-            return self._prefix() + "/".join(parts) + ".html"
-        path = "/" if parts == ("index",) else "/" + "/".join(quote(p, safe="") for p in parts)
-        return path + ("?" + urlencode(query) if query else "")
-
-    def file(self, *parts: str, query: Mapping[str, str] | None = None) -> str:
-        """A download or an asset, under the same folders as the pages."""
-        if not self.live:
-            return self._prefix() + "/".join(parts)
-        path = "/" + "/".join(quote(p, safe="") for p in parts)
-        return path + ("?" + urlencode(query) if query else "")
-
-
-# -- layout --------------------------------------------------------------------------------------
-
-
-def layout(site: Site, title: str, body: str, crumbs: Sequence[tuple[str, str]] = ()) -> str:
-    nav = " › ".join(
-        [f'<a href="{esc(site.page("index"))}">sweeps</a>']
-        + [f'<a href="{esc(href)}">{esc(text)}</a>' for text, href in crumbs]
-    )
-    live = f' data-refresh-seconds="{REFRESH_SECONDS}"' if site.live else ""
-    return (
-        "<!DOCTYPE html>\n"
-        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{esc(title)} · bnsweep</title>\n"
-        f'<link rel="stylesheet" href="{esc(site.file("static", "bnsweep.css"))}">\n'
-        f'<script defer src="{esc(site.file("static", "bnsweep.js"))}"></script>\n'
-        f"</head>\n<body{live}>\n<nav>{nav}</nav>\n<main>\n<h1>{esc(title)}</h1>\n"
-        f"{body}\n</main>\n</body>\n</html>\n"
-    )
-
-
-def section(ident: str, content: str, site: Site, live: bool = True) -> str:
-    refresh = " data-refresh" if live and site.live else ""
-    return f'<section id="{esc(ident)}"{refresh}>{content}</section>'
-
-
-def _time(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else "–"
-
-
-def _num(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return (
-            f"{value:.{digits}g}"
-            if math.isfinite(value)
-            else ("–" if math.isnan(value) else str(value))
-        )
-    return str(value)
-
-
-def _table(
-    headers: Sequence[str], rows: Iterable[Sequence[str]], cls: str = "", ident: str = ""
-) -> str:
-    """A plain table; cells are HTML already (escape before)."""
-    attrs = (f' class="{cls}"' if cls else "") + (f' id="{ident}"' if ident else "")
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table{attrs}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 # -- sweeps (the index) ------------------------------------------------------------------------
@@ -174,11 +67,11 @@ def sweeps_section(site: Site, overviews: Sequence[SweepOverview]) -> str:
                 *(f'<span data-count="{k}">{v}</span>' for k, v in p.counts().items()),
                 progress_bar(p),
                 esc(p.eta_text),
-                esc(_time(p.last_update)),
+                esc(time(p.last_update)),
                 f'<span class="recipe">{_recipe(o)}</span>',
             ]
         )
-    return _table(headers, rows, cls="sweeps")
+    return plain_table(headers, rows, cls="sweeps")
 
 
 def index_page(site: Site, overviews: Sequence[SweepOverview], store_url: str) -> str:
@@ -197,7 +90,7 @@ def progress_section(overview: SweepOverview) -> str:
     return (
         f"<p>{progress_bar(p)}</p><p>{counts}</p>"
         f'<p>ETA: <span class="eta">{esc(p.eta_text)}</span> · last update '
-        f"{esc(_time(p.last_update))}</p>"
+        f"{esc(time(p.last_update))}</p>"
     )
 
 
@@ -211,8 +104,8 @@ def _options(name: str, values: Sequence[tuple[str, str]], selected: str) -> str
 
 def controls(site: Site, query: TableQuery) -> str:
     """The table's controls (live site only: the static report shows the defaults)."""
+    from analysis.planning import LAYOUTS
     from analysis.stats import CORRECTIONS, TESTS
-    from analysis.tables import LAYOUTS
 
     if not site.live:
         return (
@@ -279,7 +172,7 @@ def table_html(site: Site, name: str, table: Table, query: TableQuery) -> str:
                     f'<td class="num" data-block="{esc(block.label)}" data-row="{esc(row.label)}"'
                     f' data-column="{esc(table.column_labels[j])}"'
                     f' data-significant="{str(cell.significant).lower()}"'
-                    f' data-best="{str(cell.best).lower()}" data-p="{_num(p, 8)}">'
+                    f' data-best="{str(cell.best).lower()}" data-p="{num(p, 8)}">'
                     f'<a href="{esc(href)}">{html_cell(cell)}</a></td>'
                 )
             parts.append(
@@ -324,7 +217,7 @@ def status_section(site: Site, name: str, status: SweepStatus, failures: Sequenc
                     esc(missing),
                 ]
             )
-        parts.append(_table(["arm", "spec_hash", "done", "missing seeds"], rows, cls="status"))
+        parts.append(plain_table(["arm", "spec_hash", "done", "missing seeds"], rows, cls="status"))
     parts.append("<h2>Failures</h2>")
     if not failures:
         parts.append("<p>No failed cells.</p>")
@@ -334,14 +227,14 @@ def status_section(site: Site, name: str, status: SweepStatus, failures: Sequenc
                 site.trial_link(name, f.trial_id, f"{f.arm} · seed {f.seed}"),
                 str(f.attempts),
                 esc(f.host),
-                esc(_time(f.finished_at)),
+                esc(time(f.finished_at)),
                 f'<span class="error">{esc(f.error)}</span>',
                 f"<code>{esc(f.traceback_at)}</code>",
             ]
             for f in failures
         ]
         parts.append(
-            _table(
+            plain_table(
                 ["cell", "attempts", "host", "failed at", "error", "full traceback"],
                 rows,
                 cls="failures",
@@ -456,14 +349,14 @@ def cell_page(
         test_name = "Wilcoxon signed-rank test" if s.test == "wilcoxon" else "t-test"
         stats_rows = [
             ("test", f"one-sided paired {test_name}, arm better than {reference}"),
-            (label, _num(s.statistic)),
-            ("df", _num(s.df)),
-            ("p", _num(s.p, 6)),
-            ("adjusted p", f"{_num(s.p_adjusted, 6)} ({table.options.correction})"),
+            (label, num(s.statistic)),
+            ("df", num(s.df)),
+            ("p", num(s.p, 6)),
+            ("adjusted p", f"{num(s.p_adjusted, 6)} ({table.options.correction})"),
             ("significant", f"{'yes' if cell.significant else 'no'} (p ≤ {table.options.alpha:g})"),
-            ("mean difference", f"{_num(s.mean_diff)} pp"),
-            (f"{table.options.confidence:.0%} CI", f"[{_num(s.ci_low)}, {_num(s.ci_high)}] pp"),
-            ("effect size d_z", _num(s.effect)),
+            ("mean difference", f"{num(s.mean_diff)} pp"),
+            (f"{table.options.confidence:.0%} CI", f"[{num(s.ci_low)}, {num(s.ci_high)}] pp"),
+            ("effect size d_z", num(s.effect)),
             ("n (pairs)", str(s.n)),
         ]
         if s.degenerate:
@@ -495,7 +388,7 @@ def cell_page(
             rows.append([link, f"{100 * a:.2f}", f"{100 * b:.2f}", f"{100 * (a - b):+.2f}"])
         parts.append("<h2>Pairs (matched by seed)</h2>")
         parts.append(
-            _table(
+            plain_table(
                 ["seed", "arm (%)", f"{reference} (%)", "difference (pp)"],
                 rows,
                 cls="pairs sortable",
@@ -504,7 +397,7 @@ def cell_page(
         if comp.dropped:
             parts.append("<h2>Seeds dropped</h2>")
             parts.append(
-                _table(
+                plain_table(
                     ["seed", "why"],
                     [[str(d.seed), esc(d.reason)] for d in comp.dropped],
                     cls="dropped",
@@ -599,7 +492,7 @@ def trials_page(
         f'<a href="{esc(site.file("sweeps", n, "trials.parquet"))}" download>Parquet</a>).'
         " Click a column to sort; type to filter the rows shown.</p>",
         '<p><input type="search" data-filter="trials" placeholder="filter rows"></p>',
-        _table(columns, rows, cls="trials sortable", ident="trials"),
+        plain_table(columns, rows, cls="trials sortable", ident="trials"),
     ]
     return layout(site, f"Trials of {name}", "\n".join(parts), [(name, site.page("sweeps", n))])
 
@@ -646,7 +539,7 @@ def trial_page(
         "epoch_seconds",
     ]
     parts.append(
-        _table(
+        plain_table(
             columns,
             ([esc(_cell_text(v)) for v in r] for r in epochs[columns].itertuples(index=False)),
             cls="epochs sortable",
@@ -670,7 +563,7 @@ def trial_page(
             "gradient_factor",
         ]
         parts.append(
-            _table(
+            plain_table(
                 columns,
                 (
                     [esc(_cell_text(v)) for v in r]

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.web import build
-from service.web.pages import Site, safe_name
+from service.web.frame import Site, safe_name
 from service.web.view import Reader, Snapshot, TableQuery
 
 if TYPE_CHECKING:

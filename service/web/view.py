@@ -25,7 +25,7 @@ from workers.errors import BnsweepError, SpecError, choice_error
 if TYPE_CHECKING:
     import pandas as pd
 
-    from analysis.tables import Block, Cell, Row, Table
+    from analysis.table_model import Block, Cell, Row, Table
     from service.store.api import Store, StoreFingerprint, SweepStatus
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,8 @@ class TableQuery:
     versus: str | None = None
 
     def __post_init__(self) -> None:
+        from analysis.planning import LAYOUTS
         from analysis.stats import AnalysisOptions
-        from analysis.tables import LAYOUTS
 
         AnalysisOptions(alpha=self.alpha, correction=self.correction, test=self.test)
         if self.layout is not None and self.layout not in LAYOUTS:

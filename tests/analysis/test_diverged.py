@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import workers.trial
+from analysis.render.formats import render
 from analysis.stats import AnalysisOptions
-from analysis.tables import build_tables, render
+from analysis.tables import build_tables
 from service.store.api import EpochRecorded, Store, TrialFinished, TrialStarted
 from workers.results import EpochMetrics, TrialResult
 from workers.spec import TrialSpec

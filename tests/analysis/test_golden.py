@@ -13,8 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from analysis.layout import TableLayout
+from analysis.render.formats import RENDERERS, render
+from analysis.render.terminal import render_term
 from analysis.stats import AnalysisOptions
-from analysis.tables import RENDERERS, Table, TableLayout, build_tables, render, render_term
+from analysis.table_model import Table
+from analysis.tables import build_tables
 from tests.analysis.data import golden_trials
 
 GOLDEN = Path(__file__).parent / "golden"

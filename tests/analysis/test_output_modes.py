@@ -8,7 +8,11 @@ import re
 
 import pytest
 
-from analysis.tables import TERM_MARKS, Table, build_tables, latex_label, render, render_term
+from analysis.render.formats import render
+from analysis.render.latex import latex_label
+from analysis.render.terminal import TERM_MARKS, render_term
+from analysis.table_model import Table
+from analysis.tables import build_tables
 from tests.analysis.data import golden_trials
 
 

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from analysis.layout import TableLayout
 from analysis.stats import (
     ALL_ZERO,
     CONSTANT,
@@ -16,7 +17,7 @@ from analysis.stats import (
     minimum_detectable_effect,
     paired_test,
 )
-from analysis.tables import TableLayout, build_tables
+from analysis.tables import build_tables
 from tests.analysis.data import BASE, frame, rows
 from workers.errors import BnsweepError
 

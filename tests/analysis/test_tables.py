@@ -6,9 +6,13 @@ import math
 
 import pytest
 
+from analysis.layout import TableLayout
 from analysis.pairing import AnalysisError
+from analysis.planning import LAYOUTS, infer_kind
+from analysis.render.formats import RENDERERS, render
 from analysis.stats import CORRECTIONS, TESTS, AnalysisOptions
-from analysis.tables import LAYOUTS, RENDERERS, Table, TableLayout, build_tables, infer_kind, render
+from analysis.table_model import Table
+from analysis.tables import build_tables
 from tests.analysis.data import BASE, frame, rows, shifted
 from workers.errors import SpecError
 

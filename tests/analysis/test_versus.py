@@ -12,10 +12,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from analysis.layout import TableLayout
 from analysis.pairing import BASE as BASE_ARM
 from analysis.pairing import AnalysisError, Arm, arm_label, find_arm
+from analysis.render.formats import RENDERERS, render
+from analysis.render.terminal import render_term
 from analysis.stats import AnalysisOptions
-from analysis.tables import RENDERERS, Table, TableLayout, build_tables, render, render_term
+from analysis.table_model import Table
+from analysis.tables import build_tables
 from tests.analysis.data import BASE, frame, rows, shifted
 
 B = [90.0, 90.4, 89.6, 90.2, 89.8, 90.1]

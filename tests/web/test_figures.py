@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.layout import TableLayout
 from analysis.plots import _gamma_figure, arm_labels, plot_outlier_fraction
-from analysis.tables import TableLayout, build_tables
+from analysis.tables import build_tables
 from service.store.api import Store
 from service.web.figures import curve_figures, difference_figures
 from tests.web.stores import make_store

@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the dashboard extra (FastAPI) is not installed")
 from fastapi.testclient import TestClient
 
-from analysis.tables import CSV_COLUMNS
+from analysis.render.csv_rows import CSV_COLUMNS
 from service.store.api import Store, TrialStarted
 from service.web.app import TOKEN_COOKIE, create_app
 from tests.web.stores import STATES, cells, make_old_schema, make_store

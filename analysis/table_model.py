@@ -1,0 +1,224 @@
+"""The table model: cells, rows, blocks, pairwise matrices and tables; renderers only format it.
+
+In a notebook a `Table` and the `Tables` that `build_tables` returns show themselves as the
+HTML renderer draws them, and `to_frame()` gives their cells as a DataFrame.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from analysis.pairing import Arm, Comparison
+from analysis.render import formats
+from analysis.render.html_page import render_html
+from analysis.stats import AnalysisOptions, CellStats
+
+__all__ = [
+    "FRAME_COLUMNS",
+    "Block",
+    "Cell",
+    "PairCell",
+    "PairwiseMatrix",
+    "Row",
+    "Table",
+    "Tables",
+]
+
+#: Columns of `Table.to_frame()`: one line per filled cell; `column` is the column's value
+#: (e.g. α = 0.1), `p` and `p_adjusted` the test against `versus` (NaN where untested).
+FRAME_COLUMNS = (
+    "block",
+    "row",
+    "column",
+    "formulation",
+    "gamma",
+    "c",
+    "n",
+    "mean",
+    "std",
+    "p",
+    "p_adjusted",
+    "significant",
+    "best",
+    "detail",
+    "n_runs",
+    "n_diverged",
+    "versus",
+)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One arm at one experiment: mean ± std (percent) over the seeds with a score.
+
+    `stats` is the test against the table's reference arm, BASE unless `versus` chose another
+    (None for the reference itself, and where there is no reference to compare with);
+    `markers` point at the table's footnotes; `detail` names the γ a best-of row chose.
+    `diverged_seeds` lists every diverged run of the cell, `diverged_scored` those counted
+    with their pre-divergence score.
+    """
+
+    arm: Arm
+    n: int
+    mean: float
+    std: float
+    significant: bool = False
+    best: bool = False
+    markers: tuple[str, ...] = ()
+    detail: str = ""
+    stats: CellStats | None = None
+    comparison: Comparison | None = None
+    n_runs: int = 0
+    n_diverged: int = 0
+    diverged_seeds: tuple[int, ...] = ()
+    diverged_scored: tuple[int, ...] = ()
+
+    @property
+    def mean_text(self) -> str:
+        return f"{self.mean:.2f}" if math.isfinite(self.mean) else "–"
+
+    @property
+    def std_text(self) -> str:
+        return f"{self.std:.2f}" if math.isfinite(self.std) else "–"
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    cells: tuple[Cell | None, ...]  # one per table column; None where the arm did not run
+    is_base: bool = False
+    arm: Arm | None = None  # the row's arm; None for best-of rows
+
+
+@dataclass(frozen=True)
+class Block:
+    label: str  # "" when nothing but the columns varies
+    key: tuple[tuple[str, Any], ...]
+    rows: tuple[Row, ...]
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PairCell:
+    """Row arm against column arm of one pairwise matrix: the comparison and its one-sided test
+    (row better than column), corrected across the matrix."""
+
+    comparison: Comparison
+    stats: CellStats
+
+    @property
+    def significant(self) -> bool:
+        return self.stats.significant
+
+
+@dataclass(frozen=True)
+class PairwiseMatrix:
+    """Every row of one block against every other row, in one column (one experiment).
+
+    `cells[i][j]` tests row i against row j (None on the diagonal); `labels` are the rows'
+    labels, with the γ a best-of row chose in this column."""
+
+    block: str
+    column: str  # the column's title, e.g. "α = 0.1"
+    column_label: str  # its value as the main table prints it, e.g. "0.1"
+    labels: tuple[str, ...]
+    arms: tuple[Arm, ...]
+    cells: tuple[tuple[PairCell | None, ...], ...]
+    row_cells: tuple[Cell, ...] = ()  # the rows' cells of the main table in this column
+
+    @property
+    def title(self) -> str:
+        return "Pairwise: " + ", ".join(x for x in (self.block, self.column) if x)
+
+    @property
+    def m(self) -> int:
+        return sum(1 for row in self.cells for c in row if c is not None and c.stats.tested)
+
+
+@dataclass(frozen=True)
+class Table:
+    kind: str
+    title: str
+    block_header: str
+    row_header: str
+    column_header: str
+    column_field: str
+    columns: tuple[Any, ...]
+    column_labels: tuple[str, ...]
+    blocks: tuple[Block, ...]
+    caption: str
+    mde: str
+    footnotes: tuple[tuple[str, str], ...]  # (marker, text)
+    notes: tuple[str, ...]
+    options: AnalysisOptions
+    reference: str = "BASE"  # what bold means "significantly better than"
+    pairwise: tuple[PairwiseMatrix, ...] = ()
+    pairwise_caption: str = ""
+
+    @property
+    def column_titles(self) -> tuple[str, ...]:
+        """`α = 0.1` for the paper's columns, `<header> = <value>` for any other field."""
+        name = "α" if self.column_field == "lr" else self.column_header
+        return tuple(f"{name} = {c}" if c else name for c in self.column_labels)
+
+    def cells(self) -> list[tuple[Block, Row, int, Cell]]:
+        """Every filled cell with its block, row and column index, in reading order."""
+        return [
+            (b, r, j, c)
+            for b in self.blocks
+            for r in b.rows
+            for j, c in enumerate(r.cells)
+            if c is not None
+        ]
+
+    def to_frame(self) -> pd.DataFrame:
+        """The filled cells, one line each (columns: FRAME_COLUMNS), in reading order."""
+        lines = [
+            (
+                b.label,
+                r.label,
+                self.columns[j],
+                c.arm.formulation,
+                c.arm.gamma,
+                c.arm.c,
+                c.n,
+                c.mean,
+                c.std,
+                c.stats.p if c.stats is not None else math.nan,
+                c.stats.p_adjusted if c.stats is not None else math.nan,
+                c.significant,
+                c.best,
+                c.detail,
+                c.n_runs,
+                c.n_diverged,
+                self.reference if c.stats is not None else "",
+            )
+            for b, r, j, c in self.cells()
+        ]
+        return pd.DataFrame(lines, columns=list(FRAME_COLUMNS))
+
+    def _repr_html_(self) -> str:
+        """What a notebook shows: the HTML renderer's page of this one table."""
+        return render_html([self])
+
+
+class Tables(list[Table]):
+    """The tables `build_tables` returns: a list that a notebook shows as HTML."""
+
+    def to_frame(self) -> pd.DataFrame:
+        """Every table's `to_frame()`, one after the other, with the table's title first."""
+        frames = [t.to_frame().assign(table=t.title) for t in self]
+        if not frames:
+            return pd.DataFrame(columns=["table", *FRAME_COLUMNS])
+        return pd.concat(frames, ignore_index=True)[["table", *FRAME_COLUMNS]]
+
+    def render(self, fmt: str) -> str:
+        """The tables in one of `analysis.render.formats.RENDERERS` (md, latex, html, csv, ...)."""
+        return formats.render(self, fmt)
+
+    def _repr_html_(self) -> str:
+        return render_html(self)
