@@ -13,8 +13,6 @@ from typing import Any
 import pandas as pd
 
 from analysis.pairing import Arm, Comparison
-from analysis.render import formats
-from analysis.render.html_page import render_html
 from analysis.stats import AnalysisOptions, CellStats
 
 __all__ = [
@@ -25,7 +23,6 @@ __all__ = [
     "PairwiseMatrix",
     "Row",
     "Table",
-    "Tables",
 ]
 
 #: Columns of `Table.to_frame()`: one line per filled cell; `column` is the column's value
@@ -200,25 +197,3 @@ class Table:
             for b, r, j, c in self.cells()
         ]
         return pd.DataFrame(lines, columns=list(FRAME_COLUMNS))
-
-    def _repr_html_(self) -> str:
-        """What a notebook shows: the HTML renderer's page of this one table."""
-        return render_html([self])
-
-
-class Tables(list[Table]):
-    """The tables `build_tables` returns: a list that a notebook shows as HTML."""
-
-    def to_frame(self) -> pd.DataFrame:
-        """Every table's `to_frame()`, one after the other, with the table's title first."""
-        frames = [t.to_frame().assign(table=t.title) for t in self]
-        if not frames:
-            return pd.DataFrame(columns=["table", *FRAME_COLUMNS])
-        return pd.concat(frames, ignore_index=True)[["table", *FRAME_COLUMNS]]
-
-    def render(self, fmt: str) -> str:
-        """The tables in one of `analysis.render.formats.RENDERERS` (md, latex, html, csv, ...)."""
-        return formats.render(self, fmt)
-
-    def _repr_html_(self) -> str:
-        return render_html(self)

@@ -49,7 +49,7 @@ from analysis.stats import (
     evaluate_comparisons,
     minimum_detectable_effect,
 )
-from analysis.table_model import Block, Cell, PairCell, PairwiseMatrix, Row, Table, Tables
+from analysis.table_model import Block, Cell, PairCell, PairwiseMatrix, Row, Table
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,8 @@ def _block_fields(prepared: PreparedTrials, layout: TableLayout) -> tuple[str, .
 
 def build_tables(
     trials: pd.DataFrame, layout: TableLayout | None = None, options: AnalysisOptions | None = None
-) -> Tables:
-    """The significance tables of `trials` (one table for one layout), a list of `Table`.
+) -> list[Table]:
+    """The significance tables of `trials` (one table for one layout).
 
     `layout.versus` tests every cell against that arm instead of BASE; `layout.pairwise` adds
     the pairwise matrices; `options.exclude_diverged` leaves diverged runs out of every score.
@@ -152,7 +152,7 @@ def build_tables(
     prepared = prepare_trials(trials, exclude_diverged=options.exclude_diverged)
     kind = layout.kind or infer_kind(prepared.arms)
     reference = find_arm(prepared.arms, layout.versus) if layout.versus is not None else BASE
-    return Tables([_build_table(prepared, layout, kind, options, reference)])
+    return [_build_table(prepared, layout, kind, options, reference)]
 
 
 def _build_table(

@@ -31,6 +31,7 @@ p.note { font-size: .9rem; max-width: 60rem; margin: .25rem 0; }
 
 
 def render_html(tables: Sequence[Table]) -> str:
+    """A standalone HTML page of the tables, styled."""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en">',
@@ -40,7 +41,17 @@ def render_html(tables: Sequence[Table]) -> str:
         f"<style>{_HTML_STYLE}</style>",
         "</head>",
         "<body>",
+        html_tables(tables),
+        "</body>",
+        "</html>",
     ]
+    return "\n".join(parts) + "\n"
+
+
+def html_tables(tables: Sequence[Table]) -> str:
+    """The tables and their notes as an HTML fragment, without a page or a style sheet: what a
+    notebook shows (it keeps its own styles) and what the page above wraps."""
+    parts: list[str] = []
     for t in tables:
         has_blocks = any(b.label for b in t.blocks)
         lead = 2 if has_blocks else 1
@@ -76,8 +87,7 @@ def render_html(tables: Sequence[Table]) -> str:
         body += [f"{b.label}: {x}" for b in t.blocks for x in b.notes] + list(t.notes)
         parts += [f'<p class="note">{html.escape(x)}</p>' for x in body]
         parts += _html_pairwise(t)
-    parts += ["</body>", "</html>"]
-    return "\n".join(parts) + "\n"
+    return "\n".join(parts)
 
 
 def _html_pairwise(t: Table) -> list[str]:

@@ -1,5 +1,5 @@
-"""The notebook face of the table model: `to_frame()` and `_repr_html_` of a table and of the
-`Tables` that `build_tables` returns."""
+"""The notebook face of the tables: `Table.to_frame()`, and the `Tables` that `tables()`
+(`bnsweep.tables`) returns, with `to_frame()`, `render()` and `_repr_html_`."""
 
 from __future__ import annotations
 
@@ -8,23 +8,27 @@ import math
 import pytest
 
 from analysis.layout import TableLayout
+from analysis.notebook import Tables
+from analysis.notebook import tables as notebook_tables
 from analysis.render.formats import RENDERERS, render
-from analysis.render.html_page import render_html
-from analysis.table_model import FRAME_COLUMNS, Tables
+from analysis.render.html_page import html_tables, render_html
+from analysis.table_model import FRAME_COLUMNS
 from analysis.tables import build_tables
 from tests.analysis.data import golden_trials
 
 
 @pytest.fixture(scope="module")
 def tables() -> Tables:
-    return build_tables(golden_trials())
+    return notebook_tables(golden_trials())
 
 
-def test_build_tables_returns_a_list_that_callers_keep_using(tables: Tables) -> None:
+def test_the_notebook_tables_are_the_built_tables(tables: Tables) -> None:
     assert isinstance(tables, list) and isinstance(tables, Tables)
-    assert tables == [tables[0]]
-    (table,) = tables  # unpacking, indexing and slicing as before
+    assert tables == build_tables(golden_trials())
+    (table,) = tables  # unpacking, indexing and slicing as a list
     assert tables[:1] == [table]
+    by_mapping = notebook_tables(golden_trials(), {"layout": "gamma"})
+    assert by_mapping == build_tables(golden_trials(), TableLayout(kind="gamma"))
 
 
 def test_a_table_frame_has_one_line_per_filled_cell(tables: Tables) -> None:
@@ -55,11 +59,13 @@ def test_the_frame_of_tables_names_the_table(tables: Tables) -> None:
     assert tuple(Tables().to_frame().columns) == ("table", *FRAME_COLUMNS)
 
 
-def test_a_notebook_shows_the_html_renderers_output(tables: Tables) -> None:
-    (table,) = tables
-    assert table._repr_html_() == render_html([table]) == render(tables, "html")
-    assert tables._repr_html_() == render_html(tables)
-    assert "<strong>" in table._repr_html_() and "<u>" in table._repr_html_()
+def test_a_notebook_shows_the_html_renderers_tables_without_a_page(tables: Tables) -> None:
+    shown = tables._repr_html_()
+    assert shown == html_tables(tables)
+    assert shown in render_html(tables) and render_html(tables) == render(tables, "html")
+    assert "<strong>" in shown and "<u>" in shown
+    # No page and no style sheet: the notebook keeps its own look.
+    assert "<html" not in shown and "<style" not in shown and "<body" not in shown
 
 
 @pytest.mark.parametrize("fmt", list(RENDERERS))
@@ -68,7 +74,7 @@ def test_tables_render_in_every_format(tables: Tables, fmt: str) -> None:
 
 
 def test_pairwise_tables_have_the_same_faces() -> None:
-    tables = build_tables(golden_trials(), TableLayout(pairwise=True))
+    tables = notebook_tables(golden_trials(), TableLayout(pairwise=True))
     assert tables[0].pairwise
-    assert tables._repr_html_() == render_html(tables)
+    assert 'class="pairwise"' in tables._repr_html_()
     assert len(tables.to_frame()) == len(tables[0].cells())

@@ -1,0 +1,56 @@
+"""The tables for a notebook: `tables(trials)` returns them as a list that shows itself as HTML
+and turns into one DataFrame.
+
+`bnsweep.tables` is this function. It sits above the table model and the renderers, so that the
+model stays plain data that the renderers read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
+from analysis.layout import TableLayout
+from analysis.render import formats
+from analysis.render.html_page import html_tables
+from analysis.stats import AnalysisOptions
+from analysis.table_model import FRAME_COLUMNS, Table
+from analysis.tables import build_tables
+
+
+class Tables(list[Table]):
+    """A list of `Table`: `to_frame()`, `render(fmt)`, and HTML in a notebook."""
+
+    def to_frame(self) -> pd.DataFrame:
+        """Every table's `to_frame()`, one after the other, with the table's title first."""
+        frames = [t.to_frame().assign(table=t.title) for t in self]
+        if not frames:
+            return pd.DataFrame(columns=["table", *FRAME_COLUMNS])
+        return pd.concat(frames, ignore_index=True)[["table", *FRAME_COLUMNS]]
+
+    def render(self, fmt: str) -> str:
+        """The tables in one of `analysis.render.formats.RENDERERS` (md, latex, html, csv, ...)."""
+        return formats.render(self, fmt)
+
+    def _repr_html_(self) -> str:
+        # A fragment, not the renderer's page: a page's style sheet would restyle the notebook.
+        return html_tables(self)
+
+
+def tables(
+    trials: pd.DataFrame,
+    layout: TableLayout | Mapping[str, Any] | None = None,
+    options: AnalysisOptions | None = None,
+) -> Tables:
+    """The significance tables of a trials frame (`bnsweep.trials(url, sweep)`, or any frame
+    with the store's columns), tested against BASE by a one-sided paired t-test at p ≤ 0.05
+    unless `options` say otherwise.
+
+    `layout` is a `TableLayout` or a sweep spec's `report:` mapping (`{"layout": "gamma",
+    "blocks": ["dataset"]}`); None infers it from the arms present (docs/analysis.md).
+    """
+    if not isinstance(layout, TableLayout):
+        layout = TableLayout.from_dict(layout)
+    return Tables(build_tables(trials, layout, options))
