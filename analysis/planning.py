@@ -127,17 +127,17 @@ def _best_of_row(
     picks: list[tuple[int, int] | None] = []
     for c in data.columns:
         exp = data.exp_by_col.get(c)
-        present = [a for a in candidates if exp is not None and a in data.arms_by_exp.get(exp, ())]
-        scored = [a for a in present if data.summaries[(exp, a)].n > 0]  # type: ignore[index]
-        pool = scored or present
-        if not pool:
+        if exp is None:
             picks.append(None)
             continue
-        best = max(
-            pool,
-            key=lambda a: (_finite_or(data.summaries[(exp, a)].mean), data.summaries[(exp, a)].n),
-        )  # type: ignore[index]
-        picks.append((exp, best))  # type: ignore[arg-type]
+        present = [a for a in candidates if a in data.arms_by_exp.get(exp, ())]
+        if not present:
+            picks.append(None)
+            continue
+        summaries = {a: data.summaries[(exp, a)] for a in present}
+        pool = [a for a in present if summaries[a].n > 0] or present
+        best = max(pool, key=lambda a: (_finite_or(summaries[a].mean), summaries[a].n))
+        picks.append((exp, best))
     chosen = [data.arms[p[1]] for p in picks if p is not None]
     if not chosen:
         return None

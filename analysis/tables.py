@@ -310,11 +310,11 @@ def _pairwise(
         k += len(ordered)
         tested = dict(zip(ordered, evaluate_comparisons(mine, options), strict=True))
         by_pair = dict(zip(ordered, mine, strict=True))
-        rows = block.rows
+        block_rows = block.rows
         labels = tuple(
-            f"{rows[i].label} ({rows[i].cells[j].detail})"  # type: ignore[union-attr]
-            if rows[i].cells[j].detail  # type: ignore[union-attr]
-            else rows[i].label
+            f"{block_rows[i].label} ({block_rows[i].cells[j].detail})"  # type: ignore[union-attr]
+            if block_rows[i].cells[j].detail  # type: ignore[union-attr]
+            else block_rows[i].label
             for i in shown
         )
         cells = tuple(
@@ -330,9 +330,9 @@ def _pairwise(
                 column=_column_title(col_field, columns[j]),
                 column_label=column_labels[j],
                 labels=labels,
-                arms=tuple(rows[i].cells[j].arm for i in shown),  # type: ignore[union-attr]
+                arms=tuple(block_rows[i].cells[j].arm for i in shown),  # type: ignore[union-attr]
                 cells=cells,
-                row_cells=tuple(rows[i].cells[j] for i in shown),  # type: ignore[misc]
+                row_cells=tuple(block_rows[i].cells[j] for i in shown),  # type: ignore[misc]
             )
         )
     return tuple(out)
@@ -398,7 +398,7 @@ def _build_block(
     # Underline: highest unrounded mean per column within the block, BASE included (Table 3).
     best = []
     for j in range(n_cols):
-        means = [summaries[r.picks[j]].mean for r in plans if r.picks[j] is not None]
+        means = [summaries[p].mean for r in plans if (p := r.picks[j]) is not None]
         finite = [m for m in means if math.isfinite(m)]
         best.append(max(finite) if finite else math.nan)
 

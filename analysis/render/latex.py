@@ -66,7 +66,7 @@ def _latex_cell(cell: Cell | None) -> str:
 
 def latex_label(title: str, taken: set[str]) -> str:
     """`tab:<words of the title>`, unique among `taken` (which it joins), for `\\ref`."""
-    words, kept = re.findall(r"[a-z0-9]+", title.lower()), []
+    words, kept = re.findall(r"[a-z0-9]+", title.lower()), list[str]()
     for word in words:  # whole words, at most 48 characters
         if len("-".join([*kept, word])) > 48:
             break

@@ -463,7 +463,7 @@ def status_of(name: str, trials: pd.DataFrame) -> SweepStatus:
     from service.store.models import FINAL_STATUSES, STATUSES
 
     status = trials["status"].astype(str)
-    counts = {s: int((status == s).sum()) for s in STATUSES}
+    counts: dict[str, Any] = {s: int((status == s).sum()) for s in STATUSES}
     frame = trials.assign(_status=status).sort_values([*SPEC_COLUMNS, "seed"], kind="stable")
     specs = frame.drop_duplicates("spec_hash")
     varying = [c for c in SPEC_COLUMNS if specs[c].nunique(dropna=False) > 1]
