@@ -49,12 +49,11 @@ from rich.text import Text
 from service.checkpoints import CellRecords, CellStorage, write_cell_file
 from service.plan import Cell, cell_label, cell_of, plan
 from service.ray_address import host_port
-from service.store.api import (
+from service.store.api import Store
+from service.store.errors import StoreError, StoreFailure
+from service.store.events import (
     DiagnosticsRecorded,
     EpochRecorded,
-    Store,
-    StoreError,
-    StoreFailure,
     TrialFailed,
     TrialFinished,
     TrialStarted,

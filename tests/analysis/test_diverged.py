@@ -13,7 +13,8 @@ import torch
 import workers.trial
 from analysis.stats import AnalysisOptions
 from analysis.tables import build_tables, render
-from service.store.api import EpochRecorded, Store, TrialFinished, TrialStarted
+from service.store.api import Store
+from service.store.events import EpochRecorded, TrialFinished, TrialStarted
 from workers.spec import TrialSpec
 from workers.trial import EpochMetrics, TrialResult, run_trial
 

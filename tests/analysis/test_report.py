@@ -11,7 +11,8 @@ import pytest
 
 import service.cli
 from service.commands.report import render_sweep_tables
-from service.store.api import EpochRecorded, Store, TrialFinished, TrialStarted
+from service.store.api import Store
+from service.store.events import EpochRecorded, TrialFinished, TrialStarted
 from service.sweep import expand, parse_sweep_spec
 
 Run = Callable[..., tuple[int, str, str]]

@@ -29,7 +29,8 @@ from service.checkpoints import CellRecords, CellStorage, write_cell_file
 from service.cli import main
 from service.driver import LaunchSummary, Progress, check_storage_is_shared, launch
 from service.plan import cell_of
-from service.store.api import EpochRecorded, Store, TrialStarted
+from service.store.api import Store
+from service.store.events import EpochRecorded, TrialStarted
 from service.sweep import expand, load_sweep_spec, parse_sweep_spec
 from workers.diagnostics import BNDiagnostics
 from workers.errors import SpecError
