@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ from service.store.events import (
     DiagnosticsRecorded,
     EpochRecorded,
     Event,
+    TrialFailed,
     TrialFinished,
     TrialStarted,
     runtime_text,
@@ -48,6 +49,107 @@ class _Cell:
     id: int
     status: str
     started_at: datetime | None
+
+
+@dataclass
+class _Batch:
+    """What one `apply` transaction writes. Trial rows are updated event by event; epoch and BN
+    layer rows are collected by key (the last event for a row wins) and written in bulk at the
+    end, as upserts, or as fills that only add missing rows (for a trial that is final)."""
+
+    conn: sa.Connection
+    now: datetime
+    epoch_upserts: dict[tuple[int, int], dict[str, object]] = field(default_factory=dict)
+    epoch_fills: dict[tuple[int, int], dict[str, object]] = field(default_factory=dict)
+    layer_upserts: dict[tuple[int, int, str], dict[str, object]] = field(default_factory=dict)
+    layer_fills: dict[tuple[int, int, str], dict[str, object]] = field(default_factory=dict)
+
+
+def _record_epoch(batch: _Batch, cell: _Cell, item: EpochRecorded) -> None:
+    row = {"trial_id": cell.id, **vars(item.values)}
+    # Once final, a trial's epochs are kept as they are; a gap may still be filled.
+    target = batch.epoch_fills if cell.status in FINAL_STATUSES else batch.epoch_upserts
+    target[(cell.id, item.values.epoch)] = row
+
+
+def _record_diagnostics(batch: _Batch, cell: _Cell, item: DiagnosticsRecorded) -> None:
+    # The same rule as epochs: a final trial's rows are kept, gaps may be filled.
+    target = batch.layer_fills if cell.status in FINAL_STATUSES else batch.layer_upserts
+    for layer in item.values:
+        target[(cell.id, item.epoch, layer.layer)] = {
+            "trial_id": cell.id,
+            "epoch": item.epoch,
+            **vars(layer),
+        }
+
+
+def _is_final(cell: _Cell, item: TrialStarted | TrialFinished | TrialFailed) -> bool:
+    """Whether the trial has its result: its row then ignores starts, finishes and failures."""
+    if cell.status in FINAL_STATUSES:
+        log.debug("ignoring %s for %s trial %d", type(item).__name__, cell.status, cell.id)
+        return True
+    return False
+
+
+def _update_trial(batch: _Batch, cell: _Cell, values: dict[str, object]) -> None:
+    trials = Trial.__table__
+    batch.conn.execute(
+        sa.update(trials)
+        .where(trials.c.id == cell.id, trials.c.status.not_in(FINAL_STATUSES))
+        .values(updated_at=batch.now, **values)
+    )
+    cell.status = str(values["status"])
+
+
+def _start_trial(batch: _Batch, cell: _Cell, item: TrialStarted) -> None:
+    if _is_final(cell, item):
+        return
+    if cell.started_at is not None and item.started_at <= cell.started_at:
+        return  # a replay of this attempt's start, or a stale earlier one
+    values = {
+        "status": "running",
+        "attempts": Trial.__table__.c.attempts + 1,
+        "started_at": item.started_at,
+        "host": item.host,
+        "device": item.device,
+        "package_version": item.package_version,
+        "git_commit": item.git_commit,
+        "threads": item.threads,
+        "runtime": runtime_text(item.runtime),
+        "finished_at": None,
+        "error": None,
+    }
+    cell.started_at = item.started_at
+    _update_trial(batch, cell, values)
+
+
+def _finish_trial(batch: _Batch, cell: _Cell, item: TrialFinished) -> None:
+    if _is_final(cell, item):
+        return
+    _update_trial(
+        batch, cell, {name: getattr(item, name) for name in (*RESULT_FIELDS, "finished_at")}
+    )
+
+
+def _fail_trial(batch: _Batch, cell: _Cell, item: TrialFailed) -> None:
+    if _is_final(cell, item):
+        return
+    if cell.started_at is not None and item.finished_at < cell.started_at:
+        return  # the failure of an attempt older than the one now running
+    _update_trial(
+        batch, cell, {"status": "failed", "error": item.error, "finished_at": item.finished_at}
+    )
+
+
+#: How `Store.apply` writes each kind of event, by its type (`service.store.events.EVENT_TYPES`).
+#: Any: each writer takes its own event type, which a dict's value type cannot say.
+EVENT_WRITERS: dict[type, Callable[[_Batch, _Cell, Any], None]] = {
+    TrialStarted: _start_trial,
+    EpochRecorded: _record_epoch,
+    DiagnosticsRecorded: _record_diagnostics,
+    TrialFinished: _finish_trial,
+    TrialFailed: _fail_trial,
+}
 
 
 class StoreWrites(StoreReads):
@@ -161,65 +263,11 @@ class StoreWrites(StoreReads):
             raise StoreError(
                 f"{len(unknown)} cell(s) not in the store ({shown}); register the sweep first"
             )
-        now = utc_now()
-        upserts: dict[tuple[int, int], dict[str, object]] = {}
-        fills: dict[tuple[int, int], dict[str, object]] = {}
-        layer_upserts: dict[tuple[int, int, str], dict[str, object]] = {}
-        layer_fills: dict[tuple[int, int, str], dict[str, object]] = {}
-        trials = Trial.__table__
+        batch = _Batch(conn, utc_now())
         for item in events:
-            cell = state[(item.spec_hash, item.seed)]
-            if isinstance(item, EpochRecorded):
-                row = {"trial_id": cell.id, **vars(item.values)}
-                # Once final, a trial's epochs are kept as they are; a gap may still be filled.
-                target = fills if cell.status in FINAL_STATUSES else upserts
-                target[(cell.id, item.values.epoch)] = row
-                continue
-            if isinstance(item, DiagnosticsRecorded):
-                # The same rule as epochs: a final trial's rows are kept, gaps may be filled.
-                layer_target = layer_fills if cell.status in FINAL_STATUSES else layer_upserts
-                for layer in item.values:
-                    layer_target[(cell.id, item.epoch, layer.layer)] = {
-                        "trial_id": cell.id,
-                        "epoch": item.epoch,
-                        **vars(layer),
-                    }
-                continue
-            if cell.status in FINAL_STATUSES:
-                log.debug("ignoring %s for %s trial %d", type(item).__name__, cell.status, cell.id)
-                continue
-            values: dict[str, object]
-            if isinstance(item, TrialStarted):
-                if cell.started_at is not None and item.started_at <= cell.started_at:
-                    continue  # a replay of this attempt's start, or a stale earlier one
-                values = {
-                    "status": "running",
-                    "attempts": trials.c.attempts + 1,
-                    "started_at": item.started_at,
-                    "host": item.host,
-                    "device": item.device,
-                    "package_version": item.package_version,
-                    "git_commit": item.git_commit,
-                    "threads": item.threads,
-                    "runtime": runtime_text(item.runtime),
-                    "finished_at": None,
-                    "error": None,
-                }
-                cell.started_at = item.started_at
-            elif isinstance(item, TrialFinished):
-                values = {name: getattr(item, name) for name in (*RESULT_FIELDS, "finished_at")}
-            else:
-                if cell.started_at is not None and item.finished_at < cell.started_at:
-                    continue  # the failure of an attempt older than the one now running
-                values = {"status": "failed", "error": item.error, "finished_at": item.finished_at}
-            conn.execute(
-                sa.update(trials)
-                .where(trials.c.id == cell.id, trials.c.status.not_in(FINAL_STATUSES))
-                .values(updated_at=now, **values)
-            )
-            cell.status = str(values["status"])
+            EVENT_WRITERS[type(item)](batch, state[(item.spec_hash, item.seed)], item)
         epochs = Epoch.__table__
-        if upserts:
+        if batch.epoch_upserts:
             statement = self._insert(epochs)
             metric_names = [c.name for c in epochs.c if c.name not in ("trial_id", "epoch")]
             conn.execute(
@@ -227,14 +275,14 @@ class StoreWrites(StoreReads):
                     index_elements=["trial_id", "epoch"],
                     set_={name: statement.excluded[name] for name in metric_names},
                 ),
-                list(upserts.values()),
+                list(batch.epoch_upserts.values()),
             )
-        if fills:
+        if batch.epoch_fills:
             conn.execute(
                 self._insert(epochs).on_conflict_do_nothing(index_elements=["trial_id", "epoch"]),
-                list(fills.values()),
+                list(batch.epoch_fills.values()),
             )
-        self._write_layers(conn, layer_upserts, layer_fills)
+        self._write_layers(conn, batch.layer_upserts, batch.layer_fills)
 
     def _write_layers(
         self,

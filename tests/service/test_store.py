@@ -29,9 +29,16 @@ from service.store import api, schema
 from service.store.api import Store
 from service.store.columns import EPOCH_COLUMNS, TRIAL_COLUMNS, arm_label
 from service.store.errors import StoreError, normalize_url, redact_url, resolve_url
-from service.store.events import EpochRecorded, TrialFailed, TrialFinished, TrialStarted
+from service.store.events import (
+    EVENT_TYPES,
+    EpochRecorded,
+    TrialFailed,
+    TrialFinished,
+    TrialStarted,
+)
 from service.store.models import SPEC_COLUMN_TYPES, VERSION_TABLE, Base
 from service.store.schema import head_revision, script_location
+from service.store.writes import EVENT_WRITERS
 from tests.service.tcp_proxy import TcpProxy
 from workers.spec import RESULT_FIELD_NAMES, TrialSpec
 
@@ -374,6 +381,11 @@ def test_a_batch_naming_an_unknown_cell_writes_nothing(store: Store) -> None:
     with pytest.raises(StoreError, match="register the sweep first"):
         store.apply([TrialStarted(spec.spec_hash, spec.seed), TrialStarted("0" * 16, 1)])
     assert store.trials().iloc[0].status == "pending"
+
+
+def test_every_event_type_has_one_writer() -> None:
+    """`Store.apply` accepts the event types and dispatches each to its writer by type."""
+    assert set(EVENT_WRITERS) == set(EVENT_TYPES)
 
 
 def test_events_validate_on_construction() -> None:
