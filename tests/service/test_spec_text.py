@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 import service.driver
-from analysis.source import sweep_report
 from service.commands import launch as launch_command
 from service.store.api import Store
 from service.store.errors import redact_url
+from service.store.results import sweep_report
 from service.sweep import parse_sweep_spec, redacted_spec_text
 
 SPEC = """\

@@ -241,7 +241,7 @@ def test_cells_of_an_older_recipe_are_reported_and_not_reused(
     assert older_recipe_line({}) is None
 
     # What the tables read: the current recipe only.
-    from analysis.source import load_results, load_trials
+    from service.store.results import load_results, load_trials
 
     url = store._url.render_as_string(hide_password=False)
     assert len(load_trials(url, "demo")) == 4

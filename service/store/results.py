@@ -1,7 +1,8 @@
-"""The one module of `analysis` that reads the results store (through its public API only).
+"""The read API that hands `analysis` its DataFrames: trials, epochs, diagnostics, by sweep or cell.
 
-Everything else in `analysis` takes DataFrames, so tables and plots can be built from any
-frame with the store's columns: a notebook, a CSV export, a fabricated benchmark set.
+`analysis` takes DataFrames and never imports the store, so tables and plots can be built from
+any frame with the store's columns: a notebook, a CSV export, a fabricated benchmark set. The
+commands and pages that make tables call these functions and hand the frames on.
 """
 
 from __future__ import annotations
