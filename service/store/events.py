@@ -397,7 +397,9 @@ class LayerValues:
         fraction = values["outlier_fraction"]
         if fraction is not None and not 0.0 <= fraction <= 1.0:
             raise StoreError(f"outlier_fraction ({name}): a fraction in [0, 1], got {fraction!r}")
-        return cls(layer=name, module=module, **counts, **values)
+        return cls(
+            layer=name, module=module, depth=counts["depth"], channels=counts["channels"], **values
+        )
 
 
 @dataclass(frozen=True)

@@ -169,7 +169,7 @@ class StoreReads:
 
     def _select(
         self,
-        columns: list[sa.ColumnElement[Any]],
+        columns: Sequence[sa.ColumnElement[Any]],
         sweep: str | None,
         checked: Mapping[str, tuple[object, ...]],
         statuses: tuple[str, ...] = (),
@@ -349,7 +349,7 @@ def store_fingerprint(store: StoreReads) -> StoreFingerprint:
     """The store's fingerprint, read in one statement (five aggregate subqueries)."""
     sweeps, trials = Sweep.__table__, Trial.__table__
 
-    def count(table: sa.Table) -> sa.ScalarSelect[Any]:
+    def count(table: sa.FromClause) -> sa.ScalarSelect[Any]:
         return sa.select(sa.func.count()).select_from(table).scalar_subquery()
 
     query = sa.select(

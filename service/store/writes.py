@@ -94,7 +94,7 @@ def _is_final(cell: _Cell, item: TrialStarted | TrialFinished | TrialFailed) -> 
 def _update_trial(batch: _Batch, cell: _Cell, values: dict[str, object]) -> None:
     trials = Trial.__table__
     batch.conn.execute(
-        sa.update(trials)
+        sa.update(Trial)
         .where(trials.c.id == cell.id, trials.c.status.not_in(FINAL_STATUSES))
         .values(updated_at=batch.now, **values)
     )
@@ -342,10 +342,10 @@ class StoreWrites(StoreReads):
                     Trial.spec_hash.in_(chunk), Trial.status == "running"
                 )
                 stale += [i for i, h, seed in conn.execute(query) if (h, seed) in wanted]
-            for chunk in chunks(stale):
+            for ids in chunks(stale):
                 conn.execute(
                     sa.update(Trial)
-                    .where(Trial.id.in_(chunk))
+                    .where(Trial.id.in_(ids))
                     .values(status="pending", updated_at=utc_now())
                 )
             return len(stale)
@@ -396,7 +396,7 @@ class StoreWrites(StoreReads):
                 epochs = conn.scalar(
                     sa.select(sa.func.count()).where(Epoch.__table__.c.trial_id.in_(chunk))
                 )
-                shared = 0
+                shared: int | None = 0
                 if sweep is not None:
                     shared = conn.scalar(
                         sa.select(sa.func.count(sa.distinct(links.c.trial_id))).where(
@@ -411,7 +411,7 @@ class StoreWrites(StoreReads):
                 )
                 if not dry_run:
                     # Epochs, diagnostics and sweep links go by ON DELETE CASCADE.
-                    conn.execute(sa.delete(trials).where(trials.c.id.in_(chunk)))
+                    conn.execute(sa.delete(Trial).where(trials.c.id.in_(chunk)))
             return count
 
         what = "counting trials to forget" if dry_run else "forgetting trials"
