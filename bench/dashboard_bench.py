@@ -34,7 +34,9 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.store.api import Store, TrialStarted, normalize_url  # noqa: E402
+from service.store.api import Store  # noqa: E402
+from service.store.errors import normalize_url  # noqa: E402
+from service.store.events import TrialStarted  # noqa: E402
 from workers.spec import TrialSpec  # noqa: E402
 
 SWEEP = "bench"

@@ -3,7 +3,7 @@
 The target: `bnsweep tables` for 100,000 trials in under 2 s, the read from the store included,
 on SQLite and on PostgreSQL. With `--db URL` the fabricated trials are written to a fresh sweep
 of that store (bulk inserts, once) and every repeat reads them back as `bnsweep tables` does
-(`analysis.source.load_trials`); without it, only the analysis side is timed.
+(`service.store.results.load_trials`); without it, only the analysis side is timed.
 
     python bench/tables_bench.py [--trials 100000] [--repeat 3] [--db URL]
 """
@@ -161,7 +161,7 @@ def main() -> None:
     for correction in ("none", "holm"):
         for _ in range(args.repeat):
             if sweep is not None:
-                from analysis.source import load_trials
+                from service.store.results import load_trials
 
                 t0 = time.perf_counter()
                 trials = load_trials(args.db, sweep)

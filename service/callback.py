@@ -21,11 +21,11 @@ from ray import tune
 
 from service.plan import Cell, cell_label, cell_of
 from service.progress import Progress
-from service.store.api import (
+from service.store.api import Store
+from service.store.errors import StoreError
+from service.store.events import (
     DiagnosticsRecorded,
     EpochRecorded,
-    Store,
-    StoreError,
     TrialFailed,
     TrialFinished,
     TrialStarted,

@@ -56,7 +56,8 @@ from service.preflight import (
 )
 from service.progress import Progress
 from service.ray_address import host_port
-from service.store.api import Store, StoreFailure
+from service.store.api import Store
+from service.store.errors import StoreFailure
 from service.sweep import SweepSpec
 from service.trainable import train_cell
 from workers.errors import BnsweepError, RuntimeFailure

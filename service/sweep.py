@@ -314,7 +314,7 @@ def redacted_spec_text(text: str, source: str = "<spec>") -> str:
     scalar's span of the text is rewritten, so the rest (comments, the `report:` layout, any
     other occurrence of the password's characters) stays exactly as written.
     """
-    from service.store.api import redact_url
+    from service.store.errors import redact_url
 
     root = yaml.compose(text, Loader=_StrictLoader)
     if not isinstance(root, yaml.MappingNode):

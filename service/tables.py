@@ -107,7 +107,7 @@ def render_sweep_tables(
 ) -> str:
     """The tables of a stored sweep, rendered as `fmt` (layout from the `report:` of the spec
     text the sweep was registered with); the rest as `tables_text`."""
-    from analysis.source import load_trials, sweep_report
+    from service.store.results import load_trials, sweep_report
 
     _check_format(fmt)
     trials = load_trials(store_url, sweep_name)

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
     print(f"sweep {sweep.name}: ran {summary.ran} cells this launch ({counts})")
     if not args.no_tables:
-        from analysis.source import load_trials
+        from service.store.results import load_trials
         from service.tables import tables_text
 
         # The spec in hand is the one just registered: its report: layout, not the stored
@@ -129,7 +129,7 @@ def dry_run(sweep: SweepSpec, url: str) -> int:
     """Print the plan; write nothing. A database that does not exist yet is read as empty
     rather than created."""
     from service.plan import LaunchPlan, plan
-    from service.store.api import redact_url
+    from service.store.errors import redact_url
     from service.sweep import expand
 
     store = _open_existing(url)
@@ -149,7 +149,8 @@ def _open_existing(url: str) -> Store | None:
     """The store at `url` opened read-only; None when nothing of bnsweep's is there yet (no
     SQLite file, an empty database). Another program's file, or another bnsweep version's
     schema, is refused."""
-    from service.store.api import NoStoreYet, Store
+    from service.store.api import Store
+    from service.store.errors import NoStoreYet
 
     try:
         return Store.open(url, read_only=True)

@@ -165,8 +165,8 @@ def _out_folder(out: str) -> Path:
 # -- handlers ----------------------------------------------------------------------------------
 def _spec_trials(args: argparse.Namespace) -> tuple[str, str | None, Any, pd.DataFrame]:
     """(name, store url, report mapping, trials) for --spec: the spec's cells, from any sweep."""
-    from analysis.source import load_cells
     from service.commands import database_url
+    from service.store.results import load_cells
     from service.sweep import expand, load_sweep_spec
 
     spec = load_sweep_spec(args.spec)
@@ -176,7 +176,7 @@ def _spec_trials(args: argparse.Namespace) -> tuple[str, str | None, Any, pd.Dat
 
 
 def run_tables(args: argparse.Namespace) -> int:
-    from analysis.source import load_trials, older_recipe_note, sweep_report
+    from service.store.results import load_trials, older_recipe_note, sweep_report
 
     if not 0 < args.level < 1:
         from workers.errors import SpecError
@@ -213,7 +213,7 @@ def run_tables(args: argparse.Namespace) -> int:
 
 def run_plots(args: argparse.Namespace) -> int:
     from analysis.plots import make_plots
-    from analysis.source import load_diagnostics, load_results, sweep_report
+    from service.store.results import load_diagnostics, load_results, sweep_report
 
     trials, epochs = load_results(args.db, args.sweep)
     diagnostics = load_diagnostics(args.db, args.sweep)

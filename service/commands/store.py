@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from rich.console import Console
 
-    from service.store.api import ArmStatus, ForgetCount, SweepStatus
+    from service.store.values import ArmStatus, ForgetCount, SweepStatus
 
 from workers.errors import EXIT_RUNTIME
 
@@ -202,7 +202,9 @@ def run_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def run_db_forget(args: argparse.Namespace) -> int:
-    from service.store.api import Store, StoreError, check_where
+    from service.store.api import Store
+    from service.store.columns import check_where
+    from service.store.errors import StoreError
 
     where = parse_where(args.where)
     check_where(where)  # a typo in a field never touches the store
@@ -256,7 +258,8 @@ def _forget_summary(count: ForgetCount, url: str) -> str:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from service.store.api import Store, older_recipe_line
+    from service.store.api import Store
+    from service.store.values import older_recipe_line
 
     console = _console()
     with Store.open(args.db, read_only=True) as store:
@@ -325,7 +328,8 @@ _WHERE = re.compile(r"^\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op>>=|<=|!=|=|>
 def parse_where(items: Sequence[str]) -> dict[str, list[object]]:
     """`FIELD=VALUE` (or FIELD>VALUE, >=, <, <=, !=) strings → {field: [values]}: a repeated
     field with `=` means any of its values; comparisons must all hold."""
-    from service.store.api import Compare, StoreError
+    from service.store.columns import Compare
+    from service.store.errors import StoreError
 
     where: dict[str, list[object]] = {}
     for item in items:
@@ -341,7 +345,9 @@ def parse_where(items: Sequence[str]) -> dict[str, list[object]]:
 
 
 def run_query(args: argparse.Namespace) -> int:
-    from service.store.api import Store, StoreError, check_where
+    from service.store.api import Store
+    from service.store.columns import check_where
+    from service.store.errors import StoreError
 
     where = parse_where(args.where)
     if args.limit is not None and args.limit < 0:
@@ -441,7 +447,7 @@ def _print_table(frame: pd.DataFrame, *, epochs: bool, diagnostics: bool = False
     """The columns that tell rows apart (hash, seed, spec fields that vary) and the results."""
     from rich.table import Table
 
-    from service.store.api import SPEC_COLUMNS
+    from service.store.columns import SPEC_COLUMNS
     from workers.spec import ARM_FIELDS
 
     varying = [c for c in SPEC_COLUMNS if frame[c].nunique(dropna=False) > 1]

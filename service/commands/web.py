@@ -118,7 +118,8 @@ def load_server() -> tuple[Callable[..., Any], ModuleType]:
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
-    from service.store.api import Store, redact_url, resolve_url
+    from service.store.api import Store
+    from service.store.errors import redact_url, resolve_url
 
     token = args.token or os.environ.get(TOKEN_ENV) or None
     check_binding(args.host, args.port, token)

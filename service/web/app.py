@@ -38,7 +38,7 @@ TOKEN_COOKIE = "bnsweep_token"
 def _status_of(err: BnsweepError) -> int:
     """404 for a missing sweep, cell or trial; 503 for an unreachable or wrong-schema store
     (the message says which, and what to run); 400 for a bad control value."""
-    from service.store.api import StoreError
+    from service.store.errors import StoreError
 
     if isinstance(err, NotFound):
         return 404

@@ -192,7 +192,8 @@ def trials_frame(
     snap: Snapshot, name: str, where: dict[str, list[object]], sort: str | None, descending: bool
 ) -> pd.DataFrame:
     """The sweep's trials, filtered (`field=value` as `bnsweep query --where`) and sorted."""
-    from service.store.api import StoreError, check_where
+    from service.store.columns import check_where
+    from service.store.errors import StoreError
 
     try:
         checked = check_where(where)
@@ -274,7 +275,7 @@ def _trials_controls(
 def parse_where(text: str) -> dict[str, list[object]]:
     """`status=failed lr=0.1` (or one `field=value` per `where` parameter) → filters."""
     from service.commands.store import parse_where as parse_items
-    from service.store.api import StoreError
+    from service.store.errors import StoreError
 
     try:
         return parse_items(text.split()) if text.strip() else {}

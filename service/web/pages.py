@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from analysis.table_model import Block, Cell, Row, Table
-    from service.store.api import SweepStatus
+    from service.store.values import SweepStatus
     from service.web.figures import SvgFigure
 
 #: The downloads of a sweep's tables: `bnsweep tables --format F` writes the same text.
@@ -505,7 +505,7 @@ def trial_page(
     diagnostics: pd.DataFrame,
     figure: SvgFigure | None,
 ) -> str:
-    from service.store.api import SPEC_COLUMNS
+    from service.store.columns import SPEC_COLUMNS
 
     n = site.sweep(name)
     spec = "".join(

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from analysis.table_model import Block, Cell, Row, Table
-    from service.store.api import Store, StoreFingerprint, SweepStatus
+    from service.store.api import Store
+    from service.store.values import StoreFingerprint, SweepStatus
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +228,7 @@ def recipe_of(
     trials: pd.DataFrame,
 ) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
     """(fields with one value, fields with several and their values), over the spec columns."""
-    from service.store.api import SPEC_COLUMNS
+    from service.store.columns import SPEC_COLUMNS
 
     fixed, varying = [], []
     for name in SPEC_COLUMNS:
@@ -292,7 +293,7 @@ class Reader:
     @property
     def url(self) -> str:
         """The store's URL with any password redacted: the only form a page shows."""
-        from service.store.api import redact_url, resolve_url
+        from service.store.errors import redact_url, resolve_url
 
         return self._store.url if self._store is not None else redact_url(resolve_url(self._url))
 
@@ -304,7 +305,8 @@ class Reader:
 
     def snapshot(self) -> Snapshot:
         """The current state: one fingerprint read; every value asked of it is cached."""
-        from service.store.api import StoreError, store_fingerprint
+        from service.store.errors import StoreError
+        from service.store.reads import store_fingerprint
 
         store = self.store()
         try:
@@ -427,7 +429,7 @@ class Snapshot:
 
     def failures(self, name: str) -> list[Failure]:
         def build() -> list[Failure]:
-            from service.store.api import SPEC_COLUMNS, arm_label
+            from service.store.columns import SPEC_COLUMNS, arm_label
 
             trials = self.trials(name)
             failed = trials[trials["status"].astype(str) == "failed"]
@@ -459,8 +461,9 @@ class Snapshot:
 def status_of(name: str, trials: pd.DataFrame) -> SweepStatus:
     """A sweep's `SweepStatus` from its trials frame: counts by status, and per arm (spec_hash)
     its seeds and which of them are missing, failed or running, arms in spec-column order."""
-    from service.store.api import SPEC_COLUMNS, ArmStatus, SweepStatus, arm_label
+    from service.store.columns import SPEC_COLUMNS, arm_label
     from service.store.models import FINAL_STATUSES, STATUSES
+    from service.store.values import ArmStatus, SweepStatus
 
     status = trials["status"].astype(str)
     counts: dict[str, Any] = {s: int((status == s).sum()) for s in STATUSES}

@@ -18,7 +18,7 @@ from analysis.plots import (
     plot_gradient_factor_at_init,
     plot_outlier_fraction,
 )
-from service.store.api import DIAGNOSTIC_COLUMNS
+from service.store.columns import DIAGNOSTIC_COLUMNS
 from tests.analysis.data import EXPERIMENT, golden_trials
 
 ARMS = (("standard", 1.0, 1.0), ("standard", 0.1, 100.0))
@@ -151,7 +151,8 @@ def test_bnsweep_plots_draws_the_diagnostics_of_a_stored_sweep(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from service.cli import main
-    from service.store.api import DiagnosticsRecorded, Store, TrialFinished, TrialStarted
+    from service.store.api import Store
+    from service.store.events import DiagnosticsRecorded, TrialFinished, TrialStarted
     from service.sweep import expand, parse_sweep_spec
 
     text = (

@@ -14,7 +14,8 @@ import workers.trial
 from analysis.render.formats import render
 from analysis.stats import AnalysisOptions
 from analysis.tables import build_tables
-from service.store.api import EpochRecorded, Store, TrialFinished, TrialStarted
+from service.store.api import Store
+from service.store.events import EpochRecorded, TrialFinished, TrialStarted
 from workers.results import EpochMetrics, TrialResult
 from workers.spec import TrialSpec
 from workers.trial import run_trial

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import service.cli
-from service.store.api import EpochRecorded, Store, TrialFinished, TrialStarted
+from service.store.api import Store
+from service.store.events import EpochRecorded, TrialFinished, TrialStarted
 from service.sweep import expand, parse_sweep_spec
 from service.tables import render_sweep_tables, tables_text
 from workers.errors import SpecError
@@ -233,7 +234,7 @@ def test_render_sweep_tables_for_launch(db: str, tmp_path: Path) -> None:
 def test_the_launch_s_tables_from_its_spec_are_those_of_the_stored_spec(db: str) -> None:
     """What `bnsweep launch` prints from the spec it holds (`tables_text`) is what the stored
     spec's layout gives (`render_sweep_tables`), character for character."""
-    from analysis.source import load_trials
+    from service.store.results import load_trials
 
     report = parse_sweep_spec(SPEC).report
     for fmt in ("term", "md"):

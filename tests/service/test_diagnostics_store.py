@@ -14,17 +14,11 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from service.store import api
-from service.store.api import (
-    DIAGNOSTIC_COLUMNS,
-    SPEC_COLUMNS,
-    DiagnosticsRecorded,
-    EpochRecorded,
-    Store,
-    StoreError,
-    TrialFinished,
-    TrialStarted,
-)
+from service.store.api import Store
+from service.store.columns import DIAGNOSTIC_COLUMNS, SPEC_COLUMNS
+from service.store.errors import StoreError
+from service.store.events import DiagnosticsRecorded, EpochRecorded, TrialFinished, TrialStarted
+from service.store.schema import alembic_config, head_revision, script_location
 from tests.service.test_store import (
     _specs_without_registries,  # noqa: F401 (autouse fixture)
     epoch,
@@ -174,7 +168,7 @@ def test_a_0001_database_is_upgraded_to_diagnostics_with_its_data(tmp_path: Path
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     with Store.open(url, check_schema=False) as store:
-        config = api._alembic_config(api._script_location())
+        config = alembic_config(script_location())
         with store._engine.begin() as conn:
             config.attributes["connection"] = conn
             command.upgrade(config, "0001")
@@ -191,7 +185,7 @@ def test_a_0001_database_is_upgraded_to_diagnostics_with_its_data(tmp_path: Path
     with pytest.raises(StoreError, match="run `bnsweep db upgrade"):
         Store.open(url)
     with Store.open(url, check_schema=False) as store:
-        assert store.upgrade() == ("0001", api.head_revision())
+        assert store.upgrade() == ("0001", head_revision())
     with Store.open(url) as store:
         store.apply([TrialStarted(spec.spec_hash, 1), diagnostics(spec, 0)])
         assert len(store.trials()) == 1 and len(store.diagnostics()) == len(LAYERS)

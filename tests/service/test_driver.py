@@ -32,7 +32,8 @@ from service.driver import launch
 from service.plan import cell_of
 from service.preflight import check_storage_is_shared
 from service.progress import Progress
-from service.store.api import EpochRecorded, Store, TrialStarted
+from service.store.api import Store
+from service.store.events import EpochRecorded, TrialStarted
 from service.sweep import expand, load_sweep_spec, parse_sweep_spec
 from workers.diagnostics import BNDiagnostics
 from workers.errors import SpecError

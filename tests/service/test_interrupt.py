@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.store.api import EpochRecorded, Store, StoreError, StoreFailure, TrialStarted
+from service.store.api import Store
+from service.store.errors import StoreError, StoreFailure
+from service.store.events import EpochRecorded, TrialStarted
 from service.sweep import expand, load_sweep_spec
 from tests.service.test_driver import results, write_spec
 from workers.results import EpochMetrics

@@ -39,7 +39,8 @@ from service import preflight
 from service.cli import main
 from service.driver import launch
 from service.plan import cell_of
-from service.store.api import Store, StoreError, normalize_url
+from service.store.api import Store
+from service.store.errors import StoreError, normalize_url
 from service.sweep import expand, load_sweep_spec
 from tests.service.tcp_proxy import TcpProxy
 from tests.service.test_driver import results, run_launch, write_spec

@@ -11,9 +11,10 @@ import pytest
 import yaml
 
 import service.driver
-from analysis.source import sweep_report
 from service.commands import launch as launch_command
-from service.store.api import Store, redact_url
+from service.store.api import Store
+from service.store.errors import redact_url
+from service.store.results import sweep_report
 from service.sweep import parse_sweep_spec, redacted_spec_text
 
 SPEC = """\
@@ -97,7 +98,7 @@ def test_launch_prints_its_tables_from_the_spec_it_holds(
 ) -> None:
     """The tables at the end of a launch take the layout from the launched spec, not from its
     stored text parsed again."""
-    import analysis.source
+    import service.store.results
     from service.sweep import expand
 
     url = f"sqlite:///{tmp_path / 'r.db'}"
@@ -114,7 +115,7 @@ def test_launch_prints_its_tables_from_the_spec_it_holds(
         raise AssertionError("the launch read its spec back from the store")
 
     monkeypatch.setattr(service.driver, "launch", fake_launch)
-    monkeypatch.setattr(analysis.source, "sweep_report", no_stored_report)
+    monkeypatch.setattr(service.store.results, "sweep_report", no_stored_report)
     args = argparse.Namespace(
         spec=str(path), db=url, address=None, dry_run=False, num_cpus=None, no_tables=False
     )

@@ -25,19 +25,20 @@ import pytest
 import sqlalchemy as sa
 
 import workers.spec
-from service.store import api
-from service.store.api import (
-    EPOCH_COLUMNS,
-    TRIAL_COLUMNS,
+from service.store import api, schema
+from service.store.api import Store
+from service.store.columns import EPOCH_COLUMNS, TRIAL_COLUMNS, arm_label
+from service.store.errors import StoreError, normalize_url, redact_url, resolve_url
+from service.store.events import (
+    EVENT_TYPES,
     EpochRecorded,
-    Store,
-    StoreError,
     TrialFailed,
     TrialFinished,
     TrialStarted,
-    redact_url,
 )
 from service.store.models import SPEC_COLUMN_TYPES, VERSION_TABLE, Base
+from service.store.schema import head_revision, script_location
+from service.store.writes import EVENT_WRITERS
 from tests.service.tcp_proxy import TcpProxy
 from workers.spec import RESULT_FIELD_NAMES, TrialSpec
 
@@ -114,11 +115,11 @@ def run_cell(store: Store, spec: TrialSpec, epochs: int = 3, **outcome: object) 
 def fresh_database(server_url: str) -> Iterator[str]:
     """A new, empty PostgreSQL database on the server of `server_url`; dropped on exit."""
     name = f"bnsweep_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(api.normalize_url(server_url), isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(normalize_url(server_url), isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        url = sa.make_url(api.normalize_url(server_url)).set(database=name)
+        url = sa.make_url(normalize_url(server_url)).set(database=name)
         yield url.render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
@@ -175,7 +176,7 @@ def test_migrations_create_exactly_the_models(store: Store) -> None:
             conn, opts={"version_table": VERSION_TABLE, "compare_type": True}
         )
         assert compare_metadata(context, Base.metadata) == []
-    assert store.schema_revision() == api.head_revision()
+    assert store.schema_revision() == head_revision()
 
 
 # -- registering sweeps --------------------------------------------------------------------------
@@ -382,6 +383,11 @@ def test_a_batch_naming_an_unknown_cell_writes_nothing(store: Store) -> None:
     assert store.trials().iloc[0].status == "pending"
 
 
+def test_every_event_type_has_one_writer() -> None:
+    """`Store.apply` accepts the event types and dispatches each to its writer by type."""
+    assert set(EVENT_WRITERS) == set(EVENT_TYPES)
+
+
 def test_events_validate_on_construction() -> None:
     with pytest.raises(StoreError, match=r"val_acc: accuracies are fractions in \[0, 1\]"):
         EpochRecorded("abc", 1, metrics=epoch(1, val_acc=85.0))
@@ -515,15 +521,15 @@ def test_completed_cells_takes_specs_or_pairs(populated: Store) -> None:
 def test_base_arms_are_labelled() -> None:
     values = {c: getattr(make_spec(), c) for c in SPEC_COLUMN_TYPES}
     base = {**values, "bn_scale_init": 1.0, "bn_lr_divisor": 1.0}
-    assert api.arm_label(base, ["lr"]) == "BASE γ=1 c=1 standard lr=0.1"
+    assert arm_label(base, ["lr"]) == "BASE γ=1 c=1 standard lr=0.1"
 
 
 # -- opening, URLs and the schema rule -----------------------------------------------------------
 
 
 def test_urls_are_normalised_and_passwords_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert api.normalize_url("postgres://u:pw@h/db") == "postgresql+psycopg://u:pw@h/db"
-    assert api.normalize_url("postgresql://u@h:5/db") == "postgresql+psycopg://u@h:5/db"
+    assert normalize_url("postgres://u:pw@h/db") == "postgresql+psycopg://u:pw@h/db"
+    assert normalize_url("postgresql://u@h:5/db") == "postgresql+psycopg://u@h:5/db"
     assert redact_url("postgresql://u:s3cret@h/db") == "postgresql://u:***@h/db"
     assert "s3cret" not in redact_url("postgresql://u@h/db?password=s3cret")
     assert "s3cret" not in redact_url("not a url://u:s3cret@h")
@@ -534,10 +540,10 @@ def test_urls_are_normalised_and_passwords_redacted(monkeypatch: pytest.MonkeyPa
     with pytest.raises(StoreError, match="unsupported"):
         Store.open("postgresql+psycopg2://u@h/db")
     monkeypatch.setenv("BNSWEEP_DB", "sqlite:///from-env.db")
-    assert api.resolve_url(None) == "sqlite:///from-env.db"
-    assert api.resolve_url("sqlite:///arg.db") == "sqlite:///arg.db"
+    assert resolve_url(None) == "sqlite:///from-env.db"
+    assert resolve_url("sqlite:///arg.db") == "sqlite:///arg.db"
     monkeypatch.delenv("BNSWEEP_DB")
-    assert api.resolve_url(None) == "sqlite:///bnsweep.db"
+    assert resolve_url(None) == "sqlite:///bnsweep.db"
 
 
 def test_default_store_is_a_sqlite_file_in_the_working_folder(
@@ -568,17 +574,17 @@ def test_opening_without_create_never_makes_a_database(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no bnsweep results in"):
         Store.open(f"sqlite:///{path}", create=False)
     with Store.open(f"sqlite:///{path}") as store:  # create=True fills the empty file
-        assert store.schema_revision() == api.head_revision()
+        assert store.schema_revision() == head_revision()
 
 
 def _migrations_with_a_second_revision(tmp_path: Path) -> Path:
     location = tmp_path / "migrations"
-    shutil.copytree(api._script_location(), location, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(script_location(), location, ignore=shutil.ignore_patterns("__pycache__"))
     (location / "versions" / "9000_test.py").write_text(
         '"""A later revision, for the test of the schema rule."""\n'
         "from alembic import op\n"
         'revision = "9000"\n'
-        f'down_revision = "{api.head_revision()}"\n'
+        f'down_revision = "{head_revision()}"\n'
         "branch_labels = None\n"
         "depends_on = None\n\n\n"
         "def upgrade():\n"
@@ -595,9 +601,11 @@ def test_a_database_behind_head_is_upgraded_only_on_request(
     url = f"sqlite:///{tmp_path / 'old.db'}"
     with Store.open(url) as store:
         store.register_sweep("demo", "x", grid()[:2])
-    head = api.head_revision()
+    head = head_revision()
     location = _migrations_with_a_second_revision(tmp_path)
-    monkeypatch.setattr(api, "_script_location", lambda: location)
+    # Looked up in two places: the head and known revisions (schema), the upgrade's scripts (api).
+    monkeypatch.setattr(schema, "script_location", lambda: location)
+    monkeypatch.setattr(api, "script_location", lambda: location)
     with pytest.raises(
         StoreError, match=rf"revision {head}, this bnsweep needs 9000: run `bnsweep db upgrade --db"
     ):
@@ -630,7 +638,7 @@ def test_an_empty_postgresql_database_gets_the_schema(postgres_url: str) -> None
         with pytest.raises(StoreError, match="no bnsweep results in"):
             Store.open(url, create=False)
         with Store.open(url) as store:
-            assert store.schema_revision() == api.head_revision()
+            assert store.schema_revision() == head_revision()
             assert store.dialect == "postgresql"
             assert store.trials().empty
 

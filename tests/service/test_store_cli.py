@@ -22,12 +22,10 @@ import pytest
 import service.cli
 import workers.spec
 from service.commands.store import parse_where, seed_ranges
-from service.store.api import (
-    TRIAL_COLUMNS,
-    Store,
-    StoreError,
-    head_revision,
-)
+from service.store.api import Store
+from service.store.columns import TRIAL_COLUMNS
+from service.store.errors import StoreError
+from service.store.schema import head_revision
 from tests.service.test_store import (
     _REGISTRIES,
     _specs_without_registries,  # noqa: F401 (autouse fixture)

@@ -16,16 +16,14 @@ import pytest
 import sqlalchemy as sa
 
 import workers.spec
-from service.store import api
-from service.store.api import (
-    ForgetCount,
-    Store,
-    StoreError,
-    TrialStarted,
-    older_recipe_line,
-    source_commit,
-)
+from service.store import events
+from service.store.api import Store
+from service.store.columns import SPEC_COLUMNS
+from service.store.errors import StoreError, normalize_url
+from service.store.events import TrialStarted, source_commit
 from service.store.models import VERSION_TABLE
+from service.store.schema import alembic_config, head_revision, script_location
+from service.store.values import ForgetCount, older_recipe_line
 from tests.service import test_store as base
 from tests.service.test_store import (
     _specs_without_registries,  # noqa: F401 (autouse fixture)
@@ -106,20 +104,20 @@ def test_source_commit_is_the_checkouts_head_or_none(
     checkout.mkdir()
     _git(checkout, "init", "-q")
     _git(checkout, "commit", "-q", "--allow-empty", "-m", "one")
-    monkeypatch.setattr(api, "_source_root", lambda: checkout.resolve())
+    monkeypatch.setattr(events, "_source_root", lambda: checkout.resolve())
     assert source_commit() == _git(checkout, "rev-parse", "HEAD")
 
     # Installed into site-packages inside some other repository: not bnsweep's checkout.
     nested = checkout / "venv" / "site-packages"
     nested.mkdir(parents=True)
     source_commit.cache_clear()
-    monkeypatch.setattr(api, "_source_root", lambda: nested.resolve())
+    monkeypatch.setattr(events, "_source_root", lambda: nested.resolve())
     assert source_commit() is None
 
     plain = tmp_path / "wheel"
     plain.mkdir()
     source_commit.cache_clear()
-    monkeypatch.setattr(api, "_source_root", lambda: plain.resolve())
+    monkeypatch.setattr(events, "_source_root", lambda: plain.resolve())
     assert source_commit() is None
 
 
@@ -138,10 +136,10 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 def _migrate(url: str, target: str, *, down: bool = False) -> None:
     from alembic import command
 
-    engine = sa.create_engine(api.normalize_url(url))
+    engine = sa.create_engine(normalize_url(url))
     try:
         with engine.begin() as conn:
-            config = api._alembic_config(api._script_location())
+            config = alembic_config(script_location())
             config.attributes["connection"] = conn
             (command.downgrade if down else command.upgrade)(config, target)
     finally:
@@ -150,12 +148,12 @@ def _migrate(url: str, target: str, *, down: bool = False) -> None:
 
 def test_rows_from_before_0003_become_recipe_1(empty_url: str) -> None:
     _migrate(empty_url, "0002")
-    engine = sa.create_engine(api.normalize_url(empty_url))
+    engine = sa.create_engine(normalize_url(empty_url))
     now = pd.Timestamp.now(tz="UTC").to_pydatetime()
     old = make_spec(seed=3)
     with engine.begin() as conn:
         trials = sa.Table("trials", sa.MetaData(), autoload_with=conn)
-        values = {c: getattr(old, c) for c in api.SPEC_COLUMNS}
+        values = {c: getattr(old, c) for c in SPEC_COLUMNS}
         conn.execute(
             trials.insert().values(
                 spec_hash="0123456789abcdef",
@@ -172,14 +170,14 @@ def test_rows_from_before_0003_become_recipe_1(empty_url: str) -> None:
     with pytest.raises(StoreError, match="run `bnsweep db upgrade"):
         Store.open(empty_url)
     with Store.open(empty_url, check_schema=False) as store:
-        assert store.upgrade() == ("0002", api.head_revision())
+        assert store.upgrade() == ("0002", head_revision())
     with Store.open(empty_url) as store:
         row = store.trials().iloc[0]
         assert row.recipe == 1 and pd.isna(row.git_commit) and pd.isna(row.threads)
         assert store.older_recipes() == {1: 1}
     # And back: the downgrade drops exactly the four columns, keeping the row.
     _migrate(empty_url, "0002", down=True)
-    engine = sa.create_engine(api.normalize_url(empty_url))
+    engine = sa.create_engine(normalize_url(empty_url))
     with engine.connect() as conn:
         names = {c["name"] for c in sa.inspect(conn).get_columns("trials")}
         assert not names & {"recipe", "git_commit", "threads", "runtime"}
@@ -243,7 +241,7 @@ def test_cells_of_an_older_recipe_are_reported_and_not_reused(
     assert older_recipe_line({}) is None
 
     # What the tables read: the current recipe only.
-    from analysis.source import load_results, load_trials
+    from service.store.results import load_results, load_trials
 
     url = store._url.render_as_string(hide_password=False)
     assert len(load_trials(url, "demo")) == 4

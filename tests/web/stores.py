@@ -8,7 +8,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from service.store.api import Store, TrialFailed, TrialStarted
+from service.store.api import Store
+from service.store.events import TrialFailed, TrialStarted
 from service.store.models import VERSION_TABLE
 from tests.service.test_store import make_spec, run_cell
 from workers.spec import TrialSpec

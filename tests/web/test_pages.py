@@ -18,7 +18,8 @@ pytest.importorskip("fastapi", reason="the dashboard extra (FastAPI) is not inst
 from fastapi.testclient import TestClient
 
 from analysis.render.csv_rows import CSV_COLUMNS
-from service.store.api import Store, TrialStarted
+from service.store.api import Store
+from service.store.events import TrialStarted
 from service.web.app import TOKEN_COOKIE, create_app
 from tests.web.stores import STATES, cells, make_old_schema, make_store
 
@@ -297,7 +298,8 @@ def test_the_pages_status_is_the_stores(state_url: tuple[str, str]) -> None:
 
 
 def test_the_fingerprint_moves_with_every_kind_of_write(tmp_path: Path) -> None:
-    from service.store.api import EpochRecorded, TrialFinished, store_fingerprint
+    from service.store.events import EpochRecorded, TrialFinished
+    from service.store.reads import store_fingerprint
     from tests.service.test_store import epoch, result
 
     url = make_store(tmp_path / "r.db", "pending")

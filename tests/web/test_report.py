@@ -11,7 +11,8 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from service.cli import main
-from service.store.api import Store, TrialStarted
+from service.store.api import Store
+from service.store.events import TrialStarted
 from service.web.report import write_report
 from service.web.view import NotFound
 from tests.web.stores import cells, make_store

@@ -22,7 +22,7 @@ target_metadata = Base.metadata
 
 
 def _url() -> str:
-    from service.store.api import normalize_url
+    from service.store.errors import normalize_url
 
     url = config.attributes.get("url") or os.environ.get("BNSWEEP_DB")
     if not url:

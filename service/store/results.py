@@ -1,7 +1,8 @@
-"""The one module of `analysis` that reads the results store (through its public API only).
+"""The read API that hands `analysis` its DataFrames: trials, epochs, diagnostics, by sweep or cell.
 
-Everything else in `analysis` takes DataFrames, so tables and plots can be built from any
-frame with the store's columns: a notebook, a CSV export, a fabricated benchmark set.
+`analysis` takes DataFrames and never imports the store, so tables and plots can be built from
+any frame with the store's columns: a notebook, a CSV export, a fabricated benchmark set. The
+commands and pages that make tables call these functions and hand the frames on.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def load_diagnostics(url: str | None, sweep: str | None) -> pd.DataFrame:
 
 def load_trials(url: str | None, sweep: str | None) -> pd.DataFrame:
     """Only the trials frame, and only what the tables need (epochs are for the curves)."""
-    from service.store.api import RESULT_COLUMNS, Store
+    from service.store.api import Store
+    from service.store.columns import RESULT_COLUMNS
 
     with Store.open(url, read_only=True) as store:
         return store.trials(sweep=sweep, where=_CURRENT, columns=RESULT_COLUMNS)
@@ -60,7 +62,8 @@ def load_trials(url: str | None, sweep: str | None) -> pd.DataFrame:
 def older_recipe_note(url: str | None, sweep: str | None) -> str | None:
     """One line when the store holds trials of another training recipe linked to `sweep` (all
     trials when None), which the tables leave out; None when there are none."""
-    from service.store.api import Store, older_recipe_line
+    from service.store.api import Store
+    from service.store.values import older_recipe_line
 
     with Store.open(url, read_only=True) as store:
         return older_recipe_line(store.older_recipes(sweep), sweep)
