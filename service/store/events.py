@@ -1,12 +1,13 @@
 """The events a trial reports to the store (`Store.apply`), validated at construction.
 
 Each event is a frozen value checked where it is made, so a bad value fails at the edge with
-one line naming the field, not at the write. The `...Like` protocols mirror the worker's result
-types (`workers.trial`, `workers.diagnostics`) without importing torch.
+one line naming the field, not at the write. The worker's result types come from
+`workers.results`, which imports no torch; a plain mapping with their keys works too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -17,39 +18,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from service.store.errors import StoreError
 from service.store.models import FINAL_STATUSES
+from workers.results import VALUE_FIELDS, EpochMetrics, LayerDiagnostics, TrialResult
 
 _ERROR_CHARS = 65536
-
-
-class EpochMetricsLike(Protocol):
-    """What `workers.trial.EpochMetrics` provides; a plain mapping with these keys also works."""
-
-    epoch: int
-    train_loss: float
-    val_loss: float
-    val_acc: float
-    test_acc: float
-    lr: float
-    seconds: float
-
-
-class TrialResultLike(Protocol):
-    """What `workers.trial.TrialResult` provides; a plain mapping with these keys also works."""
-
-    status: str
-    epochs_run: int
-    best_epoch: int | None
-    best_val_acc: float | None
-    test_acc: float | None
-    final_test_acc: float | None
-    seconds: float
-    images_per_sec: float
-    diverged_epoch: int | None
-    error: str | None
 
 
 def utc_now() -> datetime:
@@ -219,7 +194,7 @@ class EpochValues:
     seconds: float | None
 
     @classmethod
-    def from_metrics(cls, metrics: EpochMetricsLike | Mapping[str, object]) -> EpochValues:
+    def from_metrics(cls, metrics: EpochMetrics | Mapping[str, object]) -> EpochValues:
         epoch = _opt_int("epoch", _get(metrics, "epoch"))
         if epoch is None or epoch < 0:
             raise StoreError(f"epoch: expected an integer >= 0, got {_get(metrics, 'epoch')!r}")
@@ -241,7 +216,7 @@ class EpochRecorded:
     spec_hash: str
     seed: int
     #: The worker's `EpochMetrics` or a mapping with its keys; always `EpochValues` once built.
-    metrics: EpochValues | EpochMetricsLike | Mapping[str, object]
+    metrics: EpochValues | EpochMetrics | Mapping[str, object]
 
     def __post_init__(self) -> None:
         check_cell(self.spec_hash, self.seed)
@@ -254,18 +229,10 @@ class EpochRecorded:
         return self.metrics
 
 
-#: What a finished trial reports: the worker's `TrialResult` fields, as stored on its row.
-RESULT_FIELDS = (
-    "status",
-    "epochs_run",
-    "best_epoch",
-    "best_val_acc",
-    "test_acc",
-    "final_test_acc",
-    "seconds",
-    "images_per_sec",
-    "diverged_epoch",
-    "error",
+#: What a finished trial reports: the worker's `TrialResult` fields (all but the in-memory
+#: history, which the epochs table holds), as stored on its row.
+RESULT_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(TrialResult) if f.name != "history"
 )
 
 
@@ -309,7 +276,7 @@ class TrialFinished:
         cls,
         spec_hash: str,
         seed: int,
-        result: TrialResultLike | Mapping[str, object],
+        result: TrialResult | Mapping[str, object],
         finished_at: datetime | None = None,
     ) -> TrialFinished:
         """The event for a worker's `TrialResult` (or a mapping with the same keys)."""
@@ -332,34 +299,8 @@ class TrialFailed:
         object.__setattr__(self, "finished_at", _utc(self.finished_at))
 
 
-class LayerDiagnosticsLike(Protocol):
-    """What `workers.diagnostics.LayerDiagnostics` provides; a mapping with its keys also works."""
-
-    layer: str
-    depth: int
-    module: str
-    channels: int
-    gamma_mean: float
-    gamma_std: float
-    beta_mean: float
-    beta_std: float
-    gamma_drift: float
-    beta_drift: float
-    outlier_fraction: float
-    gradient_factor: float
-
-
-#: The measured values of one BN layer, in the order of the `diagnostics` table.
-DIAGNOSTIC_VALUES: tuple[str, ...] = (
-    "gamma_mean",
-    "gamma_std",
-    "beta_mean",
-    "beta_std",
-    "gamma_drift",
-    "beta_drift",
-    "outlier_fraction",
-    "gradient_factor",
-)
+#: The measured values of one BN layer, in the order of the `diagnostics` table: the worker's.
+DIAGNOSTIC_VALUES: tuple[str, ...] = VALUE_FIELDS
 
 
 @dataclass(frozen=True)
@@ -380,7 +321,7 @@ class LayerValues:
     gradient_factor: float | None
 
     @classmethod
-    def from_layer(cls, layer: LayerDiagnosticsLike | Mapping[str, object]) -> LayerValues:
+    def from_layer(cls, layer: LayerDiagnostics | Mapping[str, object]) -> LayerValues:
         name = _get(layer, "layer")
         if not isinstance(name, str) or not name or len(name) > 255:
             raise StoreError(f"layer: expected a module path of 1-255 characters, got {name!r}")
@@ -411,7 +352,7 @@ class DiagnosticsRecorded:
     seed: int
     epoch: int
     #: The worker's `LayerDiagnostics` or mappings with their keys; `LayerValues` once built.
-    layers: tuple[LayerValues | LayerDiagnosticsLike | Mapping[str, object], ...]
+    layers: tuple[LayerValues | LayerDiagnostics | Mapping[str, object], ...]
 
     def __post_init__(self) -> None:
         check_cell(self.spec_hash, self.seed)
