@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from workers.errors import BnsweepError
-from workers.spec import ARM_FIELDS, EXPERIMENT_FIELDS
+from workers.spec import ARM_FIELDS, BASE_ARM, EXPERIMENT_FIELDS, arm_name, is_base_arm
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +58,15 @@ class Arm:
 
     @property
     def is_base(self) -> bool:
-        # BASE in the paper: default γ = 1, no learning-rate reduction, standard BN (Sect. 4.2).
-        return self.formulation == "standard" and self.gamma == 1.0 and self.c == 1.0
+        return is_base_arm(self.formulation, self.gamma, self.c)
 
 
-BASE = Arm("standard", 1.0, 1.0)
+BASE = Arm(*BASE_ARM)
 
 
 def arm_label(arm: Arm) -> str:
     """`BASE`, or `rbn γ=1 c=1`: how `--versus` names an arm (formulation as registered)."""
-    return "BASE" if arm.is_base else f"{arm.formulation} γ={arm.gamma:g} c={arm.c:g}"
+    return arm_name(arm.formulation, arm.gamma, arm.c)
 
 
 _ARM_KEYS = {"γ": "gamma", "gamma": "gamma", "c": "c"}

@@ -27,7 +27,7 @@ from analysis.pairing import COMPLETED
 from analysis.stats import AnalysisOptions
 from analysis.table_model import Table
 from analysis.tables import build_tables
-from workers.spec import ARM_FIELDS, EXPERIMENT_FIELDS
+from workers.spec import ARM_FIELDS, EXPERIMENT_FIELDS, is_base_arm
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -215,7 +215,7 @@ def plot_validation_curves(
             names, shared = arm_labels([arm for arm, _ in arms])
             k = 0
             for arm, line in arms:
-                is_base = is_base_arm(arm)
+                is_base = is_base_arm(*arm)
                 x = line["epoch"].to_numpy()
                 m = line["mean"].to_numpy()
                 s = np.nan_to_num(line["std"].to_numpy())
@@ -251,11 +251,6 @@ def plot_validation_curves(
     return paths
 
 
-def is_base_arm(arm: tuple[Any, ...]) -> bool:
-    formulation, gamma, c = arm
-    return bool(formulation == "standard" and gamma == 1.0 and c == 1.0)
-
-
 def arm_labels(
     arms: Sequence[tuple[Any, ...]], fields: Sequence[int] = (0, 1, 2)
 ) -> tuple[dict[tuple[Any, ...], str], str]:
@@ -267,12 +262,12 @@ def arm_labels(
         lambda a: f"γ={a[1]:g}",
         lambda a: f"c={a[2]:g}",
     )
-    others = [a for a in arms if not is_base_arm(a)]
+    others = [a for a in arms if not is_base_arm(*a)]
     varying = [i for i in fields if len({parts[i](a) for a in others}) > 1]
     if not varying:
         varying = list(fields)  # one arm: name it fully rather than not at all
     shared = ", ".join(parts[i](others[0]) for i in fields if i not in varying) if others else ""
-    names = {a: "BASE" if is_base_arm(a) else " ".join(parts[i](a) for i in varying) for a in arms}
+    names = {a: "BASE" if is_base_arm(*a) else " ".join(parts[i](a) for i in varying) for a in arms}
     return names, shared
 
 
@@ -540,14 +535,14 @@ def _arm_lines(ax: Any, df: pd.DataFrame, x: str, value: str, spread: bool = Fal
     title."""
     curves = df.groupby([*ARM_FIELDS, x], dropna=False)[value].agg(["mean", "std"]).reset_index()
     groups = curves.groupby(list(ARM_FIELDS), sort=True)
-    arms = sorted(groups, key=lambda kv: not is_base_arm(kv[0]))
+    arms = sorted(groups, key=lambda kv: not is_base_arm(*kv[0]))
     names, shared = arm_labels([arm for arm, _ in arms])
     steps = np.diff(np.sort(curves[x].unique()))
     width = 0.5 * float(steps.min()) if len(steps) else 0.0  # half the x spacing for all arms
     k = 0
     for i, (arm, line) in enumerate(arms):
         line = line.sort_values(x)
-        is_base = is_base_arm(arm)
+        is_base = is_base_arm(*arm)
         color = "0.25" if is_base else f"C{k % 10}"
         k += 0 if is_base else 1
         xs, m = line[x].to_numpy(dtype=float), line["mean"].to_numpy()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from service.sweep import SweepSpec, expand
-from workers.spec import TrialSpec
+from workers.spec import TrialSpec, arm_name
 
 if TYPE_CHECKING:
     from service.store.api import Store
@@ -53,9 +53,5 @@ def plan(sweep: SweepSpec, store: Store) -> LaunchPlan:
 
 
 def cell_label(spec: TrialSpec) -> str:
-    arm = (
-        "BASE"
-        if spec.is_base
-        else f"{spec.formulation} γ={spec.bn_scale_init:g} c={spec.bn_lr_divisor:g}"
-    )
+    arm = arm_name(spec.formulation, spec.bn_scale_init, spec.bn_lr_divisor)
     return f"{spec.dataset}/{spec.arch} α={spec.lr:g} {spec.input_norm}: {arm}"

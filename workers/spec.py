@@ -68,6 +68,19 @@ NON_RESULT_FIELDS = frozenset({"data_root", "device", "seed", *RUNTIME_FIELDS})
 
 #: The fields that say which arm of an experiment a run belongs to; BASE is γ = 1, c = 1, standard.
 ARM_FIELDS = ("formulation", "bn_scale_init", "bn_lr_divisor")
+#: BASE in the paper: the standard formulation, default γ = 1, no learning-rate reduction for γ
+#: (c = 1) (Sect. 4.2): every arm is tested against it unless told otherwise.
+BASE_ARM = ("standard", 1.0, 1.0)
+
+
+def is_base_arm(formulation: object, gamma: object, c: object) -> bool:
+    """Whether (formulation, γ, c) is BASE; the one place that says so."""
+    return bool(formulation == BASE_ARM[0] and gamma == BASE_ARM[1] and c == BASE_ARM[2])
+
+
+def arm_name(formulation: str, gamma: float, c: float) -> str:
+    """`BASE`, or `rbn γ=1 c=1`: an arm's name, as `--versus` reads it and tables print it."""
+    return "BASE" if is_base_arm(formulation, gamma, c) else f"{formulation} γ={gamma:g} c={c:g}"
 
 
 @dataclass(frozen=True)
@@ -120,11 +133,7 @@ class TrialSpec:
     @property
     def is_base(self) -> bool:
         """BASE in the paper: default γ = 1, no learning-rate reduction, standard BN (Sect. 4.2)."""
-        return (
-            self.formulation == "standard"
-            and self.bn_scale_init == 1.0
-            and self.bn_lr_divisor == 1.0
-        )
+        return is_base_arm(self.formulation, self.bn_scale_init, self.bn_lr_divisor)
 
     def replace(self, **changes: Any) -> TrialSpec:
         return dataclasses.replace(self, **changes)

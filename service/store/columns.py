@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from service.store.errors import StoreError
 from service.store.events import DIAGNOSTIC_VALUES, check_cell
 from service.store.models import SPEC_COLUMN_TYPES, STATUSES, Diagnostic, Epoch, Trial
-from workers.spec import ARM_FIELDS, TrialSpec
+from workers.spec import ARM_FIELDS, TrialSpec, is_base_arm
 
 #: Rows per statement when a list of keys is sent as `IN (...)`; well below both backends' limits.
 _CHUNK = 500
@@ -281,11 +281,7 @@ def arm_label(values: Mapping[str, object], fields: Sequence[str] = ()) -> str:
         str(values["formulation"]),
     ]
     parts += [f"{name}={_format_number(values[name])}" for name in fields if name not in ARM_FIELDS]
-    is_base = (
-        values["formulation"] == "standard"
-        and values["bn_scale_init"] == 1.0
-        and values["bn_lr_divisor"] == 1.0
-    )
+    is_base = is_base_arm(values["formulation"], values["bn_scale_init"], values["bn_lr_divisor"])
     return ("BASE " if is_base else "") + " ".join(parts)
 
 

@@ -111,8 +111,8 @@ def curve_figures(
     """Validation accuracy and training loss per epoch, mean ± std over seeds per arm (completed
     runs), one figure per experiment; with `per_seed`, every seed's own trace behind the mean.
     Returns the figures and how many experiments there were (at most MAX_CURVE_FIGURES drawn)."""
-    from analysis.plots import arm_labels, is_base_arm
-    from workers.spec import EXPERIMENT_FIELDS
+    from analysis.plots import arm_labels
+    from workers.spec import EXPERIMENT_FIELDS, is_base_arm
 
     done = trials.loc[trials["status"].astype(str) == "completed", ["spec_hash", "seed"]]
     df = epochs.merge(done.drop_duplicates(), on=["spec_hash", "seed"])
@@ -126,7 +126,7 @@ def curve_figures(
         label = ", ".join(f"{f}={_g(v)}" for f, v in zip(varying, key, strict=True))
         fig, axes = _new_figure(2)
         part = part.assign(_arm=_arm_key(part))
-        arms = sorted(part["_arm"].unique(), key=lambda a: (not is_base_arm(a), a))
+        arms = sorted(part["_arm"].unique(), key=lambda a: (not is_base_arm(*a), a))
         names, shared = arm_labels(arms)
         for ax, (column, scale, ylabel) in zip(
             axes,
@@ -136,7 +136,7 @@ def curve_figures(
             k = 0
             for arm in arms:
                 rows = part[part["_arm"] == arm]
-                base = is_base_arm(arm)
+                base = is_base_arm(*arm)
                 color = "0.25" if base else f"C{k % 10}"
                 k += 0 if base else 1
                 if per_seed:
