@@ -76,8 +76,10 @@ def write_tables(text: str, out: str | Path, name: str, fmt: str) -> Path:
     return path
 
 
-def safe_name(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or "tables"
+def safe_name(name: str, empty: str = "tables") -> str:
+    """A sweep name as a file or folder name: `bnsweep tables --out`, the report's folders and
+    the dashboard's downloads; `empty` stands in for a name with no character left."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or empty
 
 
 def tables_for(

@@ -10,7 +10,6 @@ runtime failure (the database down or missing, an unknown sweep).
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -203,7 +202,7 @@ def run_db_upgrade(args: argparse.Namespace) -> int:
 
 def run_db_forget(args: argparse.Namespace) -> int:
     from service.store.api import Store
-    from service.store.columns import check_where
+    from service.store.columns import check_where, parse_where
     from service.store.errors import StoreError
 
     where = parse_where(args.where)
@@ -322,31 +321,9 @@ def _write_status(statuses: Sequence[SweepStatus], fmt: str) -> None:
     sys.stdout.write(json.dumps(rows, indent=2) + "\n")
 
 
-_WHERE = re.compile(r"^\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op>>=|<=|!=|=|>|<)(?P<value>.*)$")
-
-
-def parse_where(items: Sequence[str]) -> dict[str, list[object]]:
-    """`FIELD=VALUE` (or FIELD>VALUE, >=, <, <=, !=) strings → {field: [values]}: a repeated
-    field with `=` means any of its values; comparisons must all hold."""
-    from service.store.columns import Compare
-    from service.store.errors import StoreError
-
-    where: dict[str, list[object]] = {}
-    for item in items:
-        match = _WHERE.match(item)
-        if match is None:
-            raise StoreError(
-                f"--where {item!r}: expected FIELD=VALUE or FIELD>VALUE (>=, <, <=, !=), "
-                "e.g. --where lr=0.1 --where test_acc>0.9"
-            )
-        name, op, value = match["name"], match["op"], match["value"].strip()
-        where.setdefault(name, []).append(value if op == "=" else Compare(op, value))
-    return where
-
-
 def run_query(args: argparse.Namespace) -> int:
     from service.store.api import Store
-    from service.store.columns import check_where
+    from service.store.columns import check_where, parse_where
     from service.store.errors import StoreError
 
     where = parse_where(args.where)
@@ -389,6 +366,8 @@ def _counts_table(statuses: Sequence[SweepStatus], url: str) -> object:
 def _missing_table(name: str, arms: Sequence[ArmStatus]) -> object:
     from rich.table import Table
 
+    from service.store.values import missing_text
+
     table = Table(title=f"{name}: missing seeds", title_justify="left")
     table.add_column("arm")
     table.add_column("spec_hash")
@@ -398,31 +377,6 @@ def _missing_table(name: str, arms: Sequence[ArmStatus]) -> object:
         done = len(arm.seeds) - len(arm.missing_seeds)
         table.add_row(arm.label, arm.spec_hash, f"{done}/{len(arm.seeds)}", missing_text(arm))
     return table
-
-
-def missing_text(arm: ArmStatus) -> str:
-    """An arm's missing seeds, with those failed or running named: "3-5 (failed: 4)"."""
-    notes = []
-    if arm.failed_seeds:
-        notes.append(f"failed: {seed_ranges(arm.failed_seeds)}")
-    if arm.running_seeds:
-        notes.append(f"running: {seed_ranges(arm.running_seeds)}")
-    return seed_ranges(arm.missing_seeds) + (f" ({'; '.join(notes)})" if notes else "")
-
-
-def seed_ranges(seeds: Sequence[int]) -> str:
-    """(1, 2, 3, 5, 7, 8) → "1-3, 5, 7-8": fifteen seeds stay readable."""
-    parts: list[str] = []
-    ordered = sorted(seeds)
-    start = prev = ordered[0] if ordered else 0
-    for seed in [*ordered[1:], None]:
-        if seed is not None and seed == prev + 1:
-            prev = seed
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if seed is not None:
-            start = prev = seed
-    return ", ".join(parts) if ordered else ""
 
 
 def _write_frame(frame: pd.DataFrame, fmt: str, *, epochs: bool, diagnostics: bool = False) -> None:

@@ -7,6 +7,7 @@ The column dicts fix each frame's columns and pandas dtypes, stable even when a 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -296,3 +297,22 @@ def cell_of(cell: TrialSpec | tuple[str, int]) -> tuple[str, int]:
 def chunks(items: Sequence[T], size: int = _CHUNK) -> Iterable[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+_WHERE = re.compile(r"^\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op>>=|<=|!=|=|>|<)(?P<value>.*)$")
+
+
+def parse_where(items: Sequence[str]) -> dict[str, list[object]]:
+    """`FIELD=VALUE` (or FIELD>VALUE, >=, <, <=, !=) strings → {field: [values]}: a repeated
+    field with `=` means any of its values; comparisons must all hold."""
+    where: dict[str, list[object]] = {}
+    for item in items:
+        match = _WHERE.match(item)
+        if match is None:
+            raise StoreError(
+                f"--where {item!r}: expected FIELD=VALUE or FIELD>VALUE (>=, <, <=, !=), "
+                "e.g. --where lr=0.1 --where test_acc>0.9"
+            )
+        name, op, value = match["name"], match["op"], match["value"].strip()
+        where.setdefault(name, []).append(value if op == "=" else Compare(op, value))
+    return where

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -104,3 +104,28 @@ class StoreFingerprint:
     links: int
     epochs: int
     diagnostics: int
+
+
+def missing_text(arm: ArmStatus) -> str:
+    """An arm's missing seeds, with those failed or running named: "3-5 (failed: 4)"."""
+    notes = []
+    if arm.failed_seeds:
+        notes.append(f"failed: {seed_ranges(arm.failed_seeds)}")
+    if arm.running_seeds:
+        notes.append(f"running: {seed_ranges(arm.running_seeds)}")
+    return seed_ranges(arm.missing_seeds) + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def seed_ranges(seeds: Sequence[int]) -> str:
+    """(1, 2, 3, 5, 7, 8) → "1-3, 5, 7-8": fifteen seeds stay readable."""
+    parts: list[str] = []
+    ordered = sorted(seeds)
+    start = prev = ordered[0] if ordered else 0
+    for seed in [*ordered[1:], None]:
+        if seed is not None and seed == prev + 1:
+            prev = seed
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if seed is not None:
+            start = prev = seed
+    return ", ".join(parts) if ordered else ""

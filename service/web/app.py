@@ -231,10 +231,10 @@ def create_app(
 
 
 def _attachment(name: str, file: str) -> dict[str, str]:
-    from service.web.frame import safe_name
+    from service.tables import safe_name
 
     return {
-        "Content-Disposition": f'attachment; filename="{safe_name(name)}-{file}"',
+        "Content-Disposition": f'attachment; filename="{safe_name(name, "sweep")}-{file}"',
         "Cache-Control": "no-cache",
     }
 

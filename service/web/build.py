@@ -274,7 +274,7 @@ def _trials_controls(
 
 def parse_where(text: str) -> dict[str, list[object]]:
     """`status=failed lr=0.1` (or one `field=value` per `where` parameter) → filters."""
-    from service.commands.store import parse_where as parse_items
+    from service.store.columns import parse_where as parse_items
     from service.store.errors import StoreError
 
     try:

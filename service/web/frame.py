@@ -16,6 +16,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from service.tables import safe_name
+
 __all__ = [
     "REFRESH_SECONDS",
     "Site",
@@ -23,7 +25,6 @@ __all__ = [
     "layout",
     "num",
     "plain_table",
-    "safe_name",
     "section",
     "time",
 ]
@@ -32,11 +33,6 @@ esc = html.escape
 
 #: Seconds between two refreshes of a live page's running sections.
 REFRESH_SECONDS = 3
-
-
-def safe_name(name: str) -> str:
-    """A sweep name as a file or folder name (as `bnsweep tables --out` names its files)."""
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or "sweep"
 
 
 @dataclass(frozen=True)
@@ -60,7 +56,7 @@ class Site:
         return f'<a href="{esc(href)}">{esc(text)}</a>'
 
     def sweep(self, name: str) -> str:
-        return name if self.live else safe_name(name)
+        return name if self.live else safe_name(name, "sweep")
 
     def _prefix(self) -> str:
         return "../" * (len(self.here) - 1)

@@ -198,7 +198,7 @@ def table_section(site: Site, name: str, tables: Sequence[Table] | str, query: T
 
 def status_section(site: Site, name: str, status: SweepStatus, failures: Sequence[Failure]) -> str:
     """`bnsweep status`'s arm table, and the failed cells with their errors."""
-    from service.commands.store import missing_text
+    from service.store.values import missing_text
 
     parts = ["<h2>Missing seeds</h2>"]
     arms = status.incomplete_arms

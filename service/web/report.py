@@ -26,8 +26,9 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from service.tables import safe_name
 from service.web import build
-from service.web.frame import Site, safe_name
+from service.web.frame import Site
 from service.web.view import Reader, Snapshot, TableQuery
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ def _write_site(snap: Snapshot, names: list[str], root: Path) -> None:
 
 def _write_sweep(snap: Snapshot, name: str, root: Path) -> None:
     query = TableQuery()
-    folder = safe_name(name)
+    folder = safe_name(name, "sweep")
     base = root / "sweeps" / folder
     trials = snap.trials(name)
     shown = trials.iloc[: build.STATIC_TRIAL_ROWS]

@@ -21,11 +21,11 @@ import pytest
 
 import service.cli
 import workers.spec
-from service.commands.store import parse_where, seed_ranges
 from service.store.api import Store
-from service.store.columns import TRIAL_COLUMNS
+from service.store.columns import TRIAL_COLUMNS, parse_where
 from service.store.errors import StoreError
 from service.store.schema import head_revision
+from service.store.values import seed_ranges
 from tests.service.test_store import (
     _REGISTRIES,
     _specs_without_registries,  # noqa: F401 (autouse fixture)
