@@ -36,8 +36,17 @@ test: venv lint
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow and not exhaustive" -p no:cacheprovider
 
+# ruff's lint rules and its formatting, then mypy (configured in pyproject.toml). mypy reads the
+# `bnsweep` namespace from a tree of links that mirrors pyproject.toml's package-dir (service/ is
+# `bnsweep`, workers/ and analysis/ its subpackages): it cannot follow the editable install's
+# import hook. Its messages name the files through that tree (build/typecheck/bnsweep/...).
 lint: venv
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	@rm -rf build/typecheck && mkdir -p build/typecheck/bnsweep
+	@for f in service/*; do ln -s ../../../$$f build/typecheck/bnsweep/; done
+	@ln -s ../../../workers ../../../analysis build/typecheck/bnsweep/
+	$(PY) -m mypy
 
 bench: venv
 	$(PY) bench/throughput.py

@@ -11,10 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from workers.errors import SpecError, choice_error
-from workers.spec import EXPERIMENT_FIELDS
+from bnsweep.workers.errors import SpecError, choice_error
+from bnsweep.workers.spec import EXPERIMENT_FIELDS
 
-#: The layouts `analysis.planning.LAYOUTS` draws (tests/analysis/test_tables.py keeps them equal).
+#: The layouts `bnsweep.analysis.planning.LAYOUTS` draws (tests/analysis/test_tables.py keeps them
+#: equal).
 LAYOUT_NAMES = ("gamma", "formulation", "methods")
 
 

@@ -1,8 +1,8 @@
 """The tables for a notebook: `tables(trials)` returns them as a list that shows itself as HTML
 and turns into one DataFrame.
 
-`bnsweep.tables` is this function. It sits above the table model and the renderers, so that the
-model stays plain data that the renderers read.
+`bnsweep.tables` is this function. It sits above the table model and the renderers, so
+that the model stays plain data that the renderers read.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.layout import TableLayout
-from analysis.render import formats
-from analysis.render.html_page import html_tables
-from analysis.stats import AnalysisOptions
-from analysis.table_model import FRAME_COLUMNS, Table
-from analysis.tables import build_tables
+from bnsweep.analysis.layout import TableLayout
+from bnsweep.analysis.render import formats
+from bnsweep.analysis.render.html_page import html_tables
+from bnsweep.analysis.stats import AnalysisOptions
+from bnsweep.analysis.table_model import FRAME_COLUMNS, Table
+from bnsweep.analysis.tables import build_tables
 
 
 class Tables(list[Table]):
@@ -31,7 +31,8 @@ class Tables(list[Table]):
         return pd.concat(frames, ignore_index=True)[["table", *FRAME_COLUMNS]]
 
     def render(self, fmt: str) -> str:
-        """The tables in one of `analysis.render.formats.RENDERERS` (md, latex, html, csv, ...)."""
+        """The tables in one of `bnsweep.analysis.render.formats.RENDERERS` (md, latex, html, csv,
+        ...)."""
         return formats.render(self, fmt)
 
     def _repr_html_(self) -> str:

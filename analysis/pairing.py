@@ -3,7 +3,8 @@ default, any arm with `--versus`) seed by seed.
 
 An *experiment* is everything that changes a result except the arm: dataset, network, α, input
 normalisation, epochs, ... (`EXPERIMENT_FIELDS`). An *arm* is (formulation, γ, c)
-(`workers.spec.ARM_FIELDS`); BASE is the standard formulation with γ = 1 and c = 1 (Sect. 4.2).
+(`bnsweep.workers.spec.ARM_FIELDS`); BASE is the standard formulation with γ = 1 and c = 1 (Sect.
+4.2).
 
 The paper's test is paired over the 15 seeds (Sect. 4.3): run *k* of an arm and run *k* of BASE
 share the seed and therefore the data order. Pairs are matched by seed id, never by row
@@ -32,8 +33,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from workers.errors import BnsweepError
-from workers.spec import ARM_FIELDS, BASE_ARM, EXPERIMENT_FIELDS, arm_name, is_base_arm
+from bnsweep.workers.errors import BnsweepError
+from bnsweep.workers.spec import ARM_FIELDS, BASE_ARM, EXPERIMENT_FIELDS, arm_name, is_base_arm
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from analysis.display import FORMULATION_NAMES, formulation_name
-from analysis.layout import TableLayout
-from analysis.pairing import BASE, Arm
+from bnsweep.analysis.display import FORMULATION_NAMES, formulation_name
+from bnsweep.analysis.layout import TableLayout
+from bnsweep.analysis.pairing import BASE, Arm
 
 __all__ = ["LAYOUTS", "BlockData", "LayoutKind", "RowPlan", "Summary", "infer_kind"]
 

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from analysis.layout import TableLayout
-from analysis.pairing import COMPLETED
-from analysis.stats import AnalysisOptions
-from analysis.table_model import Table
-from analysis.tables import build_tables
-from workers.spec import ARM_FIELDS, EXPERIMENT_FIELDS, is_base_arm
+from bnsweep.analysis.layout import TableLayout
+from bnsweep.analysis.pairing import COMPLETED
+from bnsweep.analysis.stats import AnalysisOptions
+from bnsweep.analysis.table_model import Table
+from bnsweep.analysis.tables import build_tables
+from bnsweep.workers.spec import ARM_FIELDS, EXPERIMENT_FIELDS, is_base_arm
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -183,7 +183,7 @@ def plot_validation_curves(
     needed = {"seed", "epoch", "val_acc", *ARM_FIELDS}
     missing = sorted(needed - set(epochs.columns))
     if missing:
-        from analysis.pairing import AnalysisError
+        from bnsweep.analysis.pairing import AnalysisError
 
         raise AnalysisError(f"epochs table lacks column(s) {', '.join(missing)}")
     df = epochs
@@ -329,7 +329,7 @@ def plot_diagnostics(
 def _check_diagnostics(frame: pd.DataFrame, values: Sequence[str]) -> None:
     missing = sorted(set(_DIAGNOSTIC_NEEDS) - set(frame.columns) | set(values) - set(frame.columns))
     if missing:
-        from analysis.pairing import AnalysisError
+        from bnsweep.analysis.pairing import AnalysisError
 
         raise AnalysisError(f"diagnostics table lacks column(s) {', '.join(missing)}")
 

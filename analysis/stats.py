@@ -3,7 +3,7 @@ and power.
 
 The paper's verdict (Sect. 4.3): an arm is significantly better than BASE when a one-sided
 paired t-test over the seeds gives p ≤ 0.05. `scipy.stats.ttest_rel` pairs by position, so the
-inputs here are already aligned by seed (`analysis.pairing.Comparison`).
+inputs here are already aligned by seed (`bnsweep.analysis.pairing.Comparison`).
 
 Degenerate data are reported, not tested: fewer than two pairs (scipy returns NaN), and
 numerically constant differences, where scipy returns t = ±inf and p = 0 although the data
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize, stats
 
-from analysis.pairing import Comparison
-from workers.errors import choice_error
+from bnsweep.analysis.pairing import Comparison
+from bnsweep.workers.errors import choice_error
 
 #: Relative size below which the spread of the differences counts as zero (floating-point
 #: noise of subtracting equal-spaced accuracies is ~1e-16 relative).
@@ -54,7 +54,7 @@ class AnalysisOptions:
     exclude_diverged: bool = False
 
     def __post_init__(self) -> None:
-        from analysis.pairing import AnalysisError
+        from bnsweep.analysis.pairing import AnalysisError
 
         if not isinstance(self.exclude_diverged, bool):
             raise AnalysisError(
@@ -272,7 +272,7 @@ def paired_test(
     a = np.asarray(arm, dtype=float).reshape(1, -1)
     b = np.asarray(base, dtype=float).reshape(1, -1)
     if a.shape != b.shape:
-        from analysis.pairing import AnalysisError
+        from bnsweep.analysis.pairing import AnalysisError
 
         raise AnalysisError(
             f"paired test needs equally many scores, got {a.shape[1]} and {b.shape[1]}"

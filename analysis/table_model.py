@@ -12,8 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.pairing import Arm, Comparison
-from analysis.stats import AnalysisOptions, CellStats
+from bnsweep.analysis.pairing import Arm, Comparison
+from bnsweep.analysis.stats import AnalysisOptions, CellStats
 
 __all__ = [
     "FRAME_COLUMNS",

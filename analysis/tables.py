@@ -2,7 +2,8 @@
 
 `build_tables(trials, layout, options)` turns the trials frame into `Table` objects
 (analysis/table_model.py) with the rows analysis/planning.py plans; the renderers in
-`analysis.render.formats.RENDERERS` (Markdown, LaTeX, HTML, terminal, CSV) only format that model.
+`bnsweep.analysis.render.formats.RENDERERS` (Markdown, LaTeX, HTML, terminal, CSV) only format that
+model.
 
 The rules (Sect. 4.3): a cell is test accuracy in percent, mean ± sample std (ddof = 1) over
 the seeds with a score, two decimals. **Bold**: significantly better than BASE (or the arm
@@ -26,9 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.display import display, formulation_name
-from analysis.layout import TableLayout
-from analysis.pairing import (
+from bnsweep.analysis.display import display, formulation_name
+from bnsweep.analysis.layout import TableLayout
+from bnsweep.analysis.pairing import (
     BASE,
     Arm,
     Comparison,
@@ -40,8 +41,8 @@ from analysis.pairing import (
     prepare_trials,
     summarise,
 )
-from analysis.planning import LAYOUTS, BlockData, RowPlan, Summary, infer_kind
-from analysis.stats import (
+from bnsweep.analysis.planning import LAYOUTS, BlockData, RowPlan, Summary, infer_kind
+from bnsweep.analysis.stats import (
     FEWER_THAN_TWO,
     NO_COMMON_SEEDS,
     AnalysisOptions,
@@ -49,7 +50,7 @@ from analysis.stats import (
     evaluate_comparisons,
     minimum_detectable_effect,
 )
-from analysis.table_model import Block, Cell, PairCell, PairwiseMatrix, Row, Table
+from bnsweep.analysis.table_model import Block, Cell, PairCell, PairwiseMatrix, Row, Table
 
 log = logging.getLogger(__name__)
 

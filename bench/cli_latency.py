@@ -24,12 +24,12 @@ SPECS = sorted((ROOT / "configs" / "paper").glob("table*.yaml"))
 
 
 def timed(argv: list[str], repeat: int) -> tuple[float, float]:
-    """(median, max) seconds of `python -m service.cli ARGV` over `repeat` fresh processes."""
+    """(median, max) seconds of `python -m bnsweep.cli ARGV` over `repeat` fresh processes."""
     seconds = []
     for _ in range(repeat):
         start = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-m", "service.cli", *argv],
+            [sys.executable, "-m", "bnsweep.cli", *argv],
             check=True,
             stdout=subprocess.DEVNULL,
             cwd=ROOT,
@@ -46,7 +46,7 @@ def main() -> None:
         absent = f"sqlite:///{Path(tmp) / 'absent.db'}"
         existing = f"sqlite:///{Path(tmp) / 'store.db'}"
         subprocess.run(
-            [sys.executable, "-m", "service.cli", "db", "upgrade", "--db", existing],
+            [sys.executable, "-m", "bnsweep.cli", "db", "upgrade", "--db", existing],
             check=True,
             stdout=subprocess.DEVNULL,
             cwd=ROOT,

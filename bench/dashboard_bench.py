@@ -34,10 +34,10 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.store.api import Store  # noqa: E402
-from service.store.errors import normalize_url  # noqa: E402
-from service.store.events import TrialStarted  # noqa: E402
-from workers.spec import TrialSpec  # noqa: E402
+from bnsweep.store.api import Store  # noqa: E402
+from bnsweep.store.errors import normalize_url  # noqa: E402
+from bnsweep.store.events import TrialStarted  # noqa: E402
+from bnsweep.workers.spec import TrialSpec  # noqa: E402
 
 SWEEP = "bench"
 
@@ -85,7 +85,7 @@ def fill(url: str, n: int) -> int:
 def serve(url: str) -> Iterator[int]:
     import uvicorn
 
-    from service.web.app import create_app
+    from bnsweep.web.app import create_app
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

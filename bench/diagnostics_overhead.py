@@ -29,11 +29,11 @@ from dataclasses import dataclass
 
 import torch
 
-from workers.data import DataSplits, load_splits
-from workers.devices import resolve_device
-from workers.diagnostics import BNDiagnostics
-from workers.spec import TrialSpec
-from workers.trial import (
+from bnsweep.workers.data import DataSplits, load_splits
+from bnsweep.workers.devices import resolve_device
+from bnsweep.workers.diagnostics import BNDiagnostics
+from bnsweep.workers.spec import TrialSpec
+from bnsweep.workers.trial import (
     autocast_for,
     build,
     evaluate,

@@ -1,6 +1,6 @@
 """Can the driver keep up with a paper-size sweep? The real launch path on a simulated GPU cluster.
 
-Everything is the product's own code (`service.driver.launch`: Ray Tune, the store callback, the
+Everything is the product's own code (`bnsweep.driver.launch`: Ray Tune, the store callback, the
 store on SQLite or PostgreSQL, checkpoint files in a storage folder) except the training itself:
 `run_trial` is replaced, in every Ray worker, by a stand-in that emits an epoch every
 `--epoch-seconds`, with BN diagnostics the size of CIFAR ResNet-18's (21 BN layers, about 7.6 kB
@@ -42,9 +42,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.driver import launch  # noqa: E402
-from service.store.api import Store  # noqa: E402
-from service.sweep import parse_sweep_spec  # noqa: E402
+from bnsweep.driver import launch  # noqa: E402
+from bnsweep.store.api import Store  # noqa: E402
+from bnsweep.sweep import parse_sweep_spec  # noqa: E402
 
 #: CIFAR ResNet-18 with an input BN: 20 BN layers in the network and the prepended one.
 RESNET18_BN_LAYERS = 21
@@ -57,7 +57,7 @@ CHECKPOINT_BYTES_ENV = "BNSWEEP_BENCH_CHECKPOINT_BYTES"
 # -- the stand-in, installed in every Ray worker ----------------------------------------------
 def install_stand_in() -> None:
     """Ray's `worker_process_setup_hook`: swap the training for the stand-in in this worker."""
-    import service.trainable as trainable
+    import bnsweep.trainable as trainable
 
     trainable.run_trial = stand_in_run_trial
     trainable._inspector = lambda spec, settings: _FakeDiagnostics()
@@ -106,8 +106,8 @@ def _written_bytes() -> int:
 
 def stand_in_run_trial(spec, on_epoch=None, checkpoint=None, inspect=None):
     """`run_trial`'s contract at a set pace: epochs, saves and diagnostics, no computation."""
-    from workers.checkpoint import load_checkpoint
-    from workers.results import EpochMetrics, TrialResult
+    from bnsweep.workers.checkpoint import load_checkpoint
+    from bnsweep.workers.results import EpochMetrics, TrialResult
 
     period = float(os.environ[EPOCH_SECONDS_ENV])
     payload = b"\0" * int(os.environ[CHECKPOINT_BYTES_ENV])
@@ -120,7 +120,7 @@ def stand_in_run_trial(spec, on_epoch=None, checkpoint=None, inspect=None):
     next_at = time.monotonic()
 
     def save(folder):
-        from workers.checkpoint import save_checkpoint
+        from bnsweep.workers.checkpoint import save_checkpoint
 
         path = save_checkpoint(folder, {"progress": {"epoch": epoch, "history": []}})
         with open(Path(folder) / "weights.bin", "wb") as f:

@@ -1,6 +1,6 @@
 """GPU-hours for each paper table, from counted FLOPs and a GPU's throughput.
 
-For every spec in `configs/paper/` this expands the cells (`service.sweep.expand`, as
+For every spec in `configs/paper/` this expands the cells (`bnsweep.sweep.expand`, as
 `bnsweep launch --dry-run` does), counts the ones an earlier table has already run, and prices a
 cell of each (dataset, network) by its floating-point operations:
 
@@ -9,7 +9,8 @@ cell of each (dataset, network) by its floating-point operations:
     per cell  = epochs x per epoch
 
 Forward FLOPs per image are counted by `torch.utils.flop_counter.FlopCounterMode` on the model
-`workers.trial.build` makes, at the input size the loader feeds it (32 x 32 for CIFAR, 224 x 224
+`bnsweep.workers.trial.build` makes, at the input size the loader feeds it (32 x 32 for CIFAR, 224
+x 224
 crops for CUB-200 and Stanford Cars). Convolutions and matmuls only: BN, ReLU and the update are
 bandwidth-bound and are what the "sustained" rate below has to absorb.
 
@@ -47,11 +48,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.sweep import expand, load_sweep_spec
-from workers.loaders import CROP
-from workers.models import build_model
-from workers.spec import TrialSpec
-from workers.trial import SMALL_INPUT_MAX
+from bnsweep.sweep import expand, load_sweep_spec
+from bnsweep.workers.loaders import CROP
+from bnsweep.workers.models import build_model
+from bnsweep.workers.spec import TrialSpec
+from bnsweep.workers.trial import SMALL_INPUT_MAX
 
 PAPER = Path(__file__).resolve().parent.parent / "configs" / "paper"
 
@@ -119,7 +120,8 @@ def forward_flops(arch: str, dataset: str) -> int:
 @functools.cache
 def checkpoint_bytes(arch: str, dataset: str) -> int:
     """The size of one trial checkpoint: weights, BN buffers and one SGD momentum buffer per
-    parameter, serialised as `workers.checkpoint.save_checkpoint` does (RNG states and the epoch
+    parameter, serialised as `bnsweep.workers.checkpoint.save_checkpoint` does (RNG states and the
+    epoch
     history add a few kB)."""
     model = _network(arch, dataset)
     momentum = {

@@ -1,7 +1,8 @@
 """Several trials on one GPU: aggregate training images/s with 1, 2, 4 … trials at once.
 
 Each trial is a separate process (as Ray runs a trial with a fractional `gpus:`), running the
-real `workers.trial.run_trial` on fabricated CIFAR-10-format files. Every trial's first epoch is
+real `bnsweep.workers.trial.run_trial` on fabricated CIFAR-10-format files. Every trial's first
+epoch is
 a warm-up (CUDA context, cuDNN autotuning, torch.compile); the trials then wait for each other at
 a barrier and run their remaining epochs together. The aggregate is the training images of those
 epochs, summed over the trials, divided by the wall time from the barrier to the last trial's
@@ -49,8 +50,8 @@ def _trial(
         import torch
         from throughput import accept_fabricated_cifar
 
-        from workers.spec import TrialSpec
-        from workers.trial import run_trial
+        from bnsweep.workers.spec import TrialSpec
+        from bnsweep.workers.trial import run_trial
 
         if threads:
             torch.set_num_threads(threads)

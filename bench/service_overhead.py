@@ -28,10 +28,10 @@ import ray
 import torch
 import yaml
 
-from service.driver import connect, launch
-from service.store.api import Store
-from service.sweep import expand, parse_sweep_spec
-from workers.trial import run_trial
+from bnsweep.driver import connect, launch
+from bnsweep.store.api import Store
+from bnsweep.sweep import expand, parse_sweep_spec
+from bnsweep.workers.trial import run_trial
 
 ARMS = 4  # γ ∈ {0.5, 0.1, 0.05} at c = 100, and BASE
 

@@ -3,7 +3,7 @@
 The target: `bnsweep tables` for 100,000 trials in under 2 s, the read from the store included,
 on SQLite and on PostgreSQL. With `--db URL` the fabricated trials are written to a fresh sweep
 of that store (bulk inserts, once) and every repeat reads them back as `bnsweep tables` does
-(`service.store.results.load_trials`); without it, only the analysis side is timed.
+(`bnsweep.store.results.load_trials`); without it, only the analysis side is timed.
 
     python bench/tables_bench.py [--trials 100000] [--repeat 3] [--db URL]
 """
@@ -19,9 +19,9 @@ import time
 import numpy as np
 import pandas as pd
 
-from analysis.render.formats import RENDERERS
-from analysis.stats import AnalysisOptions
-from analysis.tables import build_tables
+from bnsweep.analysis.render.formats import RENDERERS
+from bnsweep.analysis.stats import AnalysisOptions
+from bnsweep.analysis.tables import build_tables
 
 DATASETS = ("cifar10", "cifar100", "cub200", "stanford_cars")
 ARCHS = (
@@ -107,9 +107,9 @@ def fill_store(url: str, trials: pd.DataFrame) -> str:
 
     import sqlalchemy as sa
 
-    from service.store.api import Store
-    from service.store.models import Sweep, SweepTrial, Trial
-    from workers.spec import RECIPE
+    from bnsweep.store.api import Store
+    from bnsweep.store.models import Sweep, SweepTrial, Trial
+    from bnsweep.workers.spec import RECIPE
 
     name = f"tables-bench-{os.getpid()}-{int(time.time())}"
     now = datetime.now(timezone.utc)
@@ -161,7 +161,7 @@ def main() -> None:
     for correction in ("none", "holm"):
         for _ in range(args.repeat):
             if sweep is not None:
-                from service.store.results import load_trials
+                from bnsweep.store.results import load_trials
 
                 t0 = time.perf_counter()
                 trials = load_trials(args.db, sweep)

@@ -1,6 +1,7 @@
 """Training throughput: a reference-style loop against the bnsweep worker's loop, side by side.
 
-Both loops train the same model (`workers.trial.build`: CIFAR ResNet-18, the paper's parameter
+Both loops train the same model (`bnsweep.workers.trial.build`: CIFAR ResNet-18, the paper's
+parameter
 groups) at the same batch size on the same fabricated CIFAR-10-format files, read through the
 real `cifar10` loader, and evaluate validation and test after every training epoch:
 
@@ -48,13 +49,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from machine import cpu_model
 
-from workers.data import DataSplits, load_dataset
-from workers.devices import cpu_has_fast_bf16, device_numerics
-from workers.param_groups import param_groups
-from workers.seeding import complex_seed
-from workers.spec import TrialSpec
-from workers.splits import stratified_split
-from workers.trial import (
+from bnsweep.workers.data import DataSplits, load_dataset
+from bnsweep.workers.devices import cpu_has_fast_bf16, device_numerics
+from bnsweep.workers.param_groups import param_groups
+from bnsweep.workers.seeding import complex_seed
+from bnsweep.workers.spec import TrialSpec
+from bnsweep.workers.splits import stratified_split
+from bnsweep.workers.trial import (
     autocast_for,
     build,
     compiled,

@@ -19,19 +19,19 @@ from typing import Any
 import ray
 from ray import tune
 
-from service.plan import Cell, cell_label, cell_of
-from service.progress import Progress
-from service.store.api import Store
-from service.store.errors import StoreError
-from service.store.events import (
+from bnsweep.plan import Cell, cell_label, cell_of
+from bnsweep.progress import Progress
+from bnsweep.store.api import Store
+from bnsweep.store.errors import StoreError
+from bnsweep.store.events import (
     DiagnosticsRecorded,
     EpochRecorded,
     TrialFailed,
     TrialFinished,
     TrialStarted,
 )
-from workers.results import EpochMetrics, TrialResult
-from workers.spec import TrialSpec
+from bnsweep.workers.results import EpochMetrics, TrialResult
+from bnsweep.workers.spec import TrialSpec
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def _trial_error(trial: Any) -> str:
     return "the trial failed without an error message"
 
 
-#: "workers.errors.DataError: ..." → "DataError: ..."
+#: "bnsweep.workers.errors.DataError: ..." → "DataError: ..."
 _QUALIFIED_ERROR = re.compile(r"^(?:[A-Za-z_][\w]*\.)+([A-Za-z_]\w*(?:Error|Exception|Exit)\b)")
 
 

@@ -2,7 +2,7 @@
 
 A command module exposes `register(subparsers)`, which adds its parser and sets `func` to a
 handler `(args) -> int`. Every problem surfaces as a `BnsweepError`, printed here as one line;
-the exit code is the error's (`workers.errors`: 2 for usage and spec errors, 1 for runtime
+the exit code is the error's (`bnsweep.workers.errors`: 2 for usage and spec errors, 1 for runtime
 failures); argparse's own usage errors exit 2 as well, an interrupt 130.
 """
 
@@ -15,16 +15,16 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from workers.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, BnsweepError, SpecError
+from bnsweep.workers.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, BnsweepError, SpecError
 
 #: Subcommand modules, in the order `bnsweep --help` lists them.
 COMMAND_MODULES = (
-    "service.commands.train",
-    "service.commands.launch",
-    "service.commands.store",
-    "service.commands.report",
-    "service.commands.web",
-    "service.commands.completion",
+    "bnsweep.commands.train",
+    "bnsweep.commands.launch",
+    "bnsweep.commands.store",
+    "bnsweep.commands.report",
+    "bnsweep.commands.web",
+    "bnsweep.commands.completion",
 )
 
 

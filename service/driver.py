@@ -41,10 +41,10 @@ import ray
 from ray import tune
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from service.callback import EventSink, LaunchSummary, StoreCallback
-from service.checkpoints import CellStorage
-from service.plan import cell_of, plan
-from service.preflight import (
+from bnsweep.callback import EventSink, LaunchSummary, StoreCallback
+from bnsweep.checkpoints import CellStorage
+from bnsweep.plan import cell_of, plan
+from bnsweep.preflight import (
     StorageMarker,
     autoscaler_present,
     check_compile_works,
@@ -54,14 +54,14 @@ from service.preflight import (
     place_storage_marker,
     storage_root,
 )
-from service.progress import Progress
-from service.ray_address import host_port
-from service.store.api import Store
-from service.store.errors import StoreFailure
-from service.sweep import SweepSpec
-from service.trainable import train_cell
-from workers.errors import BnsweepError, RuntimeFailure
-from workers.spec import TrialSpec
+from bnsweep.progress import Progress
+from bnsweep.ray_address import host_port
+from bnsweep.store.api import Store
+from bnsweep.store.errors import StoreFailure
+from bnsweep.sweep import SweepSpec
+from bnsweep.trainable import train_cell
+from bnsweep.workers.errors import BnsweepError, RuntimeFailure
+from bnsweep.workers.spec import TrialSpec
 
 log = logging.getLogger(__name__)
 

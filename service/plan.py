@@ -9,11 +9,11 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from service.sweep import SweepSpec, expand
-from workers.spec import TrialSpec, arm_name
+from bnsweep.sweep import SweepSpec, expand
+from bnsweep.workers.spec import TrialSpec, arm_name
 
 if TYPE_CHECKING:
-    from service.store.api import Store
+    from bnsweep.store.api import Store
 
 Cell = tuple[str, int]  # (spec_hash, seed): the store's key for one run
 

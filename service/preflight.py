@@ -17,9 +17,9 @@ from typing import Any
 
 import ray
 
-from service.sweep import SweepSpec
-from workers.errors import BnsweepError, SpecError
-from workers.spec import TrialSpec
+from bnsweep.sweep import SweepSpec
+from bnsweep.workers.errors import BnsweepError, SpecError
+from bnsweep.workers.spec import TrialSpec
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ COMPILE_CHECK_SECONDS = 600.0
 
 def _compile_probe(device: str, mode: str) -> tuple[str, str | None]:
     """On a worker: (its host, what stops torch.compile there or None)."""
-    from workers.compile import compile_problem
+    from bnsweep.workers.compile import compile_problem
 
     return socket.gethostname(), compile_problem(device, mode)
 

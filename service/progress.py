@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from service.plan import Cell
+from bnsweep.plan import Cell
 
 
 class Progress:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from workers.errors import SpecError
+from bnsweep.workers.errors import SpecError
 
 
 def host_port(target: str) -> tuple[str, int]:

@@ -19,8 +19,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from workers.errors import SpecError
-from workers.spec import FIELD_NAMES, TrialSpec
+from bnsweep.workers.errors import SpecError
+from bnsweep.workers.spec import FIELD_NAMES, TrialSpec
 
 #: The BASE arm of the paper: default γ, no learning-rate reduction, standard formulation.
 BASE_ARM: Mapping[str, Any] = {
@@ -155,7 +155,7 @@ class SweepSpec(BaseModel):
     def _report(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         # The table layout is analysis's to define; checking it here fails a bad spec at launch,
         # not after hours of training when the tables are rendered.
-        from analysis.layout import TableLayout
+        from bnsweep.analysis.layout import TableLayout
 
         TableLayout.from_dict(value)
         return value
@@ -314,7 +314,7 @@ def redacted_spec_text(text: str, source: str = "<spec>") -> str:
     scalar's span of the text is rewritten, so the rest (comments, the `report:` layout, any
     other occurrence of the password's characters) stays exactly as written.
     """
-    from service.store.errors import redact_url
+    from bnsweep.store.errors import redact_url
 
     root = yaml.compose(text, Loader=_StrictLoader)
     if not isinstance(root, yaml.MappingNode):

@@ -17,14 +17,14 @@ from typing import Any
 import ray
 from ray import tune
 
-from service.checkpoints import CellRecords, CellStorage, write_cell_file
-from service.plan import Cell, cell_of
-from service.preflight import StorageMarker, check_storage_visible
-from workers.diagnostics import BNDiagnostics
-from workers.errors import SpecError
-from workers.results import EpochMetrics, TrialResult
-from workers.spec import TrialSpec
-from workers.trial import run_trial
+from bnsweep.checkpoints import CellRecords, CellStorage, write_cell_file
+from bnsweep.plan import Cell, cell_of
+from bnsweep.preflight import StorageMarker, check_storage_visible
+from bnsweep.workers.diagnostics import BNDiagnostics
+from bnsweep.workers.errors import SpecError
+from bnsweep.workers.results import EpochMetrics, TrialResult
+from bnsweep.workers.spec import TrialSpec
+from bnsweep.workers.trial import run_trial
 
 #: Loggers that speak at INFO inside every trial ("Checkpoint successfully created at ..." at
 #: each epoch); their warnings and errors still come through.

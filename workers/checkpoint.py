@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from workers.errors import BnsweepError
+from bnsweep.workers.errors import BnsweepError
 
 #: Format 1 files written before CUDA RNG states were dropped carry an "rng"/"cuda" list (one
 #: state per GPU the writer saw); it is still format 1, and `restore_rng` ignores that entry.

@@ -31,10 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from workers.data import DataSplits
-from workers.devices import resolve_device
-from workers.errors import BnsweepError, choice_error
-from workers.spec import COMPILE_MODES, TrialSpec
+from bnsweep.workers.data import DataSplits
+from bnsweep.workers.devices import resolve_device
+from bnsweep.workers.errors import BnsweepError, choice_error
+from bnsweep.workers.spec import COMPILE_MODES, TrialSpec
 
 #: The modes whose compiled model replays CUDA graphs (see `_MarkStep`).
 CUDA_GRAPH_MODES = frozenset({"reduce-overhead"})
@@ -251,5 +251,5 @@ class CompiledModels:
         self._models.clear()
 
 
-#: The process's cache, used by `workers.trial.run_trial`.
+#: The process's cache, used by `bnsweep.workers.trial.run_trial`.
 COMPILED = CompiledModels()

@@ -1,7 +1,8 @@
 """The dataset registry, and the train/val/test splits a trial trains on.
 
 - `DATASETS`: registry name → `DatasetEntry` (loader, augmentation, layout). Every loader
-  (`workers.loaders`) returns the dataset's official train/test splits as uint8 NCHW tensors;
+  (`bnsweep.workers.loaders`) returns the dataset's official train/test splits as uint8 NCHW
+  tensors;
   `load_dataset` then carves the validation split out of the training split (Sect. 4.1: "we
   randomly sampled 10% of the training examples class-wise for validation"), identically for
   every run and every seed.
@@ -21,9 +22,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from workers.device_loader import AUGMENTS
-from workers.errors import DataError
-from workers.loaders import (
+from bnsweep.workers.device_loader import AUGMENTS
+from bnsweep.workers.errors import DataError
+from bnsweep.workers.loaders import (
     CROP,
     LAYOUTS,
     RawDataset,
@@ -34,10 +35,10 @@ from workers.loaders import (
     load_stanford_cars,
     load_synthetic,
 )
-from workers.splits import stratified_split
+from bnsweep.workers.splits import stratified_split
 
 if TYPE_CHECKING:
-    from workers.spec import TrialSpec
+    from bnsweep.workers.spec import TrialSpec
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def register(
     return add
 
 
-# In the order of `workers.spec.DATASET_NAMES` (a test keeps the two equal).
+# In the order of `bnsweep.workers.spec.DATASET_NAMES` (a test keeps the two equal).
 register("cifar10", augment="flip", layout=LAYOUTS["cifar10"])(load_cifar10)
 register("cifar100", augment="flip", layout=LAYOUTS["cifar100"])(load_cifar100)
 register("cub200", augment="crop_flip", crop_size=CROP, layout=LAYOUTS["cub200"])(load_cub200)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from workers.errors import DataError
+from bnsweep.workers.errors import DataError
 
 #: The augmentations `DeviceLoader` applies; every dataset's entry and `DataSplits` name one.
 AUGMENTS = ("flip", "crop_flip", "none")

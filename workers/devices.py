@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from workers.errors import SpecError
-from workers.spec import TrialSpec
+from bnsweep.workers.errors import SpecError
+from bnsweep.workers.spec import TrialSpec
 
 
 def resolve_device(name: str) -> torch.device:

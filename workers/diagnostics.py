@@ -8,7 +8,7 @@ Davis & Frank start from what they saw in trained networks (Sect. 1, 3.2, 3.3):
    initialisation, does not depend on γ (Eqn. 22-24): the previous layer's γ sits in σ_B and
    cancels.
 
-`BNDiagnostics` is a `workers.trial.Inspect`: `run_trial` calls it with the model at
+`BNDiagnostics` is a `bnsweep.workers.trial.Inspect`: `run_trial` calls it with the model at
 initialisation (epoch 0) and after every epoch. Per BN module (every `_BatchNorm`, the
 prepended input BN included) it records `LayerDiagnostics`: mean and spread of γ and β, their
 mean absolute drift from initialisation, the fraction of |X̂| > 6 and the mean gradient factor
@@ -30,7 +30,8 @@ How it leaves no trace (the run's metrics are bit-identical with diagnostics on 
   (bench/diagnostics_overhead.py; docs/diagnostics.md).
 
 Initial values, needed for drift, are not saved anywhere: initialisation is deterministic
-(`workers.norm.set_bn_scale`): γ = the spec's `bn_scale_init` times the module's `gamma_factor`
+(`bnsweep.workers.norm.set_bn_scale`): γ = the spec's `bn_scale_init` times the module's
+`gamma_factor`
 (0.58 for the input BN, Sect. 3.4; 1 otherwise) and β = 0. A run resumed from a checkpoint
 therefore computes the same drift as an uninterrupted one. Without a γ (a model set up some
 other way) the inspector copies γ and β at its first call, which must then be epoch 0.
@@ -46,12 +47,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from workers.checkpoint import capture_rng, restore_rng
-from workers.data import DataSplits
-from workers.device_loader import DeviceLoader
-from workers.errors import SpecError
-from workers.norm import bn_modules
-from workers.results import VALUE_FIELDS, LayerDiagnostics
+from bnsweep.workers.checkpoint import capture_rng, restore_rng
+from bnsweep.workers.data import DataSplits
+from bnsweep.workers.device_loader import DeviceLoader
+from bnsweep.workers.errors import SpecError
+from bnsweep.workers.norm import bn_modules
+from bnsweep.workers.results import VALUE_FIELDS, LayerDiagnostics
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ class BNDiagnostics:
         self, named: Sequence[tuple[str, _BatchNorm]], epoch: int
     ) -> dict[str, tuple[Tensor, Tensor | None]]:
         if self.gamma is not None:
-            # Deterministic initialisation (workers.norm.set_bn_scale): γ·factor and β = 0.
+            # Deterministic initialisation (bnsweep.workers.norm.set_bn_scale): γ·factor and β = 0.
             return {
                 name: (
                     torch.full_like(m.weight, self.gamma * getattr(m, "gamma_factor", 1.0)),
@@ -313,8 +314,8 @@ def conv_bn_relu_stack(depth: int = 8, width: int = 32, in_channels: int = 3) ->
     """The setting of the paper's Fig. 1 and Eqn. 22-24: `depth` × (conv3×3 without bias,
     Kaiming-normal fan-in (Sect. 3.3, "Network Weight Initialization") – BN – ReLU).
 
-    Set γ with `workers.norm.set_bn_scale` before measuring."""
-    from workers.models import init_weights
+    Set γ with `bnsweep.workers.norm.set_bn_scale` before measuring."""
+    from bnsweep.workers.models import init_weights
 
     layers: list[nn.Module] = []
     channels = in_channels

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from workers.errors import DataError
+from bnsweep.workers.errors import DataError
 
 
 def channel_stats(x: Tensor, chunk: int = 1024) -> tuple[Tensor, Tensor]:

@@ -3,7 +3,7 @@
 Every loader returns uint8 NCHW images and int64 labels (`RawDataset`) and never downloads: CIFAR
 is read through torchvision from the official python version; CUB-200-2011 and Stanford Cars are
 decoded and resized once to 256×256 (Sect. 4.2) and cached on disk by listing; digits and
-synthetic need no files. `workers.data` registers each loader under its dataset's name.
+synthetic need no files. `bnsweep.workers.data` registers each loader under its dataset's name.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from workers.errors import DataError, one_line
-from workers.splits import SPLIT_SEED, stratified_split
+from bnsweep.workers.errors import DataError, one_line
+from bnsweep.workers.splits import SPLIT_SEED, stratified_split
 
 if TYPE_CHECKING:
     from torchvision.datasets import CIFAR10
@@ -43,7 +43,7 @@ CACHE_VERSION = 1
 CACHE_ENV = "BNSWEEP_CACHE_DIR"
 
 #: Each dataset's expected layout, one line: its loader's errors name it, and the registry
-#: (`workers.data.DatasetEntry.layout`) and docs/datasets.md show it.
+#: (`bnsweep.workers.data.DatasetEntry.layout`) and docs/datasets.md show it.
 LAYOUTS = {
     "cifar10": "<root>/cifar-10-batches-py/{data_batch_1..data_batch_5, test_batch, batches.meta} "
     "(the official python version)",

@@ -25,9 +25,9 @@ from torch import Tensor, nn
 from torchvision import models as tvm
 from torchvision.models.resnet import BasicBlock
 
-from workers.errors import SpecError, choice_error
-from workers.norm import FORMULATIONS, INPUT_NORMS, Stats, set_bn_scale
-from workers.spec import check_bn_scale
+from bnsweep.workers.errors import SpecError, choice_error
+from bnsweep.workers.norm import FORMULATIONS, INPUT_NORMS, Stats, set_bn_scale
+from bnsweep.workers.spec import check_bn_scale
 
 NormLayer = Callable[..., nn.Module]
 ModelBuilder = Callable[[int, int, bool, NormLayer], nn.Module]
@@ -117,13 +117,19 @@ def _mobilenet_v2(
 ) -> nn.Module:
     setting = _MOBILENET_V2_SMALL_INPUT if small_input else None
     model = tvm.mobilenet_v2(
-        weights=None, num_classes=num_classes, norm_layer=norm_layer,
+        weights=None,
+        num_classes=num_classes,
+        norm_layer=norm_layer,
         inverted_residual_setting=setting,
     )
     if small_input or in_channels != 3:
         first = model.features[0][0]
         model.features[0][0] = nn.Conv2d(
-            in_channels, first.out_channels, 3, stride=1 if small_input else 2, padding=1,
+            in_channels,
+            first.out_channels,
+            3,
+            stride=1 if small_input else 2,
+            padding=1,
             bias=False,
         )
     return model

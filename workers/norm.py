@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from workers.errors import DataError, SpecError
-from workers.spec import BN_SCALE_RULE, check_bn_scale
+from bnsweep.workers.errors import DataError, SpecError
+from bnsweep.workers.spec import BN_SCALE_RULE, check_bn_scale
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +304,7 @@ def _none(in_channels: int, gamma: float, stats: Stats | None) -> nn.Module:
 
 #: name → builder `(in_channels, γ, stats) -> module` prepended to the network (Sect. 3.4).
 #: `stats` is the training split's per-channel (mean, std) in [0, 1] units, as computed by
-#: `workers.input_stats.channel_stats`; only `offline` uses it.
+#: `bnsweep.workers.input_stats.channel_stats`; only `offline` uses it.
 INPUT_NORMS: dict[str, InputNormBuilder] = {
     "bn": _input_bn,
     "fixed": _fixed,

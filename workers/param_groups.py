@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from workers.errors import SpecError
+from bnsweep.workers.errors import SpecError
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,12 @@ def param_groups(
         "no_decay": (lr, 0.0),
     }
     groups: list[dict[str, Any]] = [
-        {"name": name, "params": members[name], "lr": settings[name][0],
-         "weight_decay": settings[name][1]}
+        {
+            "name": name,
+            "params": members[name],
+            "lr": settings[name][0],
+            "weight_decay": settings[name][1],
+        }
         for name in GROUP_NAMES
     ]
     log.info(

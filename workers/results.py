@@ -2,7 +2,7 @@
 
 No torch and no NumPy here, so the store and the driver read and write these without loading the
 training stack: `run_trial` returns a `TrialResult` with one `EpochMetrics` per epoch, and
-`workers.diagnostics.BNDiagnostics` measures one `LayerDiagnostics` per BN layer and epoch.
+`bnsweep.workers.diagnostics.BNDiagnostics` measures one `LayerDiagnostics` per BN layer and epoch.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import numbers
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from workers.errors import SpecError, choice_error
+from bnsweep.workers.errors import SpecError, choice_error
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 MEMORY_FORMATS = ("contiguous", "channels_last")
@@ -118,7 +118,7 @@ class TrialSpec:
     # reproducible, nor a resumed run the run it would have been.
     cudnn_benchmark: bool = field(default=False, compare=False)
     # Runtime too: the batch for validation and test; None sizes it for the device
-    # (workers.trial.EVAL_BATCH_SIZES). Eval-mode BN does not depend on the batch.
+    # (bnsweep.workers.trial.EVAL_BATCH_SIZES). Eval-mode BN does not depend on the batch.
     eval_batch_size: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:

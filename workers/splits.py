@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from workers.errors import DataError, SpecError, one_line
-from workers.seeding import complex_seed
+from bnsweep.workers.errors import DataError, SpecError, one_line
+from bnsweep.workers.seeding import complex_seed
 
 if TYPE_CHECKING:
     from torch import Tensor

@@ -25,23 +25,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.checkpoint import (
+from bnsweep.workers.checkpoint import (
     CheckpointError,
     capture_rng,
     load_checkpoint,
     restore_rng,
     save_checkpoint,
 )
-from workers.compile import COMPILED, Variant, compile_module, loud_fallback
-from workers.data import DataSplits, load_splits
-from workers.device_loader import DeviceLoader
-from workers.devices import cpu_has_fast_bf16, device_numerics, resolve_device
-from workers.input_stats import channel_stats
-from workers.models import build_model
-from workers.param_groups import param_groups
-from workers.results import EpochMetrics, TrialResult
-from workers.seeding import complex_seed, seed_everything
-from workers.spec import TrialSpec
+from bnsweep.workers.compile import COMPILED, Variant, compile_module, loud_fallback
+from bnsweep.workers.data import DataSplits, load_splits
+from bnsweep.workers.device_loader import DeviceLoader
+from bnsweep.workers.devices import cpu_has_fast_bf16, device_numerics, resolve_device
+from bnsweep.workers.input_stats import channel_stats
+from bnsweep.workers.models import build_model
+from bnsweep.workers.param_groups import param_groups
+from bnsweep.workers.results import EpochMetrics, TrialResult
+from bnsweep.workers.seeding import complex_seed, seed_everything
+from bnsweep.workers.spec import TrialSpec
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def make_loaders(
 
 def compiled(model: nn.Module, spec: TrialSpec) -> nn.Module:
     """The module the loop calls: `model` compiled in `spec.compile_mode` when the spec asks
-    for it (in its own Dynamo cache line: `workers.compile.compile_module`), else `model`.
+    for it (in its own Dynamo cache line: `bnsweep.workers.compile.compile_module`), else `model`.
 
     Checkpoints and inspectors keep using `model` itself, so state-dict keys do not change.
     `run_trial` does not call this: it reuses one compiled model per variant (`prepare`).
@@ -214,7 +214,8 @@ def prepare(
 ) -> tuple[nn.Module, nn.Module]:
     """(the network to train, the module the loop calls) for an initialised `network`.
 
-    Compiled trials train the process's kept module of their variant (`workers.compile.COMPILED`)
+    Compiled trials train the process's kept module of their variant
+    (`bnsweep.workers.compile.COMPILED`)
     with `network`'s weights loaded into it, so a reused worker compiles each variant once,
     whatever the seed or γ, α, c.
     """

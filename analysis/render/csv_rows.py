@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from analysis.table_model import Cell, PairCell, PairwiseMatrix, Table
+    from bnsweep.analysis.table_model import Cell, PairCell, PairwiseMatrix, Table
 
 __all__ = ["CSV_COLUMNS", "render_csv"]
 

@@ -6,15 +6,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from analysis.render.csv_rows import render_csv
-from analysis.render.html_page import render_html
-from analysis.render.latex import render_latex, render_latex_fragment
-from analysis.render.markdown import render_markdown
-from analysis.render.terminal import render_term
-from workers.errors import choice_error
+from bnsweep.analysis.render.csv_rows import render_csv
+from bnsweep.analysis.render.html_page import render_html
+from bnsweep.analysis.render.latex import render_latex, render_latex_fragment
+from bnsweep.analysis.render.markdown import render_markdown
+from bnsweep.analysis.render.terminal import render_term
+from bnsweep.workers.errors import choice_error
 
 if TYPE_CHECKING:
-    from analysis.table_model import Table
+    from bnsweep.analysis.table_model import Table
 
 __all__ = ["RENDERERS", "Renderer", "render"]
 

@@ -6,10 +6,10 @@ import io
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from analysis.render.text import pair_head, pair_text, value_parts
+from bnsweep.analysis.render.text import pair_head, pair_text, value_parts
 
 if TYPE_CHECKING:
-    from analysis.table_model import Cell, Table
+    from bnsweep.analysis.table_model import Cell, Table
 
 __all__ = ["TERM_MARKS", "render_term", "term_renderables"]
 

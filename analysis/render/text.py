@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     # The renderers only read the model: its names serve annotations alone, so the model may
     # use the renderers without a circle.
-    from analysis.stats import AnalysisOptions
-    from analysis.table_model import Cell, PairCell, Table
+    from bnsweep.analysis.stats import AnalysisOptions
+    from bnsweep.analysis.table_model import Cell, PairCell, Table
 
 __all__ = ["pair_head", "pair_text", "value_parts"]
 

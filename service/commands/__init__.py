@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from workers.errors import RuntimeFailure, SpecError
+from bnsweep.workers.errors import RuntimeFailure, SpecError
 
 DEFAULT_DB = "sqlite:///bnsweep.db"
 

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.cli import build_parser
+    from bnsweep.cli import build_parser
 
     print(script(build_parser(), args.shell), end="")
     return 0

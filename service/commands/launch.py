@@ -6,11 +6,11 @@ import argparse
 import os
 from typing import TYPE_CHECKING, Any
 
-from service.commands import DEFAULT_DB, database_url
+from bnsweep.commands import DEFAULT_DB, database_url
 
 if TYPE_CHECKING:
-    from service.store.api import Store
-    from service.sweep import SweepSpec
+    from bnsweep.store.api import Store
+    from bnsweep.sweep import SweepSpec
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,9 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.store.api import Store
-    from service.sweep import parse_sweep_spec, read_spec_text, redacted_spec_text
-    from workers.errors import SpecError
+    from bnsweep.store.api import Store
+    from bnsweep.sweep import parse_sweep_spec, read_spec_text, redacted_spec_text
+    from bnsweep.workers.errors import SpecError
 
     if args.num_cpus is not None and args.num_cpus < 1:
         raise SpecError(f"--num-cpus: must be >= 1, got {args.num_cpus}")
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         raise SpecError(f"--report-every: minutes >= 0, with --report DIR; got {report_every:g}")
     target = args.address or os.environ.get("RAY_ADDRESS")
     if target and target != "auto" and not target.startswith("ray://"):
-        from service.ray_address import host_port
+        from bnsweep.ray_address import host_port
 
         host_port(target)  # a malformed address is refused before anything else happens
     text = read_spec_text(args.spec)
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return dry_run(sweep, url)
 
-    from service.driver import launch
+    from bnsweep.driver import launch
 
     _check_storage(sweep.storage)
     with Store.open(url) as store, _report(args, url, sweep.name) as report:
@@ -97,8 +97,8 @@ def run(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
     print(f"sweep {sweep.name}: ran {summary.ran} cells this launch ({counts})")
     if not args.no_tables:
-        from service.store.results import load_trials
-        from service.tables import tables_text
+        from bnsweep.store.results import load_trials
+        from bnsweep.sweep_tables import tables_text
 
         # The spec in hand is the one just registered: its report: layout, not the stored
         # text parsed again, and one read of the store for the trials.
@@ -120,7 +120,7 @@ def _report(args: argparse.Namespace, url: str, name: str) -> Any:
 
     if not getattr(args, "report", None):
         return contextlib.nullcontext()
-    from service.web.report import ReportWhileRunning
+    from bnsweep.web.report import ReportWhileRunning
 
     return ReportWhileRunning(url, name, args.report, 60.0 * (args.report_every or 0.0))
 
@@ -128,9 +128,9 @@ def _report(args: argparse.Namespace, url: str, name: str) -> Any:
 def dry_run(sweep: SweepSpec, url: str) -> int:
     """Print the plan; write nothing. A database that does not exist yet is read as empty
     rather than created."""
-    from service.plan import LaunchPlan, plan
-    from service.store.errors import redact_url
-    from service.sweep import expand
+    from bnsweep.plan import LaunchPlan, plan
+    from bnsweep.store.errors import redact_url
+    from bnsweep.sweep import expand
 
     store = _open_existing(url)
     if store is None:
@@ -149,8 +149,8 @@ def _open_existing(url: str) -> Store | None:
     """The store at `url` opened read-only; None when nothing of bnsweep's is there yet (no
     SQLite file, an empty database). Another program's file, or another bnsweep version's
     schema, is refused."""
-    from service.store.api import Store
-    from service.store.errors import NoStoreYet
+    from bnsweep.store.api import Store
+    from bnsweep.store.errors import NoStoreYet
 
     try:
         return Store.open(url, read_only=True)
@@ -163,6 +163,6 @@ def _check_storage(storage: str) -> None:
     is touched (a URI such as s3://... is Ray's to check)."""
     if "://" in storage:
         return
-    from service.commands import check_writable_folder
+    from bnsweep.commands import check_writable_folder
 
     check_writable_folder("storage", storage, create=False)

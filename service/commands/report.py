@@ -4,7 +4,7 @@ Tables always reflect every completed trial in the store linked to the sweep: a 
 shared by every sweep that registered its cell, so results of earlier launches and of other
 sweeps with the same cells count too. Trials of an older training recipe never count; `tables`
 says in one line on stderr when the store holds some. The tables are built and rendered in
-`service/tables.py`, which `bnsweep launch` and the dashboard use too.
+`service/sweep_tables.py`, which `bnsweep launch` and the dashboard use too.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-from analysis.layout import LAYOUT_NAMES
-from service.tables import (
+from bnsweep.analysis.layout import LAYOUT_NAMES
+from bnsweep.sweep_tables import (
     FORMATS,
     render_tables,
     safe_name,
@@ -31,7 +31,7 @@ from service.tables import (
 log = logging.getLogger(__name__)
 
 # Literal here so `bnsweep --help` does not import scipy; a test keeps them equal to the
-# registries in analysis.stats.
+# registries in bnsweep.analysis.stats.
 CORRECTIONS = ("none", "holm")
 TESTS = ("t", "wilcoxon")
 
@@ -157,7 +157,7 @@ def _formats(text: str) -> tuple[str, ...]:
 
 def _out_folder(out: str) -> Path:
     """--out as a writable folder, checked before any table is built."""
-    from service.commands import check_writable_folder
+    from bnsweep.commands import check_writable_folder
 
     return check_writable_folder("--out", out)
 
@@ -165,9 +165,9 @@ def _out_folder(out: str) -> Path:
 # -- handlers ----------------------------------------------------------------------------------
 def _spec_trials(args: argparse.Namespace) -> tuple[str, str | None, Any, pd.DataFrame]:
     """(name, store url, report mapping, trials) for --spec: the spec's cells, from any sweep."""
-    from service.commands import database_url
-    from service.store.results import load_cells
-    from service.sweep import expand, load_sweep_spec
+    from bnsweep.commands import database_url
+    from bnsweep.store.results import load_cells
+    from bnsweep.sweep import expand, load_sweep_spec
 
     spec = load_sweep_spec(args.spec)
     url = database_url(args.db, spec.database)
@@ -176,10 +176,10 @@ def _spec_trials(args: argparse.Namespace) -> tuple[str, str | None, Any, pd.Dat
 
 
 def run_tables(args: argparse.Namespace) -> int:
-    from service.store.results import load_trials, older_recipe_note, sweep_report
+    from bnsweep.store.results import load_trials, older_recipe_note, sweep_report
 
     if not 0 < args.level < 1:
-        from workers.errors import SpecError
+        from bnsweep.workers.errors import SpecError
 
         raise SpecError(f"--level: must be a number in (0, 1), got {args.level:g}")
     if args.out:
@@ -212,8 +212,8 @@ def run_tables(args: argparse.Namespace) -> int:
 
 
 def run_plots(args: argparse.Namespace) -> int:
-    from analysis.plots import make_plots
-    from service.store.results import load_diagnostics, load_results, sweep_report
+    from bnsweep.analysis.plots import make_plots
+    from bnsweep.store.results import load_diagnostics, load_results, sweep_report
 
     trials, epochs = load_results(args.db, args.sweep)
     diagnostics = load_diagnostics(args.db, args.sweep)

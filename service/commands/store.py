@@ -2,7 +2,7 @@
 shell.
 
 The store, pandas and rich are imported inside the handlers so that `bnsweep --help` stays quick.
-Every problem is a `StoreError`, which `service.cli` prints as one line: exit code 2 for a
+Every problem is a `StoreError`, which `bnsweep.cli` prints as one line: exit code 2 for a
 mistake in what was typed (a bad URL, an unknown field, a malformed `--where`), 1 for a
 runtime failure (the database down or missing, an unknown sweep).
 """
@@ -18,9 +18,9 @@ if TYPE_CHECKING:
     import pandas as pd
     from rich.console import Console
 
-    from service.store.values import ArmStatus, ForgetCount, SweepStatus
+    from bnsweep.store.values import ArmStatus, ForgetCount, SweepStatus
 
-from workers.errors import EXIT_RUNTIME
+from bnsweep.workers.errors import EXIT_RUNTIME
 
 FORMATS = ("table", "csv", "json")
 
@@ -188,7 +188,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_db_upgrade(args: argparse.Namespace) -> int:
-    from service.store.api import Store
+    from bnsweep.store.api import Store
 
     with Store.open(args.db, check_schema=False) as store:
         before, after = store.upgrade()
@@ -201,9 +201,9 @@ def run_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def run_db_forget(args: argparse.Namespace) -> int:
-    from service.store.api import Store
-    from service.store.columns import check_where, parse_where
-    from service.store.errors import StoreError
+    from bnsweep.store.api import Store
+    from bnsweep.store.columns import check_where, parse_where
+    from bnsweep.store.errors import StoreError
 
     where = parse_where(args.where)
     check_where(where)  # a typo in a field never touches the store
@@ -257,8 +257,8 @@ def _forget_summary(count: ForgetCount, url: str) -> str:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from service.store.api import Store
-    from service.store.values import older_recipe_line
+    from bnsweep.store.api import Store
+    from bnsweep.store.values import older_recipe_line
 
     console = _console()
     with Store.open(args.db, read_only=True) as store:
@@ -322,9 +322,9 @@ def _write_status(statuses: Sequence[SweepStatus], fmt: str) -> None:
 
 
 def run_query(args: argparse.Namespace) -> int:
-    from service.store.api import Store
-    from service.store.columns import check_where, parse_where
-    from service.store.errors import StoreError
+    from bnsweep.store.api import Store
+    from bnsweep.store.columns import check_where, parse_where
+    from bnsweep.store.errors import StoreError
 
     where = parse_where(args.where)
     if args.limit is not None and args.limit < 0:
@@ -366,7 +366,7 @@ def _counts_table(statuses: Sequence[SweepStatus], url: str) -> object:
 def _missing_table(name: str, arms: Sequence[ArmStatus]) -> object:
     from rich.table import Table
 
-    from service.store.values import missing_text
+    from bnsweep.store.values import missing_text
 
     table = Table(title=f"{name}: missing seeds", title_justify="left")
     table.add_column("arm")
@@ -401,8 +401,8 @@ def _print_table(frame: pd.DataFrame, *, epochs: bool, diagnostics: bool = False
     """The columns that tell rows apart (hash, seed, spec fields that vary) and the results."""
     from rich.table import Table
 
-    from service.store.columns import SPEC_COLUMNS
-    from workers.spec import ARM_FIELDS
+    from bnsweep.store.columns import SPEC_COLUMNS
+    from bnsweep.workers.spec import ARM_FIELDS
 
     varying = [c for c in SPEC_COLUMNS if frame[c].nunique(dropna=False) > 1]
     spec_columns = varying or list(ARM_FIELDS)

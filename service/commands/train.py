@@ -6,14 +6,15 @@ import argparse
 import sys
 from dataclasses import fields
 
-from service.commands import check_writable_folder
-from workers.spec import COMPILE_MODES, DEVICES, MEMORY_FORMATS, PRECISIONS, TrialSpec
+from bnsweep.commands import check_writable_folder
+from bnsweep.workers.spec import COMPILE_MODES, DEVICES, MEMORY_FORMATS, PRECISIONS, TrialSpec
 
 #: Short flags the paper's symbols suggest, in addition to one `--field-name` per TrialSpec field.
 ALIASES = {"bn_scale_init": ("--gamma",), "bn_lr_divisor": ("--c",), "lr": ("--alpha",)}
 
 #: What `--help` lists for the named fields. Literal so that `bnsweep --help` does not import
-#: torch; a test keeps them equal to the registries (workers.data, workers.models, workers.norm).
+#: torch; a test keeps them equal to the registries (bnsweep.workers.data, bnsweep.workers.models,
+#: bnsweep.workers.norm).
 ALLOWED: dict[str, tuple[str, ...]] = {
     "dataset": ("cifar10", "cifar100", "cub200", "stanford_cars", "digits", "synthetic"),
     "arch": (
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         TimeRemainingColumn,
     )
 
-    from workers.trial import run_trial
+    from bnsweep.workers.trial import run_trial
 
     values = {
         f.name: getattr(args, f.name)

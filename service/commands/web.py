@@ -71,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from service.web.report import write_report
+    from bnsweep.web.report import write_report
 
     print(write_report(args.db, args.sweep, args.out))
     return 0
@@ -88,7 +88,7 @@ def is_loopback(host: str) -> bool:
 
 def check_binding(host: str, port: int, token: str | None) -> None:
     """Refuse, in one line, a binding the dashboard must not make."""
-    from workers.errors import SpecError
+    from bnsweep.workers.errors import SpecError
 
     if not 0 < port < 65536:
         raise SpecError(f"--port: expected 1-65535, got {port}")
@@ -103,12 +103,12 @@ def check_binding(host: str, port: int, token: str | None) -> None:
 
 def load_server() -> tuple[Callable[..., Any], ModuleType]:
     """(create_app, uvicorn), or one line saying how to install the dashboard extra."""
-    from workers.errors import BnsweepError
+    from bnsweep.workers.errors import BnsweepError
 
     try:
         import uvicorn
 
-        from service.web.app import create_app
+        from bnsweep.web.app import create_app
     except ImportError as err:
         missing = getattr(err, "name", None) or "a dependency"
         raise BnsweepError(
@@ -118,14 +118,14 @@ def load_server() -> tuple[Callable[..., Any], ModuleType]:
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
-    from service.store.api import Store
-    from service.store.errors import redact_url, resolve_url
+    from bnsweep.store.api import Store
+    from bnsweep.store.errors import redact_url, resolve_url
 
     token = args.token or os.environ.get(TOKEN_ENV) or None
     check_binding(args.host, args.port, token)
     create_app, uvicorn = load_server()
     # Fail now, in one line, for a wrong URL or a store of another schema revision.
-    from service.web.view import read_only
+    from bnsweep.web.view import read_only
 
     Store.open(args.db, create=False, **read_only()).close()
     app = create_app(args.db, token=token)

@@ -1,10 +1,10 @@
 """`Store`, the results store's way in: open a database by URL, write events, read DataFrames.
 
 Nothing the store hands out is an ORM row: writes take frozen event values
-(`service.store.events`), reads return frozen values (`service.store.values`) or pandas
-DataFrames with fixed columns and dtypes (`service.store.columns`). This module holds opening,
+(`bnsweep.store.events`), reads return frozen values (`bnsweep.store.values`) or pandas
+DataFrames with fixed columns and dtypes (`bnsweep.store.columns`). This module holds opening,
 the schema checks, the launch lock and the transaction/retry loop; the writes are in
-`service.store.writes`, the reads in `service.store.reads`, and `Store` combines the two.
+`bnsweep.store.writes`, the reads in `bnsweep.store.reads`, and `Store` combines the two.
 
 Rules worth knowing before reading the code (docs/store.md says the same for users):
 
@@ -19,7 +19,8 @@ Rules worth knowing before reading the code (docs/store.md says the same for use
 - Transient database failures (connection lost, server restarting, SQLite busy) are retried with
   backoff for `retry_seconds` (default 60 s) around each whole transaction.
 - A URL's password never appears in a message, a log line or a repr: see `redact_url`.
-- Every trial row carries the training recipe (`workers.spec.RECIPE`) its cell was registered
+- Every trial row carries the training recipe (`bnsweep.workers.spec.RECIPE`) its cell was
+  registered
   under; the recipe is part of `spec_hash`, so a cell of an older recipe is never reused.
   `older_recipes` counts such trials; the analysis reads only the current recipe's.
 - Nothing is deleted except by `forget`, which a user asks for (`bnsweep db forget`).
@@ -40,8 +41,8 @@ from typing import TypeVar
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from service.store.engines import is_sqlite_memory, is_transient, make_engine, probe_sqlite
-from service.store.errors import (
+from bnsweep.store.engines import is_sqlite_memory, is_transient, make_engine, probe_sqlite
+from bnsweep.store.errors import (
     NoStoreYet,
     StoreError,
     StoreFailure,
@@ -50,8 +51,8 @@ from service.store.errors import (
     redact_url,
     resolve_url,
 )
-from service.store.reads import StoreReads
-from service.store.schema import (
+from bnsweep.store.reads import StoreReads
+from bnsweep.store.schema import (
     alembic_config,
     current_revision,
     foreign,
@@ -60,7 +61,7 @@ from service.store.schema import (
     newer,
     script_location,
 )
-from service.store.writes import StoreWrites
+from bnsweep.store.writes import StoreWrites
 
 log = logging.getLogger(__name__)
 

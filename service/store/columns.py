@@ -14,10 +14,10 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from service.store.errors import StoreError
-from service.store.events import DIAGNOSTIC_VALUES, check_cell
-from service.store.models import SPEC_COLUMN_TYPES, STATUSES, Diagnostic, Epoch, Trial
-from workers.spec import ARM_FIELDS, TrialSpec, is_base_arm
+from bnsweep.store.errors import StoreError
+from bnsweep.store.events import DIAGNOSTIC_VALUES, check_cell
+from bnsweep.store.models import SPEC_COLUMN_TYPES, STATUSES, Diagnostic, Epoch, Trial
+from bnsweep.workers.spec import ARM_FIELDS, TrialSpec, is_base_arm
 
 #: Rows per statement when a list of keys is sent as `IN (...)`; well below both backends' limits.
 _CHUNK = 500

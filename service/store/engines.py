@@ -15,9 +15,9 @@ import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 from sqlalchemy import exc as sa_exc
 
-from service.store.errors import StoreFailure
-from service.store.models import VERSION_TABLE
-from service.store.schema import foreign, known_revisions, newer
+from bnsweep.store.errors import StoreFailure
+from bnsweep.store.models import VERSION_TABLE
+from bnsweep.store.schema import foreign, known_revisions, newer
 
 #: SQLite waits this long for another writer's lock before reporting "database is locked".
 SQLITE_BUSY_SECONDS = 30.0

@@ -12,7 +12,7 @@ import re
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from workers.errors import BnsweepError, RuntimeFailure
+from bnsweep.workers.errors import BnsweepError, RuntimeFailure
 
 #: Where the store lives when neither an argument nor BNSWEEP_DB says otherwise.
 DEFAULT_URL = "sqlite:///bnsweep.db"

@@ -2,7 +2,7 @@
 
 Each event is a frozen value checked where it is made, so a bad value fails at the edge with
 one line naming the field, not at the write. The worker's result types come from
-`workers.results`, which imports no torch; a plain mapping with their keys works too.
+`bnsweep.workers.results`, which imports no torch; a plain mapping with their keys works too.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from service.store.errors import StoreError
-from service.store.models import FINAL_STATUSES
-from workers.results import VALUE_FIELDS, EpochMetrics, LayerDiagnostics, TrialResult
+from bnsweep.store.errors import StoreError
+from bnsweep.store.models import FINAL_STATUSES
+from bnsweep.workers.results import VALUE_FIELDS, EpochMetrics, LayerDiagnostics, TrialResult
 
 _ERROR_CHARS = 65536
 

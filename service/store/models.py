@@ -1,7 +1,7 @@
 """The results store's tables, as SQLAlchemy 2 declarative models.
 
 These classes describe the schema for SQLAlchemy and Alembic only: nothing outside
-`service.store` sees an ORM row (the public API in `api.py` returns frozen values and
+`bnsweep.store` sees an ORM row (the public API in `api.py` returns frozen values and
 DataFrames). The schema itself is created by the Alembic migrations in `migrations/versions`,
 which are frozen copies of what is written here; a test checks that the two agree.
 
@@ -28,7 +28,8 @@ STATUSES: tuple[str, ...] = ("pending", "running", "completed", "failed", "diver
 #: A trial in one of these states has its result; no later event changes it.
 FINAL_STATUSES: tuple[str, ...] = ("completed", "diverged")
 
-#: One column per `TrialSpec` field that changes the result (`workers.spec.RESULT_FIELD_NAMES`),
+#: One column per `TrialSpec` field that changes the result
+#: (`bnsweep.workers.spec.RESULT_FIELD_NAMES`),
 #: with its SQL type. Listed here rather than derived, because a new spec field needs a
 #: migration; `tests/service/test_store.py` fails until both are added.
 SPEC_COLUMN_TYPES: dict[str, type] = {
@@ -154,7 +155,7 @@ class Trial(Base):
     error: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
-    # Revision 0003. `recipe` is `workers.spec.RECIPE` when the cell was registered (its
+    # Revision 0003. `recipe` is `bnsweep.workers.spec.RECIPE` when the cell was registered (its
     # spec_hash includes it); the server default 1 is for rows from before the column existed.
     recipe: Mapped[int] = mapped_column(server_default="1")
     git_commit: Mapped[str | None]  # the source checkout's HEAD when known

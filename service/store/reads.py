@@ -1,7 +1,7 @@
 """The read methods of `Store`: sweeps, completed cells, sweep status, and the trials, epochs and
 diagnostics DataFrames with their fixed columns and dtypes; also the store's fingerprint.
 
-`StoreReads` is a mixin: `service.store.api.Store` combines it with `StoreWrites` and provides
+`StoreReads` is a mixin: `bnsweep.store.api.Store` combines it with `StoreWrites` and provides
 the transaction loop (`_run`) and the redacted `url` it uses.
 """
 
@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 
-import workers.spec
-from service.store.columns import (
+import bnsweep.workers.spec
+from bnsweep.store.columns import (
     DIAGNOSTIC_COLUMNS,
     EPOCH_COLUMNS,
     SPEC_COLUMNS,
@@ -24,8 +24,8 @@ from service.store.columns import (
     chunks,
     where_clauses,
 )
-from service.store.errors import StoreError, StoreFailure
-from service.store.models import (
+from bnsweep.store.errors import StoreError, StoreFailure
+from bnsweep.store.models import (
     FINAL_STATUSES,
     STATUSES,
     Diagnostic,
@@ -34,8 +34,8 @@ from service.store.models import (
     SweepTrial,
     Trial,
 )
-from service.store.values import ArmStatus, StoreFingerprint, SweepInfo, SweepStatus
-from workers.spec import TrialSpec
+from bnsweep.store.values import ArmStatus, StoreFingerprint, SweepInfo, SweepStatus
+from bnsweep.workers.spec import TrialSpec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -102,7 +102,7 @@ def _frame(rows: Sequence[Sequence[object]], dtypes: Mapping[str, str]) -> pd.Da
 
 
 class StoreReads:
-    """The reads of `Store` (service.store.api), which runs each one in a transaction."""
+    """The reads of `Store` (bnsweep.store.api), which runs each one in a transaction."""
 
     if TYPE_CHECKING:
         # Provided by `Store`; declared here for the type checker only.
@@ -285,7 +285,7 @@ class StoreReads:
         every = self._run(lambda conn: conn.execute(query).all(), f"reading sweep {name!r}")
         if not every:
             self.get_sweep(name)
-        current = workers.spec.RECIPE
+        current = bnsweep.workers.spec.RECIPE
         rows = [row for row in every if row.recipe == current]
         others: dict[int, int] = {}
         for row in every:
@@ -331,11 +331,11 @@ class StoreReads:
 
     def older_recipes(self, sweep: str | None = None) -> dict[int, int]:
         """{recipe: trials} of the trials of another training recipe than this bnsweep's
-        (`workers.spec.RECIPE`), linked to `sweep` (the whole store when None)."""
+        (`bnsweep.workers.spec.RECIPE`), linked to `sweep` (the whole store when None)."""
         table = Trial.__table__
         query = (
             self._select([table.c.recipe, sa.func.count()], sweep, {})
-            .where(table.c.recipe != workers.spec.RECIPE)
+            .where(table.c.recipe != bnsweep.workers.spec.RECIPE)
             .group_by(table.c.recipe)
             .order_by(table.c.recipe)
         )

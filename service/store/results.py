@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from workers.spec import RECIPE
+from bnsweep.workers.spec import RECIPE
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def load_results(url: str | None, sweep: str | None) -> tuple[pd.DataFrame, pd.D
     of earlier launches and of other sweeps that share the cells. Trial-level rows come from one
     query (`Store.trials`), not one per trial.
     """
-    from service.store.api import Store
+    from bnsweep.store.api import Store
 
     with Store.open(url, read_only=True) as store:
         trials = store.trials(sweep=sweep, where=_CURRENT)
@@ -44,7 +44,7 @@ def load_results(url: str | None, sweep: str | None) -> tuple[pd.DataFrame, pd.D
 def load_diagnostics(url: str | None, sweep: str | None) -> pd.DataFrame:
     """The BN diagnostics of every trial linked to `sweep` (all when None): one row per
     (trial, epoch, BN layer), epoch 0 being initialisation (docs/diagnostics.md)."""
-    from service.store.api import Store
+    from bnsweep.store.api import Store
 
     with Store.open(url, read_only=True) as store:
         return store.diagnostics(sweep=sweep, where=_CURRENT)
@@ -52,8 +52,8 @@ def load_diagnostics(url: str | None, sweep: str | None) -> pd.DataFrame:
 
 def load_trials(url: str | None, sweep: str | None) -> pd.DataFrame:
     """Only the trials frame, and only what the tables need (epochs are for the curves)."""
-    from service.store.api import Store
-    from service.store.columns import RESULT_COLUMNS
+    from bnsweep.store.api import Store
+    from bnsweep.store.columns import RESULT_COLUMNS
 
     with Store.open(url, read_only=True) as store:
         return store.trials(sweep=sweep, where=_CURRENT, columns=RESULT_COLUMNS)
@@ -62,8 +62,8 @@ def load_trials(url: str | None, sweep: str | None) -> pd.DataFrame:
 def older_recipe_note(url: str | None, sweep: str | None) -> str | None:
     """One line when the store holds trials of another training recipe linked to `sweep` (all
     trials when None), which the tables leave out; None when there are none."""
-    from service.store.api import Store
-    from service.store.values import older_recipe_line
+    from bnsweep.store.api import Store
+    from bnsweep.store.values import older_recipe_line
 
     with Store.open(url, read_only=True) as store:
         return older_recipe_line(store.older_recipes(sweep), sweep)
@@ -71,7 +71,7 @@ def older_recipe_note(url: str | None, sweep: str | None) -> str | None:
 
 def load_cells(url: str | None, cells: Iterable[tuple[str, int]]) -> pd.DataFrame:
     """The trials of the given (spec_hash, seed) cells, whichever sweeps they were run by."""
-    from service.store.api import Store
+    from bnsweep.store.api import Store
 
     wanted = set(cells)
     hashes = sorted({h for h, _ in wanted})
@@ -87,7 +87,7 @@ def sweep_report(url: str | None, sweep: str) -> dict[str, Any] | None:
     """The `report:` mapping of the spec text the sweep was registered with (None if absent)."""
     import yaml
 
-    from service.store.api import Store
+    from bnsweep.store.api import Store
 
     with Store.open(url, read_only=True) as store:
         text = store.get_sweep(sweep).spec_text

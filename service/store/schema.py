@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from service.store.models import VERSION_TABLE
+from bnsweep.store.models import VERSION_TABLE
 
 
 def script_location() -> Path:

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import workers.spec
+import bnsweep.workers.spec
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def older_recipe_line(counts: Mapping[int, int], sweep: str | None = None) -> st
     used, and how to delete them; None when there are none. `counts` is `older_recipes()`."""
     if not counts:
         return None
-    current = workers.spec.RECIPE
+    current = bnsweep.workers.spec.RECIPE
     total = sum(counts.values())
     kind = "an older" if all(recipe < current for recipe in counts) else "another"
     recipes = ", ".join(f"recipe {recipe}: {n}" for recipe, n in sorted(counts.items()))

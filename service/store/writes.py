@@ -1,7 +1,7 @@
 """The write methods of `Store`: registering sweeps, applying events, requeueing stale trials,
 and forgetting trials on request.
 
-`StoreWrites` is a mixin: `service.store.api.Store` combines it with `StoreReads` and provides
+`StoreWrites` is a mixin: `bnsweep.store.api.Store` combines it with `StoreReads` and provides
 the transaction loop (`_run`), the `url` and the `dialect` it uses. It builds on `StoreReads`:
 a registered sweep is read back, and `forget` selects what `trials()` would return.
 """
@@ -19,10 +19,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-import workers.spec
-from service.store.columns import SPEC_COLUMNS, cell_of, check_where, chunks
-from service.store.errors import StoreError
-from service.store.events import (
+import bnsweep.workers.spec
+from bnsweep.store.columns import SPEC_COLUMNS, cell_of, check_where, chunks
+from bnsweep.store.errors import StoreError
+from bnsweep.store.events import (
     EVENT_TYPES,
     RESULT_FIELDS,
     DiagnosticsRecorded,
@@ -34,10 +34,10 @@ from service.store.events import (
     runtime_text,
     utc_now,
 )
-from service.store.models import FINAL_STATUSES, Diagnostic, Epoch, Sweep, SweepTrial, Trial
-from service.store.reads import StoreReads
-from service.store.values import ForgetCount, SweepInfo
-from workers.spec import TrialSpec
+from bnsweep.store.models import FINAL_STATUSES, Diagnostic, Epoch, Sweep, SweepTrial, Trial
+from bnsweep.store.reads import StoreReads
+from bnsweep.store.values import ForgetCount, SweepInfo
+from bnsweep.workers.spec import TrialSpec
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def _fail_trial(batch: _Batch, cell: _Cell, item: TrialFailed) -> None:
     )
 
 
-#: How `Store.apply` writes each kind of event, by its type (`service.store.events.EVENT_TYPES`).
+#: How `Store.apply` writes each kind of event, by its type (`bnsweep.store.events.EVENT_TYPES`).
 #: Any: each writer takes its own event type, which a dict's value type cannot say.
 EVENT_WRITERS: dict[type, Callable[[_Batch, _Cell, Any], None]] = {
     TrialStarted: _start_trial,
@@ -153,7 +153,7 @@ EVENT_WRITERS: dict[type, Callable[[_Batch, _Cell, Any], None]] = {
 
 
 class StoreWrites(StoreReads):
-    """The writes of `Store` (service.store.api): each one transaction, every one idempotent."""
+    """The writes of `Store` (bnsweep.store.api): each one transaction, every one idempotent."""
 
     if TYPE_CHECKING:
         # Provided by `Store`; declared here for the type checker only.
@@ -180,7 +180,7 @@ class StoreWrites(StoreReads):
                 "seed": spec.seed,
                 **values,
                 # The recipe its spec_hash was computed with (read now, like the hash).
-                "recipe": workers.spec.RECIPE,
+                "recipe": bnsweep.workers.spec.RECIPE,
                 "status": "pending",
                 "attempts": 0,
                 "created_at": now,

@@ -5,7 +5,7 @@
 - `app.create_app(url)` serves the same pages live (`bnsweep dashboard`), with a JSON API and
   the running sweeps' progress refreshed in place.
 
-`view` reads the store (read-only, through `service.store.api`) into frozen view values and
+`view` reads the store (read-only, through `bnsweep.store.api`) into frozen view values and
 caches them under the store's fingerprint; `pages` turns them into HTML in the frame of
 `frame`, with links from a `Site` (file names for the static site, routes for the server);
 `figures` draws the SVGs.

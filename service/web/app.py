@@ -23,12 +23,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
-from service.web import build
-from service.web.frame import Site
-from service.web.pages import error_page
-from service.web.report import ASSETS
-from service.web.view import NotFound, Reader, TableQuery
-from workers.errors import BnsweepError
+from bnsweep.web import build
+from bnsweep.web.frame import Site
+from bnsweep.web.pages import error_page
+from bnsweep.web.report import ASSETS
+from bnsweep.web.view import NotFound, Reader, TableQuery
+from bnsweep.workers.errors import BnsweepError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ TOKEN_COOKIE = "bnsweep_token"
 def _status_of(err: BnsweepError) -> int:
     """404 for a missing sweep, cell or trial; 503 for an unreachable or wrong-schema store
     (the message says which, and what to run); 400 for a bad control value."""
-    from service.store.errors import StoreError
+    from bnsweep.store.errors import StoreError
 
     if isinstance(err, NotFound):
         return 404
@@ -53,7 +53,7 @@ def create_app(
     """The dashboard for the store at `url` (else BNSWEEP_DB, else sqlite:///bnsweep.db)."""
     reader = reader or Reader(url)
     # The table model pulls in scipy and pandas (~2 s); at start, not in the first request.
-    import analysis.tables  # noqa: F401
+    import bnsweep.analysis.tables  # noqa: F401
 
     app = FastAPI(title="bnsweep dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.reader = reader
@@ -101,7 +101,7 @@ def create_app(
     def static(asset: str) -> Response:
         if asset not in ASSETS:
             raise NotFound(f"no asset {asset!r}")
-        text = (resources.files("service.web") / "static" / asset).read_text(encoding="utf-8")
+        text = (resources.files("bnsweep.web") / "static" / asset).read_text(encoding="utf-8")
         media = "text/css" if asset.endswith(".css") else "text/javascript"
         return Response(text, media_type=f"{media}; charset=utf-8")
 
@@ -231,7 +231,7 @@ def create_app(
 
 
 def _attachment(name: str, file: str) -> dict[str, str]:
-    from service.tables import safe_name
+    from bnsweep.sweep_tables import safe_name
 
     return {
         "Content-Disposition": f'attachment; filename="{safe_name(name, "sweep")}-{file}"',

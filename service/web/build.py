@@ -16,16 +16,16 @@ from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from service.web import pages
-from service.web.figures import (
+from bnsweep.web import pages
+from bnsweep.web.figures import (
     SvgFigure,
     analysis_figures,
     curve_figures,
     difference_figures,
     trial_figure,
 )
-from service.web.frame import Site, esc
-from service.web.view import (
+from bnsweep.web.frame import Site, esc
+from bnsweep.web.view import (
     BadRequest,
     NotFound,
     Snapshot,
@@ -38,7 +38,7 @@ from service.web.view import (
 if TYPE_CHECKING:
     import pandas as pd
 
-    from analysis.table_model import Table
+    from bnsweep.analysis.table_model import Table
 
 #: Rows of the trials page per screen on the live site (the static page shows up to
 #: STATIC_TRIAL_ROWS; the CSV and Parquet downloads have every row).
@@ -47,7 +47,7 @@ STATIC_TRIAL_ROWS = 5000
 #: The static report draws a trial page's figure only for sweeps up to this many trial pages
 #: (each figure costs ~0.1 s; the epochs table is on every page).
 STATIC_TRIAL_FIGURES = 50
-#: Download name → (renderer of `analysis.render.formats`, media type).
+#: Download name → (renderer of `bnsweep.analysis.render.formats`, media type).
 TABLE_FORMATS: dict[str, tuple[str, str]] = {
     "md": ("md", "text/markdown; charset=utf-8"),
     "tex": ("latex", "application/x-tex; charset=utf-8"),
@@ -58,7 +58,7 @@ TABLE_FORMATS: dict[str, tuple[str, str]] = {
 
 def tables_or_reason(snap: Snapshot, name: str, query: TableQuery) -> list[Table] | str:
     """The sweep's tables, or why there are none yet (no completed trial)."""
-    from analysis.pairing import AnalysisError
+    from bnsweep.analysis.pairing import AnalysisError
 
     try:
         return snap.tables(name, query)
@@ -117,7 +117,7 @@ def cell(snap: Snapshot, site: Site, name: str, ident: str, query: TableQuery) -
 
 
 def cell_ids(table: Table) -> list[str]:
-    from service.web.view import cell_id
+    from bnsweep.web.view import cell_id
 
     return [
         cell_id(b, r, j)
@@ -132,7 +132,7 @@ def figures(snap: Snapshot, name: str) -> dict[str, SvgFigure]:
     """Every figure of the sweep's curves pages, by file stem."""
 
     def build() -> dict[str, SvgFigure]:
-        from analysis.layout import TableLayout
+        from bnsweep.analysis.layout import TableLayout
 
         trials, epochs = snap.trials(name), snap.epochs(name)
         layout = TableLayout.from_dict(report_of(snap.overview(name).spec_text))
@@ -147,8 +147,8 @@ def figures(snap: Snapshot, name: str) -> dict[str, SvgFigure]:
 
 
 def _difference(snap: Snapshot, name: str, layout: Any) -> list[SvgFigure]:
-    from analysis.pairing import AnalysisError
-    from analysis.tables import build_tables
+    from bnsweep.analysis.pairing import AnalysisError
+    from bnsweep.analysis.tables import build_tables
 
     try:
         # The gamma layout: one point per γ, whichever table the sweep itself shows.
@@ -176,7 +176,7 @@ def _curve_list(
     epochs, trials = snap.epochs(name), snap.trials(name)
 
     def count() -> int:
-        from workers.spec import EXPERIMENT_FIELDS
+        from bnsweep.workers.spec import EXPERIMENT_FIELDS
 
         done = trials[trials["status"].astype(str) == "completed"]
         merged = epochs.merge(done[["spec_hash", "seed"]], on=["spec_hash", "seed"])
@@ -192,8 +192,8 @@ def trials_frame(
     snap: Snapshot, name: str, where: dict[str, list[object]], sort: str | None, descending: bool
 ) -> pd.DataFrame:
     """The sweep's trials, filtered (`field=value` as `bnsweep query --where`) and sorted."""
-    from service.store.columns import check_where
-    from service.store.errors import StoreError
+    from bnsweep.store.columns import check_where
+    from bnsweep.store.errors import StoreError
 
     try:
         checked = check_where(where)
@@ -274,8 +274,8 @@ def _trials_controls(
 
 def parse_where(text: str) -> dict[str, list[object]]:
     """`status=failed lr=0.1` (or one `field=value` per `where` parameter) → filters."""
-    from service.store.columns import parse_where as parse_items
-    from service.store.errors import StoreError
+    from bnsweep.store.columns import parse_where as parse_items
+    from bnsweep.store.errors import StoreError
 
     try:
         return parse_items(text.split()) if text.strip() else {}
@@ -302,7 +302,7 @@ def trial(snap: Snapshot, site: Site, name: str, trial_id: int, figure: bool = T
 
 def table_download(snap: Snapshot, name: str, query: TableQuery, ext: str) -> tuple[str, str]:
     """(text, media type) of `bnsweep tables --format F` for this sweep and these options."""
-    from analysis.render.formats import render
+    from bnsweep.analysis.render.formats import render
 
     if ext not in TABLE_FORMATS:
         raise NotFound(f"no table format {ext!r}; allowed: {', '.join(TABLE_FORMATS)}")

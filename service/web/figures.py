@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-    from analysis.layout import TableLayout
-    from analysis.table_model import Table
+    from bnsweep.analysis.layout import TableLayout
+    from bnsweep.analysis.table_model import Table
 
 #: Experiments drawn on one curves page; a 100,000-trial sweep has hundreds (the trials page
 #: and the CSV have them all).
@@ -69,8 +69,8 @@ def analysis_figures(
     layout: TableLayout,
 ) -> list[SvgFigure]:
     """`bnsweep plots`'s accuracy-vs-γ and BN-diagnostics figures, as SVG."""
-    from analysis.pairing import AnalysisError
-    from analysis.plots import plot_accuracy_vs_gamma, plot_diagnostics
+    from bnsweep.analysis.pairing import AnalysisError
+    from bnsweep.analysis.plots import plot_accuracy_vs_gamma, plot_diagnostics
 
     out: list[SvgFigure] = []
     with tempfile.TemporaryDirectory(prefix="bnsweep-figures-") as folder:
@@ -111,8 +111,8 @@ def curve_figures(
     """Validation accuracy and training loss per epoch, mean ± std over seeds per arm (completed
     runs), one figure per experiment; with `per_seed`, every seed's own trace behind the mean.
     Returns the figures and how many experiments there were (at most MAX_CURVE_FIGURES drawn)."""
-    from analysis.plots import arm_labels
-    from workers.spec import EXPERIMENT_FIELDS, is_base_arm
+    from bnsweep.analysis.plots import arm_labels
+    from bnsweep.workers.spec import EXPERIMENT_FIELDS, is_base_arm
 
     done = trials.loc[trials["status"].astype(str) == "completed", ["spec_hash", "seed"]]
     df = epochs.merge(done.drop_duplicates(), on=["spec_hash", "seed"])

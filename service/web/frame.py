@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from service.tables import safe_name
+from bnsweep.sweep_tables import safe_name
 
 __all__ = [
     "REFRESH_SECONDS",

@@ -1,7 +1,7 @@
 """The pages, as HTML text, from the view values; the same functions serve both sites.
 
 Each page sits in the frame of service/web/frame.py (links from a `Site`, the layout, the
-live sections). Bold and underline in a table are placed exactly as `analysis.render`'s
+live sections). Bold and underline in a table are placed exactly as `bnsweep.analysis.render`'s
 renderers place them (`<strong>` = significantly better than the arm compared against,
 `<u>` = highest mean in its column within its block); nothing here decides either.
 """
@@ -13,16 +13,16 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from analysis.render.html_page import html_cell
-from service.web.frame import Site, esc, layout, num, plain_table, section, time
-from service.web.view import COUNT_ORDER, Failure, Progress, SweepOverview, TableQuery, cell_id
+from bnsweep.analysis.render.html_page import html_cell
+from bnsweep.web.frame import Site, esc, layout, num, plain_table, section, time
+from bnsweep.web.view import COUNT_ORDER, Failure, Progress, SweepOverview, TableQuery, cell_id
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from analysis.table_model import Block, Cell, Row, Table
-    from service.store.values import SweepStatus
-    from service.web.figures import SvgFigure
+    from bnsweep.analysis.table_model import Block, Cell, Row, Table
+    from bnsweep.store.values import SweepStatus
+    from bnsweep.web.figures import SvgFigure
 
 #: The downloads of a sweep's tables: `bnsweep tables --format F` writes the same text.
 TABLE_DOWNLOADS = (("md", "md"), ("tex", "latex"), ("csv", "csv"), ("html", "html"))
@@ -104,8 +104,8 @@ def _options(name: str, values: Sequence[tuple[str, str]], selected: str) -> str
 
 def controls(site: Site, query: TableQuery) -> str:
     """The table's controls (live site only: the static report shows the defaults)."""
-    from analysis.planning import LAYOUTS
-    from analysis.stats import CORRECTIONS, TESTS
+    from bnsweep.analysis.planning import LAYOUTS
+    from bnsweep.analysis.stats import CORRECTIONS, TESTS
 
     if not site.live:
         return (
@@ -198,7 +198,7 @@ def table_section(site: Site, name: str, tables: Sequence[Table] | str, query: T
 
 def status_section(site: Site, name: str, status: SweepStatus, failures: Sequence[Failure]) -> str:
     """`bnsweep status`'s arm table, and the failed cells with their errors."""
-    from service.store.values import missing_text
+    from bnsweep.store.values import missing_text
 
     parts = ["<h2>Missing seeds</h2>"]
     arms = status.incomplete_arms
@@ -326,7 +326,7 @@ def cell_page(
     query: TableQuery,
 ) -> str:
     """The seed-by-seed pairs behind one cell and every number of its test."""
-    from analysis.stats import minimum_detectable_effect
+    from bnsweep.analysis.stats import minimum_detectable_effect
 
     block, row, j, cell = located
     where = " / ".join(x for x in (block.label, row.label, table.column_titles[j]) if x)
@@ -505,7 +505,7 @@ def trial_page(
     diagnostics: pd.DataFrame,
     figure: SvgFigure | None,
 ) -> str:
-    from service.store.columns import SPEC_COLUMNS
+    from bnsweep.store.columns import SPEC_COLUMNS
 
     n = site.sweep(name)
     spec = "".join(

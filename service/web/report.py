@@ -26,13 +26,13 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.tables import safe_name
-from service.web import build
-from service.web.frame import Site
-from service.web.view import Reader, Snapshot, TableQuery
+from bnsweep.sweep_tables import safe_name
+from bnsweep.web import build
+from bnsweep.web.frame import Site
+from bnsweep.web.view import Reader, Snapshot, TableQuery
 
 if TYPE_CHECKING:
-    from service.store.api import Store
+    from bnsweep.store.api import Store
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +98,12 @@ def _write(path: Path, text: str | bytes) -> None:
 
 
 def _write_site(snap: Snapshot, names: list[str], root: Path) -> None:
-    static = resources.files("service.web") / "static"
+    static = resources.files("bnsweep.web") / "static"
     for asset in ASSETS:
         _write(root / "static" / asset, static.joinpath(asset).read_text(encoding="utf-8"))
     site = Site(live=False)
     overviews = [snap.overview(name) for name in names]
-    from service.web import pages
+    from bnsweep.web import pages
 
     _write(root / "index.html", pages.index_page(site, overviews, snap.store.url))
     for name in names:
@@ -165,7 +165,7 @@ class ReportWhileRunning:
         self.written: Path | None = None
 
     def _write(self) -> None:
-        from workers.errors import BnsweepError
+        from bnsweep.workers.errors import BnsweepError
 
         try:
             self.written = write_report(self.url, self.sweep, self.out_dir)

@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
-from workers.errors import BnsweepError, SpecError, choice_error
+from bnsweep.workers.errors import BnsweepError, SpecError, choice_error
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from analysis.table_model import Block, Cell, Row, Table
-    from service.store.api import Store
-    from service.store.values import StoreFingerprint, SweepStatus
+    from bnsweep.analysis.table_model import Block, Cell, Row, Table
+    from bnsweep.store.api import Store
+    from bnsweep.store.values import StoreFingerprint, SweepStatus
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,8 @@ class TableQuery:
     versus: str | None = None
 
     def __post_init__(self) -> None:
-        from analysis.planning import LAYOUTS
-        from analysis.stats import AnalysisOptions
+        from bnsweep.analysis.planning import LAYOUTS
+        from bnsweep.analysis.stats import AnalysisOptions
 
         AnalysisOptions(alpha=self.alpha, correction=self.correction, test=self.test)
         if self.layout is not None and self.layout not in LAYOUTS:
@@ -228,7 +228,7 @@ def recipe_of(
     trials: pd.DataFrame,
 ) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
     """(fields with one value, fields with several and their values), over the spec columns."""
-    from service.store.columns import SPEC_COLUMNS
+    from bnsweep.store.columns import SPEC_COLUMNS
 
     fixed, varying = [], []
     for name in SPEC_COLUMNS:
@@ -281,7 +281,7 @@ class Reader:
         self._cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
 
     def store(self) -> Store:
-        from service.store.api import Store
+        from bnsweep.store.api import Store
 
         with self._lock:
             if self._store is None:
@@ -293,7 +293,7 @@ class Reader:
     @property
     def url(self) -> str:
         """The store's URL with any password redacted: the only form a page shows."""
-        from service.store.errors import redact_url, resolve_url
+        from bnsweep.store.errors import redact_url, resolve_url
 
         return self._store.url if self._store is not None else redact_url(resolve_url(self._url))
 
@@ -305,8 +305,8 @@ class Reader:
 
     def snapshot(self) -> Snapshot:
         """The current state: one fingerprint read; every value asked of it is cached."""
-        from service.store.errors import StoreError
-        from service.store.reads import store_fingerprint
+        from bnsweep.store.errors import StoreError
+        from bnsweep.store.reads import store_fingerprint
 
         store = self.store()
         try:
@@ -335,7 +335,7 @@ def read_only() -> dict[str, bool]:
     WAL); otherwise `create=False` alone keeps the reads from creating or migrating anything."""
     import inspect
 
-    from service.store.api import Store
+    from bnsweep.store.api import Store
 
     return {"read_only": True} if "read_only" in inspect.signature(Store.open).parameters else {}
 
@@ -411,7 +411,7 @@ class Snapshot:
         (no completed trial), which the pages show as a line instead of a table."""
 
         def build() -> list[Table]:
-            from service.tables import tables_for
+            from bnsweep.sweep_tables import tables_for
 
             # Only a chosen arm is passed, so a table model without `versus` answers BASE tables.
             versus: dict[str, Any] = {"versus": query.versus} if query.versus else {}
@@ -429,7 +429,7 @@ class Snapshot:
 
     def failures(self, name: str) -> list[Failure]:
         def build() -> list[Failure]:
-            from service.store.columns import SPEC_COLUMNS, arm_label
+            from bnsweep.store.columns import SPEC_COLUMNS, arm_label
 
             trials = self.trials(name)
             failed = trials[trials["status"].astype(str) == "failed"]
@@ -461,9 +461,9 @@ class Snapshot:
 def status_of(name: str, trials: pd.DataFrame) -> SweepStatus:
     """A sweep's `SweepStatus` from its trials frame: counts by status, and per arm (spec_hash)
     its seeds and which of them are missing, failed or running, arms in spec-column order."""
-    from service.store.columns import SPEC_COLUMNS, arm_label
-    from service.store.models import FINAL_STATUSES, STATUSES
-    from service.store.values import ArmStatus, SweepStatus
+    from bnsweep.store.columns import SPEC_COLUMNS, arm_label
+    from bnsweep.store.models import FINAL_STATUSES, STATUSES
+    from bnsweep.store.values import ArmStatus, SweepStatus
 
     status = trials["status"].astype(str)
     counts: dict[str, Any] = {s: int((status == s).sum()) for s in STATUSES}

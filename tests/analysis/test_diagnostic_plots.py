@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.pairing import AnalysisError
-from analysis.plots import (
+from bnsweep.analysis.pairing import AnalysisError
+from bnsweep.analysis.plots import (
     PLAIN_GRADIENT_FACTOR,
     make_plots,
     plot_bn_drift,
@@ -18,7 +18,7 @@ from analysis.plots import (
     plot_gradient_factor_at_init,
     plot_outlier_fraction,
 )
-from service.store.columns import DIAGNOSTIC_COLUMNS
+from bnsweep.store.columns import DIAGNOSTIC_COLUMNS
 from tests.analysis.data import EXPERIMENT, golden_trials
 
 ARMS = (("standard", 1.0, 1.0), ("standard", 0.1, 100.0))
@@ -150,10 +150,10 @@ def test_measured_diagnostics_plot_the_plain_stack_and_resnet8(tmp_path: Path) -
 def test_bnsweep_plots_draws_the_diagnostics_of_a_stored_sweep(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from service.cli import main
-    from service.store.api import Store
-    from service.store.events import DiagnosticsRecorded, TrialFinished, TrialStarted
-    from service.sweep import expand, parse_sweep_spec
+    from bnsweep.cli import main
+    from bnsweep.store.api import Store
+    from bnsweep.store.events import DiagnosticsRecorded, TrialFinished, TrialStarted
+    from bnsweep.sweep import expand, parse_sweep_spec
 
     text = (
         "name: diag\n"
@@ -191,9 +191,9 @@ def measured_at_init(gammas=(1.0, 0.5, 0.1)) -> pd.DataFrame:
     """Diagnostics at initialisation of Fig. 1's plain stack and of resnet8, as store rows."""
     import torch
 
-    from workers.diagnostics import BNDiagnostics, conv_bn_relu_stack
-    from workers.models import build_model
-    from workers.norm import set_bn_scale
+    from bnsweep.workers.diagnostics import BNDiagnostics, conv_bn_relu_stack
+    from bnsweep.workers.models import build_model
+    from bnsweep.workers.norm import set_bn_scale
 
     probe = torch.rand(128, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     rows = []

@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import workers.trial
-from analysis.render.formats import render
-from analysis.stats import AnalysisOptions
-from analysis.tables import build_tables
-from service.store.api import Store
-from service.store.events import EpochRecorded, TrialFinished, TrialStarted
-from workers.results import EpochMetrics, TrialResult
-from workers.spec import TrialSpec
-from workers.trial import run_trial
+import bnsweep.workers.trial
+from bnsweep.analysis.render.formats import render
+from bnsweep.analysis.stats import AnalysisOptions
+from bnsweep.analysis.tables import build_tables
+from bnsweep.store.api import Store
+from bnsweep.store.events import EpochRecorded, TrialFinished, TrialStarted
+from bnsweep.workers.results import EpochMetrics, TrialResult
+from bnsweep.workers.spec import TrialSpec
+from bnsweep.workers.trial import run_trial
 
 SPEC = TrialSpec(
     dataset="digits",
@@ -36,7 +36,7 @@ DIVERGES_IN = 3
 @pytest.fixture(scope="module")
 def diverged() -> tuple[TrialResult, list[EpochMetrics]]:
     """SPEC trained normally for two epochs whose third epoch's loss is NaN."""
-    real = workers.trial.train_one_epoch
+    real = bnsweep.workers.trial.train_one_epoch
     calls = {"n": 0}
 
     def nan_in_third_epoch(*args, **kwargs):
@@ -46,7 +46,7 @@ def diverged() -> tuple[TrialResult, list[EpochMetrics]]:
 
     seen: list[EpochMetrics] = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(workers.trial, "train_one_epoch", nan_in_third_epoch)
+        mp.setattr(bnsweep.workers.trial, "train_one_epoch", nan_in_third_epoch)
         result = run_trial(SPEC, on_epoch=lambda m, save: seen.append(m))
     return result, seen
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from analysis.layout import TableLayout
-from analysis.render.formats import RENDERERS, render
-from analysis.render.terminal import render_term
-from analysis.stats import AnalysisOptions
-from analysis.table_model import Table
-from analysis.tables import build_tables
+from bnsweep.analysis.layout import TableLayout
+from bnsweep.analysis.render.formats import RENDERERS, render
+from bnsweep.analysis.render.terminal import render_term
+from bnsweep.analysis.stats import AnalysisOptions
+from bnsweep.analysis.table_model import Table
+from bnsweep.analysis.tables import build_tables
 from tests.analysis.data import golden_trials
 
 GOLDEN = Path(__file__).parent / "golden"

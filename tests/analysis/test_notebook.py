@@ -7,13 +7,13 @@ import math
 
 import pytest
 
-from analysis.layout import TableLayout
-from analysis.notebook import Tables
-from analysis.notebook import tables as notebook_tables
-from analysis.render.formats import RENDERERS, render
-from analysis.render.html_page import html_tables, render_html
-from analysis.table_model import FRAME_COLUMNS
-from analysis.tables import build_tables
+from bnsweep.analysis.layout import TableLayout
+from bnsweep.analysis.notebook import Tables
+from bnsweep.analysis.notebook import tables as notebook_tables
+from bnsweep.analysis.render.formats import RENDERERS, render
+from bnsweep.analysis.render.html_page import html_tables, render_html
+from bnsweep.analysis.table_model import FRAME_COLUMNS
+from bnsweep.analysis.tables import build_tables
 from tests.analysis.data import golden_trials
 
 

@@ -8,11 +8,11 @@ import re
 
 import pytest
 
-from analysis.render.formats import render
-from analysis.render.latex import latex_label
-from analysis.render.terminal import TERM_MARKS, render_term
-from analysis.table_model import Table
-from analysis.tables import build_tables
+from bnsweep.analysis.render.formats import render
+from bnsweep.analysis.render.latex import latex_label
+from bnsweep.analysis.render.terminal import TERM_MARKS, render_term
+from bnsweep.analysis.table_model import Table
+from bnsweep.analysis.tables import build_tables
 from tests.analysis.data import golden_trials
 
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from analysis.pairing import (
+from bnsweep.analysis.pairing import (
     AnalysisError,
     Arm,
     DroppedSeed,
     pair_with_base,
 )
-from analysis.stats import evaluate_comparisons
+from bnsweep.analysis.stats import evaluate_comparisons
+from bnsweep.workers.errors import BnsweepError
+from bnsweep.workers.spec import ARM_FIELDS, EXPERIMENT_FIELDS, RESULT_FIELD_NAMES
 from tests.analysis.data import BASE, frame, rows
-from workers.errors import BnsweepError
-from workers.spec import ARM_FIELDS, EXPERIMENT_FIELDS, RESULT_FIELD_NAMES
 
 ARM = ("standard", 0.1, 100.0)
 BASE_SCORES = [90.0, 90.5, 89.5, 91.0, 90.2, 89.9]

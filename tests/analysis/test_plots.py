@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.plots import plot_accuracy_vs_gamma, plot_validation_curves
+from bnsweep.analysis.plots import plot_accuracy_vs_gamma, plot_validation_curves
 from tests.analysis.data import golden_trials
 
 

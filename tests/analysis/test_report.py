@@ -1,4 +1,4 @@
-"""`bnsweep tables` and `bnsweep plots` end to end on a real SQLite store, through `service.cli`."""
+"""`bnsweep tables` and `bnsweep plots` end to end on a real SQLite store, through `bnsweep.cli`."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import service.cli
-from service.store.api import Store
-from service.store.events import EpochRecorded, TrialFinished, TrialStarted
-from service.sweep import expand, parse_sweep_spec
-from service.tables import render_sweep_tables, tables_text
-from workers.errors import SpecError
+from bnsweep import cli
+from bnsweep.store.api import Store
+from bnsweep.store.events import EpochRecorded, TrialFinished, TrialStarted
+from bnsweep.sweep import expand, parse_sweep_spec
+from bnsweep.sweep_tables import render_sweep_tables, tables_text
+from bnsweep.workers.errors import SpecError
 
 Run = Callable[..., tuple[int, str, str]]
 
@@ -101,13 +101,13 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture
 def bnsweep(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
     """Run `bnsweep ARGS...` in-process with only this command module: (code, stdout, stderr)."""
-    monkeypatch.setattr(service.cli, "COMMAND_MODULES", ("service.commands.report",))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("bnsweep.commands.report",))
     monkeypatch.delenv("BNSWEEP_DB", raising=False)
 
     def run(*argv: str) -> tuple[int, str, str]:
         capsys.readouterr()
         try:
-            code = service.cli.main(list(argv))
+            code = cli.main(list(argv))
         except SystemExit as exit_:
             code = int(exit_.code or 0)
         out, err = capsys.readouterr()
@@ -225,7 +225,7 @@ def test_render_sweep_tables_for_launch(db: str, tmp_path: Path) -> None:
     assert render_sweep_tables(db, "empty").startswith(
         "sweep empty: no tables yet (no completed trial"
     )
-    from analysis.pairing import AnalysisError
+    from bnsweep.analysis.pairing import AnalysisError
 
     with pytest.raises(AnalysisError):
         render_sweep_tables(db, "empty", empty_ok=False)
@@ -234,7 +234,7 @@ def test_render_sweep_tables_for_launch(db: str, tmp_path: Path) -> None:
 def test_the_launch_s_tables_from_its_spec_are_those_of_the_stored_spec(db: str) -> None:
     """What `bnsweep launch` prints from the spec it holds (`tables_text`) is what the stored
     spec's layout gives (`render_sweep_tables`), character for character."""
-    from service.store.results import load_trials
+    from bnsweep.store.results import load_trials
 
     report = parse_sweep_spec(SPEC).report
     for fmt in ("term", "md"):

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from analysis.layout import TableLayout
-from analysis.stats import (
+from bnsweep.analysis.layout import TableLayout
+from bnsweep.analysis.stats import (
     ALL_ZERO,
     CONSTANT,
     FEWER_THAN_TWO,
@@ -17,9 +17,9 @@ from analysis.stats import (
     minimum_detectable_effect,
     paired_test,
 )
-from analysis.tables import build_tables
+from bnsweep.analysis.tables import build_tables
+from bnsweep.workers.errors import BnsweepError
 from tests.analysis.data import BASE, frame, rows
-from workers.errors import BnsweepError
 
 # R's `sleep` data (Cushny & Peebles 1905), extra hours of sleep of ten patients under drug 1
 # (group 1) and drug 2 (group 2); patient i is the same person in both groups.

@@ -6,15 +6,15 @@ import math
 
 import pytest
 
-from analysis.layout import TableLayout
-from analysis.pairing import AnalysisError
-from analysis.planning import LAYOUTS, infer_kind
-from analysis.render.formats import RENDERERS, render
-from analysis.stats import CORRECTIONS, TESTS, AnalysisOptions
-from analysis.table_model import Table
-from analysis.tables import build_tables
+from bnsweep.analysis.layout import TableLayout
+from bnsweep.analysis.pairing import AnalysisError
+from bnsweep.analysis.planning import LAYOUTS, infer_kind
+from bnsweep.analysis.render.formats import RENDERERS, render
+from bnsweep.analysis.stats import CORRECTIONS, TESTS, AnalysisOptions
+from bnsweep.analysis.table_model import Table
+from bnsweep.analysis.tables import build_tables
+from bnsweep.workers.errors import SpecError
 from tests.analysis.data import BASE, frame, rows, shifted
-from workers.errors import SpecError
 
 B = [90.0, 90.4, 89.6, 90.2, 89.8]
 GOOD = [1.0, 1.2, 0.8, 1.1, 0.9]  # clearly better than BASE
@@ -72,24 +72,24 @@ def test_layout_errors_name_the_key_and_the_allowed_values(report, message):
 
 
 def test_registries_are_what_the_cli_offers():
-    from service import tables
-    from service.commands import report
+    from bnsweep import sweep_tables
+    from bnsweep.commands import report
 
-    assert set(tables.FORMATS) == set(RENDERERS)
+    assert set(sweep_tables.FORMATS) == set(RENDERERS)
     assert set(report.CORRECTIONS) == set(CORRECTIONS)
     assert set(report.TESTS) == set(TESTS)
 
 
-
 def test_the_light_layout_names_are_the_layouts() -> None:
-    """`analysis.layout` names the layouts without importing the builders (a dry run's check)."""
-    from analysis.layout import LAYOUT_NAMES
+    """`bnsweep.analysis.layout` names the layouts without importing the builders (a dry run's
+    check)."""
+    from bnsweep.analysis.layout import LAYOUT_NAMES
 
     assert tuple(LAYOUTS) == LAYOUT_NAMES
 
 
 def test_default_layout_is_inferred_from_the_arms():
-    from analysis.pairing import Arm
+    from bnsweep.analysis.pairing import Arm
 
     assert infer_kind([Arm("standard", 0.1, 100.0), Arm(*BASE)]) == "gamma"
     assert infer_kind([Arm("a1", 0.1, 100.0), Arm("standard", 0.1, 100.0)]) == "formulation"

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from analysis.layout import TableLayout
-from analysis.pairing import BASE as BASE_ARM
-from analysis.pairing import AnalysisError, Arm, arm_label, find_arm
-from analysis.render.formats import RENDERERS, render
-from analysis.render.terminal import render_term
-from analysis.stats import AnalysisOptions
-from analysis.table_model import Table
-from analysis.tables import build_tables
+from bnsweep.analysis.layout import TableLayout
+from bnsweep.analysis.pairing import BASE as BASE_ARM
+from bnsweep.analysis.pairing import AnalysisError, Arm, arm_label, find_arm
+from bnsweep.analysis.render.formats import RENDERERS, render
+from bnsweep.analysis.render.terminal import render_term
+from bnsweep.analysis.stats import AnalysisOptions
+from bnsweep.analysis.table_model import Table
+from bnsweep.analysis.tables import build_tables
 from tests.analysis.data import BASE, frame, rows, shifted
 
 B = [90.0, 90.4, 89.6, 90.2, 89.8, 90.1]

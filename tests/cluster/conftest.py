@@ -395,7 +395,7 @@ def fresh_database(server_url: str) -> Iterator[str]:
     """A new, empty PostgreSQL database on the test server; dropped (forcibly) on exit."""
     import sqlalchemy as sa
 
-    from service.store.errors import normalize_url
+    from bnsweep.store.errors import normalize_url
 
     name = f"bnsweep_cluster_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(normalize_url(server_url), isolation_level="AUTOCOMMIT")

@@ -33,7 +33,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from service.sweep import expand, load_sweep_spec
+from bnsweep.sweep import expand, load_sweep_spec
 
 from .conftest import TERMINAL_JOB_STATES, RayCluster, report_timing, script, wait_gone
 

@@ -1,4 +1,4 @@
-"""Every case of `tests/service/bad_inputs.py` through the real `service.cli.main`: one line on
+"""Every case of `tests/service/bad_inputs.py` through the real `bnsweep.cli.main`: one line on
 stderr, the case's exit code, nothing on stdout, and the store's file byte for byte as before."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.cli import main
-from service.store.api import Store
-from service.sweep import expand, parse_sweep_spec
+from bnsweep.cli import main
+from bnsweep.store.api import Store
+from bnsweep.sweep import expand, parse_sweep_spec
 from tests.service.bad_inputs import CASES, GOOD_SPEC
 
 
@@ -100,7 +100,7 @@ def test_a_filesystem_error_anywhere_is_one_line_naming_the_path(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import service.commands.store as store_command
+    import bnsweep.commands.store as store_command
 
     def fail(_args: object) -> int:
         raise error

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.checkpoints import CellRecords, CellStorage, write_cell_file
+from bnsweep.checkpoints import CellRecords, CellStorage, write_cell_file
 
 CELL = ("0123456789abcdef", 3)
 

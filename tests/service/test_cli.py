@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from service.cli import main
-from service.store.api import Store
-from service.sweep import expand, parse_sweep_spec
+from bnsweep.cli import main
+from bnsweep.store.api import Store
+from bnsweep.sweep import expand, parse_sweep_spec
 from tests.workers import fixtures
 
 REPO = Path(__file__).resolve().parents[2]
@@ -378,7 +378,7 @@ def test_a_dry_run_imports_neither_torch_nor_ray(tmp_path: Path, store: str) -> 
         Store.open(url).close()
     probe = (
         "import sys\n"
-        "from service.cli import main\n"
+        "from bnsweep.cli import main\n"
         f"code = main(['launch', {str(REPO / 'configs/paper/table1.yaml')!r}, '--db', {url!r},"
         " '--dry-run'])\n"
         f"heavy = sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)\n"
@@ -395,7 +395,7 @@ def test_a_dry_run_imports_neither_torch_nor_ray(tmp_path: Path, store: str) -> 
 
 # -- for people and scripts (issue 13) ------------------------------------------------------------
 def test_train_compile_is_a_flag() -> None:
-    from service.cli import build_parser
+    from bnsweep.cli import build_parser
 
     parse = build_parser().parse_args
     assert parse(["train", "--compile"]).compile is True
@@ -404,10 +404,10 @@ def test_train_compile_is_a_flag() -> None:
 
 
 def test_train_help_lists_the_registries_allowed_values() -> None:
-    from service.commands.train import ALLOWED
-    from workers.data import DATASETS
-    from workers.models import MODELS
-    from workers.norm import FORMULATIONS, INPUT_NORMS
+    from bnsweep.commands.train import ALLOWED
+    from bnsweep.workers.data import DATASETS
+    from bnsweep.workers.models import MODELS
+    from bnsweep.workers.norm import FORMULATIONS, INPUT_NORMS
 
     registries = {
         "dataset": DATASETS,

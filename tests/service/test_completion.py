@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import build_parser
-from service.commands.completion import script
+from bnsweep.cli import build_parser
+from bnsweep.commands.completion import script
 
 BASH = shutil.which("bash")
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from service import driver
-from service.ray_address import host_port
-from workers.errors import EXIT_RUNTIME, EXIT_USAGE, BnsweepError, SpecError
+from bnsweep import driver
+from bnsweep.ray_address import host_port
+from bnsweep.workers.errors import EXIT_RUNTIME, EXIT_USAGE, BnsweepError, SpecError
 
 
 @pytest.fixture
@@ -87,8 +87,8 @@ def test_an_address_where_nothing_listens_fails_in_seconds(monkeypatch: pytest.M
 
 _PROBE = """
 import json, os, sys
-from service import driver
-from service.ray_address import host_port
+from bnsweep import driver
+from bnsweep.ray_address import host_port
 import ray, psutil
 driver.connect(None, num_cpus=1)
 pids = {os.getpid()} | {c.pid for c in psutil.Process().children(recursive=True)}

@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from service.store.api import Store
-from service.store.columns import DIAGNOSTIC_COLUMNS, SPEC_COLUMNS
-from service.store.errors import StoreError
-from service.store.events import DiagnosticsRecorded, EpochRecorded, TrialFinished, TrialStarted
-from service.store.schema import alembic_config, head_revision, script_location
+from bnsweep.store.api import Store
+from bnsweep.store.columns import DIAGNOSTIC_COLUMNS, SPEC_COLUMNS
+from bnsweep.store.errors import StoreError
+from bnsweep.store.events import DiagnosticsRecorded, EpochRecorded, TrialFinished, TrialStarted
+from bnsweep.store.schema import alembic_config, head_revision, script_location
 from tests.service.test_store import (
     _specs_without_registries,  # noqa: F401 (autouse fixture)
     epoch,
@@ -31,7 +31,7 @@ LAYERS = ("input_norm", "body.stem.1", "body.stages.0.bn1")
 
 
 def layer(name: str, depth: int, **changes: object) -> dict[str, object]:
-    """Keys as `workers.results.LayerDiagnostics.to_dict()` gives them."""
+    """Keys as `bnsweep.workers.results.LayerDiagnostics.to_dict()` gives them."""
     values: dict[str, object] = {
         "layer": name,
         "depth": depth,
@@ -157,7 +157,7 @@ def test_events_check_their_values() -> None:
     with pytest.raises(StoreError, match="depth"):
         DiagnosticsRecorded(spec.spec_hash, 1, 0, (layer("a", -1),))
     # The worker's own value type is accepted as it is.
-    from workers.results import LayerDiagnostics
+    from bnsweep.workers.results import LayerDiagnostics
 
     event = DiagnosticsRecorded(spec.spec_hash, 1, 0, (LayerDiagnostics(**layer("x", 1)),))
     assert event.values[0].layer == "x" and event.values[0].gradient_factor == 1.2
@@ -197,7 +197,7 @@ def test_a_0001_database_is_upgraded_to_diagnostics_with_its_data(tmp_path: Path
 def test_query_diagnostics_as_table_csv_and_json(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from service.cli import main
+    from bnsweep.cli import main
 
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     spec = make_spec()
@@ -226,8 +226,8 @@ def test_query_diagnostics_as_table_csv_and_json(
 
 
 def test_the_store_callback_writes_the_queued_diagnostics(tmp_path: Path) -> None:
-    from service.callback import LaunchSummary, StoreCallback
-    from service.progress import Progress
+    from bnsweep.callback import LaunchSummary, StoreCallback
+    from bnsweep.progress import Progress
 
     spec = make_spec()
     url = f"sqlite:///{tmp_path / 'driver.db'}"
@@ -264,8 +264,8 @@ def test_a_launch_stores_the_diagnostics_the_sweep_asks_for(tmp_path: Path) -> N
     import ray
     import yaml
 
-    from service.driver import launch
-    from service.sweep import parse_sweep_spec
+    from bnsweep.driver import launch
+    from bnsweep.sweep import parse_sweep_spec
 
     text = yaml.safe_dump(
         {

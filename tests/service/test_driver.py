@@ -24,20 +24,20 @@ import pytest
 import ray
 import yaml
 
-from service import callback, driver, preflight, trainable
-from service.callback import LaunchSummary, StoreCallback
-from service.checkpoints import CellRecords, CellStorage, write_cell_file
-from service.cli import main
-from service.driver import launch
-from service.plan import cell_of
-from service.preflight import check_storage_is_shared
-from service.progress import Progress
-from service.store.api import Store
-from service.store.events import EpochRecorded, TrialStarted
-from service.sweep import expand, load_sweep_spec, parse_sweep_spec
-from workers.diagnostics import BNDiagnostics
-from workers.errors import SpecError
-from workers.trial import run_trial
+from bnsweep import callback, driver, preflight, trainable
+from bnsweep.callback import LaunchSummary, StoreCallback
+from bnsweep.checkpoints import CellRecords, CellStorage, write_cell_file
+from bnsweep.cli import main
+from bnsweep.driver import launch
+from bnsweep.plan import cell_of
+from bnsweep.preflight import check_storage_is_shared
+from bnsweep.progress import Progress
+from bnsweep.store.api import Store
+from bnsweep.store.events import EpochRecorded, TrialStarted
+from bnsweep.sweep import expand, load_sweep_spec, parse_sweep_spec
+from bnsweep.workers.diagnostics import BNDiagnostics
+from bnsweep.workers.errors import SpecError
+from bnsweep.workers.trial import run_trial
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -379,7 +379,7 @@ def test_an_error_is_read_from_the_trials_text_never_its_pickle(tmp_path: Path) 
     (tmp_path / "error.txt").write_text(
         "Traceback (most recent call last):\n  File ...\n"
         "ray.exceptions.RayTaskError(DataError): ...\n"
-        "workers.errors.DataError: cifar10: /data/cifar10 does not exist\n"
+        "bnsweep.workers.errors.DataError: cifar10: /data/cifar10 does not exist\n"
     )
     trial = type(
         "Trial", (), {"pickled_error_file": str(tmp_path / "error.pkl"),

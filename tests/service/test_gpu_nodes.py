@@ -24,14 +24,14 @@ import ray
 import torch
 from ray import cloudpickle
 
-from service import preflight
-from service.driver import launch
-from service.plan import cell_of
-from service.preflight import check_resources_fit
-from service.store.api import Store
-from service.sweep import expand, parse_sweep_spec
-from workers.errors import SpecError
-from workers.trial import run_trial
+from bnsweep import preflight
+from bnsweep.driver import launch
+from bnsweep.plan import cell_of
+from bnsweep.preflight import check_resources_fit
+from bnsweep.store.api import Store
+from bnsweep.sweep import expand, parse_sweep_spec
+from bnsweep.workers.errors import SpecError
+from bnsweep.workers.trial import run_trial
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -46,7 +46,7 @@ def _pretend_gpu_node() -> None:
     returns at once, and a trial can be told to fail once after an epoch."""
     import torch
 
-    import service.trainable as worker_trainable
+    import bnsweep.trainable as worker_trainable
 
     def touched(*args: Any, **kwargs: Any) -> None:
         if not ray.get_gpu_ids():
@@ -75,7 +75,7 @@ def _pretend_gpu_node() -> None:
             f.write(json.dumps(seen) + "\n")
         if spec.device == "cuda":
             time.sleep(settings.get("gpu_seconds", 0))  # long enough for the trials to overlap
-            from workers.results import TrialResult
+            from bnsweep.workers.results import TrialResult
 
             return TrialResult("completed", spec.epochs, 1, 0.5, 0.5, 0.5, 1.0, 1.0)
         fail_at = settings.get("fail_once_after_epoch")
@@ -93,7 +93,7 @@ def _pretend_gpu_node() -> None:
 
     worker_trainable.run_trial = recording_run_trial
 
-    import workers.compile as compile_module
+    import bnsweep.workers.compile as compile_module
 
     def compile_problem(device: str, mode: str = "default") -> str | None:
         """The real check, uncached, with no compiler on PATH when the test says so."""
@@ -219,7 +219,7 @@ def test_with_an_autoscaler_an_unmet_request_is_a_warning(caplog: pytest.LogCapt
     nodes = [{"Alive": True, "Resources": {"CPU": 8.0}}, {"Alive": False, "Resources": {"GPU": 8}}]
     with pytest.raises(SpecError):
         check_resources_fit(Resources(), nodes, autoscaler=False)
-    with caplog.at_level(logging.WARNING, logger="service.preflight"):
+    with caplog.at_level(logging.WARNING, logger="bnsweep.preflight"):
         check_resources_fit(Resources(), nodes, autoscaler=True)
     assert "waiting for the autoscaler" in caplog.text
     check_resources_fit(Resources(), [{"Alive": True, "Resources": {"CPU": 1, "GPU": 1}}],

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.store.api import Store
-from service.store.errors import StoreError, StoreFailure
-from service.store.events import EpochRecorded, TrialStarted
-from service.sweep import expand, load_sweep_spec
+from bnsweep.store.api import Store
+from bnsweep.store.errors import StoreError, StoreFailure
+from bnsweep.store.events import EpochRecorded, TrialStarted
+from bnsweep.sweep import expand, load_sweep_spec
+from bnsweep.workers.results import EpochMetrics
 from tests.service.test_driver import results, write_spec
-from workers.results import EpochMetrics
 
 pytestmark = pytest.mark.timeout(600)
 

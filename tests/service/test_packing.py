@@ -21,9 +21,9 @@ import pytest
 import ray
 import yaml
 
-from service.driver import launch
-from service.store.api import Store
-from service.sweep import parse_sweep_spec
+from bnsweep.driver import launch
+from bnsweep.store.api import Store
+from bnsweep.sweep import parse_sweep_spec
 from tests.bench_scripts import BENCH
 
 pytestmark = pytest.mark.timeout(600)

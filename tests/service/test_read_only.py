@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.cli import main
-from service.store.api import Store
-from service.sweep import expand, parse_sweep_spec
+from bnsweep.cli import main
+from bnsweep.store.api import Store
+from bnsweep.sweep import expand, parse_sweep_spec
 from tests.service.bad_inputs import GOOD_SPEC
 
 READ_ONLY = (

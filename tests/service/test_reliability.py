@@ -35,16 +35,16 @@ import ray
 import sqlalchemy as sa
 from ray.cluster_utils import Cluster
 
-from service import preflight
-from service.cli import main
-from service.driver import launch
-from service.plan import cell_of
-from service.store.api import Store
-from service.store.errors import StoreError, normalize_url
-from service.sweep import expand, load_sweep_spec
+from bnsweep import preflight
+from bnsweep.cli import main
+from bnsweep.driver import launch
+from bnsweep.plan import cell_of
+from bnsweep.store.api import Store
+from bnsweep.store.errors import StoreError, normalize_url
+from bnsweep.sweep import expand, load_sweep_spec
+from bnsweep.workers.errors import SpecError
 from tests.service.tcp_proxy import TcpProxy
 from tests.service.test_driver import results, run_launch, write_spec
-from workers.errors import SpecError
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -414,7 +414,7 @@ def test_a_database_outage_during_a_sweep_loses_nothing(
     # Read the real server directly: the proxy is what goes away.
     watcher = _watch(lambda: _progressed(pg_url, "outage", running=1), cut_for_five_seconds, 300)
     try:
-        with caplog.at_level(logging.WARNING, logger="service.store.api"):
+        with caplog.at_level(logging.WARNING, logger="bnsweep.store.api"):
             summary, _ = run_launch(spec, through)
         watcher.join(timeout=10)
     finally:

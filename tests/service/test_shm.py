@@ -14,8 +14,8 @@ from pathlib import Path
 
 _SCRIPT = """
 import os, sys
-from service.store.api import Store
-from service.store.errors import StoreFailure
+from bnsweep.store.api import Store
+from bnsweep.store.errors import StoreFailure
 path = sys.argv[1]
 with Store.open(f"sqlite:///{path}") as store:
     store.register_sweep("kept", "name: kept", [])

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-import service.driver
-from service.commands import launch as launch_command
-from service.store.api import Store
-from service.store.errors import redact_url
-from service.store.results import sweep_report
-from service.sweep import parse_sweep_spec, redacted_spec_text
+import bnsweep.driver
+from bnsweep.commands import launch as launch_command
+from bnsweep.store.api import Store
+from bnsweep.store.errors import redact_url
+from bnsweep.store.results import sweep_report
+from bnsweep.sweep import parse_sweep_spec, redacted_spec_text
 
 SPEC = """\
 # a password-looking word: a
@@ -73,7 +73,7 @@ def test_launch_stores_the_redacted_spec_with_its_report_layout(
     url = f"sqlite:///{tmp_path / 'r.db'}"
     path = tmp_path / "s.yaml"
     path.write_text(spec("postgresql://bnsweep:a@db.example/results"), encoding="utf-8")
-    from service.sweep import expand
+    from bnsweep.sweep import expand
 
     def fake_launch(sweep, store, spec_text, **_kwargs):  # what the driver stores of the spec
         store.register_sweep(sweep.name, spec_text, expand(sweep))
@@ -81,7 +81,7 @@ def test_launch_stores_the_redacted_spec_with_its_report_layout(
             ran=0, completed=0, diverged=0, failed=0, resumed=(), interrupted=False, unsuccessful=0
         )
 
-    monkeypatch.setattr(service.driver, "launch", fake_launch)
+    monkeypatch.setattr(bnsweep.driver, "launch", fake_launch)
     args = argparse.Namespace(
         spec=str(path), db=url, address=None, dry_run=False, num_cpus=None, no_tables=True
     )
@@ -98,8 +98,8 @@ def test_launch_prints_its_tables_from_the_spec_it_holds(
 ) -> None:
     """The tables at the end of a launch take the layout from the launched spec, not from its
     stored text parsed again."""
-    import service.store.results
-    from service.sweep import expand
+    import bnsweep.store.results
+    from bnsweep.sweep import expand
 
     url = f"sqlite:///{tmp_path / 'r.db'}"
     path = tmp_path / "s.yaml"
@@ -114,8 +114,8 @@ def test_launch_prints_its_tables_from_the_spec_it_holds(
     def no_stored_report(*_args, **_kwargs):
         raise AssertionError("the launch read its spec back from the store")
 
-    monkeypatch.setattr(service.driver, "launch", fake_launch)
-    monkeypatch.setattr(service.store.results, "sweep_report", no_stored_report)
+    monkeypatch.setattr(bnsweep.driver, "launch", fake_launch)
+    monkeypatch.setattr(bnsweep.store.results, "sweep_report", no_stored_report)
     args = argparse.Namespace(
         spec=str(path), db=url, address=None, dry_run=False, num_cpus=None, no_tables=False
     )

@@ -24,35 +24,37 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-import workers.spec
-from service.store import api, schema
-from service.store.api import Store
-from service.store.columns import EPOCH_COLUMNS, TRIAL_COLUMNS, arm_label
-from service.store.errors import StoreError, normalize_url, redact_url, resolve_url
-from service.store.events import (
+import bnsweep.workers.spec
+from bnsweep.store import api, schema
+from bnsweep.store.api import Store
+from bnsweep.store.columns import EPOCH_COLUMNS, TRIAL_COLUMNS, arm_label
+from bnsweep.store.errors import StoreError, normalize_url, redact_url, resolve_url
+from bnsweep.store.events import (
     EVENT_TYPES,
     EpochRecorded,
     TrialFailed,
     TrialFinished,
     TrialStarted,
 )
-from service.store.models import SPEC_COLUMN_TYPES, VERSION_TABLE, Base
-from service.store.schema import head_revision, script_location
-from service.store.writes import EVENT_WRITERS
+from bnsweep.store.models import SPEC_COLUMN_TYPES, VERSION_TABLE, Base
+from bnsweep.store.schema import head_revision, script_location
+from bnsweep.store.writes import EVENT_WRITERS
+from bnsweep.workers.spec import RESULT_FIELD_NAMES, TrialSpec
 from tests.service.tcp_proxy import TcpProxy
-from workers.spec import RESULT_FIELD_NAMES, TrialSpec
 
-# The spec's registries (workers.data and friends) may not all exist yet while the workers are
+# The spec's registries (bnsweep.workers.data and friends) may not all exist yet while the workers
+# are
 # being written; the store only needs a spec's fields and hash, so validation is skipped then.
 _REGISTRIES = all(
-    importlib.util.find_spec(name) for name in ("workers.data", "workers.models", "workers.norm")
+    importlib.util.find_spec(name)
+    for name in ("bnsweep.workers.data", "bnsweep.workers.models", "bnsweep.workers.norm")
 )
 
 
 @pytest.fixture(autouse=True)
 def _specs_without_registries(monkeypatch: pytest.MonkeyPatch) -> None:
     if not _REGISTRIES:
-        monkeypatch.setattr(workers.spec, "_validate", lambda spec: None)
+        monkeypatch.setattr(bnsweep.workers.spec, "_validate", lambda spec: None)
 
 
 def make_spec(**changes: object) -> TrialSpec:
@@ -80,7 +82,7 @@ def epoch(n: int, **changes: object) -> dict[str, object]:
 
 
 def result(**changes: object) -> SimpleNamespace:
-    """Duck-typed like workers.results.TrialResult, which the store must not import."""
+    """Duck-typed like bnsweep.workers.results.TrialResult, which the store must not import."""
     values: dict[str, object] = {
         "status": "completed",
         "epochs_run": 3,
@@ -402,7 +404,9 @@ def test_events_validate_on_construction() -> None:
 
 
 def test_from_result_takes_the_workers_result_type() -> None:
-    trial = pytest.importorskip("workers.trial", reason="workers.trial is not written yet")
+    trial = pytest.importorskip(
+        "bnsweep.workers.trial", reason="bnsweep.workers.trial is not written yet"
+    )
     outcome = trial.TrialResult(
         status="completed",
         epochs_run=3,
@@ -746,7 +750,7 @@ def test_writes_wait_out_a_short_outage(
         proxy.stop()
         threading.Timer(3.0, proxy.start).start()
         started = time.monotonic()
-        with caplog.at_level("WARNING", logger="service.store.api"):
+        with caplog.at_level("WARNING", logger="bnsweep.store.api"):
             run_cell(store, specs[1])
             store.register_sweep("demo", "x", specs)
         assert time.monotonic() - started >= 2.5

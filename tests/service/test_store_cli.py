@@ -1,7 +1,7 @@
-"""`bnsweep db upgrade`, `bnsweep status` and `bnsweep query`, through the real `service.cli.main`.
+"""`bnsweep db upgrade`, `bnsweep status` and `bnsweep query`, through the real `bnsweep.cli.main`.
 
-`service.cli` imports every command module; while some are still being written, these tests give
-it only `service.commands.store`. The end-to-end test runs the real `bnsweep` in a subprocess
+`bnsweep.cli` imports every command module; while some are still being written, these tests give
+it only `bnsweep.commands.store`. The end-to-end test runs the real `bnsweep` in a subprocess
 once every command module exists.
 """
 
@@ -19,13 +19,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import service.cli
-import workers.spec
-from service.store.api import Store
-from service.store.columns import TRIAL_COLUMNS, parse_where
-from service.store.errors import StoreError
-from service.store.schema import head_revision
-from service.store.values import seed_ranges
+from bnsweep import cli
+from bnsweep.store.api import Store
+from bnsweep.store.columns import TRIAL_COLUMNS, parse_where
+from bnsweep.store.errors import StoreError
+from bnsweep.store.schema import head_revision
+from bnsweep.store.values import seed_ranges
+from bnsweep.workers import spec as worker_spec
 from tests.service.test_store import (
     _REGISTRIES,
     _specs_without_registries,  # noqa: F401 (autouse fixture)
@@ -41,13 +41,13 @@ Run = Callable[..., tuple[int, str, str]]
 @pytest.fixture
 def bnsweep(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
     """Run `bnsweep ARGS...` in this process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(service.cli, "COMMAND_MODULES", ("service.commands.store",))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("bnsweep.commands.store",))
     monkeypatch.setenv("COLUMNS", "200")
 
     def run(*argv: str) -> tuple[int, str, str]:
         capsys.readouterr()
         try:
-            code = service.cli.main(list(argv))
+            code = cli.main(list(argv))
         except SystemExit as exit_:  # argparse usage errors
             code = int(exit_.code or 0)
         out, err = capsys.readouterr()
@@ -62,7 +62,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> str:
     url = f"sqlite:///{tmp_path_factory.mktemp('cli') / 'results.db'}"
     with pytest.MonkeyPatch.context() as patch:
         if not _REGISTRIES:
-            patch.setattr(workers.spec, "_validate", lambda spec: None)
+            patch.setattr(worker_spec, "_validate", lambda spec: None)
         with Store.open(url) as store:
             fill(store)
     return url
@@ -277,14 +277,14 @@ def test_status_and_tables_say_when_older_recipes_are_stored(
     bnsweep: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(
-        service.cli, "COMMAND_MODULES", ("service.commands.store", "service.commands.report")
+        cli, "COMMAND_MODULES", ("bnsweep.commands.store", "bnsweep.commands.report")
     )
     url = f"sqlite:///{tmp_path / 'recipes.db'}"
     specs = [make_spec(bn_scale_init=g, bn_lr_divisor=c, seed=s)
              for g, c in ((1.0, 1.0), (0.1, 100.0)) for s in (1, 2, 3)]  # fmt: skip
     with Store.open(url) as store:
         with monkeypatch.context() as old:
-            old.setattr(workers.spec, "RECIPE", workers.spec.RECIPE - 1)
+            old.setattr(worker_spec, "RECIPE", worker_spec.RECIPE - 1)
             store.register_sweep("demo", "name: demo", specs)
             for spec in specs:
                 run_cell(store, spec, test_acc=0.1)
@@ -293,7 +293,7 @@ def test_status_and_tables_say_when_older_recipes_are_stored(
             run_cell(store, spec, test_acc=0.6 if spec.is_base else 0.7)
     note = (
         f"note: sweep demo holds 6 trial(s) of an older training recipe "
-        f"(recipe {workers.spec.RECIPE - 1}: 6); they are not used"
+        f"(recipe {worker_spec.RECIPE - 1}: 6); they are not used"
     )
     code, out, err = bnsweep("status", "--db", url)
     assert code == 0, err
@@ -351,9 +351,7 @@ def test_postgresql_through_the_command_line(bnsweep: Run, postgres_url: str) ->
 
 # -- end to end ----------------------------------------------------------------------------------
 
-_OTHER_COMMANDS = [
-    name for name in service.cli.COMMAND_MODULES if importlib.util.find_spec(name) is None
-]
+_OTHER_COMMANDS = [name for name in cli.COMMAND_MODULES if importlib.util.find_spec(name) is None]
 
 
 @pytest.mark.skipif(
@@ -362,7 +360,7 @@ _OTHER_COMMANDS = [
 def test_bnsweep_query_and_status_as_a_user_runs_them(db: str, tmp_path: Path) -> None:
     def bnsweep(*argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "service.cli", *argv],
+            [sys.executable, "-m", "bnsweep.cli", *argv],
             capture_output=True,
             text=True,
             timeout=120,
@@ -445,7 +443,7 @@ def test_query_table_shows_errors_and_stays_fast_when_long(
 ) -> None:
     code, out, _ = bnsweep("query", "--db", db, "--sweep", "demo")
     assert code == 0 and "error" in out and "boom" in out
-    import service.commands.store as store_command
+    import bnsweep.commands.store as store_command
 
     monkeypatch.setattr(store_command, "_RICH_ROWS", 2)  # the plain path of long results
     code, out, _ = bnsweep("query", "--db", db, "--sweep", "demo")
@@ -457,7 +455,7 @@ def test_query_table_shows_errors_and_stays_fast_when_long(
 
 def test_query_writes_parquet(bnsweep: Run, db: str, tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "service.cli", "query", "--db", db, "--format", "parquet"],
+        [sys.executable, "-m", "bnsweep.cli", "query", "--db", db, "--format", "parquet"],
         capture_output=True,
         timeout=120,
         env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parents[2])},

@@ -15,15 +15,16 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-import workers.spec
-from service.store import events
-from service.store.api import Store
-from service.store.columns import SPEC_COLUMNS
-from service.store.errors import StoreError, normalize_url
-from service.store.events import TrialStarted, source_commit
-from service.store.models import VERSION_TABLE
-from service.store.schema import alembic_config, head_revision, script_location
-from service.store.values import ForgetCount, older_recipe_line
+import bnsweep.workers.spec
+from bnsweep.store import events
+from bnsweep.store.api import Store
+from bnsweep.store.columns import SPEC_COLUMNS
+from bnsweep.store.errors import StoreError, normalize_url
+from bnsweep.store.events import TrialStarted, source_commit
+from bnsweep.store.models import VERSION_TABLE
+from bnsweep.store.schema import alembic_config, head_revision, script_location
+from bnsweep.store.values import ForgetCount, older_recipe_line
+from bnsweep.workers.spec import RECIPE, TrialSpec
 from tests.service import test_store as base
 from tests.service.test_store import (
     _specs_without_registries,  # noqa: F401 (autouse fixture)
@@ -33,7 +34,6 @@ from tests.service.test_store import (
     make_spec,
     run_cell,
 )
-from workers.spec import RECIPE, TrialSpec
 
 # The store fixtures of test_store.py: every test below runs on SQLite and on PostgreSQL.
 pg_database = base.pg_database
@@ -198,7 +198,7 @@ seeds: 2
 
 
 def _register(store: Store, text: str = DEMO) -> list[TrialSpec]:
-    from service.sweep import expand, parse_sweep_spec
+    from bnsweep.sweep import expand, parse_sweep_spec
 
     sweep = parse_sweep_spec(text)
     cells = expand(sweep)
@@ -207,8 +207,8 @@ def _register(store: Store, text: str = DEMO) -> list[TrialSpec]:
 
 
 def _missing(store: Store, text: str = DEMO) -> set[tuple[str, int]]:
-    from service.plan import plan
-    from service.sweep import parse_sweep_spec
+    from bnsweep.plan import plan
+    from bnsweep.sweep import parse_sweep_spec
 
     return {(c.spec_hash, c.seed) for c in plan(parse_sweep_spec(text), store).missing}
 
@@ -216,13 +216,13 @@ def _missing(store: Store, text: str = DEMO) -> set[tuple[str, int]]:
 def test_cells_of_an_older_recipe_are_reported_and_not_reused(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(workers.spec, "RECIPE", RECIPE - 1)
+    monkeypatch.setattr(bnsweep.workers.spec, "RECIPE", RECIPE - 1)
     old = _register(store)
     for spec in old:
         run_cell(store, spec)
     old_hashes = {c.spec_hash for c in old}  # a hash reads RECIPE when it is computed
     assert _missing(store) == set()  # finished, under the recipe that trained them
-    monkeypatch.setattr(workers.spec, "RECIPE", RECIPE)
+    monkeypatch.setattr(bnsweep.workers.spec, "RECIPE", RECIPE)
 
     # This bnsweep's cells have new hashes: every one is missing for a launch.
     new = _register(store)
@@ -241,7 +241,7 @@ def test_cells_of_an_older_recipe_are_reported_and_not_reused(
     assert older_recipe_line({}) is None
 
     # What the tables read: the current recipe only.
-    from service.store.results import load_results, load_trials
+    from bnsweep.store.results import load_results, load_trials
 
     url = store._url.render_as_string(hide_password=False)
     assert len(load_trials(url, "demo")) == 4

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from service.sweep import expand, load_sweep_spec, parse_sweep_spec
-from workers.errors import SpecError
+from bnsweep.sweep import expand, load_sweep_spec, parse_sweep_spec
+from bnsweep.workers.errors import SpecError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from service.store.api import Store
-from service.store.events import TrialFailed, TrialStarted
-from service.store.models import VERSION_TABLE
+from bnsweep.store.api import Store
+from bnsweep.store.events import TrialFailed, TrialStarted
+from bnsweep.store.models import VERSION_TABLE
+from bnsweep.workers.spec import TrialSpec
 from tests.service.test_store import make_spec, run_cell
-from workers.spec import TrialSpec
 
 #: γ of the arms (c = 100) besides BASE; γ = 0.1 is the one made better than BASE.
 GAMMAS = (0.5, 0.1)

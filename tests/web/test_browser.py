@@ -63,7 +63,7 @@ def dashboard(tmp_path: Path) -> Iterator[tuple[str, str]]:
     port = free_port()
     log = (tmp_path / "dashboard.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "dashboard", "--db", url, "--port", str(port)],
+        [sys.executable, "-m", "bnsweep.cli", "dashboard", "--db", url, "--port", str(port)],
         cwd=tmp_path,
         env=environment(),
         stdout=log,
@@ -157,7 +157,7 @@ def test_a_browser_sees_the_table_a_cell_and_a_launch(
                 [
                     sys.executable,
                     "-m",
-                    "service.cli",
+                    "bnsweep.cli",
                     "launch",
                     str(one_cell_spec(tmp_path)),
                     "--db",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import build_parser, main
-from service.commands.web import INSTALL_HINT, is_loopback
+from bnsweep.cli import build_parser, main
+from bnsweep.commands.web import INSTALL_HINT, is_loopback
 from tests.web.stores import make_old_schema, make_store
 
 
@@ -25,7 +25,7 @@ def test_without_the_extra_the_dashboard_says_how_to_install_it(
 ) -> None:
     url = make_store(tmp_path / "r.db", "finished")
     monkeypatch.setitem(sys.modules, module, None)  # `import <module>` now raises ImportError
-    monkeypatch.delitem(sys.modules, "service.web.app", raising=False)
+    monkeypatch.delitem(sys.modules, "bnsweep.web.app", raising=False)
     assert main(["dashboard", "--db", url]) == 2
     one_error_line(capsys, f"needs {module}, which is not installed: {INSTALL_HINT}")
 

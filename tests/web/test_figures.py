@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.layout import TableLayout
-from analysis.plots import _gamma_figure, arm_labels, plot_outlier_fraction
-from analysis.tables import build_tables
-from service.store.api import Store
-from service.web.figures import curve_figures, difference_figures
+from bnsweep.analysis.layout import TableLayout
+from bnsweep.analysis.plots import _gamma_figure, arm_labels, plot_outlier_fraction
+from bnsweep.analysis.tables import build_tables
+from bnsweep.store.api import Store
+from bnsweep.web.figures import curve_figures, difference_figures
 from tests.web.stores import make_store
 
 

@@ -17,10 +17,10 @@ import pytest
 pytest.importorskip("fastapi", reason="the dashboard extra (FastAPI) is not installed")
 from fastapi.testclient import TestClient
 
-from analysis.render.csv_rows import CSV_COLUMNS
-from service.store.api import Store
-from service.store.events import TrialStarted
-from service.web.app import TOKEN_COOKIE, create_app
+from bnsweep.analysis.render.csv_rows import CSV_COLUMNS
+from bnsweep.store.api import Store
+from bnsweep.store.events import TrialStarted
+from bnsweep.web.app import TOKEN_COOKIE, create_app
 from tests.web.stores import STATES, cells, make_old_schema, make_store
 
 #: States with at least one completed trial, so with a table and its downloads.
@@ -288,7 +288,7 @@ def test_bad_controls_and_unknown_things_are_one_line_each(tmp_path: Path) -> No
 
 
 def test_the_pages_status_is_the_stores(state_url: tuple[str, str]) -> None:
-    from service.web.view import status_of
+    from bnsweep.web.view import status_of
 
     state, url = state_url
     with Store.open(url, create=False) as store:
@@ -298,8 +298,8 @@ def test_the_pages_status_is_the_stores(state_url: tuple[str, str]) -> None:
 
 
 def test_the_fingerprint_moves_with_every_kind_of_write(tmp_path: Path) -> None:
-    from service.store.events import EpochRecorded, TrialFinished
-    from service.store.reads import store_fingerprint
+    from bnsweep.store.events import EpochRecorded, TrialFinished
+    from bnsweep.store.reads import store_fingerprint
     from tests.service.test_store import epoch, result
 
     url = make_store(tmp_path / "r.db", "pending")
@@ -323,7 +323,7 @@ def test_the_fingerprint_moves_with_every_kind_of_write(tmp_path: Path) -> None:
 def _has_versus() -> bool:
     import inspect
 
-    from service.tables import tables_for
+    from bnsweep.sweep_tables import tables_for
 
     return "versus" in inspect.signature(tables_for).parameters
 

@@ -10,11 +10,11 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from service.cli import main
-from service.store.api import Store
-from service.store.events import TrialStarted
-from service.web.report import write_report
-from service.web.view import NotFound
+from bnsweep.cli import main
+from bnsweep.store.api import Store
+from bnsweep.store.events import TrialStarted
+from bnsweep.web.report import write_report
+from bnsweep.web.view import NotFound
 from tests.web.stores import cells, make_store
 
 _LINK = re.compile(r'(?:href|src)="([^"]*)"')
@@ -107,7 +107,7 @@ def test_a_failed_write_leaves_the_old_report(tmp_path: Path, monkeypatch) -> No
     out = tmp_path / "report"
     write_report(url, "demo", out)
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
-    from service.web import report
+    from bnsweep.web import report
 
     def broken(*args: object) -> None:
         raise RuntimeError("disk full")
@@ -142,7 +142,7 @@ def test_bnsweep_report_prints_the_folder(tmp_path: Path, capsys) -> None:
 
 
 def test_a_report_is_rewritten_while_a_launch_runs_and_at_its_end(tmp_path: Path) -> None:
-    from service.web.report import ReportWhileRunning
+    from bnsweep.web.report import ReportWhileRunning
 
     url = make_store(tmp_path / "r.db", "running")
     out = tmp_path / "report"
@@ -161,7 +161,7 @@ def test_a_report_is_rewritten_while_a_launch_runs_and_at_its_end(tmp_path: Path
 
 
 def test_a_report_that_cannot_be_written_is_a_warning(tmp_path: Path, caplog) -> None:
-    from service.web.report import ReportWhileRunning
+    from bnsweep.web.report import ReportWhileRunning
 
     with ReportWhileRunning(f"sqlite:///{tmp_path / 'none.db'}", "demo", tmp_path / "r"):
         pass

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import pytest
 
-from service.web.view import TableQuery, duration_text, estimate_eta
-from workers.errors import BnsweepError
+from bnsweep.web.view import TableQuery, duration_text, estimate_eta
+from bnsweep.workers.errors import BnsweepError
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 

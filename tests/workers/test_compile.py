@@ -17,17 +17,17 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from workers import compile as compile_module
-from workers.compile import (
+from bnsweep.workers import compile as compile_module
+from bnsweep.workers.compile import (
     CompiledModels,
     CompileError,
     Variant,
     compile_problem,
 )
-from workers.data import load_splits
-from workers.errors import SpecError
-from workers.spec import TrialSpec
-from workers.trial import build_network, run_trial
+from bnsweep.workers.data import load_splits
+from bnsweep.workers.errors import SpecError
+from bnsweep.workers.spec import TrialSpec
+from bnsweep.workers.trial import build_network, run_trial
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = TrialSpec(
@@ -41,7 +41,7 @@ def eager_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     process-wide cache of compiled models, so other tests' variants do not count here."""
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
     monkeypatch.setattr(compile_module, "COMPILED", CompiledModels())
-    monkeypatch.setattr("workers.trial.COMPILED", compile_module.COMPILED)
+    monkeypatch.setattr("bnsweep.workers.trial.COMPILED", compile_module.COMPILED)
     yield
 
 
@@ -56,7 +56,9 @@ def _problem_in_a_bare_process(tmp_path: Path, device: str) -> str:
     empty.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("CC", "CXX")}
     env.update(PATH=str(empty), PYTHONPATH=str(REPO))
-    code = f"from workers.compile import compile_problem; print(compile_problem({device!r}))"
+    code = (
+        f"from bnsweep.workers.compile import compile_problem; print(compile_problem({device!r}))"
+    )
     done = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
     )

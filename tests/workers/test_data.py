@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
+from bnsweep.workers import loaders
+from bnsweep.workers.data import DATASETS, DataSplits, load_dataset, load_splits
+from bnsweep.workers.device_loader import AUGMENTS, DeviceLoader
+from bnsweep.workers.errors import DataError
+from bnsweep.workers.input_stats import channel_stats
+from bnsweep.workers.seeding import complex_seed
+from bnsweep.workers.splits import stratified_split
 from tests.workers import fixtures
 from tests.workers.fixtures import WRITERS, bypass_cifar_md5, truncate
-from workers import loaders
-from workers.data import DATASETS, DataSplits, load_dataset, load_splits
-from workers.device_loader import AUGMENTS, DeviceLoader
-from workers.errors import DataError
-from workers.input_stats import channel_stats
-from workers.seeding import complex_seed
-from workers.splits import stratified_split
 
 # Sect. 4.2: CIFAR flip only; CUB-200 / Stanford Cars 256 → random 224 crop + flip.
 PAPER_AUGMENT = {
@@ -213,9 +213,9 @@ def test_validation_split_is_the_same_for_every_seed_and_run() -> None:
 
 
 def test_load_splits_takes_a_trial_spec() -> None:
-    pytest.importorskip("workers.models")
-    pytest.importorskip("workers.norm")
-    from workers.spec import TrialSpec
+    pytest.importorskip("bnsweep.workers.models")
+    pytest.importorskip("bnsweep.workers.norm")
+    from bnsweep.workers.spec import TrialSpec
 
     a = load_splits(TrialSpec(dataset="synthetic", seed=1))
     b = load_splits(TrialSpec(dataset="synthetic", seed=9, val_fraction=0.1))

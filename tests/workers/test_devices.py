@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from workers.checkpoint import load_checkpoint, save_checkpoint
-from workers.data import load_splits
-from workers.devices import device_numerics, resolve_device
-from workers.errors import SpecError
-from workers.seeding import complex_seed
-from workers.spec import PRECISIONS, RESULT_FIELD_NAMES, RUNTIME_FIELDS, TrialSpec
-from workers.trial import (
+from bnsweep.workers.checkpoint import load_checkpoint, save_checkpoint
+from bnsweep.workers.data import load_splits
+from bnsweep.workers.devices import device_numerics, resolve_device
+from bnsweep.workers.errors import SpecError
+from bnsweep.workers.seeding import complex_seed
+from bnsweep.workers.spec import PRECISIONS, RESULT_FIELD_NAMES, RUNTIME_FIELDS, TrialSpec
+from bnsweep.workers.trial import (
     EVAL_BATCH_SIZES,
     autocast_for,
     build,

@@ -13,14 +13,19 @@ import pytest
 import torch
 from torch import nn
 
-from workers.checkpoint import load_checkpoint
-from workers.diagnostics import BNDiagnostics, conv_bn_relu_stack, probe_batch, should_inspect
-from workers.errors import SpecError
-from workers.models import build_model
-from workers.norm import SIGMA_ACT_RELU, bn_modules, set_bn_scale
-from workers.results import EpochMetrics, LayerDiagnostics, TrialResult
-from workers.spec import TrialSpec
-from workers.trial import run_trial
+from bnsweep.workers.checkpoint import load_checkpoint
+from bnsweep.workers.diagnostics import (
+    BNDiagnostics,
+    conv_bn_relu_stack,
+    probe_batch,
+    should_inspect,
+)
+from bnsweep.workers.errors import SpecError
+from bnsweep.workers.models import build_model
+from bnsweep.workers.norm import SIGMA_ACT_RELU, bn_modules, set_bn_scale
+from bnsweep.workers.results import EpochMetrics, LayerDiagnostics, TrialResult
+from bnsweep.workers.spec import TrialSpec
+from bnsweep.workers.trial import run_trial
 
 SPEC = TrialSpec(
     dataset="digits", arch="resnet8", epochs=2, batch_size=64, lr=0.1, device="cpu", seed=3
@@ -53,7 +58,7 @@ def _run(folder: Path, inspector: BNDiagnostics | None) -> _Run:
 def _data_loaded() -> None:
     # The first `load_digits` of a process imports scikit-learn, which draws from Python's global
     # RNG after `seed_everything`; load once up front so both runs start from the same state.
-    from workers.data import load_splits
+    from bnsweep.workers.data import load_splits
 
     load_splits(SPEC)
 
@@ -192,7 +197,7 @@ def test_without_gamma_the_initial_values_are_copied_at_epoch_0() -> None:
 
 
 def test_the_probe_is_the_first_validation_images_without_augmentation() -> None:
-    from workers.data import load_splits
+    from bnsweep.workers.data import load_splits
 
     data = load_splits(SPEC)
     probe = probe_batch(data, 32, "cpu")

@@ -17,13 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.bench_scripts import BENCH, load_bench
-from workers.data import load_splits
-from workers.devices import device_numerics
-from workers.errors import SpecError
-from workers.seeding import complex_seed
-from workers.spec import MEMORY_FORMATS, PRECISIONS, RESULT_FIELD_NAMES, TrialSpec
-from workers.trial import (
+from bnsweep.workers.data import load_splits
+from bnsweep.workers.devices import device_numerics
+from bnsweep.workers.errors import SpecError
+from bnsweep.workers.seeding import complex_seed
+from bnsweep.workers.spec import MEMORY_FORMATS, PRECISIONS, RESULT_FIELD_NAMES, TrialSpec
+from bnsweep.workers.trial import (
     autocast_for,
     build,
     evaluate,
@@ -32,6 +31,7 @@ from workers.trial import (
     run_trial,
     train_one_epoch,
 )
+from tests.bench_scripts import BENCH, load_bench
 
 SPEC = TrialSpec(dataset="digits", arch="resnet8", epochs=1, batch_size=128, device="cpu")
 
@@ -59,8 +59,8 @@ def test_every_precision_and_memory_format_trains_on_cpu(
 def test_bf16_on_a_cpu_without_native_bf16_warns_once_at_the_start(
     native: bool, warned: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr("workers.trial.cpu_has_fast_bf16", lambda: native)
-    with caplog.at_level("WARNING", logger="workers.trial"):
+    monkeypatch.setattr("bnsweep.workers.trial.cpu_has_fast_bf16", lambda: native)
+    with caplog.at_level("WARNING", logger="bnsweep.workers.trial"):
         run_trial(SPEC.replace(precision="bf16"))
     warnings = [r.getMessage() for r in caplog.records if "native bfloat16" in r.getMessage()]
     assert len(warnings) == int(warned)

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from workers.errors import SpecError
-from workers.models import MODELS, Network, build_model, init_weights, linear_init_bound
-from workers.norm import FORMULATIONS, SIGMA_ACT_RELU, InputBatchNorm2d, bn_modules
-from workers.param_groups import param_groups
+from bnsweep.workers.errors import SpecError
+from bnsweep.workers.models import MODELS, Network, build_model, init_weights, linear_init_bound
+from bnsweep.workers.norm import FORMULATIONS, SIGMA_ACT_RELU, InputBatchNorm2d, bn_modules
+from bnsweep.workers.param_groups import param_groups
 
 GAMMA = 0.1
 EVERY_FORMULATION = ("resnet8", "mobilenet_v2")
@@ -244,8 +244,16 @@ def test_input_norm_is_prepended() -> None:
     ],
 )
 def test_unknown_names_list_the_valid_ones(field: str, kwargs: dict) -> None:
-    args = {"arch": "resnet8", "num_classes": 10, "in_channels": 3, "small_input": True,
-            "formulation": "standard", "gamma": 0.1, "input_norm": "bn", **kwargs}
+    args = {
+        "arch": "resnet8",
+        "num_classes": 10,
+        "in_channels": 3,
+        "small_input": True,
+        "formulation": "standard",
+        "gamma": 0.1,
+        "input_norm": "bn",
+        **kwargs,
+    }
     registry = {"arch": MODELS, "formulation": FORMULATIONS}.get(field, ["bn", "fixed"])
     with pytest.raises(SpecError, match=rf"^{field}: unknown value") as err:
         build_model(**args)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from workers.errors import DataError, SpecError
-from workers.norm import (
+from bnsweep.workers.errors import DataError, SpecError
+from bnsweep.workers.norm import (
     FIXED_MEAN,
     FIXED_STD,
     FORMULATIONS,

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from workers.errors import SpecError
-from workers.models import build_model
-from workers.norm import FORMULATIONS, InputBatchNorm2d
-from workers.param_groups import param_groups
+from bnsweep.workers.errors import SpecError
+from bnsweep.workers.models import build_model
+from bnsweep.workers.norm import FORMULATIONS, InputBatchNorm2d
+from bnsweep.workers.param_groups import param_groups
 
 EXTRA_NAMES = ("gamma0", "w_v", "w_b")
 
@@ -51,8 +51,12 @@ def test_membership_by_module_type(formulation: str) -> None:
 
 
 def test_rates_and_weight_decay_per_group() -> None:
-    groups = _groups(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), lr=0.2,
-                     weight_decay=5e-4, bn_lr_divisor=50.0)
+    groups = _groups(
+        nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)),
+        lr=0.2,
+        weight_decay=5e-4,
+        bn_lr_divisor=50.0,
+    )
     assert (groups["decay"]["lr"], groups["decay"]["weight_decay"]) == (0.2, 5e-4)
     assert (groups["bn_scale"]["lr"], groups["bn_scale"]["weight_decay"]) == (0.2 / 50, 0.0)
     assert (groups["no_decay"]["lr"], groups["no_decay"]["weight_decay"]) == (0.2, 0.0)
@@ -97,7 +101,7 @@ def test_unknown_module_types_and_shared_parameters_get_no_decay_once() -> None:
 
 
 def test_group_sizes_are_logged(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="workers.param_groups"):
+    with caplog.at_level(logging.INFO, logger="bnsweep.workers.param_groups"):
         _groups(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
     assert "decay 1 tensors / 108 values" in caplog.text
     assert "bn_scale 1 tensors / 4 values" in caplog.text
@@ -105,8 +109,11 @@ def test_group_sizes_are_logged(caplog: pytest.LogCaptureFixture) -> None:
 
 @pytest.mark.parametrize(
     "kwargs,field",
-    [({"lr": 0.0}, "lr"), ({"weight_decay": -1.0}, "weight_decay"),
-     ({"bn_lr_divisor": 0.0}, "bn_lr_divisor")],
+    [
+        ({"lr": 0.0}, "lr"),
+        ({"weight_decay": -1.0}, "weight_decay"),
+        ({"bn_lr_divisor": 0.0}, "bn_lr_divisor"),
+    ],
 )
 def test_bad_arguments_raise(kwargs: dict, field: str) -> None:
     with pytest.raises(SpecError, match=f"^{field}: must be"):

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-import workers.spec
-from workers.errors import SpecError
-from workers.spec import NON_RESULT_FIELDS, RECIPE, TrialSpec
+import bnsweep.workers.spec
+from bnsweep.workers.errors import SpecError
+from bnsweep.workers.spec import NON_RESULT_FIELDS, RECIPE, TrialSpec
 
 #: The key of a few specs under recipe 2. Any change here changes which stored cells a launch
 #: reuses: it must come with a RECIPE bump and a line in workers/spec.py saying why.
@@ -63,7 +63,7 @@ def test_the_hash_is_the_documented_payload() -> None:
 def test_a_new_recipe_changes_every_key(monkeypatch: pytest.MonkeyPatch) -> None:
     specs = [TrialSpec(**values) for values, _ in PINNED.values()]
     before = [spec.spec_hash for spec in specs]
-    monkeypatch.setattr(workers.spec, "RECIPE", RECIPE + 1)
+    monkeypatch.setattr(bnsweep.workers.spec, "RECIPE", RECIPE + 1)
     after = [spec.spec_hash for spec in specs]
     assert all(a != b for a, b in zip(before, after, strict=True))
 
@@ -88,11 +88,11 @@ def test_gamma_not_above_zero_is_one_clear_error(gamma: float) -> None:
 def test_the_light_registry_names_are_the_registries() -> None:
     """A spec validates against name lists that need no torch (`launch --dry-run`); each must
     be its registry's keys, in order, so registering a model or dataset means naming it there."""
-    from workers.data import DATASETS
-    from workers.models import MODELS
-    from workers.norm import FORMULATIONS, INPUT_NORMS
+    from bnsweep.workers.data import DATASETS
+    from bnsweep.workers.models import MODELS
+    from bnsweep.workers.norm import FORMULATIONS, INPUT_NORMS
 
-    assert tuple(DATASETS) == workers.spec.DATASET_NAMES
-    assert tuple(MODELS) == workers.spec.ARCH_NAMES
-    assert tuple(FORMULATIONS) == workers.spec.FORMULATION_NAMES
-    assert tuple(INPUT_NORMS) == workers.spec.INPUT_NORM_NAMES
+    assert tuple(DATASETS) == bnsweep.workers.spec.DATASET_NAMES
+    assert tuple(MODELS) == bnsweep.workers.spec.ARCH_NAMES
+    assert tuple(FORMULATIONS) == bnsweep.workers.spec.FORMULATION_NAMES
+    assert tuple(INPUT_NORMS) == bnsweep.workers.spec.INPUT_NORM_NAMES

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from workers.checkpoint import CheckpointError, load_checkpoint
-from workers.data import load_splits
-from workers.results import EpochMetrics, TrialResult
-from workers.spec import TrialSpec
-from workers.trial import FINAL_LR, build, run_trial
+from bnsweep.workers.checkpoint import CheckpointError, load_checkpoint
+from bnsweep.workers.data import load_splits
+from bnsweep.workers.results import EpochMetrics, TrialResult
+from bnsweep.workers.spec import TrialSpec
+from bnsweep.workers.trial import FINAL_LR, build, run_trial
 
 SPEC = TrialSpec(dataset="digits", arch="resnet8", epochs=3, batch_size=64, lr=0.1, device="cpu")
 
@@ -136,8 +136,10 @@ def _official(optimizer: torch.optim.Optimizer, epochs: int):
     """The official code's schedule over groups with the same initial learning rates:
     CosineAnnealingLR(T_max=epochs, eta_min=1e-8), stepped once per epoch."""
     twin = torch.optim.SGD(
-        [{"params": [torch.zeros(1, requires_grad=True)], "lr": g["lr"]}
-         for g in optimizer.param_groups],
+        [
+            {"params": [torch.zeros(1, requires_grad=True)], "lr": g["lr"]}
+            for g in optimizer.param_groups
+        ],
         lr=1.0,
     )
     return twin, torch.optim.lr_scheduler.CosineAnnealingLR(twin, T_max=epochs, eta_min=1e-8)
@@ -167,4 +169,3 @@ def test_every_group_follows_the_official_cosine_down_to_1e_8() -> None:
     assert FINAL_LR == 1e-8
     for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
         assert group["initial_lr"] * factor(spec.epochs) == pytest.approx(1e-8, rel=1e-9)
-

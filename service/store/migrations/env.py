@@ -14,15 +14,15 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import context
 
-from service.store.models import VERSION_TABLE, Base
-from workers.errors import BnsweepError
+from bnsweep.store.models import VERSION_TABLE, Base
+from bnsweep.workers.errors import BnsweepError
 
 config = context.config
 target_metadata = Base.metadata
 
 
 def _url() -> str:
-    from service.store.errors import normalize_url
+    from bnsweep.store.errors import normalize_url
 
     url = config.attributes.get("url") or os.environ.get("BNSWEEP_DB")
     if not url:

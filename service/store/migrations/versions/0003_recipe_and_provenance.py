@@ -6,7 +6,7 @@ Create Date: 2026-12-01
 
 Written out by hand, like 0001 and 0002: later edits of `models.py` never change what this
 creates. Rows that exist when it runs were trained before recipe versions existed: recipe 1
-(`workers.spec.RECIPE`). The provenance columns stay NULL for them; nobody recorded it.
+(`bnsweep.workers.spec.RECIPE`). The provenance columns stay NULL for them; nobody recorded it.
 """
 
 from __future__ import annotations

@@ -18,22 +18,22 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-    from analysis.table_model import Table
+    from bnsweep.analysis.table_model import Table
 
 log = logging.getLogger(__name__)
 
 # Literal here so `bnsweep --help` does not import scipy; a test keeps it equal to the registry
-# in analysis.render.formats.
+# in bnsweep.analysis.render.formats.
 FORMATS = ("md", "latex", "latex-fragment", "html", "csv", "term")
 
 
 def _options(values: Mapping[str, Any]) -> Any:
-    from analysis.stats import AnalysisOptions
+    from bnsweep.analysis.stats import AnalysisOptions
 
     known = {"alpha", "correction", "test", "confidence", "power", "exclude_diverged"}
     unknown = sorted(set(values) - known)
     if unknown:
-        from analysis.pairing import AnalysisError
+        from bnsweep.analysis.pairing import AnalysisError
 
         raise AnalysisError(
             f"unknown table option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}"
@@ -47,7 +47,7 @@ def table_layout(
     versus: str | None = None,
     pairwise: bool = False,
 ) -> Any:
-    from analysis.layout import TableLayout
+    from bnsweep.analysis.layout import TableLayout
 
     layout = TableLayout.from_dict(report)
     # The command line overrides the spec's report: section; unset options leave it as it is.
@@ -58,8 +58,8 @@ def table_layout(
 
 
 def render_tables(tables: list[Table], fmt: str, *, for_terminal: bool) -> str:
-    from analysis.render.formats import render
-    from analysis.render.terminal import render_term
+    from bnsweep.analysis.render.formats import render
+    from bnsweep.analysis.render.terminal import render_term
 
     if fmt == "term" and for_terminal:
         # Styled only when a person reads it: bold and underline become ANSI codes.
@@ -68,7 +68,7 @@ def render_tables(tables: list[Table], fmt: str, *, for_terminal: bool) -> str:
 
 
 def write_tables(text: str, out: str | Path, name: str, fmt: str) -> Path:
-    from analysis.render.formats import RENDERERS
+    from bnsweep.analysis.render.formats import RENDERERS
 
     path = Path(out) / f"{safe_name(name)}.{RENDERERS[fmt].extension}"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,8 +91,8 @@ def tables_for(
     **options: Any,
 ) -> list[Table]:
     """Tables of a trials frame with a spec's `report:` mapping and table options; `versus`
-    and `pairwise` override the mapping's (see `analysis.layout.TableLayout`)."""
-    from analysis.tables import build_tables
+    and `pairwise` override the mapping's (see `bnsweep.analysis.layout.TableLayout`)."""
+    from bnsweep.analysis.tables import build_tables
 
     layout = table_layout(report, layout_kind, versus, pairwise)
     return build_tables(trials, layout, _options(options))
@@ -109,7 +109,7 @@ def render_sweep_tables(
 ) -> str:
     """The tables of a stored sweep, rendered as `fmt` (layout from the `report:` of the spec
     text the sweep was registered with); the rest as `tables_text`."""
-    from service.store.results import load_trials, sweep_report
+    from bnsweep.store.results import load_trials, sweep_report
 
     _check_format(fmt)
     trials = load_trials(store_url, sweep_name)
@@ -135,7 +135,7 @@ def tables_text(
     in which nothing completed) a sweep without any completed trial gives a one-line message
     instead of raising `AnalysisError`.
     """
-    from analysis.pairing import AnalysisError
+    from bnsweep.analysis.pairing import AnalysisError
 
     _check_format(fmt)
     try:
@@ -152,6 +152,6 @@ def tables_text(
 
 def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
-        from workers.errors import choice_error
+        from bnsweep.workers.errors import choice_error
 
         raise choice_error("format", fmt, FORMATS)
