@@ -1,0 +1,2 @@
+"""`bnsweep.analysis`: pairing by seed, paired tests, the significance tables and their
+renderers, plots; it works on DataFrames and never opens the store."""

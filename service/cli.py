@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import logging
 import sys
 from collections.abc import Sequence
@@ -42,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Revisiting Batch Normalization: train, sweep over seeds, test significance.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    version = importlib.metadata.version("bnsweep")  # as bnsweep.__version__ has it
+    parser.add_argument("--version", action="version", version=f"bnsweep {version}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

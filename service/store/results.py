@@ -22,6 +22,18 @@ log = logging.getLogger(__name__)
 _CURRENT = {"recipe": RECIPE}
 
 
+def trials(url: str | None = None, sweep: str | None = None) -> pd.DataFrame:
+    """The trials of `sweep` (every trial when None) in the store at `url`, one row per trial
+    with every stored column, of the current training recipe only: what `bnsweep.tables` takes.
+
+    `url` None means `BNSWEEP_DB`, then `sqlite:///bnsweep.db`; the store is opened read-only.
+    """
+    from bnsweep.store.api import Store
+
+    with Store.open(url, read_only=True) as store:
+        return store.trials(sweep=sweep, where=_CURRENT)
+
+
 def load_results(url: str | None, sweep: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trials, epochs) of every trial linked to `sweep` (all trials when None).
 

@@ -1,0 +1,149 @@
+"""The installed distribution: one top-level package, `bnsweep`, in the wheel, and imports that
+no folder of the user's can shadow.
+
+The wheel is built from this checkout (`pip wheel --no-deps`, about 10 s); the shadowing test
+runs in a fresh interpreter whose first path entry holds packages named `analysis`, `service`
+and `workers`, as a user's research folder or notebook might.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+VERSION = PYPROJECT["project"]["version"]
+#: The repository's folders and the import names pyproject.toml's package-dir gives them.
+FOLDERS = {"service": "bnsweep", "workers": "bnsweep.workers", "analysis": "bnsweep.analysis"}
+#: What the wheel carries besides Python modules (package-data).
+DATA_SUFFIXES = {".ini", ".mako", ".css", ".js"}
+
+
+def _installed_name(path: Path) -> str:
+    """`service/store/api.py` → `bnsweep/store/api.py`, as the wheel holds it."""
+    relative = path.relative_to(ROOT)
+    top = FOLDERS[relative.parts[0]].replace(".", "/")
+    return "/".join((top, *relative.parts[1:]))
+
+
+def _shipped_files() -> list[Path]:
+    return sorted(
+        p
+        for folder in FOLDERS
+        for p in (ROOT / folder).rglob("*")
+        if p.is_file()
+        and "__pycache__" not in p.parts
+        and (p.suffix == ".py" or p.suffix in DATA_SUFFIXES)
+    )
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
+    # Built from a copy, so that setuptools' build folders never land in the checkout.
+    source = tmp_path_factory.mktemp("source") / "bnsweep"
+    keep = ["pyproject.toml", "README.md", "LICENSE", *FOLDERS]
+    source.mkdir()
+    for name in keep:
+        item = ROOT / name
+        copy = shutil.copytree if item.is_dir() else shutil.copy2
+        copy(
+            item,
+            source / name,
+            **({"ignore": shutil.ignore_patterns("__pycache__")} if item.is_dir() else {}),
+        )
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "--wheel-dir",
+            str(out),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    (built,) = out.glob("bnsweep-*.whl")
+    return zipfile.ZipFile(built)
+
+
+def test_package_dir_matches_the_folders() -> None:
+    setuptools = PYPROJECT["tool"]["setuptools"]
+    assert setuptools["package-dir"] == {name: folder for folder, name in FOLDERS.items()}
+    packages = {
+        _installed_name(p.parent).replace("/", ".")
+        for folder in FOLDERS
+        for p in (ROOT / folder).rglob("__init__.py")
+    }
+    assert sorted(setuptools["packages"]) == sorted(packages), "a package folder is not listed"
+
+
+def test_the_wheel_has_one_top_level_package(wheel: zipfile.ZipFile) -> None:
+    tops = {name.split("/")[0] for name in wheel.namelist()}
+    assert tops == {"bnsweep", f"bnsweep-{VERSION}.dist-info"}
+
+
+def test_the_wheel_holds_every_module_and_data_file(wheel: zipfile.ZipFile) -> None:
+    names = set(wheel.namelist())
+    missing = [
+        str(p.relative_to(ROOT)) for p in _shipped_files() if _installed_name(p) not in names
+    ]
+    assert missing == []
+    assert "bnsweep/py.typed" in names
+    assert f"bnsweep-{VERSION}.dist-info/licenses/LICENSE" in names
+
+
+def test_the_wheel_metadata(wheel: zipfile.ZipFile) -> None:
+    metadata = wheel.read(f"bnsweep-{VERSION}.dist-info/METADATA").decode()
+    assert "License-Expression: MIT" in metadata
+    assert "Classifier: Typing :: Typed" in metadata
+    assert "Project-URL: " in metadata and "Author: " in metadata and "Keywords: " in metadata
+    entry_points = wheel.read(f"bnsweep-{VERSION}.dist-info/entry_points.txt").decode()
+    assert "bnsweep = bnsweep.cli:main" in entry_points
+
+
+#: Imports every module of the installed package and the public face, then names the modules
+#: that came from outside it: none may be the user's `analysis`, `service` or `workers`.
+SHADOW_PROBE = """
+import pkgutil, sys
+import bnsweep
+from bnsweep import TrialSpec, build_model, param_groups, set_bn_scale, tables, trials
+for info in pkgutil.walk_packages(bnsweep.__path__, "bnsweep."):
+    __import__(info.name)
+for name in bnsweep.__all__:
+    getattr(bnsweep, name)
+print(bnsweep.__version__, TrialSpec().spec_hash)
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("analysis", "service", "workers")))
+"""
+
+
+def test_a_users_own_analysis_package_does_not_shadow_bnsweep(tmp_path: Path) -> None:
+    for name in FOLDERS:
+        package = tmp_path / name
+        package.mkdir()
+        (package / "__init__.py").write_text("raise ImportError('the user package')\n")
+    done = subprocess.run(
+        [sys.executable, "-c", SHADOW_PROBE],
+        cwd=tmp_path,  # `python -c` puts the working folder first on sys.path
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    version, _hash, *_ = done.stdout.split()
+    assert version == VERSION
+    assert done.stdout.splitlines()[-1] == "[]"
