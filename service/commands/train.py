@@ -7,29 +7,28 @@ import sys
 from dataclasses import fields
 
 from bnsweep.commands import check_writable_folder
-from bnsweep.workers.spec import COMPILE_MODES, DEVICES, MEMORY_FORMATS, PRECISIONS, TrialSpec
+from bnsweep.workers.spec import (
+    ARCH_NAMES,
+    COMPILE_MODES,
+    DATASET_NAMES,
+    DEVICES,
+    FORMULATION_NAMES,
+    INPUT_NORM_NAMES,
+    MEMORY_FORMATS,
+    PRECISIONS,
+    TrialSpec,
+)
 
 #: Short flags the paper's symbols suggest, in addition to one `--field-name` per TrialSpec field.
 ALIASES = {"bn_scale_init": ("--gamma",), "bn_lr_divisor": ("--c",), "lr": ("--alpha",)}
 
-#: What `--help` lists for the named fields. Literal so that `bnsweep --help` does not import
-#: torch; a test keeps them equal to the registries (bnsweep.workers.data, bnsweep.workers.models,
-#: bnsweep.workers.norm).
+#: What `--help` lists for the named fields: the names the spec validates against, which need no
+#: torch, so `bnsweep --help` stays quick.
 ALLOWED: dict[str, tuple[str, ...]] = {
-    "dataset": ("cifar10", "cifar100", "cub200", "stanford_cars", "digits", "synthetic"),
-    "arch": (
-        "resnet8",
-        "resnet18",
-        "resnet34",
-        "resnet50",
-        "resnet101",
-        "resnet152",
-        "resnext50_32x4d",
-        "mobilenet_v2",
-        "repvgg_a0",
-    ),
-    "formulation": ("standard", "a1", "a2", "rbn", "rbn_minus", "iebn", "iebn_minus"),
-    "input_norm": ("bn", "fixed", "offline", "none"),
+    "dataset": DATASET_NAMES,
+    "arch": ARCH_NAMES,
+    "formulation": FORMULATION_NAMES,
+    "input_norm": INPUT_NORM_NAMES,
     "precision": tuple(PRECISIONS),
     "memory_format": tuple(MEMORY_FORMATS),
     "device": tuple(DEVICES),
