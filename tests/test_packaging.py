@@ -122,7 +122,8 @@ import pkgutil, sys
 import bnsweep
 from bnsweep import TrialSpec, build_model, param_groups, set_bn_scale, tables, trials
 for info in pkgutil.walk_packages(bnsweep.__path__, "bnsweep."):
-    __import__(info.name)
+    if not info.name.endswith(".__main__"):  # `python -m bnsweep` runs the command line
+        __import__(info.name)
 for name in bnsweep.__all__:
     getattr(bnsweep, name)
 print(bnsweep.__version__, TrialSpec().spec_hash)
