@@ -35,6 +35,7 @@ from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    __version__: str
     from bnsweep.analysis.layout import TableLayout
     from bnsweep.analysis.notebook import tables
     from bnsweep.analysis.stats import AnalysisOptions
@@ -46,8 +47,6 @@ if TYPE_CHECKING:
     from bnsweep.workers.param_groups import param_groups
     from bnsweep.workers.spec import TrialSpec
     from bnsweep.workers.trial import run_trial
-
-__version__ = version("bnsweep")
 
 #: Each public name → the module that defines it.
 _HOMES = {
@@ -90,6 +89,8 @@ assert set(__all__) == {"__version__", *_HOMES}
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # looked up on first use too: the command line never needs it
+        return version("bnsweep")
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'bnsweep' has no attribute {name!r}")
@@ -99,4 +100,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+    return sorted({*globals(), *_HOMES, "__version__"})

@@ -14,7 +14,7 @@ import importlib.metadata
 import logging
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from bnsweep.workers.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, BnsweepError, SpecError
 
@@ -37,14 +37,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class _Version(argparse.Action):
+    """`--version`: the installed distribution's version (as `bnsweep.__version__`), looked up
+    only when asked for, so no other command pays for reading the package metadata."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object) -> NoReturn:
+        print(f"bnsweep {importlib.metadata.version('bnsweep')}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="bnsweep",
         description="Revisiting Batch Normalization: train, sweep over seeds, test significance.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    version = importlib.metadata.version("bnsweep")  # as bnsweep.__version__ has it
-    parser.add_argument("--version", action="version", version=f"bnsweep {version}")
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
