@@ -12,6 +12,7 @@ import argparse
 import importlib
 import importlib.metadata
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -101,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BnsweepError as err:
         print(f"bnsweep: error: {err}", file=sys.stderr)
         return err.exit_code
+    except BrokenPipeError:
+        return _reader_went_away()
     except OSError as err:
         # A file or folder the command had to read or write: named, with what went wrong. An
         # OSError without a file name is not the user's to fix and keeps its traceback.
@@ -111,6 +114,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bnsweep: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+#: `bnsweep query | head`: the reader closed the pipe. A Unix tool then ends quietly with the
+#: status of a process killed by SIGPIPE (128 + 13), as `yes | head` does.
+EXIT_BROKEN_PIPE = 128 + 13
+
+
+def _reader_went_away() -> int:
+    # Python flushes stdout again at exit and would print "Exception ignored ... BrokenPipeError":
+    # point the descriptor at /dev/null so that last flush has nowhere to fail.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 #: How a filesystem error reads, by its type: "a folder where a file is expected" and

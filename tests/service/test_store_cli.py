@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -375,6 +376,35 @@ def test_bnsweep_query_and_status_as_a_user_runs_them(db: str, tmp_path: Path) -
     done = bnsweep("query", "--db", db, "--where", "gama=1")
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith("bnsweep: error: unknown field 'gama'")
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_query_quietly(db: str, tmp_path: Path) -> None:
+    """`bnsweep query --format csv | head`: no traceback, and the status of a tool killed by
+    SIGPIPE, as `yes | head` gives (the read end is closed before the command writes a byte)."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bnsweep.cli",
+                "query",
+                "--db",
+                db,
+                "--epochs",
+                "--format",
+                "csv",
+            ],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (141, "")
 
 
 def test_status_check_exits_1_while_cells_are_missing(
