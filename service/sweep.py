@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bnsweep.workers.errors import SpecError
-from bnsweep.workers.spec import FIELD_NAMES, TrialSpec
+from bnsweep.workers.spec import FIELD_NAMES, INT_LIMITS, TrialSpec
 
 #: The BASE arm of the paper: default γ, no learning-rate reduction, standard formulation.
 BASE_ARM: Mapping[str, Any] = {
@@ -44,6 +44,14 @@ MAX_CELLS_ENV = "BNSWEEP_MAX_CELLS"
 _UNION_HELP = {"seeds": "a count (>= 1), or a list of distinct integers >= 0"}
 
 
+#: Upper bounds of the spec's counts (docs/sweeps.md, "Limits"): far above any real sweep, so a
+#: typo is refused at once instead of being scheduled. The trial fields' own bounds are
+#: bnsweep.workers.spec.INT_LIMITS.
+MAX_RESOURCE = 1024  # CPUs or GPUs of one trial
+MAX_COUNT = 100_000  # retries, checkpoint_every, max_concurrent, diagnostics.every
+MAX_CELLS_LIMIT = 10_000_000  # what max_cells may raise the cell limit to
+
+
 def default_max_cells() -> int:
     """BNSWEEP_MAX_CELLS if set, else DEFAULT_MAX_CELLS."""
     text = os.environ.get(MAX_CELLS_ENV, "").strip()
@@ -53,8 +61,10 @@ def default_max_cells() -> int:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise SpecError(f"{MAX_CELLS_ENV}: expected an integer >= 1, got {text!r}")
+    if not 1 <= value <= MAX_CELLS_LIMIT:
+        raise SpecError(
+            f"{MAX_CELLS_ENV}: expected an integer from 1 to {MAX_CELLS_LIMIT:,}, got {text!r}"
+        )
     return value
 
 
@@ -63,8 +73,9 @@ class Resources(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    cpus: float = Field(1.0, gt=0)
-    gpus: float = Field(0.0, ge=0)
+    # allow_inf_nan: `cpus: .inf` or `.nan` would pass gt/ge and reach Ray's scheduler.
+    cpus: float = Field(1.0, gt=0, le=MAX_RESOURCE, allow_inf_nan=False)
+    gpus: float = Field(0.0, ge=0, le=MAX_RESOURCE, allow_inf_nan=False)
 
     @field_validator("gpus")
     @classmethod
@@ -80,9 +91,9 @@ class Diagnostics(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    every: int = Field(1, ge=0)
+    every: int = Field(1, ge=0, le=MAX_COUNT)
     #: Validation images in the probe batch; default: 64, or the batch size when smaller.
-    probe_size: int | None = Field(None, ge=2)
+    probe_size: int | None = Field(None, ge=2, le=INT_LIMITS["batch_size"])
 
 
 class SweepSpec(BaseModel):
@@ -99,13 +110,13 @@ class SweepSpec(BaseModel):
     base: bool = True
     seeds: int | list[int] = 15
     resources: Resources = Field(default_factory=Resources)
-    max_concurrent: int | None = Field(None, ge=1)
-    retries: int = Field(2, ge=0)
+    max_concurrent: int | None = Field(None, ge=1, le=MAX_COUNT)
+    retries: int = Field(2, ge=0, le=MAX_COUNT)
     #: A checkpoint every this many epochs, and after the last: a failure loses at most this
     #: many epochs. 10 writes a tenth of the per-epoch traffic (a ResNet-18 checkpoint is about
     #: 90 MB: 64 TB for the six paper tables at every epoch) for at most 10 of 180 epochs lost per
     #: failure; docs/benchmarks.md has the measurement.
-    checkpoint_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(10, ge=1, le=MAX_COUNT)
     storage: str = "runs"
     shared_storage: bool | None = None
     database: str | None = None
@@ -113,7 +124,7 @@ class SweepSpec(BaseModel):
     diagnostics: Diagnostics = Field(default_factory=Diagnostics)
     #: Refuse the sweep when it has more cells than this (default: BNSWEEP_MAX_CELLS, else
     #: DEFAULT_MAX_CELLS).
-    max_cells: int | None = Field(None, ge=1)
+    max_cells: int | None = Field(None, ge=1, le=MAX_CELLS_LIMIT)
 
     @field_validator("name")
     @classmethod
@@ -148,6 +159,8 @@ class SweepSpec(BaseModel):
                 raise ValueError("a count must be >= 1 (15 means seeds 1..15)")
         elif not value or len(set(value)) != len(value) or min(value) < 0:
             raise ValueError("an explicit list must be non-empty, without repeats, and >= 0")
+        elif max(value) > INT_LIMITS["seed"]:
+            raise ValueError(f"a seed must be <= {INT_LIMITS['seed']:,}, got {max(value)}")
         return value
 
     @field_validator("report")

@@ -193,6 +193,16 @@ _INT_FIELDS = ("epochs", "batch_size", "seed")
 #: Integers that may also be unset (None).
 _OPTIONAL_INT_FIELDS = ("eval_batch_size",)
 
+#: The largest value of each integer field (docs/sweeps.md, "Limits"): far above any real run,
+#: small enough that a typo (`epochs: 1e12`) is refused at once instead of training for ever,
+#: and within the store's 32-bit integer columns (a seed above 2**31 - 1 fails at insert).
+INT_LIMITS = {
+    "epochs": 100_000,
+    "batch_size": 1 << 20,
+    "eval_batch_size": 1 << 20,
+    "seed": 2**31 - 1,
+}
+
 
 def _coerce_numbers(spec: TrialSpec) -> None:
     """YAML and CLI values arrive as int/str; store them as the declared type or name the field."""
@@ -259,6 +269,10 @@ def _validate(spec: TrialSpec) -> None:
         )
     if spec.seed < 0:
         raise SpecError(f"seed: must be >= 0, got {spec.seed!r}")
+    for name, limit in INT_LIMITS.items():
+        value = getattr(spec, name)
+        if value is not None and value > limit:
+            raise SpecError(f"{name}: must be <= {limit:,}, got {value!r}")
 
 
 BN_SCALE_RULE = (

@@ -56,6 +56,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+#: The longest wait between two rewrites of the report while a sweep runs: a day.
+MAX_REPORT_EVERY_MINUTES = 24 * 60.0
+
+
+def check_report_every(minutes: float, report: str | None) -> None:
+    """`--report-every` is a finite number of minutes in [0, a day], and only with `--report`.
+
+    NaN passes every comparison and infinity overflows the timer's wait in its thread: both
+    are refused here, before anything starts."""
+    from bnsweep.workers.errors import SpecError
+
+    if not 0.0 <= minutes <= MAX_REPORT_EVERY_MINUTES or (minutes and not report):
+        raise SpecError(
+            f"--report-every: minutes from 0 to {MAX_REPORT_EVERY_MINUTES:g}, with --report DIR; "
+            f"got {minutes:g}"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from bnsweep.store.api import Store
     from bnsweep.sweep import parse_sweep_spec, read_spec_text, redacted_spec_text
@@ -63,9 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.num_cpus is not None and args.num_cpus < 1:
         raise SpecError(f"--num-cpus: must be >= 1, got {args.num_cpus}")
-    report_every = getattr(args, "report_every", 0.0) or 0.0
-    if report_every < 0 or (report_every and not getattr(args, "report", None)):
-        raise SpecError(f"--report-every: minutes >= 0, with --report DIR; got {report_every:g}")
+    check_report_every(getattr(args, "report_every", 0.0) or 0.0, getattr(args, "report", None))
     target = args.address or os.environ.get("RAY_ADDRESS")
     if target and target != "auto" and not target.startswith("ray://"):
         from bnsweep.ray_address import host_port

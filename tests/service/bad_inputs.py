@@ -271,4 +271,57 @@ CASES: dict[str, BadInput] = {
     "train --compile true": BadInput(
         ("train", "--compile", "true"), ("unrecognized arguments: true",), USAGE, argparse=True
     ),
+    # -- counts and their upper bounds (issue 19) --------------------------------------------
+    "epochs 1e12": BadInput(
+        ("launch", "{spec}", "--db", "{db}", "--dry-run"),
+        ("epochs: must be <= 100,000, got 1000000000000",),
+        USAGE,
+        spec_text(
+            "name: good\ndefaults: {dataset: digits, arch: resnet8, epochs: 1.0e+12}\n"
+            "grids: [{bn_scale_init: [0.5]}]\nseeds: 2\n"
+        ),
+    ),
+    "train --epochs a million": BadInput(
+        ("train", "--dataset", "digits", "--epochs", "1000000"),
+        ("epochs: must be <= 100,000",),
+        USAGE,
+    ),
+    "a seed past the store's integers": BadInput(
+        ("launch", "{spec}", "--db", "{db}", "--dry-run"),
+        ("seeds: a seed must be <= 2,147,483,647",),
+        USAGE,
+        spec_with(seeds=[1, 2**32]),
+    ),
+    "infinite cpus": BadInput(
+        ("launch", "{spec}", "--db", "{db}", "--dry-run"),
+        ("resources.cpus", "finite number"),
+        USAGE,
+        spec_text(
+            "name: good\ndefaults: {dataset: digits, arch: resnet8, epochs: 1}\n"
+            "grids: [{bn_scale_init: [0.5]}]\nseeds: 2\nresources: {cpus: .inf}\n"
+        ),
+    ),
+    "retries a million": BadInput(
+        ("launch", "{spec}", "--db", "{db}", "--dry-run"),
+        ("retries", "less than or equal to 100000"),
+        USAGE,
+        spec_with(retries=1_000_000),
+    ),
+    **{
+        f"--report-every {minutes}": BadInput(
+            (
+                "launch",
+                "{good}",
+                "--db",
+                "{db}",
+                "--report",
+                "{tmp}/report",
+                "--report-every",
+                minutes,
+            ),
+            ("--report-every: minutes from 0 to 1440, with --report DIR",),
+            USAGE,
+        )
+        for minutes in ("nan", "inf", "-1", "1441")
+    },
 }
