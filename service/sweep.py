@@ -270,12 +270,17 @@ def load_yaml(text: str, source: str) -> Any:
     """YAML text as data, refusing duplicate keys; a problem is one SpecError line."""
     try:
         return yaml.load(text, Loader=_StrictLoader)
+    except yaml.reader.ReaderError as err:
+        # Its text spans two lines and names an internal "<unicode string>"; say what and where.
+        raise SpecError(
+            f"{source}: is not valid YAML (character {chr(err.character)!r} at position "
+            f"{err.position} is not allowed)"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise SpecError(
-            f"{source}:{where} is not valid YAML ({getattr(err, 'problem', None) or err})"
-        ) from None
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise SpecError(f"{source}:{where} is not valid YAML ({problem})") from None
 
 
 def parse_sweep_spec(text: str, source: str = "<spec>") -> SweepSpec:

@@ -271,6 +271,12 @@ CASES: dict[str, BadInput] = {
     "train --compile true": BadInput(
         ("train", "--compile", "true"), ("unrecognized arguments: true",), USAGE, argparse=True
     ),
+    "spec with a control character": BadInput(
+        ("launch", "{spec}", "--db", "{db}", "--dry-run"),
+        ("is not valid YAML (character '\\x1f' at position 6 is not allowed)",),
+        USAGE,
+        spec_text("name: \x1f\n"),
+    ),
     # -- counts and their upper bounds (issue 19) --------------------------------------------
     "epochs 1e12": BadInput(
         ("launch", "{spec}", "--db", "{db}", "--dry-run"),
