@@ -95,7 +95,9 @@ def _names(snap: Snapshot, sweep_name: str | Iterable[str] | None) -> list[str]:
         return snap.sweep_names()
     names = [sweep_name] if isinstance(sweep_name, str) else list(sweep_name)
     for name in names:
-        snap.overview(name)  # NotFound, naming the known sweeps
+        # The store's own check, so an unknown sweep is its one line and exit code (1), as
+        # for every other command.
+        snap.store.get_sweep(name)
     return names
 
 

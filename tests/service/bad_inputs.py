@@ -300,6 +300,11 @@ CASES: dict[str, BadInput] = {
         USAGE,
         lambda tmp: (tmp / "link").symlink_to(tmp),
     ),
+    "report unknown sweep": BadInput(
+        ("report", "--db", "{db}", "--sweep", "nosuch", "--out", "{tmp}/report"),
+        ("no sweep named 'nosuch'",),
+        RUNTIME,
+    ),
     "launch --report is a file": BadInput(
         ("launch", "{good}", "--db", "{db}", "--report", "{good}"),
         ("--report {good}: is a file, expected a folder",),

@@ -277,3 +277,26 @@ def test_a_path_through_a_file_is_one_message_for_every_command(
     assert capsys.readouterr().err == (
         f"bnsweep: error: {option} thesis.tex/x: a part of this path is a file (thesis.tex)\n"
     )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["report", "--sweep", "nosuch", "--out", "site"],
+        ["tables", "--sweep", "nosuch"],
+        ["plots", "--sweep", "nosuch", "--out", "plots"],
+        ["query", "--sweep", "nosuch"],
+        ["status", "--sweep", "nosuch"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_an_unknown_sweep_is_the_same_line_and_exit_code_everywhere(
+    argv: list[str], here: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # README's exit codes: an unknown sweep is the world's answer (1), not a typing error.
+    before = _tree(here)
+    assert main([*argv, "--db", "sqlite:///r.db"]) == 1
+    assert capsys.readouterr().err == (
+        "bnsweep: error: no sweep named 'nosuch' in sqlite:///r.db; known sweeps: none\n"
+    )
+    assert _tree(here) == before
