@@ -97,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     from bnsweep.driver import launch
 
     _check_storage(sweep.storage)
-    with Store.open(url) as store, _report(args, url, sweep.name) as report:
+    report_writer = _report(args, url, sweep.name)  # --report DIR is checked here, up front
+    with Store.open(url) as store, report_writer as report:
         summary = launch(sweep, store, spec_text, address=args.address, num_cpus=args.num_cpus)
     resumed = f", {len(summary.resumed)} resumed from checkpoints" if summary.resumed else ""
     counts = (
@@ -134,8 +135,12 @@ def _report(args: argparse.Namespace, url: str, name: str) -> Any:
     """The `--report` writer around the launch (service/web/report.py), or nothing."""
     import contextlib
 
-    if not getattr(args, "report", None):
+    if getattr(args, "report", None) is None:  # `--report ''` is refused, not ignored
         return contextlib.nullcontext()
+    from bnsweep.outputs import check_writable_folder
+
+    # Refused before the store is opened or a cell trained, not as a warning at the end.
+    check_writable_folder("--report", args.report, create=False, replaced=True, store_url=url)
     from bnsweep.web.report import ReportWhileRunning
 
     return ReportWhileRunning(url, name, args.report, 60.0 * (args.report_every or 0.0))

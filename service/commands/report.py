@@ -155,7 +155,7 @@ def _formats(text: str) -> tuple[str, ...]:
     return names
 
 
-def _out_folder(out: str) -> Path:
+def _out_folder(out: str | Path) -> Path:
     """--out as a writable folder, checked before any table is built."""
     from bnsweep.commands import check_writable_folder
 
@@ -182,7 +182,7 @@ def run_tables(args: argparse.Namespace) -> int:
         from bnsweep.workers.errors import SpecError
 
         raise SpecError(f"--level: must be a number in (0, 1), got {args.level:g}")
-    if args.out:
+    if args.out is not None:  # `--out ''` is refused, not read as "print"
         _out_folder(args.out)
     options = {"alpha": args.level, "correction": args.correction, "test": args.test}
     options["exclude_diverged"] = args.exclude_diverged
@@ -202,7 +202,7 @@ def run_tables(args: argparse.Namespace) -> int:
     )
     styled = {"always": True, "never": False}.get(args.color, sys.stdout.isatty())
     for fmt in args.format:
-        if args.out:
+        if args.out is not None:
             text = render_tables(tables, fmt, for_terminal=args.color == "always")
             print(write_tables(text, args.out, name, fmt))
         else:
@@ -218,7 +218,8 @@ def run_plots(args: argparse.Namespace) -> int:
     trials, epochs = load_results(args.db, args.sweep)
     diagnostics = load_diagnostics(args.db, args.sweep)
     report = sweep_report(args.db, args.sweep) if args.sweep else None
-    out = _out_folder(args.out or str(Path("plots") / safe_name(args.sweep or "all")))
+    default = Path("plots") / safe_name(args.sweep or "all")
+    out = _out_folder(default if args.out is None else args.out)
     paths = make_plots(trials, epochs, out, table_layout(report, None), diagnostics=diagnostics)
     for path in paths:
         print(path)

@@ -9,10 +9,13 @@
       sweeps/NAME/figures/*.svg
       sweeps/NAME/trials.html          the trials table; trials/ID.html one trial
       sweeps/NAME/tables.{md,tex,csv,html}, trials.csv, trials.parquet
+      .bnsweep-report                  the marker: bnsweep wrote this folder and may replace it
 
 The whole folder is written beside `out_dir` under a temporary name and renamed into place, so
-a reader sees the previous report or the new one, never a half-written one. Every link is
-relative and no page names an external URL, so the folder can be copied anywhere.
+a reader sees the previous report or the new one, never a half-written one. Only a folder that
+is new, empty or an earlier report (its marker, checked before and again once moved aside) is
+ever replaced: anything else at `out_dir` is refused and left as it was (bnsweep.outputs).
+Every link is relative and no page names an external URL, so the folder can be copied anywhere.
 """
 
 from __future__ import annotations
@@ -21,15 +24,22 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bnsweep.outputs import (
+    REPORT_MARKER,
+    check_writable_folder,
+    replaceable_kind,
+    report_marker_text,
+)
 from bnsweep.sweep_tables import safe_name
 from bnsweep.web import build
 from bnsweep.web.frame import Site
 from bnsweep.web.view import Reader, Snapshot, TableQuery
+from bnsweep.workers.errors import SpecError
 
 if TYPE_CHECKING:
     from bnsweep.store.api import Store
@@ -40,25 +50,32 @@ ASSETS = ("bnsweep.css", "bnsweep.js")
 
 
 def write_report(
-    store: Store | str | None, sweep_name: str | Iterable[str] | None, out_dir: str | Path
+    store: Store | str | None,
+    sweep_name: str | Iterable[str] | None,
+    out_dir: str | Path,
+    *,
+    option: str = "--out",
 ) -> Path:
     """Write the report of `sweep_name` (a name, several, or None for every sweep) from `store`
-    (an open `Store`, or a URL opened read-only) to `out_dir`, atomically; returns `out_dir`.
+    (an open `Store`, or a URL opened read-only) to `out_dir`, atomically; returns `out_dir`
+    (absolute). An `out_dir` that is not new, empty or an earlier report is a SpecError naming
+    `option`, and nothing is written.
 
     What `bnsweep launch --report DIR` calls at the end of a sweep (and every few minutes
     while it runs, with `--report-every`).
     """
+    url = store if isinstance(store, str) or store is None else store.url
+    out = check_out(option, out_dir, url)  # before the store is read: refused, nothing touched
     reader = Reader(store) if isinstance(store, str) or store is None else Reader(store=store)
     try:
         snap = reader.snapshot()
         names = _names(snap, sweep_name)
-        out = Path(out_dir).expanduser().resolve()
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         try:
             _write_site(snap, names, tmp)
             os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a report is for others to read
-            _swap_into_place(tmp, out)
+            _swap_into_place(tmp, out, lambda: check_out(option, out, url))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -68,25 +85,54 @@ def write_report(
     return out
 
 
+def check_out(option: str, out_dir: str | Path, store_url: str | None) -> Path:
+    """`out_dir` as a folder a report may replace (bnsweep.outputs), absolute; SpecError else."""
+    return check_writable_folder(option, out_dir, replaced=True, store_url=store_url)
+
+
 def _names(snap: Snapshot, sweep_name: str | Iterable[str] | None) -> list[str]:
     if sweep_name is None:
         return snap.sweep_names()
     names = [sweep_name] if isinstance(sweep_name, str) else list(sweep_name)
     for name in names:
-        snap.overview(name)  # NotFound, naming the known sweeps
+        # The store's own check, so an unknown sweep is its one line and exit code (1), as
+        # for every other command.
+        snap.store.get_sweep(name)
     return names
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename `tmp` to `out`; an existing report is renamed away first and then removed, so
-    at every instant `out` is a whole report (or, between the two renames, absent)."""
-    if not out.exists():
-        os.replace(tmp, out)
+def _swap_into_place(tmp: Path, out: Path, check: Callable[[], object]) -> None:
+    """Rename `tmp` to `out`. An existing `out` is checked again (`check`), renamed aside into
+    a folder of our own, checked once more there (where nobody else can swap it), and only
+    then is `tmp` renamed in and the old folder removed; at every instant `out` is a whole
+    report (or, between the two renames, absent). A rename moves a link, never its target."""
+    if not os.path.lexists(out):
+        os.rename(tmp, out)  # fails, and removes nothing, if a non-empty folder appeared since
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.replace(out, old / out.name)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    check()
+    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    old = aside / out.name
+    os.rename(out, old)
+    kind = replaceable_kind(old)
+    if kind is None:  # changed between the check and the rename: put it back, untouched
+        os.rename(old, out)
+        aside.rmdir()
+        check()  # raises, naming what is there now
+        raise SpecError(f"{out}: changed while the report was written; it was left as it is")
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        os.rename(old, out)
+        aside.rmdir()
+        raise
+    if kind == "report":
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        if old.exists():
+            old.rmdir()  # an empty folder only while still empty: what reached it since stays
+        aside.rmdir()
+    except OSError as err:
+        log.warning("left %s beside the report: %s", aside, err.strerror or err)
 
 
 def _write(path: Path, text: str | bytes) -> None:
@@ -98,6 +144,7 @@ def _write(path: Path, text: str | bytes) -> None:
 
 
 def _write_site(snap: Snapshot, names: list[str], root: Path) -> None:
+    _write(root / REPORT_MARKER, report_marker_text())
     static = resources.files("bnsweep.web") / "static"
     for asset in ASSETS:
         _write(root / "static" / asset, static.joinpath(asset).read_text(encoding="utf-8"))
@@ -168,7 +215,7 @@ class ReportWhileRunning:
         from bnsweep.workers.errors import BnsweepError
 
         try:
-            self.written = write_report(self.url, self.sweep, self.out_dir)
+            self.written = write_report(self.url, self.sweep, self.out_dir, option="--report")
         except (BnsweepError, OSError) as err:
             log.warning("could not write the report to %s: %s", self.out_dir, err)
 

@@ -330,4 +330,59 @@ CASES: dict[str, BadInput] = {
         )
         for minutes in ("nan", "inf", "-1", "1441")
     },
+    # output folders (issue 19) ----------------------------------------------------------------
+    "report --out is a file": BadInput(
+        ("report", "--db", "{db}", "--out", "{good}"),
+        ("--out {good}: is a file, expected a folder",),
+        USAGE,
+    ),
+    "report --out under a file": BadInput(
+        ("report", "--db", "{db}", "--out", "{good}/report"),
+        ("--out {good}/report: a part of this path is a file ({good})",),
+        USAGE,
+    ),
+    "report --out the current folder": BadInput(
+        ("report", "--db", "{db}", "--out", "."), ("--out .: is the current folder",), USAGE
+    ),
+    "report --out empty": BadInput(
+        ("report", "--db", "{db}", "--out", ""), ("--out: empty, expected a folder",), USAGE
+    ),
+    "report --out a folder of other files": BadInput(
+        ("report", "--db", "{db}", "--out", "{tmp}/thesis"),
+        ("--out {tmp}/thesis: is a folder bnsweep did not write", "no .bnsweep-report"),
+        USAGE,
+        lambda tmp: (tmp / "thesis").mkdir() or (tmp / "thesis" / "a.tex").write_text("x"),
+    ),
+    "report --out a link": BadInput(
+        ("report", "--db", "{db}", "--out", "{tmp}/link"),
+        ("--out {tmp}/link: is a symbolic link",),
+        USAGE,
+        lambda tmp: (tmp / "link").symlink_to(tmp),
+    ),
+    "report unknown sweep": BadInput(
+        ("report", "--db", "{db}", "--sweep", "nosuch", "--out", "{tmp}/report"),
+        ("no sweep named 'nosuch'",),
+        RUNTIME,
+    ),
+    "launch --report is a file": BadInput(
+        ("launch", "{good}", "--db", "{db}", "--report", "{good}"),
+        ("--report {good}: is a file, expected a folder",),
+        USAGE,
+    ),
+    "launch --report the current folder": BadInput(
+        ("launch", "{good}", "--db", "{db}", "--report", "."),
+        ("--report .: is the current folder",),
+        USAGE,
+    ),
+    "launch --report empty": BadInput(
+        ("launch", "{good}", "--db", "{db}", "--report", ""),
+        ("--report: empty, expected a folder",),
+        USAGE,
+    ),
+    "tables --out empty": BadInput(
+        ("tables", "--db", "{db}", "--out", ""), ("--out: empty, expected a folder",), USAGE
+    ),
+    "plots --out empty": BadInput(
+        ("plots", "--db", "{db}", "--out", ""), ("--out: empty, expected a folder",), USAGE
+    ),
 }

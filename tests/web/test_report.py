@@ -12,9 +12,9 @@ import pytest
 
 from bnsweep.cli import main
 from bnsweep.store.api import Store
+from bnsweep.store.errors import StoreFailure
 from bnsweep.store.events import TrialStarted
 from bnsweep.web.report import write_report
-from bnsweep.web.view import NotFound
 from tests.web.stores import cells, make_store
 
 _LINK = re.compile(r'(?:href|src)="([^"]*)"')
@@ -121,7 +121,8 @@ def test_a_failed_write_leaves_the_old_report(tmp_path: Path, monkeypatch) -> No
 
 def test_an_unknown_sweep_names_the_known_ones(tmp_path: Path) -> None:
     url = make_store(tmp_path / "r.db", "finished")
-    with pytest.raises(NotFound, match=r"no sweep named 'nope'.*known sweeps: demo"):
+    # The store's own refusal, as for every command: a runtime failure (exit 1).
+    with pytest.raises(StoreFailure, match=r"no sweep named 'nope'.*known sweeps: demo"):
         write_report(url, "nope", tmp_path / "report")
     assert not (tmp_path / "report").exists()
 
@@ -137,7 +138,7 @@ def test_bnsweep_report_prints_the_folder(tmp_path: Path, capsys) -> None:
     url = make_store(tmp_path / "r.db", "finished")
     assert main(["report", "--db", url, "--sweep", "demo", "--out", str(tmp_path / "site")]) == 0
     assert capsys.readouterr().out.strip() == str((tmp_path / "site").resolve())
-    assert main(["report", "--db", url, "--sweep", "x", "--out", str(tmp_path / "o")]) == 2
+    assert main(["report", "--db", url, "--sweep", "x", "--out", str(tmp_path / "o")]) == 1
     assert "bnsweep: error: no sweep named 'x'" in capsys.readouterr().err
 
 
