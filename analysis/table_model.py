@@ -162,6 +162,14 @@ class Table:
         name = "α" if self.column_field == "lr" else self.column_header
         return tuple(f"{name} = {c}" if c else name for c in self.column_labels)
 
+    def notes_under(self) -> list[str]:
+        """The lines under the table, in order: caption, minimum detectable effect, footnotes
+        (marker first), each block's notes (its label first), the table's notes. Every
+        renderer writes these, so the surfaces never differ in what they say under a table."""
+        lines = [self.caption, self.mde] + [f"{m} {x}" for m, x in self.footnotes]
+        lines += [f"{b.label}: {x}" for b in self.blocks for x in b.notes]
+        return lines + list(self.notes)
+
     def cells(self) -> list[tuple[Block, Row, int, Cell]]:
         """Every filled cell with its block, row and column index, in reading order."""
         return [

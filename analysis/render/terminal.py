@@ -43,8 +43,7 @@ def term_renderables(tables: Sequence[Table], marks: bool = False) -> list[Any]:
                     end_section=i == len(b.rows) - 1 and k < len(t.blocks) - 1,
                 )
         out.append(rt)
-        body = [t.caption, t.mde] + [f"{m} {x}" for m, x in t.footnotes]
-        body += [f"{b.label}: {x}" for b in t.blocks for x in b.notes] + list(t.notes)
+        body = t.notes_under()
         if marks:
             body.append(_TERM_MARKS_NOTE)
         out.append(Text("\n".join(body) + "\n"))
