@@ -17,6 +17,7 @@ from bnsweep.analysis.stats import AnalysisOptions, CellStats
 
 __all__ = [
     "FRAME_COLUMNS",
+    "TEXT_MARKS",
     "Block",
     "Cell",
     "PairCell",
@@ -46,6 +47,11 @@ FRAME_COLUMNS = (
     "n_diverged",
     "versus",
 )
+
+
+#: Marks in text for what bold and underline say, where styles cannot be shown (the terminal
+#: table written to a file or a pipe, or with `--color never`).
+TEXT_MARKS = {"significant": "*", "best": "^"}
 
 
 @dataclass(frozen=True)
@@ -162,13 +168,27 @@ class Table:
         name = "α" if self.column_field == "lr" else self.column_header
         return tuple(f"{name} = {c}" if c else name for c in self.column_labels)
 
-    def notes_under(self) -> list[str]:
+    def notes_under(self, marks: bool = False) -> list[str]:
         """The lines under the table, in order: caption, minimum detectable effect, footnotes
-        (marker first), each block's notes (its label first), the table's notes. Every
-        renderer writes these, so the surfaces never differ in what they say under a table."""
+        (marker first), each block's notes (its label first), the table's notes, and with
+        `marks` the legend of the text marks (`marks_legend`). Every renderer writes these, so
+        the surfaces never differ in what they say under a table."""
         lines = [self.caption, self.mde] + [f"{m} {x}" for m, x in self.footnotes]
         lines += [f"{b.label}: {x}" for b in self.blocks for x in b.notes]
-        return lines + list(self.notes)
+        return lines + list(self.notes) + ([self.marks_legend()] if marks else [])
+
+    def marks_legend(self) -> str:
+        """What the text marks (TEXT_MARKS) stand for where bold and underline are lost: the
+        same meaning as the caption's, naming the arm the table was tested against."""
+        sig, best = TEXT_MARKS["significant"], TEXT_MARKS["best"]
+        text = (
+            f"{sig} marks bold: significantly better than {self.reference}; {best} marks "
+            "underline: highest mean in its column within its block"
+        )
+        if self.pairwise:
+            text += f"; in the pairwise matrices {sig} marks bold: the row is significantly "
+            text += "better than the column"
+        return text
 
     def cells(self) -> list[tuple[Block, Row, int, Cell]]:
         """Every filled cell with its block, row and column index, in reading order."""

@@ -449,7 +449,8 @@ def _build_block(
                 elif stats is not None and stats.tested and stats.n < s.n:
                     markers.append(
                         foot.mark(
-                            "tested on fewer seeds than shown: some lack a BASE partner (see CSV)"
+                            "tested on fewer seeds than shown: some lack a "
+                            f"{ref.name} partner (see CSV)"
                         )
                     )
             cells.append(
