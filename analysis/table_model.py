@@ -80,7 +80,7 @@ class Cell:
     (None for the reference itself, and where there is no reference to compare with);
     `markers` point at the table's footnotes; `detail` names the γ a best-of row chose.
     `diverged_seeds` lists every diverged run of the cell, `diverged_scored` those counted
-    with their pre-divergence score.
+    with their score (the official code counts them, analysis/pairing.py).
     """
 
     arm: Arm

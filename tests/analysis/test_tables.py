@@ -341,11 +341,11 @@ def test_caption_states_std_test_alpha_and_correction():
     assert "d_z = " in table.mde and "n = 5" in table.mde
 
 
-# -- diverged runs: scored by their best epoch before the divergence, unless excluded -------------
-def test_diverged_runs_count_with_their_pre_divergence_score_by_default():
+# -- diverged runs: scored by their best validation epoch, unless excluded -----------------------
+def test_diverged_runs_count_with_their_score_by_default():
     arm = dict(enumerate(shifted(B, GOOD), start=1)) | {
         2: ("diverged", B[1] + GOOD[1]),  # diverged after its best validation epoch
-        5: "diverged",  # before any validation epoch: no score
+        5: "diverged",  # no test accuracy stored (an older recipe): no score
     }
     df = frame(rows(BASE, B), rows(std(0.1), arm))
     (table,) = build_tables(df)
