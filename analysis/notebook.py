@@ -24,11 +24,8 @@ class Tables(list[Table]):
     """A list of `Table`: `to_frame()`, `render(fmt)`, and HTML in a notebook."""
 
     def to_frame(self) -> pd.DataFrame:
-        """Every table's `to_frame()`, one after the other, with the table's title first."""
-        frames = [t.to_frame().assign(table=t.title) for t in self]
-        if not frames:
-            return pd.DataFrame(columns=["table", *FRAME_COLUMNS])
-        return pd.concat(frames, ignore_index=True)[["table", *FRAME_COLUMNS]]
+        """Every table's lines, one after the other: the CSV renderer's rows, as numbers."""
+        return pd.DataFrame([x for t in self for x in t.lines()], columns=list(FRAME_COLUMNS))
 
     def render(self, fmt: str) -> str:
         """The tables in one of `bnsweep.analysis.render.formats.RENDERERS` (md, latex, html, csv,

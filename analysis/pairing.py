@@ -11,11 +11,12 @@ share the seed and therefore the data order. Pairs are matched by seed id, never
 position, and only where both runs have a score. Everything else is dropped with a reason that
 the tables and the CSV report.
 
-A run's score is its test accuracy at the epoch of best validation accuracy. A run that
-diverged keeps the score of its best validation epoch before the divergence: the official code
-(osu-cvl/revisiting-bn) has no NaN check, so a diverged run was scored like any other and
-counted in the published means and tests. `exclude_diverged` leaves such runs out instead. A run
-that diverged before any validation epoch has no score (its test accuracy is null).
+A run's score is its test accuracy at the epoch of best validation accuracy. A diverged run
+has one too: the official code (osu-cvl/revisiting-bn) has no NaN check, so it validated and
+tested a diverged network like any other, and such a run was scored (at chance level when its
+first epoch diverged) and counted in the published means and tests; bnsweep's worker does the
+same (workers/trial.py, training recipe 3). `exclude_diverged` leaves such runs out instead. A
+diverged run stored without a test accuracy (older recipes, frames made elsewhere) has no score.
 
 Everything here is vectorised over the whole trials frame (groupby and merges on integer ids),
 so 100,000 trials pair in well under a second.
@@ -178,8 +179,8 @@ def _plain(value: Any) -> Any:
 def prepare_trials(trials: pd.DataFrame, exclude_diverged: bool = False) -> PreparedTrials:
     """Validate the trials frame and assign experiment and arm ids.
 
-    A run has a score (`_valid`) when it completed, or diverged after at least one validation
-    epoch (unless `exclude_diverged`), and its test accuracy is finite. Raises `AnalysisError`
+    A run has a score (`_valid`) when it completed or diverged (unless `exclude_diverged`)
+    and its test accuracy is finite. Raises `AnalysisError`
     when there is nothing to tabulate (no rows, no run with a score).
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in trials.columns]
@@ -207,7 +208,7 @@ def prepare_trials(trials: pd.DataFrame, exclude_diverged: bool = False) -> Prep
     valid = df["status"].isin(scored) & np.isfinite(df["test_acc"].to_numpy())
     if not valid.any():
         counts = ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().sort_index().items())
-        which = "" if exclude_diverged else " (nor a diverged one with a pre-divergence score)"
+        which = "" if exclude_diverged else " (nor a diverged one with a score)"
         raise AnalysisError(
             f"no completed trial{which} with a finite test accuracy among {len(df)} trials "
             f"({counts}): nothing to tabulate yet"
@@ -259,7 +260,7 @@ def prepare_trials(trials: pd.DataFrame, exclude_diverged: bool = False) -> Prep
 def summarise(prepared: PreparedTrials, scale: float = 100.0) -> pd.DataFrame:
     """One row per (experiment, arm): seeds with a score, mean and sample std (ddof = 1) of
     `scale` × test accuracy over them, and counts of the runs by status. `diverged_seeds` lists
-    every diverged run, `diverged_scored` those of them counted with their pre-divergence score."""
+    every diverged run, `diverged_scored` those of them counted with their score."""
     df = prepared.frame
     status = df["status"]
     diverged = status == DIVERGED

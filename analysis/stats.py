@@ -50,7 +50,7 @@ class AnalysisOptions:
     test: str = "t"  # paired t (the paper's) or Wilcoxon signed-rank
     confidence: float = 0.95  # of the two-sided CI for the mean difference
     power: float = 0.8  # for the minimum detectable effect under each table
-    # Diverged runs keep their pre-divergence score by default, as in the official code.
+    # Diverged runs keep their score by default, as in the official code (analysis/pairing.py).
     exclude_diverged: bool = False
 
     def __post_init__(self) -> None:

@@ -1,7 +1,7 @@
 """The table model: cells, rows, blocks, pairwise matrices and tables; renderers only format it.
 
 In a notebook a `Table` and the `Tables` that `build_tables` returns show themselves as the
-HTML renderer draws them, and `to_frame()` gives their cells as a DataFrame.
+HTML renderer draws them, and `to_frame()` gives their lines (the CSV's rows) as a DataFrame.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from bnsweep.analysis.stats import AnalysisOptions, CellStats
 
 __all__ = [
     "FRAME_COLUMNS",
+    "TEXT_MARKS",
     "Block",
     "Cell",
     "PairCell",
@@ -25,9 +26,16 @@ __all__ = [
     "Table",
 ]
 
-#: Columns of `Table.to_frame()`: one line per filled cell; `column` is the column's value
-#: (e.g. α = 0.1), `p` and `p_adjusted` the test against `versus` (NaN where untested).
+#: The columns of a table's lines: `Table.to_frame()` holds them and the CSV renderer writes
+#: them, one line per filled cell, then one per ordered pair of each pairwise matrix (`table`
+#: ends in "(pairwise)", `row` is the row arm with its n, mean and std, `versus` the column arm,
+#: and the statistics are row against column). `column` is the column's value as the table
+#: prints it, `column_value` the value itself (0.1 for α = 0.1); `t` holds W+ when `test` is
+#: "wilcoxon"; `versus` is what the cell was tested against ("" for the reference itself);
+#: `diverged` and `n_runs` count the cell's diverged and all its runs. Statistics of an
+#: untested cell are NaN (empty in the CSV).
 FRAME_COLUMNS = (
+    "table",
     "block",
     "row",
     "column",
@@ -37,15 +45,31 @@ FRAME_COLUMNS = (
     "n",
     "mean",
     "std",
+    "t",
+    "df",
     "p",
     "p_adjusted",
     "significant",
     "best",
+    "effect",
+    "ci_low",
+    "ci_high",
+    "mean_diff",
+    "n_pairs",
+    "test",
+    "not_tested",
+    "diverged",
+    "dropped",
+    "versus",
     "detail",
     "n_runs",
-    "n_diverged",
-    "versus",
+    "column_value",
 )
+
+
+#: Marks in text for what bold and underline say, where styles cannot be shown (the terminal
+#: table written to a file or a pipe, or with `--color never`).
+TEXT_MARKS = {"significant": "*", "best": "^"}
 
 
 @dataclass(frozen=True)
@@ -56,7 +80,7 @@ class Cell:
     (None for the reference itself, and where there is no reference to compare with);
     `markers` point at the table's footnotes; `detail` names the γ a best-of row chose.
     `diverged_seeds` lists every diverged run of the cell, `diverged_scored` those counted
-    with their pre-divergence score.
+    with their score (the official code counts them, analysis/pairing.py).
     """
 
     arm: Arm
@@ -162,6 +186,28 @@ class Table:
         name = "α" if self.column_field == "lr" else self.column_header
         return tuple(f"{name} = {c}" if c else name for c in self.column_labels)
 
+    def notes_under(self, marks: bool = False) -> list[str]:
+        """The lines under the table, in order: caption, minimum detectable effect, footnotes
+        (marker first), each block's notes (its label first), the table's notes, and with
+        `marks` the legend of the text marks (`marks_legend`). Every renderer writes these, so
+        the surfaces never differ in what they say under a table."""
+        lines = [self.caption, self.mde] + [f"{m} {x}" for m, x in self.footnotes]
+        lines += [f"{b.label}: {x}" for b in self.blocks for x in b.notes]
+        return lines + list(self.notes) + ([self.marks_legend()] if marks else [])
+
+    def marks_legend(self) -> str:
+        """What the text marks (TEXT_MARKS) stand for where bold and underline are lost: the
+        same meaning as the caption's, naming the arm the table was tested against."""
+        sig, best = TEXT_MARKS["significant"], TEXT_MARKS["best"]
+        text = (
+            f"{sig} marks bold: significantly better than {self.reference}; {best} marks "
+            "underline: highest mean in its column within its block"
+        )
+        if self.pairwise:
+            text += f"; in the pairwise matrices {sig} marks bold: the row is significantly "
+            text += "better than the column"
+        return text
+
     def cells(self) -> list[tuple[Block, Row, int, Cell]]:
         """Every filled cell with its block, row and column index, in reading order."""
         return [
@@ -172,28 +218,102 @@ class Table:
             if c is not None
         ]
 
-    def to_frame(self) -> pd.DataFrame:
-        """The filled cells, one line each (columns: FRAME_COLUMNS), in reading order."""
-        lines = [
-            (
-                b.label,
-                r.label,
-                self.columns[j],
-                c.arm.formulation,
-                c.arm.gamma,
-                c.arm.c,
-                c.n,
-                c.mean,
-                c.std,
-                c.stats.p if c.stats is not None else math.nan,
-                c.stats.p_adjusted if c.stats is not None else math.nan,
-                c.significant,
-                c.best,
-                c.detail,
-                c.n_runs,
-                c.n_diverged,
-                self.reference if c.stats is not None else "",
+    def lines(self) -> list[dict[str, Any]]:
+        """The table's lines in FRAME_COLUMNS: every filled cell in reading order, then every
+        ordered pair of each pairwise matrix. `to_frame()` and the CSV are both made of them."""
+        out = []
+        for b, r, j, c in self.cells():
+            out.append(
+                _line(
+                    self.title,
+                    b.label,
+                    r.label,
+                    self.column_labels[j],
+                    self.columns[j],
+                    c,
+                    c.stats,
+                    best=c.best,
+                    dropped=c.comparison.dropped_text() if c.comparison else "",
+                    versus=self.reference if c.stats is not None else "",
+                )
             )
-            for b, r, j, c in self.cells()
-        ]
-        return pd.DataFrame(lines, columns=list(FRAME_COLUMNS))
+        for m in self.pairwise:
+            j = self.column_labels.index(m.column_label)
+            for label, own, row in zip(m.labels, m.row_cells, m.cells, strict=True):
+                for other, pc in zip(m.labels, row, strict=True):
+                    if pc is None:
+                        continue
+                    out.append(
+                        _line(
+                            f"{self.title} (pairwise)",
+                            m.block,
+                            label,
+                            m.column_label,
+                            self.columns[j],
+                            own,
+                            pc.stats,
+                            best=None,
+                            dropped=pc.comparison.dropped_text(),
+                            versus=other,
+                        )
+                    )
+        return out
+
+    def to_frame(self) -> pd.DataFrame:
+        """The table's lines (`lines()`) as a DataFrame with FRAME_COLUMNS: what the CSV
+        renderer writes, with numbers as numbers."""
+        return pd.DataFrame(self.lines(), columns=list(FRAME_COLUMNS))
+
+
+def _line(
+    table: str,
+    block: str,
+    row: str,
+    column: str,
+    column_value: Any,
+    cell: Cell,
+    stats: CellStats | None,
+    *,
+    best: bool | None,
+    dropped: str,
+    versus: str,
+) -> dict[str, Any]:
+    """One line of FRAME_COLUMNS: `cell`'s arm, n, mean and std with the statistics `stats`
+    (the cell's test against the reference, or a pairwise test)."""
+
+    def stat(name: str) -> float:
+        return float(getattr(stats, name)) if stats is not None else math.nan
+
+    line = {
+        "table": table,
+        "block": block,
+        "row": row,
+        "column": column,
+        "formulation": cell.arm.formulation,
+        "gamma": cell.arm.gamma,
+        "c": cell.arm.c,
+        "n": cell.n,
+        "mean": cell.mean,
+        "std": cell.std,
+        "t": stat("statistic"),
+        "df": stat("df"),
+        "p": stat("p"),
+        "p_adjusted": stat("p_adjusted"),
+        # A pairwise line's significance is its own test's; a cell's is the table's bold.
+        "significant": cell.significant if best is not None else bool(stats and stats.significant),
+        "best": best,
+        "effect": stat("effect"),
+        "ci_low": stat("ci_low"),
+        "ci_high": stat("ci_high"),
+        "mean_diff": stat("mean_diff"),
+        "n_pairs": stats.n if stats is not None else None,
+        "test": stats.test if stats is not None else "",
+        "not_tested": (stats.degenerate or "") if stats is not None else "",
+        "diverged": cell.n_diverged,
+        "dropped": dropped,
+        "versus": versus,
+        "detail": cell.detail if best is not None else "",
+        "n_runs": cell.n_runs,
+        "column_value": column_value,
+    }
+    return line

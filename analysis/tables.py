@@ -12,8 +12,9 @@ highest mean in its column within its block, decided on unrounded means. BASE is
 of each block. With `pairwise`, every block and column also gets a matrix of the one-sided
 tests of each row against each other row (Sect. 4.5: "evaluated against each other").
 
-A diverged run counts with the score of its best validation epoch before the divergence (the
-official code has no NaN check; see analysis/pairing.py); a note under the table lists them.
+A diverged run counts with the score of its best validation epoch, the diverged network's own
+evaluation included (the official code has no NaN check; see analysis/pairing.py); a note under
+the table lists them.
 """
 
 from __future__ import annotations
@@ -449,7 +450,8 @@ def _build_block(
                 elif stats is not None and stats.tested and stats.n < s.n:
                     markers.append(
                         foot.mark(
-                            "tested on fewer seeds than shown: some lack a BASE partner (see CSV)"
+                            "tested on fewer seeds than shown: some lack a "
+                            f"{ref.name} partner (see CSV)"
                         )
                     )
             cells.append(
@@ -503,8 +505,8 @@ def _diverged_notes(
     excluded: bool,
     limit: int = 12,
 ) -> list[str]:
-    """Where diverged runs are: counted with their pre-divergence score (the default, as the
-    official code, which has no NaN check, scored them), or dropped (no score, or excluded)."""
+    """Where diverged runs are: counted with their score (the default, as the official code,
+    which has no NaN check, scored them), or dropped (no score stored, or excluded)."""
     scored: list[str] = []
     dropped: list[str] = []
     for b in blocks:
@@ -538,13 +540,14 @@ def _diverged_notes(
     dropped_head = (
         "Diverged runs left out of means and pairs (diverged runs excluded): "
         if excluded
-        else "Diverged runs without a score (diverged before any validation epoch), left out of "
-        "means and pairs: "
+        else "Diverged runs without a score (no test accuracy stored), left out of means and "
+        "pairs: "
     )
     return note(
         "Diverged runs counted in means and pairs with the test accuracy of their best "
-        "validation epoch before the divergence (as the official code, which has no NaN check, "
-        "scored them): ",
+        "validation epoch, the diverged network's own evaluation included (as the official "
+        "code, which has no NaN check, scored them; chance level when the first epoch "
+        "diverged): ",
         scored,
     ) + note(dropped_head, dropped)
 

@@ -42,7 +42,11 @@ RUNTIME_FIELDS = ("cudnn_benchmark", "compile", "compile_mode", "eval_batch_size
 #: 2. Issue 12: linear weights within √(6/fan_in) as the official code executes; every
 #:    parameter group's cosine ends at 1e-8 (the γ group ended at 1e-8/c); `fixed` input
 #:    normalisation at μ = σ = 128/255 (was 0.5).
-RECIPE = 2
+#: 3. Issue 19: a diverged run's last epoch (the one whose training loss is not finite) is
+#:    validated and tested like any other and counts for the best validation epoch, as the
+#:    official loop executes (it has no NaN check): a run that diverges in its first epoch now
+#:    has a chance-level score instead of none (workers/trial.py).
+RECIPE = 3
 
 #: The names of the registries a spec chooses from: `workers/data.py` DATASETS,
 #: `workers/models.py` MODELS, `workers/norm.py` FORMULATIONS and INPUT_NORMS. They are listed

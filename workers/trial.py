@@ -366,21 +366,16 @@ def _run_trial(
         train_loss = loss_sum.item() / max(images, 1)
         progress.train_seconds += time.perf_counter() - started
         progress.train_images += images
-        if not math.isfinite(train_loss):
-            # A NaN or infinite loss is a result (the setting diverged), not a crash.
-            metrics = EpochMetrics(
-                epoch, train_loss, math.nan, math.nan, math.nan, lr, time.perf_counter() - started
-            )
-            progress.epoch = epoch
-            progress.history.append(metrics)
-            progress.seconds += metrics.seconds
-            if on_epoch is not None:
-                on_epoch(metrics, save)
-            return _result(
-                progress,
-                diverged_epoch=epoch,
-                error=f"training loss became {train_loss} in epoch {epoch}",
-            )
+        # A NaN or infinite loss is a result (the setting diverged), not a crash. The diverged
+        # network is still validated and tested, and counts for the best validation epoch like
+        # any other: the official loop (osu-cvl/revisiting-bn, train.py) has no NaN check and
+        # does exactly that, so a run that diverges in its first epoch gets the chance-level
+        # score of a network that predicts class 0 everywhere (argmax of NaN logits), which
+        # the paper's means and tests counted. The official loop then trains on to the last
+        # epoch; bnsweep stops here to spare that compute: once SGD has made the weights NaN
+        # the network predicts the same in every later epoch, so none of them validates
+        # strictly better and the score is the one the official run ends with.
+        diverged = not math.isfinite(train_loss)
         val_loss, val_acc = evaluate(step_model, loaders["val"], autocast, memory_format)
         _, test_acc = evaluate(step_model, loaders["test"], autocast, memory_format)
         scheduler.step()
@@ -389,10 +384,16 @@ def _run_trial(
         )
         progress.observe(metrics)
         progress.seconds += metrics.seconds
-        if inspect is not None:
+        if inspect is not None and not diverged:
             inspect(model, epoch, data)
         if on_epoch is not None:
             on_epoch(metrics, save)
+        if diverged:
+            return _result(
+                progress,
+                diverged_epoch=epoch,
+                error=f"training loss became {train_loss} in epoch {epoch}",
+            )
     return _result(progress)
 
 

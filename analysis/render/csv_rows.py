@@ -1,4 +1,4 @@
-"""The CSV renderer: per-cell statistics, one line per cell and per ordered pairwise pair."""
+"""The CSV renderer: the table model's lines (`Table.lines()`, the rows of `to_frame()`) as text."""
 
 from __future__ import annotations
 
@@ -8,124 +8,35 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from bnsweep.analysis.table_model import FRAME_COLUMNS
+
 if TYPE_CHECKING:
-    from bnsweep.analysis.table_model import Cell, PairCell, PairwiseMatrix, Table
+    from bnsweep.analysis.table_model import Table
 
-__all__ = ["CSV_COLUMNS", "render_csv"]
+__all__ = ["CSV_COLUMNS", "csv_value", "render_csv"]
 
-
-CSV_COLUMNS = (
-    "table",
-    "block",
-    "row",
-    "column",
-    "formulation",
-    "gamma",
-    "c",
-    "n",
-    "mean",
-    "std",
-    "t",
-    "df",
-    "p",
-    "p_adjusted",
-    "significant",
-    "best",
-    "effect",
-    "ci_low",
-    "ci_high",
-    "mean_diff",
-    "n_pairs",
-    "test",
-    "not_tested",
-    "diverged",
-    "dropped",
-    "versus",
-)
+#: The CSV's header: the columns of `Table.to_frame()`, so the two are one shape.
+CSV_COLUMNS = FRAME_COLUMNS
 
 
-def _num(x: float | None) -> str:
-    return "" if x is None or not math.isfinite(x) else f"{x:.8g}"
+def csv_value(x: Any) -> str:
+    """A line's value as the CSV writes it: empty for a missing or non-finite number, `true` /
+    `false`, and numbers in at most 8 significant digits."""
+    if x is None:
+        return ""
+    if isinstance(x, bool):
+        return str(x).lower()
+    if isinstance(x, float):
+        return f"{x:.8g}" if math.isfinite(x) else ""
+    return str(x)
 
 
 def render_csv(tables: Sequence[Table]) -> str:
-    """Per-cell statistics; `t` holds W+ when the test is Wilcoxon (the `test` column says so)."""
+    """Every table's lines (`Table.lines()`) in CSV_COLUMNS."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     for t in tables:
-        for b, r, j, c in t.cells():
-            s = c.stats
-            w.writerow(
-                [
-                    t.title,
-                    b.label,
-                    r.label,
-                    t.column_labels[j],
-                    c.arm.formulation,
-                    f"{c.arm.gamma:g}",
-                    f"{c.arm.c:g}",
-                    c.n,
-                    _num(c.mean),
-                    _num(c.std),
-                    _num(s.statistic) if s else "",
-                    _num(s.df) if s else "",
-                    _num(s.p) if s else "",
-                    _num(s.p_adjusted) if s else "",
-                    str(c.significant).lower(),
-                    str(c.best).lower(),
-                    _num(s.effect) if s else "",
-                    _num(s.ci_low) if s else "",
-                    _num(s.ci_high) if s else "",
-                    _num(s.mean_diff) if s else "",
-                    s.n if s else "",
-                    s.test if s else "",
-                    (s.degenerate or "") if s else "",
-                    c.n_diverged,
-                    c.comparison.dropped_text() if c.comparison else "",
-                    t.reference if s else "",
-                ]
-            )
-        for m in t.pairwise:
-            for label, own, row in zip(m.labels, m.row_cells, m.cells, strict=True):
-                for other, pc in zip(m.labels, row, strict=True):
-                    if pc is None:
-                        continue
-                    w.writerow(_csv_pair_row(t, m, label, own, other, pc))
+        for line in t.lines():
+            w.writerow([csv_value(line[k]) for k in CSV_COLUMNS])
     return buf.getvalue()
-
-
-def _csv_pair_row(
-    t: Table, m: PairwiseMatrix, label: str, own: Cell, other: str, pc: PairCell
-) -> list[Any]:
-    """One ordered pair of a pairwise matrix, in the per-cell columns; `versus` names the
-    column arm and `table` ends in "(pairwise)"."""
-    s = pc.stats
-    return [
-        f"{t.title} (pairwise)",
-        m.block,
-        label,
-        m.column_label,
-        own.arm.formulation,
-        f"{own.arm.gamma:g}",
-        f"{own.arm.c:g}",
-        own.n,
-        _num(own.mean),
-        _num(own.std),
-        _num(s.statistic),
-        _num(s.df),
-        _num(s.p),
-        _num(s.p_adjusted),
-        str(s.significant).lower(),
-        "",
-        _num(s.effect),
-        _num(s.ci_low),
-        _num(s.ci_high),
-        _num(s.mean_diff),
-        s.n,
-        s.test,
-        s.degenerate or "",
-        own.n_diverged,
-        pc.comparison.dropped_text(),
-        other,
-    ]

@@ -83,9 +83,7 @@ def html_tables(tables: Sequence[Table]) -> str:
                 )
         parts.append("</tbody>")
         parts.append("</table>")
-        body = [t.caption, t.mde] + [f"{m} {x}" for m, x in t.footnotes]
-        body += [f"{b.label}: {x}" for b in t.blocks for x in b.notes] + list(t.notes)
-        parts += [f'<p class="note">{html.escape(x)}</p>' for x in body]
+        parts += [f'<p class="note">{html.escape(x)}</p>' for x in t.notes_under()]
         parts += _html_pairwise(t)
     return "\n".join(parts)
 

@@ -130,9 +130,7 @@ def render_latex(tables: Sequence[Table], fragment: bool = False) -> str:
         lines += [r"\bottomrule", r"\end{tabular}"]
         if not fragment:
             lines += ["", r"\smallskip", r"\footnotesize"]
-            body = [t.caption, t.mde] + [f"{m} {x}" for m, x in t.footnotes]
-            body += [f"{b.label}: {x}" for b in t.blocks for x in b.notes] + list(t.notes)
-            lines += [_latex_text(x) + r"\par" for x in body]
+            lines += [_latex_text(x) + r"\par" for x in t.notes_under()]
             lines.append(r"\end{table}")
         lines += _latex_pairwise(t, fragment)
         out.append("\n".join(lines))

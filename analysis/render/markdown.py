@@ -53,12 +53,8 @@ def render_markdown(tables: Sequence[Table]) -> str:
                     _md_escape(r.label)
                 ]
                 lines.append("| " + " | ".join(lead + [_md_cell(c) for c in r.cells]) + " |")
-        lines += ["", _md_escape(t.caption), "", _md_escape(t.mde)]
-        extra = (
-            [f"{m} {txt}" for m, txt in t.footnotes]
-            + [n for b in t.blocks for n in ([f"{b.label}: {x}" for x in b.notes])]
-            + list(t.notes)
-        )
+        caption, mde, *extra = t.notes_under()
+        lines += ["", _md_escape(caption), "", _md_escape(mde)]
         if extra:
             lines.append("")
             lines += [f"- {_md_escape(x)}" for x in extra]

@@ -7,16 +7,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from bnsweep.analysis.render.text import pair_head, pair_text, value_parts
+from bnsweep.analysis.table_model import TEXT_MARKS
 
 if TYPE_CHECKING:
-    from bnsweep.analysis.table_model import Cell, Table
+    from bnsweep.analysis.table_model import Cell, PairCell, Table
 
 __all__ = ["TERM_MARKS", "render_term", "term_renderables"]
 
 
 #: Text marks of the terminal table where bold and underline cannot be shown (a file, a pipe).
-TERM_MARKS = {"significant": "*", "best": "^"}
-_TERM_MARKS_NOTE = "* significant against BASE; ^ best mean of the column"
+TERM_MARKS = TEXT_MARKS
 
 
 def term_renderables(tables: Sequence[Table], marks: bool = False) -> list[Any]:
@@ -43,11 +43,7 @@ def term_renderables(tables: Sequence[Table], marks: bool = False) -> list[Any]:
                     end_section=i == len(b.rows) - 1 and k < len(t.blocks) - 1,
                 )
         out.append(rt)
-        body = [t.caption, t.mde] + [f"{m} {x}" for m, x in t.footnotes]
-        body += [f"{b.label}: {x}" for b in t.blocks for x in b.notes] + list(t.notes)
-        if marks:
-            body.append(_TERM_MARKS_NOTE)
-        out.append(Text("\n".join(body) + "\n"))
+        out.append(Text("\n".join(t.notes_under(marks=marks)) + "\n"))
         if t.pairwise:
             out.append(Text(t.pairwise_caption + "\n"))
         for m in t.pairwise:
@@ -56,16 +52,7 @@ def term_renderables(tables: Sequence[Table], marks: bool = False) -> list[Any]:
             for label in m.labels:
                 pt.add_column(label, justify="right")
             for label, row in zip(m.labels, m.cells, strict=True):
-                pt.add_row(
-                    label,
-                    *[
-                        Text(
-                            pair_text(c, t.options),
-                            style="bold" if c is not None and c.significant else "",
-                        )
-                        for c in row
-                    ],
-                )
+                pt.add_row(label, *[_term_pair(c, t, Text, marks) for c in row])
             out.append(pt)
     return out
 
@@ -85,6 +72,14 @@ def _term_cell(cell: Cell | None, text_cls: Any, marks: bool = False) -> Any:
     if marks:
         flags = [TERM_MARKS[k] for k in ("significant", "best") if getattr(cell, k)]
         text.append(f" {''.join(flags)}" if flags else "")
+    return text
+
+
+def _term_pair(cell: PairCell | None, t: Table, text_cls: Any, marks: bool = False) -> Any:
+    significant = cell is not None and cell.significant
+    text = text_cls(pair_text(cell, t.options), style="bold" if significant else "")
+    if marks and significant:
+        text.append(f" {TERM_MARKS['significant']}")
     return text
 
 

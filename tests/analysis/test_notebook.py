@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 
 import pytest
@@ -10,8 +12,10 @@ import pytest
 from bnsweep.analysis.layout import TableLayout
 from bnsweep.analysis.notebook import Tables
 from bnsweep.analysis.notebook import tables as notebook_tables
+from bnsweep.analysis.render.csv_rows import csv_value
 from bnsweep.analysis.render.formats import RENDERERS, render
 from bnsweep.analysis.render.html_page import html_tables, render_html
+from bnsweep.analysis.stats import AnalysisOptions
 from bnsweep.analysis.table_model import FRAME_COLUMNS
 from bnsweep.analysis.tables import build_tables
 from tests.analysis.data import golden_trials
@@ -38,7 +42,8 @@ def test_a_table_frame_has_one_line_per_filled_cell(tables: Tables) -> None:
     cells = table.cells()
     assert len(frame) == len(cells)
     for line, (b, r, j, c) in zip(frame.itertuples(index=False), cells, strict=True):
-        assert (line.block, line.row, line.column) == (b.label, r.label, table.columns[j])
+        assert (line.block, line.row) == (b.label, r.label)
+        assert (line.column, line.column_value) == (table.column_labels[j], table.columns[j])
         assert (line.formulation, line.gamma, line.c) == (c.arm.formulation, c.arm.gamma, c.arm.c)
         assert (line.n, line.mean, line.std) == (c.n, c.mean, c.std)
         assert (line.significant, line.best, line.detail) == (c.significant, c.best, c.detail)
@@ -53,10 +58,10 @@ def test_a_table_frame_has_one_line_per_filled_cell(tables: Tables) -> None:
 
 def test_the_frame_of_tables_names_the_table(tables: Tables) -> None:
     frame = tables.to_frame()
-    assert tuple(frame.columns) == ("table", *FRAME_COLUMNS)
+    assert tuple(frame.columns) == FRAME_COLUMNS and FRAME_COLUMNS[0] == "table"
     assert len(frame) == len(tables[0].cells())
     assert set(frame["table"]) == {tables[0].title}
-    assert tuple(Tables().to_frame().columns) == ("table", *FRAME_COLUMNS)
+    assert tuple(Tables().to_frame().columns) == FRAME_COLUMNS
 
 
 def test_a_notebook_shows_the_html_renderers_tables_without_a_page(tables: Tables) -> None:
@@ -77,4 +82,34 @@ def test_pairwise_tables_have_the_same_faces() -> None:
     tables = notebook_tables(golden_trials(), TableLayout(pairwise=True))
     assert tables[0].pairwise
     assert 'class="pairwise"' in tables._repr_html_()
-    assert len(tables.to_frame()) == len(tables[0].cells())
+    pairs = sum(1 for m in tables[0].pairwise for row in m.cells for c in row if c is not None)
+    frame = tables.to_frame()
+    assert len(frame) == len(tables[0].cells()) + pairs
+    assert frame["table"].str.endswith("(pairwise)").sum() == pairs
+
+
+@pytest.mark.parametrize(
+    ("layout", "options"),
+    [
+        (TableLayout(), AnalysisOptions()),
+        (TableLayout(pairwise=True, versus="standard γ=0.05"), AnalysisOptions(correction="holm")),
+        (TableLayout(), AnalysisOptions(test="wilcoxon")),
+    ],
+)
+def test_the_frame_and_the_csv_are_one_shape(layout: TableLayout, options: AnalysisOptions) -> None:
+    # Two faces of one table: the same columns and lines, the CSV's text the frame's numbers.
+    tables = notebook_tables(golden_trials(), layout, options)
+    frame = tables.to_frame()
+    text = list(csv.reader(io.StringIO(render(tables, "csv"))))
+    assert tuple(text[0]) == tuple(frame.columns) == FRAME_COLUMNS
+    assert len(text) - 1 == len(frame)
+    for written, line in zip(text[1:], frame.itertuples(index=False), strict=True):
+        assert written == [csv_value(v) for v in line], written
+    # The CI and the effect size are in both (the frame once dropped them).
+    tested = frame[frame["p"].notna()]
+    assert not tested.empty
+    for name in ("effect", "ci_low", "ci_high", "mean_diff", "t", "df", "n_pairs"):
+        if name != "df" or options.test == "t":
+            assert tested[name].notna().all(), name
+    assert (tested["ci_low"] <= tested["mean_diff"]).all()
+    assert (tested["mean_diff"] <= tested["ci_high"]).all()

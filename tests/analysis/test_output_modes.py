@@ -8,9 +8,11 @@ import re
 
 import pytest
 
+from bnsweep.analysis.layout import TableLayout
 from bnsweep.analysis.render.formats import render
 from bnsweep.analysis.render.latex import latex_label
 from bnsweep.analysis.render.terminal import TERM_MARKS, render_term
+from bnsweep.analysis.stats import AnalysisOptions
 from bnsweep.analysis.table_model import Table
 from bnsweep.analysis.tables import build_tables
 from tests.analysis.data import golden_trials
@@ -53,5 +55,22 @@ def test_plain_terminal_text_marks_significance_and_the_best_mean(tables: list[T
     styled = render_term(tables, width=120, styles=True)
     assert "90.72 ± 0.19 *^" in plain  # significant and best (golden: bold + underline)
     assert "67.00 ± 0.43 *" in plain and "67.10 ± 2.73 ^" in plain
-    assert "significant against BASE" in plain and "\x1b[" not in plain
+    assert "* marks bold: significantly better than BASE" in plain and "\x1b[" not in plain
     assert TERM_MARKS["significant"] + TERM_MARKS["best"] not in styled  # styles say it there
+
+
+def test_plain_terminal_text_marks_significant_pairwise_cells() -> None:
+    # Off a terminal (a file, a pipe, --color never) bold is lost: the matrices mark in text too.
+    pairwise = build_tables(
+        golden_trials(), TableLayout(pairwise=True), AnalysisOptions(correction="holm")
+    )
+    significant = sum(
+        1 for m in pairwise[0].pairwise for row in m.cells for c in row if c and c.significant
+    )
+    assert significant >= 2
+    plain = render_term(pairwise, width=250)
+    matrices = plain[plain.index("Pairwise: ") :]
+    assert matrices.count(") " + TERM_MARKS["significant"]) == significant
+    assert "in the pairwise matrices * marks bold: the row is significantly better" in plain
+    styled = render_term(pairwise, width=250, styles=True)
+    assert ") *" not in styled[styled.index("Pairwise: ") :]  # bold says it there

@@ -126,9 +126,9 @@ def test_nothing_to_pair_is_one_clear_error(df, message):
     assert isinstance(info.value, BnsweepError) and "\n" not in str(info.value)
 
 
-def test_a_diverged_run_keeps_its_pre_divergence_score():
+def test_a_diverged_run_keeps_its_score():
     # The official loop has no NaN check: a run that diverged is scored by its best validation
-    # epoch before that. One that diverged before any validation epoch has no score.
+    # epoch. One stored without a test accuracy (an older recipe) has no score.
     arm = {1: 91.0, 2: ("diverged", 90.8), 3: "diverged", 4: 91.3}
     base = {1: 90.0, 2: 90.1, 3: 90.2, 4: ("diverged", 89.9)}
     df = frame(rows(ARM, arm), rows(BASE, base))

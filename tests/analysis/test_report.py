@@ -268,10 +268,15 @@ def test_several_formats_at_once_and_the_colour_switch(
     assert code == 0, err
     names = sorted(Path(line).name for line in out.split())
     assert names == ["small.fragment.tex", "small.md", "small.tex"]
-    code, plain, _ = bnsweep("tables", "--sweep", "small", "--db", db, "--color", "never")
+    code, plain, _ = bnsweep(
+        "tables", "--sweep", "small", "--db", db, "--color", "never", "--pairwise"
+    )
     code2, styled, _ = bnsweep("tables", "--sweep", "small", "--db", db, "--color", "always")
     assert code == code2 == 0 and "\x1b[" in styled and "\x1b[" not in plain
-    assert "significant against BASE" in plain
+    # Without colour the marks and their legend stay, the pairwise matrices' included.
+    words = " ".join(plain.split())  # the legend wraps at the terminal's width
+    assert "* marks bold: significantly better than BASE" in words
+    assert "in the pairwise matrices * marks bold" in words
     code, md_and_csv, _ = bnsweep("tables", "--sweep", "small", "--db", db, "--format", "md,csv")
     assert code == 0 and md_and_csv.count("| ") > 3 and "table,block,row" in md_and_csv
 

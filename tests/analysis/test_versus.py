@@ -254,3 +254,26 @@ def test_a_degenerate_pair_is_not_tested_in_the_matrix():
     assert math.isnan(cell.stats.p) and table.pairwise[0].m == 0
     assert "+1.00 (not tested)" in render([table], "md")
     assert np.isclose(cell.stats.mean_diff, 1.0)
+
+
+# -- the legend names the reference actually used, in every renderer ------------------------------
+def test_every_renderer_names_the_versus_arm_in_its_legend():
+    (table,) = build_tables(_frame(), TableLayout(kind="methods", versus=RBN))
+    texts = {fmt: render([table], fmt) for fmt in RENDERERS if fmt != "csv"}
+    texts["term (styled)"] = render_term([table], width=200, styles=True)
+    named = {
+        "latex": r"rbn $\gamma$=1 c=1",
+        "latex-fragment": None,  # the tabular alone: no notes
+    }
+    for fmt, text in texts.items():
+        assert "BASE partner" not in text and "against BASE" not in text, fmt
+        name = named.get(fmt, RBN)
+        if name is None:
+            continue
+        assert f"significantly better than {name}" in text, fmt
+        # RBN lacks seed 6: the others are tested on fewer seeds, which the footnote blames on
+        # the reference, not on BASE.
+        assert f"some lack a {name} partner" in text, fmt
+    # The plain terminal's text marks say what * stands for, with the reference's name.
+    assert f"* marks bold: significantly better than {RBN}" in texts["term"]
+    assert "\x1b[" not in texts["term"]
