@@ -59,6 +59,16 @@ def create_app(
     app.state.reader = reader
     site = Site(live=True)
 
+    def refusal(request: Request, status: int, message: str) -> Response:
+        """One line for an error, in the route's own kind: JSON under /api/, the bare line
+        for a live section's refresh, else a page."""
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": message}, status_code=status)
+        if request.query_params.get("fragment"):
+            return PlainTextResponse(message, status_code=status)
+        title = {404: "Not found", 503: "Store unavailable"}.get(status, "Bad request")
+        return HTMLResponse(error_page(site, title, message), status_code=status)
+
     @app.middleware("http")
     async def check_token(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
@@ -78,13 +88,7 @@ def create_app(
 
     @app.exception_handler(BnsweepError)
     async def bnsweep_error(request: Request, err: BnsweepError) -> Response:
-        status = _status_of(err)
-        if request.url.path.startswith("/api/"):
-            return JSONResponse({"error": str(err)}, status_code=status)
-        if request.query_params.get("fragment"):
-            return PlainTextResponse(str(err), status_code=status)
-        title = {404: "Not found", 503: "Store unavailable"}.get(status, "Bad request")
-        return HTMLResponse(error_page(site, title, str(err)), status_code=status)
+        return refusal(request, _status_of(err), str(err))
 
     def html(text: str) -> HTMLResponse:
         return HTMLResponse(text, headers={"Cache-Control": "no-cache"})
