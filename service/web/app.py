@@ -21,7 +21,9 @@ from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException
 
 from bnsweep.web import build
 from bnsweep.web.frame import Site
@@ -34,6 +36,13 @@ log = logging.getLogger(__name__)
 
 TOKEN_COOKIE = "bnsweep_token"
 
+#: How a parameter that failed FastAPI's validation reads, by pydantic's error type.
+_EXPECTED = {
+    "int_parsing": "expected an integer",
+    "int_from_float": "expected an integer",
+    "missing": "required",
+}
+
 
 def _status_of(err: BnsweepError) -> int:
     """404 for a missing sweep, cell or trial; 503 for an unreachable or wrong-schema store
@@ -45,6 +54,17 @@ def _status_of(err: BnsweepError) -> int:
     if isinstance(err, StoreError):
         return 503
     return 400
+
+
+def _invalid_line(err: RequestValidationError) -> str:
+    """FastAPI's validation errors (a wrong type in a path or query) as one line."""
+    parts = []
+    for item in err.errors():
+        name = str(item["loc"][-1]) if item.get("loc") else "request"
+        what = _EXPECTED.get(item.get("type", ""), str(item.get("msg", "invalid")))
+        shown = repr(item["input"])[:60] if item.get("input") is not None else ""
+        parts.append(f"{name}: {what}" + (f", got {shown}" if shown else ""))
+    return "; ".join(parts) or "invalid request"
 
 
 def create_app(
@@ -60,35 +80,62 @@ def create_app(
     site = Site(live=True)
 
     def refusal(request: Request, status: int, message: str) -> Response:
-        """One line for an error, in the route's own kind: JSON under /api/, the bare line
+        """One line for every error, in the route's own kind: JSON under /api/, the bare line
         for a live section's refresh, else a page."""
         if request.url.path.startswith("/api/"):
             return JSONResponse({"error": message}, status_code=status)
         if request.query_params.get("fragment"):
             return PlainTextResponse(message, status_code=status)
-        title = {404: "Not found", 503: "Store unavailable"}.get(status, "Bad request")
+        title = {
+            401: "Token needed",
+            404: "Not found",
+            503: "Store unavailable",
+        }.get(status, "Error" if status >= 500 else "Bad request")
         return HTMLResponse(error_page(site, title, message), status_code=status)
 
+    def wrong_token(request: Request) -> Response | None:
+        if token is None:
+            return None
+        given = _presented_token(request)
+        if given is not None and hmac.compare_digest(given.encode(), token.encode()):
+            return None
+        message = "this dashboard needs its token: ?token=TOKEN or Authorization: Bearer TOKEN"
+        return refusal(request, 401, message)
+
     @app.middleware("http")
-    async def check_token(
+    async def guard(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        if token is None:
-            return await call_next(request)
-        given = _presented_token(request)
-        if given is None or not hmac.compare_digest(given.encode(), token.encode()):
-            message = "this dashboard needs its token: ?token=TOKEN or Authorization: Bearer TOKEN"
-            if request.url.path.startswith("/api/"):
-                return JSONResponse({"error": message}, status_code=401)
-            return HTMLResponse(error_page(site, "Token needed", message), status_code=401)
-        response = await call_next(request)
-        if request.query_params.get("token") is not None:
+        refused = wrong_token(request)
+        response = refused or await call_next(request)
+        if refused is None and token is not None and request.query_params.get("token"):
             response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
         return response
 
     @app.exception_handler(BnsweepError)
     async def bnsweep_error(request: Request, err: BnsweepError) -> Response:
         return refusal(request, _status_of(err), str(err))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError) -> Response:
+        # FastAPI answers a wrong type with 422 and its own JSON, on pages too: the one-line
+        # 400 of every other bad parameter instead.
+        return refusal(request, 400, _invalid_line(err))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, err: HTTPException) -> Response:
+        if err.status_code == 404:
+            message = f"nothing at {request.url.path}"
+        elif err.status_code == 405:
+            message = f"{request.method} is not allowed here; the dashboard answers GET"
+        else:
+            message = str(err.detail)
+        return refusal(request, err.status_code, message)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, err: Exception) -> Response:
+        # Starlette logs the traceback; the answer is one line, in the route's kind.
+        return refusal(request, 500, "internal error; the dashboard's log has the details")
 
     def html(text: str) -> HTMLResponse:
         return HTMLResponse(text, headers={"Cache-Control": "no-cache"})
