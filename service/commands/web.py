@@ -8,8 +8,10 @@ test, missing seeds and failures, curves and figures, every trial. The dashboard
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import os
+import socket
 import sys
 from collections.abc import Callable
 from types import ModuleType
@@ -101,6 +103,44 @@ def check_binding(host: str, port: int, token: str | None) -> None:
         raise SpecError("--token: use at least 16 characters (e.g. `openssl rand -hex 16`)")
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port) and listening, or one line saying why not (exit 1).
+
+    Bound here, before the banner, rather than by uvicorn, which prints the banner's promise
+    first and then its own multi-line error and exits 3."""
+    from bnsweep.workers.errors import RuntimeFailure
+
+    try:
+        found = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as err:
+        raise RuntimeFailure(
+            f"--host {host}: cannot resolve this name ({err.strerror}); give an address of "
+            "this machine, e.g. 127.0.0.1"
+        ) from None
+    # One address, IPv4 first, as uvicorn bound a name such as `localhost`: falling back to
+    # ::1 when 127.0.0.1's port is taken would serve beside another program under one name.
+    family, kind, proto, _, address = min(found, key=lambda info: info[0] != socket.AF_INET)
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as err:
+        sock.close()
+        where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+        why = {
+            errno.EADDRINUSE: f"port {port} is in use (another dashboard?); choose another --port",
+            errno.EADDRNOTAVAIL: f"this machine has no address {host}; give one of its own "
+            "addresses, 0.0.0.0 for all of them, or 127.0.0.1",
+            errno.EACCES: "permission denied (ports below 1024 need privileges); choose a "
+            "--port above 1023",
+        }.get(err.errno or 0, err.strerror or str(err))
+        raise RuntimeFailure(f"cannot serve on {where}: {why}") from None
+    return sock
+
+
 def load_server() -> tuple[Callable[..., Any], ModuleType]:
     """(create_app, uvicorn), or one line saying how to install the dashboard extra."""
     from bnsweep.workers.errors import BnsweepError
@@ -120,6 +160,7 @@ def load_server() -> tuple[Callable[..., Any], ModuleType]:
 def run_dashboard(args: argparse.Namespace) -> int:
     from bnsweep.store.api import Store
     from bnsweep.store.errors import redact_url, resolve_url
+    from bnsweep.workers.errors import RuntimeFailure
 
     token = args.token or os.environ.get(TOKEN_ENV) or None
     check_binding(args.host, args.port, token)
@@ -128,16 +169,24 @@ def run_dashboard(args: argparse.Namespace) -> int:
     from bnsweep.web.view import read_only
 
     Store.open(args.db, create=False, **read_only()).close()
-    app = create_app(args.db, token=token)
-    shown = f"[{args.host}]" if ":" in args.host else args.host
-    store = redact_url(resolve_url(args.db))
-    print(
-        f"bnsweep dashboard: http://{shown}:{args.port}/ (store {store}, read-only; Ctrl-C stops)",
-        file=sys.stderr,
-        flush=True,
-    )
+    sock = listen(args.host, args.port)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        app = create_app(args.db, token=token)
+        shown = f"[{args.host}]" if ":" in args.host else args.host
+        store = redact_url(resolve_url(args.db))
+        print(
+            f"bnsweep dashboard: http://{shown}:{args.port}/ "
+            f"(store {store}, read-only; Ctrl-C stops)",
+            file=sys.stderr,
+            flush=True,
+        )
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        try:
+            server.run(sockets=[sock])
+        finally:
+            app.state.reader.close()
     finally:
-        app.state.reader.close()
+        sock.close()
+    if not server.started:
+        raise RuntimeFailure("the dashboard stopped before it served; the lines above say why")
     return 0
