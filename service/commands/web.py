@@ -13,12 +13,14 @@ import ipaddress
 import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any
 
 #: The loopback names a dashboard may bind to without a token.
 LOOPBACK_NAMES = ("localhost",)
+#: Addresses that mean "every interface of this machine".
+WILDCARDS = ("0.0.0.0", "::", "")
 TOKEN_ENV = "BNSWEEP_DASHBOARD_TOKEN"
 INSTALL_HINT = "pip install 'bnsweep[dashboard]'"
 
@@ -68,6 +70,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help=f"required by every page and API call (default: ${TOKEN_ENV}); "
         "needed to bind beyond the loopback interface",
+    )
+    dashboard.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name the browser may use for this dashboard besides the bound address (and "
+        "localhost on loopback), e.g. behind a proxy (repeatable); any other Host is refused",
     )
     dashboard.set_defaults(func=run_dashboard)
 
@@ -141,6 +151,23 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def allowed_hosts(bind: str, bound: str, allow: Iterable[str]) -> tuple[frozenset[str], bool]:
+    """The names a request's Host header may carry, and whether any IP address may be one:
+    the address bound (as given and as resolved), the `localhost` forms on loopback, every
+    name of this machine behind a wildcard bind, and the names the user allows.
+
+    A page on another site can point its own DNS name at this machine (DNS rebinding) and
+    then read every page through the user's browser; its requests carry that name as Host.
+    An IP address cannot be rebound, so behind a wildcard bind any IP address is fine."""
+    names = {bind.lower(), bound.lower(), *allow}
+    wildcard = bind in WILDCARDS
+    if wildcard or is_loopback(bind) or is_loopback(bound):
+        names |= {"localhost", "127.0.0.1", "::1"}
+    if wildcard:
+        names |= {socket.gethostname(), socket.getfqdn()}
+    return frozenset(n.lower().rstrip(".") for n in names if n), wildcard
+
+
 def load_server() -> tuple[Callable[..., Any], ModuleType]:
     """(create_app, uvicorn), or one line saying how to install the dashboard extra."""
     from bnsweep.workers.errors import BnsweepError
@@ -171,7 +198,8 @@ def run_dashboard(args: argparse.Namespace) -> int:
     Store.open(args.db, create=False, **read_only()).close()
     sock = listen(args.host, args.port)
     try:
-        app = create_app(args.db, token=token)
+        names, any_ip = allowed_hosts(args.host, sock.getsockname()[0], args.allow_host)
+        app = create_app(args.db, token=token, hosts=names, any_ip_host=any_ip)
         shown = f"[{args.host}]" if ":" in args.host else args.host
         store = redact_url(resolve_url(args.db))
         print(

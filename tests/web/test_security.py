@@ -1,5 +1,6 @@
-"""`bnsweep dashboard` at its edges (issue 19): a bind that fails in one line before the
-banner; a wrong type in a URL as the one-line 400 of every other bad parameter, and every
+"""`bnsweep dashboard` at its edges (issue 19): the Host header checked against the bound
+address (DNS rebinding); the security headers on every answer; a bind that fails in one line
+before the banner; a wrong type in a URL as the one-line 400 of every other bad parameter, and every
 error in the route's own kind.
 
 Served through a stand-in for uvicorn that records the app and the socket it was handed, so
@@ -20,8 +21,8 @@ from fastapi.testclient import TestClient
 
 import bnsweep.commands.web as web_command
 from bnsweep.cli import main
-from bnsweep.commands.web import TOKEN_ENV
-from bnsweep.web.app import create_app
+from bnsweep.commands.web import TOKEN_ENV, allowed_hosts
+from bnsweep.web.app import SECURITY_HEADERS, create_app, host_name
 from tests.web.stores import make_store
 
 TOKEN = "a-token-of-twenty-chars"
@@ -35,7 +36,7 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def client(url: str) -> Iterator[TestClient]:
     """One app for the tests that read pages, so each page is built once."""
-    with TestClient(create_app(url)) as client:
+    with TestClient(create_app(url, hosts={"testserver"})) as client:
         yield client
 
 
@@ -74,6 +75,108 @@ def one_error_line(capsys: pytest.CaptureFixture[str], *expected: str) -> str:
     for part in expected:
         assert part in err, err
     return err
+
+
+# -- Host (DNS rebinding) and the headers ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "name"),
+    [
+        ("127.0.0.1:8080", "127.0.0.1"),
+        ("LOCALHOST:8080", "localhost"),
+        ("localhost.", "localhost"),
+        ("[::1]:8080", "::1"),
+        ("[::1]", "::1"),
+        ("evil.example", "evil.example"),
+        ("evil.example:80x", None),
+        ("[::1", None),
+        ("a:b:c", None),
+        ("", None),
+    ],
+)
+def test_a_host_header_is_read_as_its_name(header: str, name: str | None) -> None:
+    assert host_name(header) == name
+
+
+def test_the_allowed_names_follow_the_bind() -> None:
+    names, any_ip = allowed_hosts("127.0.0.1", "127.0.0.1", [])
+    assert names == {"127.0.0.1", "localhost", "::1"} and not any_ip
+    names, any_ip = allowed_hosts("10.1.2.3", "10.1.2.3", ["Dash.Example."])
+    assert names == {"10.1.2.3", "dash.example"} and not any_ip
+    names, any_ip = allowed_hosts("0.0.0.0", "0.0.0.0", [])
+    assert socket.gethostname().lower() in names and "localhost" in names and any_ip
+
+
+def test_the_served_dashboard_answers_only_its_own_names(
+    url: str, served: list[tuple[FastAPI, socket.socket]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    code = main(["dashboard", "--db", url, "--port", str(port), "--allow-host", "lab.example"])
+    assert code == 0
+    assert f"http://127.0.0.1:{port}/" in capsys.readouterr().err
+    [(app, sock)] = served
+    assert sock.fileno() == -1  # closed once the server stopped
+    client = TestClient(app)
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost:9000", "lab.example"):
+        assert client.get("/api/sweeps", headers={"host": host}).status_code == 200, host
+    for host in ("evil.example:8080", "127.0.0.1.evil.example", "10.0.0.1", "lab.example.evil"):
+        for path in ("/", "/api/sweeps", "/static/bnsweep.js", "/sweeps/demo/trials/1"):
+            response = client.get(path, headers={"host": host})
+            assert response.status_code == 400, (host, path)
+            assert "is not a name of this dashboard" in response.text
+            assert "demo" not in response.text.replace("/sweeps/demo", "")
+    refused = client.get("/api/sweeps", headers={"host": "evil.example:8080"}).json()
+    assert refused == {
+        "error": "Host 'evil.example:8080' is not a name of this dashboard; "
+        "to allow it, start the dashboard with --allow-host evil.example"
+    }
+
+
+def test_every_kind_of_answer_carries_the_security_headers(url: str, client: TestClient) -> None:
+    paths = [
+        "/",
+        "/sweeps/demo",
+        "/sweeps/demo/curves",
+        "/sweeps/demo/trials/1",
+        "/sweeps/demo/tables.csv",
+        "/sweeps/demo/trials.parquet",
+        "/static/bnsweep.js",
+        "/static/bnsweep.css",
+        "/api/sweeps",
+        "/api/sweeps/nope/status",
+        "/sweeps/demo?fragment=progress",
+        "/sweeps/demo/trials/abc",
+        "/nothing/here",
+    ]
+    figures = re.findall(r'src="(/sweeps/demo/figures/[^"]+)"', client.get(paths[2]).text)
+    answers = [client.get(path) for path in [*paths, *figures[:1]]]
+    answers.append(client.get("/", headers={"host": "evil.example"}))
+    with TestClient(create_app(url, token=TOKEN)) as guarded:
+        answers.append(guarded.get("/api/sweeps"))
+        answers.append(guarded.get(f"/api/sweeps?token={TOKEN}"))
+    assert [a.status_code for a in answers[-3:]] == [400, 401, 200]
+    for answer in answers:
+        for name, value in SECURITY_HEADERS.items():
+            assert answer.headers.get(name) == value, (answer.url, name)
+    csp = SECURITY_HEADERS["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in csp and "script-src 'self';" in csp
+
+
+_INLINE_SCRIPT = re.compile(r"<script(?![^>]*\bsrc=)[^>]*>", re.I)
+_HANDLER = re.compile(r"<[^>]*\son[a-z]+\s*=", re.I)
+
+
+def test_no_page_needs_inline_script(client: TestClient) -> None:
+    """The CSP allows scripts from the dashboard's own files only: a page with an inline
+    <script> or an on* handler would break under it."""
+    sweep = client.get("/sweeps/demo").text
+    cell = re.search(r'href="(/sweeps/demo/cells/[^"]+)"', sweep)
+    assert cell is not None
+    paths = ["/", "/sweeps/demo/curves", "/sweeps/demo/trials", "/sweeps/demo/trials/1"]
+    for text in [sweep, *(client.get(path).text for path in [*paths, cell.group(1)])]:
+        assert "<script" in text and not _INLINE_SCRIPT.search(text)
+        assert not _HANDLER.search(text)
 
 
 # -- a wrong type in a URL -------------------------------------------------------------------
