@@ -10,12 +10,16 @@ from __future__ import annotations
 import argparse
 import errno
 import ipaddress
+import logging
 import os
 import socket
 import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 #: The loopback names a dashboard may bind to without a token.
 LOOPBACK_NAMES = ("localhost",)
@@ -65,11 +69,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)"
     )
     dashboard.add_argument("--port", type=int, default=8080, help="port (default 8080)")
-    dashboard.add_argument(
+    given = dashboard.add_mutually_exclusive_group()
+    given.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="a file holding the token that every page and API call then needs (its first "
+        f"line); default: ${TOKEN_ENV}. Needed to bind beyond the loopback interface",
+    )
+    given.add_argument(
         "--token",
         default=None,
-        help=f"required by every page and API call (default: ${TOKEN_ENV}); "
-        "needed to bind beyond the loopback interface",
+        help="the token itself: every local user can read it in the process list; prefer "
+        f"--token-file or ${TOKEN_ENV}",
     )
     dashboard.add_argument(
         "--allow-host",
@@ -107,10 +118,43 @@ def check_binding(host: str, port: int, token: str | None) -> None:
     if not is_loopback(host) and not token:
         raise SpecError(
             f"--host {host}: serving beyond this machine needs a token "
-            f"(--token TOKEN or ${TOKEN_ENV}); every page and API call then checks it"
+            f"(--token-file PATH or ${TOKEN_ENV}); every page and API call then checks it"
         )
     if token is not None and len(token) < 16:
         raise SpecError("--token: use at least 16 characters (e.g. `openssl rand -hex 16`)")
+
+
+def read_token(args: argparse.Namespace) -> str | None:
+    """The token from --token-file, else --token (with a warning), else $BNSWEEP_DASHBOARD_TOKEN.
+
+    A command line is public: every local user reads it in /proc/PID/cmdline or `ps`, so the
+    documented ways are a file and the environment, which only this user (and root) can read."""
+    from bnsweep.workers.errors import SpecError
+
+    if args.token_file is not None:
+        from bnsweep.cli import os_error_line
+
+        path = Path(args.token_file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise SpecError(f"--token-file {path}: not a text file") from None
+        except OSError as err:
+            raise SpecError(f"--token-file {os_error_line(err)}") from None
+        token = text.strip().splitlines()[0].strip() if text.strip() else ""
+        if not token:
+            raise SpecError(f"--token-file {path}: empty; write the token on its first line")
+        if path.stat().st_mode & 0o077:
+            log.warning("--token-file %s is readable by other users; chmod 600 it", path)
+        return token
+    if args.token is not None:
+        log.warning(
+            "--token is visible to every user of this machine in the process list; "
+            "use --token-file PATH or $%s",
+            TOKEN_ENV,
+        )
+        return args.token
+    return os.environ.get(TOKEN_ENV) or None
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -189,7 +233,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
     from bnsweep.store.errors import redact_url, resolve_url
     from bnsweep.workers.errors import RuntimeFailure
 
-    token = args.token or os.environ.get(TOKEN_ENV) or None
+    token = read_token(args)
     check_binding(args.host, args.port, token)
     create_app, uvicorn = load_server()
     # Fail now, in one line, for a wrong URL or a store of another schema revision.

@@ -1,17 +1,19 @@
-"""`bnsweep dashboard` at its edges (issue 19): the Host header checked against the bound
-address (DNS rebinding); the security headers on every answer; a bind that fails in one line
-before the banner; a wrong type in a URL as the one-line 400 of every other bad parameter, and every
-error in the route's own kind.
+"""`bnsweep dashboard` at its edges (issue 19): the token from a file or the environment, never
+needed on the command line; the Host header checked against the bound address (DNS
+rebinding); the security headers on every answer; a bind that fails in one line before the
+banner; a wrong type in a URL as the one-line 400 of every other bad parameter.
 
 Served through a stand-in for uvicorn that records the app and the socket it was handed, so
 the command's own wiring is what is tested, without a server process."""
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 import types
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -20,8 +22,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 import bnsweep.commands.web as web_command
-from bnsweep.cli import main
-from bnsweep.commands.web import TOKEN_ENV, allowed_hosts
+from bnsweep.cli import build_parser, main
+from bnsweep.commands.web import TOKEN_ENV, allowed_hosts, read_token
 from bnsweep.web.app import SECURITY_HEADERS, create_app, host_name
 from tests.web.stores import make_store
 
@@ -75,6 +77,73 @@ def one_error_line(capsys: pytest.CaptureFixture[str], *expected: str) -> str:
     for part in expected:
         assert part in err, err
     return err
+
+
+def dashboard_args(*argv: str) -> object:
+    return build_parser().parse_args(["dashboard", *argv])
+
+
+# -- the token ------------------------------------------------------------------------------
+
+
+def test_the_token_comes_from_a_file_or_the_environment_without_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "token"
+    path.write_text(f"{TOKEN}\n", encoding="utf-8")
+    path.chmod(0o600)
+    monkeypatch.setenv(TOKEN_ENV, "from-the-environment-0000")
+    with caplog.at_level(logging.WARNING):
+        assert read_token(dashboard_args("--token-file", str(path))) == TOKEN
+        assert read_token(dashboard_args()) == "from-the-environment-0000"
+    assert caplog.records == []
+
+
+def test_a_token_on_the_command_line_still_works_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        assert read_token(dashboard_args("--token", TOKEN)) == TOKEN
+    [record] = caplog.records
+    assert "process list" in record.getMessage() and "--token-file" in record.getMessage()
+    assert TOKEN not in record.getMessage()
+
+
+def test_a_token_file_readable_by_others_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "token"
+    path.write_text(TOKEN, encoding="utf-8")
+    path.chmod(0o644)
+    with caplog.at_level(logging.WARNING):
+        assert read_token(dashboard_args("--token-file", str(path))) == TOKEN
+    assert "readable by other users" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(None, "no such file"), ("\n\n", "empty"), (b"\xff\xfe\x00", "not a text file")],
+)
+def test_a_bad_token_file_is_one_line(
+    content: str | bytes | None,
+    expected: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    served: list[object],
+) -> None:
+    path = tmp_path / "token"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content, encoding="utf-8")
+    assert main(["dashboard", "--token-file", str(path)]) == 2
+    assert expected in one_error_line(capsys, "--token-file", str(path)).lower()
+    assert served == []
+
+
+def test_token_and_token_file_exclude_each_other(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        dashboard_args("--token", TOKEN, "--token-file", str(tmp_path / "t"))
 
 
 # -- Host (DNS rebinding) and the headers ----------------------------------------------------
