@@ -5,7 +5,8 @@ read. Every request reads the store's fingerprint once; pages, downloads and API
 cached under it, so they are recomputed only after the store changed. With a token (required
 when binding to anything but the loopback interface) every page, asset and API call checks it:
 `Authorization: Bearer TOKEN`, or `?token=TOKEN` once, which sets a same-site cookie for the
-pages' own links and refreshes.
+pages' own links and refreshes. `bnsweep dashboard` also names the hosts a request may be
+addressed to (against DNS rebinding), and every answer carries the security headers below.
 
 Routes mirror the static report's files without `.html`: `/`, `/sweeps/NAME`,
 `/sweeps/NAME/cells/B-R-C`, `/sweeps/NAME/curves`, `/sweeps/NAME/trials`, ...; the API is under
@@ -15,13 +16,16 @@ Routes mirror the static report's files without `.html`: `/`, `/sweeps/NAME`,
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException
 
 from bnsweep.web import build
 from bnsweep.web.frame import Site
@@ -33,6 +37,30 @@ from bnsweep.workers.errors import BnsweepError
 log = logging.getLogger(__name__)
 
 TOKEN_COOKIE = "bnsweep_token"
+
+#: Sent with every answer. Scripts come only from the dashboard's own files: no page has an
+#: inline <script> or on* handler, so an injected one never runs. Styles may also be inline,
+#: because the progress bars set their widths in `style` attributes and a trial page inlines
+#: matplotlib's SVG, whose every path is styled by a `style` attribute under a `<style>`
+#: element; CSS runs no script, and with nothing loadable from anywhere but this server
+#: (`default-src 'none'`, images, fetches and forms 'self') injected CSS cannot send anything
+#: away either. No page may be framed (clickjacking) or leak its URL, which may hold
+#: `?token=`, as a Referer.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self'; connect-src 'self'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+
+#: How a parameter that failed FastAPI's validation reads, by pydantic's error type.
+_EXPECTED = {
+    "int_parsing": "expected an integer",
+    "int_from_float": "expected an integer",
+    "missing": "required",
+}
 
 
 def _status_of(err: BnsweepError) -> int:
@@ -47,10 +75,53 @@ def _status_of(err: BnsweepError) -> int:
     return 400
 
 
+def host_name(header: str) -> str | None:
+    """The name in a Host header, without its port, lower case; None when malformed."""
+    if header.startswith("["):
+        end = header.find("]")
+        if end < 0:
+            return None
+        name, rest = header[1:end], header[end + 1 :]
+    else:
+        name, colon, port = header.partition(":")
+        rest = colon + port
+    if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+        return None
+    return name.lower().rstrip(".") or None
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _invalid_line(err: RequestValidationError) -> str:
+    """FastAPI's validation errors (a wrong type in a path or query) as one line."""
+    parts = []
+    for item in err.errors():
+        name = str(item["loc"][-1]) if item.get("loc") else "request"
+        what = _EXPECTED.get(item.get("type", ""), str(item.get("msg", "invalid")))
+        shown = repr(item["input"])[:60] if item.get("input") is not None else ""
+        parts.append(f"{name}: {what}" + (f", got {shown}" if shown else ""))
+    return "; ".join(parts) or "invalid request"
+
+
 def create_app(
-    url: str | None = None, *, token: str | None = None, reader: Reader | None = None
+    url: str | None = None,
+    *,
+    token: str | None = None,
+    reader: Reader | None = None,
+    hosts: Collection[str] | None = None,
+    any_ip_host: bool = False,
 ) -> FastAPI:
-    """The dashboard for the store at `url` (else BNSWEEP_DB, else sqlite:///bnsweep.db)."""
+    """The dashboard for the store at `url` (else BNSWEEP_DB, else sqlite:///bnsweep.db).
+
+    `hosts`: the names (lower case, no port) a request's Host header may carry, and with
+    `any_ip_host` any IP address too; others get 400. None checks nothing, for an app behind
+    a server that checks Host itself; `bnsweep dashboard` always passes them."""
     reader = reader or Reader(url)
     # The table model pulls in scipy and pandas (~2 s); at start, not in the first request.
     import bnsweep.analysis.tables  # noqa: F401
@@ -59,32 +130,77 @@ def create_app(
     app.state.reader = reader
     site = Site(live=True)
 
+    def refusal(request: Request, status: int, message: str) -> Response:
+        """One line for every error, in the route's own kind: JSON under /api/, the bare line
+        for a live section's refresh, else a page."""
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": message}, status_code=status)
+        if request.query_params.get("fragment"):
+            return PlainTextResponse(message, status_code=status)
+        title = {
+            401: "Token needed",
+            404: "Not found",
+            503: "Store unavailable",
+        }.get(status, "Error" if status >= 500 else "Bad request")
+        return HTMLResponse(error_page(site, title, message), status_code=status)
+
+    def wrong_host(request: Request) -> Response | None:
+        if hosts is None:
+            return None
+        header = request.headers.get("host", "")
+        name = host_name(header)
+        if name is not None and (name in hosts or (any_ip_host and _is_ip(name))):
+            return None
+        hint = f"; to allow it, start the dashboard with --allow-host {name}" if name else ""
+        return refusal(request, 400, f"Host {header!r} is not a name of this dashboard{hint}")
+
+    def wrong_token(request: Request) -> Response | None:
+        if token is None:
+            return None
+        given = _presented_token(request)
+        if given is not None and hmac.compare_digest(given.encode(), token.encode()):
+            return None
+        message = "this dashboard needs its token: ?token=TOKEN or Authorization: Bearer TOKEN"
+        return refusal(request, 401, message)
+
     @app.middleware("http")
-    async def check_token(
+    async def guard(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        if token is None:
-            return await call_next(request)
-        given = _presented_token(request)
-        if given is None or not hmac.compare_digest(given.encode(), token.encode()):
-            message = "this dashboard needs its token: ?token=TOKEN or Authorization: Bearer TOKEN"
-            if request.url.path.startswith("/api/"):
-                return JSONResponse({"error": message}, status_code=401)
-            return HTMLResponse(error_page(site, "Token needed", message), status_code=401)
-        response = await call_next(request)
-        if request.query_params.get("token") is not None:
+        refused = wrong_host(request) or wrong_token(request)
+        response = refused or await call_next(request)
+        if refused is None and token is not None and request.query_params.get("token"):
             response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+        response.headers.update(SECURITY_HEADERS)
         return response
 
     @app.exception_handler(BnsweepError)
     async def bnsweep_error(request: Request, err: BnsweepError) -> Response:
-        status = _status_of(err)
-        if request.url.path.startswith("/api/"):
-            return JSONResponse({"error": str(err)}, status_code=status)
-        if request.query_params.get("fragment"):
-            return PlainTextResponse(str(err), status_code=status)
-        title = {404: "Not found", 503: "Store unavailable"}.get(status, "Bad request")
-        return HTMLResponse(error_page(site, title, str(err)), status_code=status)
+        return refusal(request, _status_of(err), str(err))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError) -> Response:
+        # FastAPI answers a wrong type with 422 and its own JSON, on pages too: the one-line
+        # 400 of every other bad parameter instead.
+        return refusal(request, 400, _invalid_line(err))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, err: HTTPException) -> Response:
+        if err.status_code == 404:
+            message = f"nothing at {request.url.path}"
+        elif err.status_code == 405:
+            message = f"{request.method} is not allowed here; the dashboard answers GET"
+        else:
+            message = str(err.detail)
+        return refusal(request, err.status_code, message)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, err: Exception) -> Response:
+        # Starlette logs the traceback; the answer is one line and keeps the headers, which
+        # the middleware above cannot add to an answer made outside it.
+        response = refusal(request, 500, "internal error; the dashboard's log has the details")
+        response.headers.update(SECURITY_HEADERS)
+        return response
 
     def html(text: str) -> HTMLResponse:
         return HTMLResponse(text, headers={"Cache-Control": "no-cache"})

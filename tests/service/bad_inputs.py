@@ -385,4 +385,41 @@ CASES: dict[str, BadInput] = {
     "plots --out empty": BadInput(
         ("plots", "--db", "{db}", "--out", ""), ("--out: empty, expected a folder",), USAGE
     ),
+    # dashboard (issue 19)
+    "dashboard on an address this machine lacks": BadInput(
+        ("dashboard", "--db", "{db}", "--host", "192.0.2.1", "--token-file", "{file}"),
+        ("cannot serve on 192.0.2.1:8080", "this machine has no address 192.0.2.1"),
+        RUNTIME,
+        # a token readable by its owner only, as docs/dashboard.md writes it: no warning
+        lambda tmp: (file_bytes(b"a-token-of-twenty-chars\n")(tmp), (tmp / "file").chmod(0o600)),
+    ),
+    "dashboard on a host that does not resolve": BadInput(
+        ("dashboard", "--db", "{db}", "--host", "nosuch.invalid", "--token-file", "{file}"),
+        ("--host nosuch.invalid: cannot resolve this name",),
+        RUNTIME,
+        # a token readable by its owner only, as docs/dashboard.md writes it: no warning
+        lambda tmp: (file_bytes(b"a-token-of-twenty-chars\n")(tmp), (tmp / "file").chmod(0o600)),
+    ),
+    "dashboard --token-file missing": BadInput(
+        ("dashboard", "--db", "{db}", "--token-file", "{tmp}/nosuch"),
+        ("--token-file {tmp}/nosuch: no such file or folder",),
+        USAGE,
+    ),
+    "dashboard --token-file empty": BadInput(
+        ("dashboard", "--db", "{db}", "--token-file", "{file}"),
+        ("--token-file {file}: empty; write the token on its first line",),
+        USAGE,
+        file_bytes(b"\n"),
+    ),
+    "dashboard --token-file a folder": BadInput(
+        ("dashboard", "--db", "{db}", "--token-file", "{tmp}"),
+        ("--token-file {tmp}: is a folder, expected a file",),
+        USAGE,
+    ),
+    "dashboard --token and --token-file": BadInput(
+        ("dashboard", "--token", "x" * 16, "--token-file", "{file}"),
+        ("not allowed with argument",),
+        USAGE,
+        argparse=True,
+    ),
 }

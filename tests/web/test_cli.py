@@ -71,6 +71,6 @@ def test_report_every_needs_report_and_a_positive_interval(tmp_path: Path, capsy
     spec = tmp_path / "spec.yaml"
     spec.write_text("name: x\n", encoding="utf-8")
     assert main(["launch", str(spec), "--report-every", "5"]) == 2
-    one_error_line(capsys, "--report-every: minutes >= 0, with --report DIR; got 5")
+    one_error_line(capsys, "--report-every: minutes from 0 to 1440, with --report DIR; got 5")
     assert main(["launch", str(spec), "--report", "r", "--report-every", "-1"]) == 2
-    one_error_line(capsys, "--report-every: minutes >= 0, with --report DIR; got -1")
+    one_error_line(capsys, "--report-every: minutes from 0 to 1440, with --report DIR; got -1")
