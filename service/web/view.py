@@ -99,6 +99,35 @@ class TableQuery:
         return out
 
 
+@dataclass(frozen=True)
+class TrialFilter:
+    """The trials page's and the API's `where`: the user's text, kept to show it back as typed,
+    and its `--where` items (`bnsweep.store.columns.split_where`). The store applies them, as
+    it does for `bnsweep query --where`: one filter language, one implementation."""
+
+    text: str = ""
+    items: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> TrialFilter:
+        """Checked before the store is read, as the CLI checks: a bad filter is a BadRequest
+        with the CLI's message."""
+        from bnsweep.store.columns import check_where, parse_where, split_where
+        from bnsweep.store.errors import StoreError
+
+        try:
+            items = tuple(split_where(text))
+            check_where(parse_where(items))
+        except StoreError as err:
+            raise BadRequest(str(err)) from None
+        return cls(text, items)
+
+    def where(self) -> dict[str, list[object]]:
+        from bnsweep.store.columns import parse_where
+
+        return parse_where(self.items)
+
+
 # -- values the pages show ---------------------------------------------------------------------
 
 
@@ -389,9 +418,16 @@ class Snapshot:
         known = ", ".join(i.name for i in self._infos()) or "none"
         raise NotFound(f"no sweep named {name!r} in {self.store.url}; known sweeps: {known}")
 
-    def trials(self, name: str) -> pd.DataFrame:
+    def trials(self, name: str, where: TrialFilter | None = None) -> pd.DataFrame:
+        """The sweep's trials, those `where` keeps when given (the store's query, as `bnsweep
+        query --where` runs it)."""
         self._info(name)
-        return self._cached(("trials", name), lambda: self.store.trials(sweep=name))
+        if where is None or not where.items:
+            return self._cached(("trials", name), lambda: self.store.trials(sweep=name))
+        return self._cached(
+            ("trials", name, where.items),
+            lambda: self.store.trials(sweep=name, where=where.where()),
+        )
 
     def epochs(self, name: str) -> pd.DataFrame:
         self._info(name)
