@@ -33,6 +33,7 @@ from bnsweep.web.view import (
     TrialFilter,
     cell_trials,
     find_cell,
+    records,
     report_of,
 )
 
@@ -275,7 +276,7 @@ def trial(snap: Snapshot, site: Site, name: str, trial_id: int, figure: bool = T
     rows = frame[frame["trial_id"] == trial_id]
     if rows.empty:
         raise NotFound(f"no trial {trial_id} in sweep {name!r}")
-    record = rows.iloc[0].to_dict()
+    record = records(rows)[0]
     epochs = snap.epochs(name)
     epochs = epochs[epochs["trial_id"] == trial_id]
     diagnostics = snap.diagnostics(name)

@@ -472,20 +472,20 @@ class Snapshot:
             storage = self.overview(name).storage
             varying = [n for n, _ in self.overview(name).varying]
             out = []
-            for row in failed.itertuples(index=False):
-                values = {c: getattr(row, c) for c in SPEC_COLUMNS}
-                error = str(row.error or "").strip()
+            for row in records(failed):
+                values = {c: row[c] for c in SPEC_COLUMNS}
+                error = (row["error"] or "").strip()
                 out.append(
                     Failure(
-                        trial_id=int(row.trial_id),
-                        spec_hash=str(row.spec_hash),
-                        seed=int(row.seed),
+                        trial_id=row["trial_id"],
+                        spec_hash=row["spec_hash"],
+                        seed=row["seed"],
                         arm=arm_label(values, varying),
-                        attempts=int(row.attempts),
-                        host=str(row.host or ""),
-                        finished_at=_timestamp(row.finished_at),
+                        attempts=row["attempts"],
+                        host=row["host"] or "",
+                        finished_at=row["finished_at"],
                         error=error.splitlines()[-1] if error else "(no message recorded)",
-                        traceback_at=f"{storage}/{name}/*/{row.spec_hash}-seed{row.seed}-*"
+                        traceback_at=f"{storage}/{name}/*/{row['spec_hash']}-seed{row['seed']}-*"
                         "/error.txt",
                     )
                 )
@@ -532,10 +532,25 @@ def status_of(name: str, trials: pd.DataFrame) -> SweepStatus:
     return SweepStatus(name=name, total=len(trials), arms=tuple(arms), **counts)
 
 
-def _timestamp(value: Any) -> datetime | None:
+def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows of a store frame as plain Python values, for pages and their tests: a missing
+    value is None, whatever pandas holds it as (NaN in a `str` or float column, pd.NA in an
+    Int64 one, NaT), since NaN is truthy and `str(nan)` is "nan"; numbers are int or float,
+    times datetime."""
     import pandas as pd
 
-    return None if value is None or pd.isna(value) else value.to_pydatetime()
+    out = []
+    for row in frame.to_dict("records"):
+        out.append({k: _plain(v, pd) for k, v in row.items()})
+    return out
+
+
+def _plain(value: Any, pd: Any) -> Any:
+    if value is None or (not isinstance(value, (str, bytes)) and pd.isna(value)):
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.to_pydatetime()
+    return value.item() if hasattr(value, "item") else value  # numpy scalars
 
 
 # -- cells of a table ------------------------------------------------------------------------

@@ -22,7 +22,9 @@ from fastapi.testclient import TestClient
 from bnsweep.cli import main
 from bnsweep.store.api import Store
 from bnsweep.store.events import EpochRecorded, TrialFailed, TrialFinished, TrialStarted
+from bnsweep.web import build
 from bnsweep.web.app import create_app
+from bnsweep.web.frame import Site
 from bnsweep.workers.spec import TrialSpec
 from tests.service.test_store import epoch, result, run_cell
 from tests.web.stores import accuracy, cells, register
@@ -205,3 +207,44 @@ def test_an_unclosed_quote_in_the_box_is_one_line(client: TestClient) -> None:
     assert api.status_code == 400
     assert api.json()["error"].startswith("where 'host=\"node 1': no closing quotation; ")
     assert client.get("/sweeps/demo/trials", params={"where": "seed=1 'x"}).status_code == 400
+
+
+def _shown(text: str) -> dict[str, str]:
+    pairs = re.findall(r"<dt>([^<]*)</dt><dd>([^<]*)</dd>", text)
+    return {k: html.unescape(v) for k, v in pairs}
+
+
+def test_a_trial_page_shows_what_query_prints(
+    url: str, client: TestClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Field by field: a value `query` prints as null is blank on the page, and the page has
+    an Error section exactly when `query` has an error (not "Error: nan")."""
+    code, out, _ = cli(capsys, url, [])
+    rows = json.loads(out)
+    assert code == 0 and {r["status"] for r in rows} == {"completed", "failed", "diverged"}
+    snap = client.app.state.reader.snapshot()
+    for row in rows:
+        # The route's page less its figure (~0.5 s each to draw; tests/web/test_pages.py
+        # crawls the routes).
+        page = build.trial(snap, Site(live=True), "demo", row["trial_id"], figure=False)
+        shown = _shown(page)
+        assert ("<h2>Error</h2>" in page) == (row["error"] is not None), row
+        for name, value in row.items():
+            if name in ("trial_id", "error"):
+                continue
+            if value is None:
+                assert shown[name] == "", (name, row)
+            elif isinstance(value, str) and name not in ("started_at", "finished_at"):
+                assert shown[name] == value, (name, row)
+            elif isinstance(value, (int, float)):
+                assert float(shown[name]) == pytest.approx(value, rel=1e-5), (name, row)
+            else:
+                assert shown[name], (name, row)
+        assert not re.search(r">\s*nan\s*<", page), row
+
+
+def test_the_failures_show_no_nan(client: TestClient) -> None:
+    """A failed trial whose worker never said its host: blank, not "nan", on the sweep page."""
+    page = client.get("/sweeps/demo?fragment=status").text
+    assert "bad batch" in page and "OOM" in page
+    assert not re.search(r">\s*nan\s*<", page), page
