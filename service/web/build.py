@@ -113,7 +113,7 @@ def cell(snap: Snapshot, site: Site, name: str, ident: str, query: TableQuery) -
     table = _one_table(snap, name, query)
     located = find_cell(table, ident)
     block, _, j, found = located
-    trials = cell_trials(snap.trials(name), found, block, table.column_field, table.columns[j])
+    trials = cell_trials(snap.results(name), found, block, table.column_field, table.columns[j])
     ids = {int(s): int(t) for s, t in zip(trials["seed"], trials["trial_id"], strict=True)}
     return pages.cell_page(site, name, table, ident, located, ids, query)
 
@@ -136,13 +136,13 @@ def figures(snap: Snapshot, name: str) -> dict[str, SvgFigure]:
     def build() -> dict[str, SvgFigure]:
         from bnsweep.analysis.layout import TableLayout
 
-        trials, epochs = snap.trials(name), snap.epochs(name)
+        trials, epochs = snap.results(name), snap.epochs(name, results=True)
         layout = TableLayout.from_dict(report_of(snap.overview(name).spec_text))
         out: list[SvgFigure] = []
         for per_seed in (False, True):
             out += curve_figures(epochs, trials, per_seed)[0]
         out += _difference(snap, name, layout)
-        out += analysis_figures(trials, snap.diagnostics(name), layout)
+        out += analysis_figures(trials, snap.diagnostics(name, results=True), layout)
         return {f.stem: f for f in out}
 
     return snap.page(("figures", name), build)
@@ -154,7 +154,7 @@ def _difference(snap: Snapshot, name: str, layout: Any) -> list[SvgFigure]:
 
     try:
         # The gamma layout: one point per γ, whichever table the sweep itself shows.
-        table = build_tables(snap.trials(name), replace(layout, kind="gamma"))[0]
+        table = build_tables(snap.results(name), replace(layout, kind="gamma"))[0]
     except AnalysisError:
         return []
     return difference_figures(table)
@@ -175,7 +175,7 @@ def _curve_list(
     listed = [
         f for s, f in found.items() if s.startswith("curves_") and s.endswith("_seeds") == per_seed
     ]
-    epochs, trials = snap.epochs(name), snap.trials(name)
+    epochs, trials = snap.epochs(name, results=True), snap.results(name)
 
     def count() -> int:
         from bnsweep.workers.spec import EXPERIMENT_FIELDS

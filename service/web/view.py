@@ -429,13 +429,38 @@ class Snapshot:
             lambda: self.store.trials(sweep=name, where=where.where()),
         )
 
-    def epochs(self, name: str) -> pd.DataFrame:
-        self._info(name)
-        return self._cached(("epochs", name), lambda: self.store.epochs(sweep=name))
+    def results(self, name: str) -> pd.DataFrame:
+        """The trials the tables and figures count: this bnsweep's training recipe only, as
+        `bnsweep tables`, `bnsweep plots` and `bnsweep.trials` read them (the trials page and
+        its downloads list every trial, as `bnsweep query` does)."""
+        from bnsweep.store.results import CURRENT_RECIPE
 
-    def diagnostics(self, name: str) -> pd.DataFrame:
         self._info(name)
-        return self._cached(("diagnostics", name), lambda: self.store.diagnostics(sweep=name))
+        return self._cached(
+            ("results", name), lambda: self.store.trials(sweep=name, where=CURRENT_RECIPE)
+        )
+
+    def epochs(self, name: str, results: bool = False) -> pd.DataFrame:
+        """Every epoch of the sweep's trials; with `results`, of those `results()` counts."""
+        from bnsweep.store.results import CURRENT_RECIPE
+
+        self._info(name)
+        where = CURRENT_RECIPE if results else None
+        return self._cached(
+            ("epochs", name, results), lambda: self.store.epochs(sweep=name, where=where)
+        )
+
+    def diagnostics(self, name: str, results: bool = False) -> pd.DataFrame:
+        """The BN diagnostics of the sweep's trials; with `results`, of those `results()`
+        counts."""
+        from bnsweep.store.results import CURRENT_RECIPE
+
+        self._info(name)
+        where = CURRENT_RECIPE if results else None
+        return self._cached(
+            ("diagnostics", name, results),
+            lambda: self.store.diagnostics(sweep=name, where=where),
+        )
 
     def status(self, name: str) -> SweepStatus:
         """What `Store.sweep_status` answers, computed from the trials frame already read (a
@@ -452,7 +477,7 @@ class Snapshot:
             # Only a chosen arm is passed, so a table model without `versus` answers BASE tables.
             versus: dict[str, Any] = {"versus": query.versus} if query.versus else {}
             return tables_for(
-                self.trials(name),
+                self.results(name),
                 report_of(self._info(name).spec_text),
                 query.layout,
                 test=query.test,
