@@ -396,7 +396,7 @@ class Snapshot:
     def overview(self, name: str) -> SweepOverview:
         def build() -> SweepOverview:
             info = self._info(name)
-            trials = self.trials(name)
+            trials = self.results(name)  # counted as `bnsweep status` counts
             fixed, varying = recipe_of(trials)
             return SweepOverview(
                 name=info.name,
@@ -492,7 +492,7 @@ class Snapshot:
         def build() -> list[Failure]:
             from bnsweep.store.columns import SPEC_COLUMNS, arm_label
 
-            trials = self.trials(name)
+            trials = self.results(name)
             failed = trials[trials["status"].astype(str) == "failed"]
             storage = self.overview(name).storage
             varying = [n for n, _ in self.overview(name).varying]
@@ -521,11 +521,17 @@ class Snapshot:
 
 def status_of(name: str, trials: pd.DataFrame) -> SweepStatus:
     """A sweep's `SweepStatus` from its trials frame: counts by status, and per arm (spec_hash)
-    its seeds and which of them are missing, failed or running, arms in spec-column order."""
+    its seeds and which of them are missing, failed or running, arms in spec-column order; the
+    trials of other training recipes only in `older_recipes`, as `Store.sweep_status` counts."""
     from bnsweep.store.columns import SPEC_COLUMNS, arm_label
     from bnsweep.store.models import FINAL_STATUSES, STATUSES
+    from bnsweep.store.results import CURRENT_RECIPE
     from bnsweep.store.values import ArmStatus, SweepStatus
 
+    current = trials["recipe"] == CURRENT_RECIPE["recipe"]
+    older = trials.loc[~current, "recipe"].value_counts()
+    older_recipes = tuple(sorted((int(r), int(n)) for r, n in older.items()))
+    trials = trials[current]
     status = trials["status"].astype(str)
     counts: dict[str, Any] = {s: int((status == s).sum()) for s in STATUSES}
     frame = trials.assign(_status=status).sort_values([*SPEC_COLUMNS, "seed"], kind="stable")
@@ -554,7 +560,9 @@ def status_of(name: str, trials: pd.DataFrame) -> SweepStatus:
                 running_seeds=running.get(spec_hash, ()),
             )
         )
-    return SweepStatus(name=name, total=len(trials), arms=tuple(arms), **counts)
+    return SweepStatus(
+        name=name, total=len(trials), arms=tuple(arms), older_recipes=older_recipes, **counts
+    )
 
 
 def records(frame: pd.DataFrame) -> list[dict[str, Any]]:

@@ -354,3 +354,24 @@ def test_the_notebook_frame_has_the_csvs_effect_size_and_ci(
             [(0, 0, 0, 0, g, None) for g in got],
             [(0, 0, 0, 0, _value("p", r[name]), None) for r in rows],
         )
+
+
+def test_the_counts_are_bnsweep_statuss(
+    url: str, client: TestClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The index, the sweep page's status and the API count as `bnsweep status` does: this
+    recipe's trials, the older recipe's apart."""
+    import json
+
+    from bnsweep.web.view import status_of
+
+    assert main(["status", "--db", url, "--format", "json"]) == 0
+    (cli,) = json.loads(capsys.readouterr().out)
+    names = ("total", "completed", "running", "failed", "diverged", "pending")
+    (index,) = client.get("/api/sweeps").json()
+    status = client.get("/api/sweeps/demo/status").json()
+    assert [index[k] for k in names] == [status[k] for k in names] == [cli[k] for k in names]
+    with Store.open(url, read_only=True) as store:
+        expected = store.sweep_status("demo")
+        assert expected.older_recipes  # the store holds some, which the counts leave out
+        assert status_of("demo", store.trials(sweep="demo")) == expected
