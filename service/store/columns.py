@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -316,3 +317,16 @@ def parse_where(items: Sequence[str]) -> dict[str, list[object]]:
         name, op, value = match["name"], match["op"], match["value"].strip()
         where.setdefault(name, []).append(value if op == "=" else Compare(op, value))
     return where
+
+
+def split_where(text: str) -> list[str]:
+    """One line of filters (the dashboard's `where`) → the items `parse_where` takes: words
+    split as a POSIX shell splits `--where` arguments, so `host="node 1" test_acc>0.9` means
+    what `--where 'host=node 1' --where 'test_acc>0.9'` means on the command line."""
+    try:
+        return shlex.split(text)
+    except ValueError as err:  # "No closing quotation" or "No escaped character"
+        raise StoreError(
+            f"where {text!r}: {str(err).lower()}; quote a value with spaces as "
+            'FIELD="VALUE", e.g. host="node 1"'
+        ) from None

@@ -17,9 +17,10 @@ from bnsweep.workers.spec import RECIPE
 
 log = logging.getLogger(__name__)
 
-#: Only trials of this bnsweep's training recipe are analysed: a cell trained by an older recipe
-#: is a different result (docs/store.md, "Training recipes") and is never mixed in.
-_CURRENT = {"recipe": RECIPE}
+#: Only trials of this bnsweep's training recipe are analysed, on every surface (the CLI, the
+#: notebook, the dashboard, the report): a cell trained by an older recipe is a different
+#: result (docs/store.md, "Training recipes") and is never mixed in.
+CURRENT_RECIPE = {"recipe": RECIPE}
 
 
 def trials(url: str | None = None, sweep: str | None = None) -> pd.DataFrame:
@@ -31,7 +32,7 @@ def trials(url: str | None = None, sweep: str | None = None) -> pd.DataFrame:
     from bnsweep.store.api import Store
 
     with Store.open(url, read_only=True) as store:
-        return store.trials(sweep=sweep, where=_CURRENT)
+        return store.trials(sweep=sweep, where=CURRENT_RECIPE)
 
 
 def load_results(url: str | None, sweep: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -47,8 +48,8 @@ def load_results(url: str | None, sweep: str | None) -> tuple[pd.DataFrame, pd.D
     from bnsweep.store.api import Store
 
     with Store.open(url, read_only=True) as store:
-        trials = store.trials(sweep=sweep, where=_CURRENT)
-        epochs = store.epochs(sweep=sweep, where=_CURRENT)
+        trials = store.trials(sweep=sweep, where=CURRENT_RECIPE)
+        epochs = store.epochs(sweep=sweep, where=CURRENT_RECIPE)
     log.info("loaded %d trials and %d epoch rows", len(trials), len(epochs))
     return trials, epochs
 
@@ -59,7 +60,7 @@ def load_diagnostics(url: str | None, sweep: str | None) -> pd.DataFrame:
     from bnsweep.store.api import Store
 
     with Store.open(url, read_only=True) as store:
-        return store.diagnostics(sweep=sweep, where=_CURRENT)
+        return store.diagnostics(sweep=sweep, where=CURRENT_RECIPE)
 
 
 def load_trials(url: str | None, sweep: str | None) -> pd.DataFrame:
@@ -68,7 +69,7 @@ def load_trials(url: str | None, sweep: str | None) -> pd.DataFrame:
     from bnsweep.store.columns import RESULT_COLUMNS
 
     with Store.open(url, read_only=True) as store:
-        return store.trials(sweep=sweep, where=_CURRENT, columns=RESULT_COLUMNS)
+        return store.trials(sweep=sweep, where=CURRENT_RECIPE, columns=RESULT_COLUMNS)
 
 
 def older_recipe_note(url: str | None, sweep: str | None) -> str | None:

@@ -30,8 +30,10 @@ from bnsweep.web.view import (
     NotFound,
     Snapshot,
     TableQuery,
+    TrialFilter,
     cell_trials,
     find_cell,
+    records,
     report_of,
 )
 
@@ -111,7 +113,7 @@ def cell(snap: Snapshot, site: Site, name: str, ident: str, query: TableQuery) -
     table = _one_table(snap, name, query)
     located = find_cell(table, ident)
     block, _, j, found = located
-    trials = cell_trials(snap.trials(name), found, block, table.column_field, table.columns[j])
+    trials = cell_trials(snap.results(name), found, block, table.column_field, table.columns[j])
     ids = {int(s): int(t) for s, t in zip(trials["seed"], trials["trial_id"], strict=True)}
     return pages.cell_page(site, name, table, ident, located, ids, query)
 
@@ -134,13 +136,13 @@ def figures(snap: Snapshot, name: str) -> dict[str, SvgFigure]:
     def build() -> dict[str, SvgFigure]:
         from bnsweep.analysis.layout import TableLayout
 
-        trials, epochs = snap.trials(name), snap.epochs(name)
+        trials, epochs = snap.results(name), snap.epochs(name, results=True)
         layout = TableLayout.from_dict(report_of(snap.overview(name).spec_text))
         out: list[SvgFigure] = []
         for per_seed in (False, True):
             out += curve_figures(epochs, trials, per_seed)[0]
         out += _difference(snap, name, layout)
-        out += analysis_figures(trials, snap.diagnostics(name), layout)
+        out += analysis_figures(trials, snap.diagnostics(name, results=True), layout)
         return {f.stem: f for f in out}
 
     return snap.page(("figures", name), build)
@@ -152,7 +154,7 @@ def _difference(snap: Snapshot, name: str, layout: Any) -> list[SvgFigure]:
 
     try:
         # The gamma layout: one point per γ, whichever table the sweep itself shows.
-        table = build_tables(snap.trials(name), replace(layout, kind="gamma"))[0]
+        table = build_tables(snap.results(name), replace(layout, kind="gamma"))[0]
     except AnalysisError:
         return []
     return difference_figures(table)
@@ -173,7 +175,7 @@ def _curve_list(
     listed = [
         f for s, f in found.items() if s.startswith("curves_") and s.endswith("_seeds") == per_seed
     ]
-    epochs, trials = snap.epochs(name), snap.trials(name)
+    epochs, trials = snap.epochs(name, results=True), snap.results(name)
 
     def count() -> int:
         from bnsweep.workers.spec import EXPERIMENT_FIELDS
@@ -189,19 +191,11 @@ def _curve_list(
 
 
 def trials_frame(
-    snap: Snapshot, name: str, where: dict[str, list[object]], sort: str | None, descending: bool
+    snap: Snapshot, name: str, where: TrialFilter, sort: str | None, descending: bool
 ) -> pd.DataFrame:
-    """The sweep's trials, filtered (`field=value` as `bnsweep query --where`) and sorted."""
-    from bnsweep.store.columns import check_where
-    from bnsweep.store.errors import StoreError
-
-    try:
-        checked = check_where(where)
-    except StoreError as err:  # the user's filter, not the store, is wrong
-        raise BadRequest(str(err)) from None
-    frame = snap.trials(name)
-    for field, values in checked.items():
-        frame = frame[frame[field].isin(values)] if field in frame else frame
+    """The sweep's trials that `where` keeps (the store's filter, as `bnsweep query --where`
+    applies it), sorted by `sort`."""
+    frame = snap.trials(name, where)
     if sort:
         if sort not in frame.columns:
             raise BadRequest(f"sort: unknown column {sort!r}; allowed: {', '.join(frame.columns)}")
@@ -213,19 +207,18 @@ def trials(
     snap: Snapshot,
     site: Site,
     name: str,
-    where: dict[str, list[object]] | None = None,
+    where: TrialFilter | None = None,
     sort: str | None = None,
     descending: bool = False,
     start: int = 0,
 ) -> str:
-    frame = trials_frame(snap, name, where or {}, sort, descending)
+    where = where or TrialFilter()
+    frame = trials_frame(snap, name, where, sort, descending)
     total = len(frame)
     if site.live:
         start = max(0, min(start, max(0, total - 1)))
         shown = frame.iloc[start : start + TRIALS_PER_PAGE]
-        html = _trials_controls(
-            site, name, frame.columns, where or {}, sort, descending, start, total
-        )
+        html = _trials_controls(site, name, frame.columns, where, sort, descending, start, total)
     else:
         start, shown = 0, frame.iloc[:STATIC_TRIAL_ROWS]
         html = (
@@ -240,13 +233,13 @@ def _trials_controls(
     site: Site,
     name: str,
     columns: Sequence[str],
-    where: dict[str, list[object]],
+    where: TrialFilter,
     sort: str | None,
     descending: bool,
     start: int,
     total: int,
 ) -> str:
-    filters = " ".join(f"{k}={v}" for k, vs in where.items() for v in vs)
+    filters = where.text  # as typed: the box and the links keep the user's own words
     options = "".join(
         f'<option value="{esc(c)}"{" selected" if c == sort else ""}>{esc(c)}</option>'
         for c in ["", *columns]
@@ -272,15 +265,10 @@ def _trials_controls(
     )
 
 
-def parse_where(text: str) -> dict[str, list[object]]:
-    """`status=failed lr=0.1` (or one `field=value` per `where` parameter) → filters."""
-    from bnsweep.store.columns import parse_where as parse_items
-    from bnsweep.store.errors import StoreError
-
-    try:
-        return parse_items(text.split()) if text.strip() else {}
-    except StoreError as err:
-        raise BadRequest(str(err)) from None
+def parse_where(text: str) -> TrialFilter:
+    """`status=failed test_acc>0.9 host="node 1"`: `bnsweep query`'s `--where` items, split as a
+    shell splits words; a bad one is a BadRequest with the CLI's message."""
+    return TrialFilter.parse(text)
 
 
 def trial(snap: Snapshot, site: Site, name: str, trial_id: int, figure: bool = True) -> str:
@@ -288,7 +276,7 @@ def trial(snap: Snapshot, site: Site, name: str, trial_id: int, figure: bool = T
     rows = frame[frame["trial_id"] == trial_id]
     if rows.empty:
         raise NotFound(f"no trial {trial_id} in sweep {name!r}")
-    record = rows.iloc[0].to_dict()
+    record = records(rows)[0]
     epochs = snap.epochs(name)
     epochs = epochs[epochs["trial_id"] == trial_id]
     diagnostics = snap.diagnostics(name)
@@ -378,7 +366,7 @@ def api_status(snap: Snapshot, name: str) -> dict[str, Any]:
     }
 
 
-def api_trials(snap: Snapshot, name: str, where: dict[str, list[object]]) -> str:
+def api_trials(snap: Snapshot, name: str, where: TrialFilter) -> str:
     """Every trial column, as a JSON array of objects (times ISO 8601 UTC, missing = null)."""
     frame = trials_frame(snap, name, where, None, False)
     return frame.to_json(orient="records", date_format="iso")

@@ -99,6 +99,35 @@ class TableQuery:
         return out
 
 
+@dataclass(frozen=True)
+class TrialFilter:
+    """The trials page's and the API's `where`: the user's text, kept to show it back as typed,
+    and its `--where` items (`bnsweep.store.columns.split_where`). The store applies them, as
+    it does for `bnsweep query --where`: one filter language, one implementation."""
+
+    text: str = ""
+    items: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> TrialFilter:
+        """Checked before the store is read, as the CLI checks: a bad filter is a BadRequest
+        with the CLI's message."""
+        from bnsweep.store.columns import check_where, parse_where, split_where
+        from bnsweep.store.errors import StoreError
+
+        try:
+            items = tuple(split_where(text))
+            check_where(parse_where(items))
+        except StoreError as err:
+            raise BadRequest(str(err)) from None
+        return cls(text, items)
+
+    def where(self) -> dict[str, list[object]]:
+        from bnsweep.store.columns import parse_where
+
+        return parse_where(self.items)
+
+
 # -- values the pages show ---------------------------------------------------------------------
 
 
@@ -367,7 +396,7 @@ class Snapshot:
     def overview(self, name: str) -> SweepOverview:
         def build() -> SweepOverview:
             info = self._info(name)
-            trials = self.trials(name)
+            trials = self.results(name)  # counted as `bnsweep status` counts
             fixed, varying = recipe_of(trials)
             return SweepOverview(
                 name=info.name,
@@ -389,17 +418,49 @@ class Snapshot:
         known = ", ".join(i.name for i in self._infos()) or "none"
         raise NotFound(f"no sweep named {name!r} in {self.store.url}; known sweeps: {known}")
 
-    def trials(self, name: str) -> pd.DataFrame:
+    def trials(self, name: str, where: TrialFilter | None = None) -> pd.DataFrame:
+        """The sweep's trials, those `where` keeps when given (the store's query, as `bnsweep
+        query --where` runs it)."""
         self._info(name)
-        return self._cached(("trials", name), lambda: self.store.trials(sweep=name))
+        if where is None or not where.items:
+            return self._cached(("trials", name), lambda: self.store.trials(sweep=name))
+        return self._cached(
+            ("trials", name, where.items),
+            lambda: self.store.trials(sweep=name, where=where.where()),
+        )
 
-    def epochs(self, name: str) -> pd.DataFrame:
-        self._info(name)
-        return self._cached(("epochs", name), lambda: self.store.epochs(sweep=name))
+    def results(self, name: str) -> pd.DataFrame:
+        """The trials the tables and figures count: this bnsweep's training recipe only, as
+        `bnsweep tables`, `bnsweep plots` and `bnsweep.trials` read them (the trials page and
+        its downloads list every trial, as `bnsweep query` does)."""
+        from bnsweep.store.results import CURRENT_RECIPE
 
-    def diagnostics(self, name: str) -> pd.DataFrame:
         self._info(name)
-        return self._cached(("diagnostics", name), lambda: self.store.diagnostics(sweep=name))
+        return self._cached(
+            ("results", name), lambda: self.store.trials(sweep=name, where=CURRENT_RECIPE)
+        )
+
+    def epochs(self, name: str, results: bool = False) -> pd.DataFrame:
+        """Every epoch of the sweep's trials; with `results`, of those `results()` counts."""
+        from bnsweep.store.results import CURRENT_RECIPE
+
+        self._info(name)
+        where = CURRENT_RECIPE if results else None
+        return self._cached(
+            ("epochs", name, results), lambda: self.store.epochs(sweep=name, where=where)
+        )
+
+    def diagnostics(self, name: str, results: bool = False) -> pd.DataFrame:
+        """The BN diagnostics of the sweep's trials; with `results`, of those `results()`
+        counts."""
+        from bnsweep.store.results import CURRENT_RECIPE
+
+        self._info(name)
+        where = CURRENT_RECIPE if results else None
+        return self._cached(
+            ("diagnostics", name, results),
+            lambda: self.store.diagnostics(sweep=name, where=where),
+        )
 
     def status(self, name: str) -> SweepStatus:
         """What `Store.sweep_status` answers, computed from the trials frame already read (a
@@ -416,7 +477,7 @@ class Snapshot:
             # Only a chosen arm is passed, so a table model without `versus` answers BASE tables.
             versus: dict[str, Any] = {"versus": query.versus} if query.versus else {}
             return tables_for(
-                self.trials(name),
+                self.results(name),
                 report_of(self._info(name).spec_text),
                 query.layout,
                 test=query.test,
@@ -431,25 +492,25 @@ class Snapshot:
         def build() -> list[Failure]:
             from bnsweep.store.columns import SPEC_COLUMNS, arm_label
 
-            trials = self.trials(name)
+            trials = self.results(name)
             failed = trials[trials["status"].astype(str) == "failed"]
             storage = self.overview(name).storage
             varying = [n for n, _ in self.overview(name).varying]
             out = []
-            for row in failed.itertuples(index=False):
-                values = {c: getattr(row, c) for c in SPEC_COLUMNS}
-                error = str(row.error or "").strip()
+            for row in records(failed):
+                values = {c: row[c] for c in SPEC_COLUMNS}
+                error = (row["error"] or "").strip()
                 out.append(
                     Failure(
-                        trial_id=int(row.trial_id),
-                        spec_hash=str(row.spec_hash),
-                        seed=int(row.seed),
+                        trial_id=row["trial_id"],
+                        spec_hash=row["spec_hash"],
+                        seed=row["seed"],
                         arm=arm_label(values, varying),
-                        attempts=int(row.attempts),
-                        host=str(row.host or ""),
-                        finished_at=_timestamp(row.finished_at),
+                        attempts=row["attempts"],
+                        host=row["host"] or "",
+                        finished_at=row["finished_at"],
                         error=error.splitlines()[-1] if error else "(no message recorded)",
-                        traceback_at=f"{storage}/{name}/*/{row.spec_hash}-seed{row.seed}-*"
+                        traceback_at=f"{storage}/{name}/*/{row['spec_hash']}-seed{row['seed']}-*"
                         "/error.txt",
                     )
                 )
@@ -460,11 +521,17 @@ class Snapshot:
 
 def status_of(name: str, trials: pd.DataFrame) -> SweepStatus:
     """A sweep's `SweepStatus` from its trials frame: counts by status, and per arm (spec_hash)
-    its seeds and which of them are missing, failed or running, arms in spec-column order."""
+    its seeds and which of them are missing, failed or running, arms in spec-column order; the
+    trials of other training recipes only in `older_recipes`, as `Store.sweep_status` counts."""
     from bnsweep.store.columns import SPEC_COLUMNS, arm_label
     from bnsweep.store.models import FINAL_STATUSES, STATUSES
+    from bnsweep.store.results import CURRENT_RECIPE
     from bnsweep.store.values import ArmStatus, SweepStatus
 
+    current = trials["recipe"] == CURRENT_RECIPE["recipe"]
+    older = trials.loc[~current, "recipe"].value_counts()
+    older_recipes = tuple(sorted((int(r), int(n)) for r, n in older.items()))
+    trials = trials[current]
     status = trials["status"].astype(str)
     counts: dict[str, Any] = {s: int((status == s).sum()) for s in STATUSES}
     frame = trials.assign(_status=status).sort_values([*SPEC_COLUMNS, "seed"], kind="stable")
@@ -493,13 +560,30 @@ def status_of(name: str, trials: pd.DataFrame) -> SweepStatus:
                 running_seeds=running.get(spec_hash, ()),
             )
         )
-    return SweepStatus(name=name, total=len(trials), arms=tuple(arms), **counts)
+    return SweepStatus(
+        name=name, total=len(trials), arms=tuple(arms), older_recipes=older_recipes, **counts
+    )
 
 
-def _timestamp(value: Any) -> datetime | None:
+def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows of a store frame as plain Python values, for pages and their tests: a missing
+    value is None, whatever pandas holds it as (NaN in a `str` or float column, pd.NA in an
+    Int64 one, NaT), since NaN is truthy and `str(nan)` is "nan"; numbers are int or float,
+    times datetime."""
     import pandas as pd
 
-    return None if value is None or pd.isna(value) else value.to_pydatetime()
+    out = []
+    for row in frame.to_dict("records"):
+        out.append({k: _plain(v, pd) for k, v in row.items()})
+    return out
+
+
+def _plain(value: Any, pd: Any) -> Any:
+    if value is None or (not isinstance(value, (str, bytes)) and pd.isna(value)):
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.to_pydatetime()
+    return value.item() if hasattr(value, "item") else value  # numpy scalars
 
 
 # -- cells of a table ------------------------------------------------------------------------

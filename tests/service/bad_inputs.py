@@ -422,4 +422,25 @@ CASES: dict[str, BadInput] = {
         USAGE,
         argparse=True,
     ),
+    # -- where filters (issue 19: one filter for query, the JSON API and the trials page) -------
+    "--where a comparison on a text field": BadInput(
+        ("query", "--db", "{db}", "--where", "host>a"),
+        ("where host>", "host is text; only = and != apply to it"),
+        USAGE,
+    ),
+    "--where a comparison with a word": BadInput(
+        ("query", "--db", "{db}", "--where", "test_acc>abc"),
+        ("where test_acc", "expected a number, got 'abc'"),
+        USAGE,
+    ),
+    "--where a comparison with nan": BadInput(
+        ("query", "--db", "{db}", "--where", "test_acc>nan"),
+        ("where test_acc", "expected a finite number"),
+        USAGE,
+    ),
+    "--where without an operator": BadInput(
+        ("query", "--db", "{db}", "--where", "lr"),
+        ("--where 'lr'", "expected FIELD=VALUE or FIELD>VALUE"),
+        USAGE,
+    ),
 }
