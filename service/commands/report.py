@@ -80,7 +80,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--exclude-diverged",
         action="store_true",
         help="leave diverged runs out of means and pairs (default: they count with the score of "
-        "their best validation epoch before the divergence, as in the official code)",
+        "their best validation epoch, the diverged network's own evaluation included, as in the "
+        "official code)",
     )
     tables.add_argument(
         "--layout",

@@ -182,9 +182,7 @@ def table_html(site: Site, name: str, table: Table, query: TableQuery) -> str:
                 + "</tr>"
             )
     parts.append("</tbody></table>")
-    notes = [table.caption, table.mde] + [f"{m} {x}" for m, x in table.footnotes]
-    notes += [f"{b.label}: {x}" for b in table.blocks for x in b.notes] + list(table.notes)
-    parts += [f'<p class="note">{esc(x)}</p>' for x in notes]
+    parts += [f'<p class="note">{esc(x)}</p>' for x in table.notes_under()]
     return "\n".join(parts)
 
 
