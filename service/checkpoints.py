@@ -202,7 +202,7 @@ class CellStorage:
         changed = "its cell file" if files is None else None
         for file_name, digest in (files or {}).items():
             path = local / file_name
-            if not path.is_file() or not hmac.compare_digest(_sha256(path), str(digest)):
+            if not path.is_file() or not _equal(_sha256(path), str(digest)):
                 changed = file_name
                 break
         if changed is not None:
@@ -315,14 +315,19 @@ def _verified(text: str | None, name: str, key: bytes | None) -> dict[str, Any] 
     """The file's content without its mac, if the mac verifies with `key`; else None."""
     try:
         found = json.loads(text or "")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can read
         return None
     if key is None or not isinstance(found, dict):
         return None
     mac = found.pop("mac", None)
-    if not isinstance(mac, str) or not hmac.compare_digest(mac, _mac(key, name, found)):
+    if not isinstance(mac, str) or not _equal(mac, _mac(key, name, found)):
         return None
     return found
+
+
+def _equal(given: str, expected: str) -> bool:
+    # As bytes: compare_digest refuses a str with non-ASCII characters, which a forger may write.
+    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 def _signed_segment(text: str | None, name: str, key: bytes | None) -> dict[str, Any] | None:

@@ -60,6 +60,7 @@ def test_forged_records_segments_are_refused_each_named_and_genuine_ones_used(
         # Written by hand: no signature, or a made-up one.
         "records-000002-000002.json": {**_segment(2, 2, 0.999).__dict__},
         "records-000003-000003.json": {**_segment(3, 3, 0.999).__dict__, "mac": "0" * 64},
+        "records-000003-000005.json": {**_segment(3, 5, 0.999).__dict__, "mac": "é"},
         # A genuine segment of another cell, copied in.
         "records-000003-000004.json": json.loads(
             (Path(cells.folder(OTHER)) / "records-000003-000004.json").read_text()
@@ -67,14 +68,15 @@ def test_forged_records_segments_are_refused_each_named_and_genuine_ones_used(
     }
     for name, content in forged.items():
         (folder / name).write_text(json.dumps(content))
-    # A genuine segment renamed to claim other epochs.
+    # A genuine segment renamed to claim other epochs, and JSON nested past what json reads.
     shutil.copy(folder / "records-000001-000002.json", folder / "records-000004-000005.json")
+    (folder / "records-000005-000005.json").write_text("[" * 100_000 + "]" * 100_000)
     with caplog.at_level(logging.WARNING, logger="bnsweep.checkpoints"):
         got = cells.records(CELL, up_to=10)
     assert [(e["epoch"], e["val_acc"]) for e in got.epochs] == [(1, 0.5), (2, 0.5)]
     refused = [r.getMessage() for r in caplog.records]
-    assert len(refused) == 4
-    for name in [*forged, "records-000004-000005.json"]:
+    assert len(refused) == 6
+    for name in [*forged, "records-000004-000005.json", "records-000005-000005.json"]:
         assert any(str(folder / name) in line and "refusing" in line for line in refused), name
     assert all("\n" not in line for line in refused)
 
