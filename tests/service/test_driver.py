@@ -375,6 +375,13 @@ def test_cells_resume_from_their_checkpoint_and_nothing_tune_pickled_is_read(
     stored = {(e, layer): g for e, layer, g in diag[["epoch", "layer", "gamma_mean"]].to_numpy()}
     assert {k: v for k, v in stored.items() if k[0] <= 2} == pytest.approx(earlier_gammas)
     assert_never_overlapping(trials)
+    # The cells' signing keys never reach the storage they protect (Tune's pickles included).
+    with Store.open(url) as store:
+        keys = [
+            k for key in store.cell_keys(expand(sweep)).values() for k in (key, key.hex().encode())
+        ]
+    for path in (tmp_path / "runs").rglob("*"):
+        assert not path.is_file() or not any(k in path.read_bytes() for k in keys), path
     # Only the latest checkpoint is kept.
     assert sorted(p.name for p in folder.glob("checkpoint-*")) == ["checkpoint-000003"]
 
