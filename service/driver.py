@@ -277,7 +277,10 @@ def launch(
         )
         try:
             if missing:
-                _fit(_new_tuner(sweep, missing, root, callback, marker, events), callback)
+                # The cells' signing keys travel in Ray's object store, never in Tune's config,
+                # which Tune writes into the checkpoint storage the keys protect.
+                cells = CellStorage(_join(root, sweep.name), keys=store.cell_keys(missing))
+                _fit(_new_tuner(sweep, missing, cells, callback, marker, events), callback)
         finally:
             if callback.failure is None:
                 callback.drain()
@@ -335,7 +338,7 @@ def _tune_environment() -> None:
 def _new_tuner(
     sweep: SweepSpec,
     cells: Sequence[TrialSpec],
-    root: str,
+    storage: CellStorage,
     callback: StoreCallback,
     marker: StorageMarker | None,
     events: Any,
@@ -345,7 +348,7 @@ def _new_tuner(
     never forces an experiment snapshot, and its periodic one stays a few kB per trial."""
     trainable = tune.with_parameters(
         train_cell,
-        cells=CellStorage(_join(root, sweep.name)),
+        cells=storage,
         checkpoint_every=sweep.checkpoint_every,
         diagnostics=sweep.diagnostics.model_dump(),
         storage=marker,
@@ -363,7 +366,7 @@ def _new_tuner(
         ),
         run_config=tune.RunConfig(
             name=datetime.now(timezone.utc).strftime("launch-%Y%m%dT%H%M%S%f"),
-            storage_path=_join(root, sweep.name),
+            storage_path=storage.root,
             callbacks=[callback],
             failure_config=tune.FailureConfig(max_failures=sweep.retries),
             verbose=0,

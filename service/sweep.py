@@ -326,30 +326,69 @@ def load_sweep_spec(path: str | Path) -> SweepSpec:
 
 
 def redacted_spec_text(text: str, source: str = "<spec>") -> str:
-    """The spec as the store keeps it: the password of its `database:` URL becomes ***.
+    """The spec as the store keeps it (and the dashboard and reports show it): every URL
+    password in it becomes ***, wherever the YAML put it.
 
-    The URL is found as data (the YAML node of the top-level `database` key) and only that
-    scalar's span of the text is rewritten, so the rest (comments, the `report:` layout, any
-    other occurrence of the password's characters) stays exactly as written.
+    Secrets are found in the parsed document, not in the lines, so a merge key, an anchor and
+    its aliases, a flow mapping, a quoted, escaped or multi-line scalar all count; a password in
+    a comment counts too. Without any, the text is kept byte for byte. With some, the scalars
+    that hold them are rewritten in place (anchors kept), so comments and layout survive; that
+    text is kept only if it parses to the redacted document. Otherwise the redacted document is
+    stored re-dumped, under a comment saying so: never the secret, never a different spec.
     """
-    from bnsweep.store.errors import redact_url
+    from bnsweep.store.errors import redact_text
 
-    root = yaml.compose(text, Loader=_StrictLoader)
-    if not isinstance(root, yaml.MappingNode):
+    data = load_yaml(text, source)
+    clean = _redacted(data, redact_text)
+    if _same(clean, data) and redact_text(text) == text:
         return text
-    for key_node, value_node in root.value:
-        if key_node.value != "database" or not isinstance(value_node, yaml.ScalarNode):
+    rewritten = redact_text(_rewrite_scalars(text, redact_text))
+    try:
+        if _same(load_yaml(rewritten, source), clean):
+            return rewritten
+    except SpecError:
+        pass  # the in-place rewrite broke the YAML: fall back to the parsed document
+    return _REDUMP_NOTE + yaml.safe_dump(clean, sort_keys=False, allow_unicode=True)
+
+
+_REDUMP_NOTE = (
+    "# The spec as bnsweep parsed it, its passwords replaced by ***; the file's comments,\n"
+    "# anchors and merge keys are not kept.\n"
+)
+
+
+def _redacted(value: Any, redact: Any) -> Any:
+    """`value` with `redact` applied to every string in it, mapping keys included."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {_redacted(k, redact): _redacted(v, redact) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v, redact) for v in value]
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    # repr, not ==: a NaN in the document equals itself only this way; order counts too.
+    return repr(a) == repr(b)
+
+
+def _rewrite_scalars(text: str, redact: Any) -> str:
+    """`text` with each scalar whose value `redact` changes replaced by the redacted value as a
+    JSON string (a valid YAML double-quoted scalar), its anchor kept."""
+    spans = []
+    for event in yaml.parse(text, Loader=_StrictLoader):
+        if not isinstance(event, yaml.ScalarEvent) or redact(event.value) == event.value:
             continue
-        url = load_yaml(text, source).get("database")
-        if not isinstance(url, str):
-            return text
-        shown = redact_url(url)
-        if shown == url.strip():
-            return text
-        start, end = value_node.start_mark.index, value_node.end_mark.index
-        tail = "\n" if text[start:end].endswith("\n") else ""
-        # A JSON string is a valid YAML double-quoted scalar.
-        return text[:start] + json.dumps(shown) + tail + text[end:]
+        if event.start_mark is None or event.end_mark is None:
+            continue  # the parser always sets them; the caller's check re-dumps otherwise
+        start, end = event.start_mark.index, event.end_mark.index
+        span = text[start:end]
+        anchor = f"&{event.anchor} " if event.anchor else ""
+        quoted = json.dumps(redact(event.value), ensure_ascii=False)
+        spans.append((start, end, anchor + quoted + span[len(span.rstrip()) :]))
+    for start, end, replacement in sorted(spans, reverse=True):
+        text = text[:start] + replacement + text[end:]
     return text
 
 

@@ -20,6 +20,7 @@ from ray import tune
 from bnsweep.checkpoints import CellRecords, CellStorage, write_cell_file
 from bnsweep.plan import Cell, cell_of
 from bnsweep.preflight import StorageMarker, check_storage_visible
+from bnsweep.workers.checkpoint import CheckpointError
 from bnsweep.workers.diagnostics import BNDiagnostics
 from bnsweep.workers.errors import SpecError
 from bnsweep.workers.results import EpochMetrics, TrialResult
@@ -88,12 +89,19 @@ def train_cell(
             cells.write_records(key, first, metrics.epoch, since)
             with cells.new_checkpoint(key, metrics.epoch) as folder:
                 save(folder)
-                write_cell_file(folder, key, metrics.epoch)
+                write_cell_file(folder, key, metrics.epoch, cells.keys[key])
             since, first = CellRecords([], []), metrics.epoch + 1
         tune.report({"kind": "epoch", **asdict(metrics)})
 
     with _checkpoint_of(cells, key, resumed) as checkpoint:
-        result = run_trial(spec, on_epoch=on_epoch, checkpoint=checkpoint, inspect=inspector)
+        try:
+            result = run_trial(spec, on_epoch=on_epoch, checkpoint=checkpoint, inspect=inspector)
+        except CheckpointError as err:
+            if cells is None or checkpoint is None:
+                raise
+            # Signed by the trial and unchanged, yet unreadable (or of another format): it would
+            # fail the same way at every relaunch, so the message says how to start over.
+            raise CheckpointError(f"{err}; {cells.remedy(key)}") from None
     tune.report(
         {
             "kind": "final",

@@ -11,10 +11,8 @@ code.
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +54,25 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path
     return target
 
 
+#: What every checkpoint `workers/trial.py` writes holds besides its format version.
+REQUIRED_KEYS = (
+    "spec_hash",
+    "seed",
+    "model",
+    "optimizer",
+    "scheduler",
+    "data_generator",
+    "rng",
+    "progress",
+)
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The state in a checkpoint bnsweep wrote: the one place a checkpoint is read with torch.
+
+    Anything else is one CheckpointError line naming the file. torch's own message is never
+    passed on: for a file holding other objects it advises `weights_only=False`, which would run
+    whatever code the file carries."""
     target = resolve(path)
     if not target.is_file():
         raise CheckpointError(
@@ -64,14 +80,20 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         )
     try:
         state = torch.load(target, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError) as err:
+    except Exception:  # whatever an untrusted file makes torch raise: one answer
         raise CheckpointError(
-            f"checkpoint {target} is unreadable or not a bnsweep checkpoint: {err}"
+            f"checkpoint {target} is unreadable: not one bnsweep wrote (it is damaged, or holds "
+            "objects other than tensors and plain values, which bnsweep never loads)"
         ) from None
     version = state.get("format_version") if isinstance(state, dict) else None
     if version != FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {target} has format {version}; this bnsweep reads format {FORMAT_VERSION}"
+        )
+    missing = [key for key in REQUIRED_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {target} is not one bnsweep wrote: it has no {', '.join(missing)}"
         )
     return state
 

@@ -93,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint_dir:
         # Before the first epoch, not after it: a run of hours must not fail at its first save.
         check_writable_folder("--checkpoint-dir", args.checkpoint_dir)
+    if args.resume:
+        check_resume(args.resume)
     console = Console(stderr=True)
     columns = (
         TextColumn("epoch"),
@@ -143,3 +145,17 @@ def run(args: argparse.Namespace) -> int:
     if result.error:
         print(result.error)
     return 0
+
+
+def check_resume(path: str) -> None:
+    """Refuse a checkpoint that cannot be resumed before any data loads: one line naming it and
+    what --resume takes."""
+    from bnsweep.workers.checkpoint import FILENAME, CheckpointError, load_checkpoint
+
+    try:
+        load_checkpoint(path)
+    except CheckpointError as err:
+        raise CheckpointError(
+            f"--resume: {err}; give the folder (or its {FILENAME}) that "
+            "`bnsweep train --checkpoint-dir` wrote"
+        ) from None

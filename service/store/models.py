@@ -106,6 +106,16 @@ class Sweep(Base):
     updated_at: Mapped[datetime]
 
 
+class Secret(Base):
+    """A secret the store keeps (revision 0004): `checkpoint-key` signs what trials write into
+    checkpoint storage (service/checkpoints.py). Never shown by any command or page."""
+
+    __tablename__ = "secrets"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(sa.String(128))
+
+
 class Trial(Base):
     """One cell: a result-changing spec (`spec_hash`) trained with one seed."""
 

@@ -9,7 +9,9 @@ a registered sweep is read back, and `forget` selects what `trials()` would retu
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import logging
+import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,12 +36,23 @@ from bnsweep.store.events import (
     runtime_text,
     utc_now,
 )
-from bnsweep.store.models import FINAL_STATUSES, Diagnostic, Epoch, Sweep, SweepTrial, Trial
+from bnsweep.store.models import (
+    FINAL_STATUSES,
+    Diagnostic,
+    Epoch,
+    Secret,
+    Sweep,
+    SweepTrial,
+    Trial,
+)
 from bnsweep.store.reads import StoreReads
 from bnsweep.store.values import ForgetCount, SweepInfo
 from bnsweep.workers.spec import TrialSpec
 
 log = logging.getLogger(__name__)
+
+#: The name of the store's secret that checkpoint signatures derive from (`Store.cell_keys`).
+CHECKPOINT_KEY = "checkpoint-key"
 
 
 @dataclass
@@ -219,6 +232,37 @@ class StoreWrites(StoreReads):
         info = self._run(work, f"registering sweep {name!r}", write=True)
         log.info("registered sweep %r: %d cells in %s", name, info.cells, self.url)
         return info
+
+    def cell_keys(
+        self, cells: Iterable[TrialSpec | tuple[str, int]]
+    ) -> dict[tuple[str, int], bytes]:
+        """The key that signs each registered cell's files in checkpoint storage
+        (service/checkpoints.py): derived from the store's secret, made on first use, and the
+        trial's row. Only who can read this database can sign; a trial forgotten and registered
+        again gets a new row, so a new key, and its old files no longer verify."""
+        wanted = {cell_of(cell) for cell in cells}
+        insert = self._insert
+
+        def work(conn: sa.Connection) -> tuple[str, dict[tuple[str, int], str]]:
+            conn.execute(
+                insert(Secret.__table__)
+                .values(name=CHECKPOINT_KEY, value=secrets.token_hex(32))
+                .on_conflict_do_nothing(index_elements=["name"])
+            )
+            secret = conn.scalar(sa.select(Secret.value).where(Secret.name == CHECKPOINT_KEY))
+            rows: dict[tuple[str, int], str] = {}
+            for chunk in chunks(sorted({spec_hash for spec_hash, _ in wanted})):
+                query = sa.select(Trial.spec_hash, Trial.seed, Trial.id, Trial.created_at).where(
+                    Trial.spec_hash.in_(chunk)
+                )
+                for spec_hash, seed, trial_id, created in conn.execute(query):
+                    if (spec_hash, seed) in wanted:
+                        rows[(spec_hash, seed)] = f"{spec_hash} {seed} {trial_id} {created}"
+            return str(secret), rows
+
+        secret, rows = self._run(work, "reading the checkpoint key", write=True)
+        key = bytes.fromhex(secret)
+        return {cell: hmac.new(key, row.encode(), "sha256").digest() for cell, row in rows.items()}
 
     @property
     def _insert(self) -> Callable[..., Any]:

@@ -443,4 +443,28 @@ CASES: dict[str, BadInput] = {
         ("--where 'lr'", "expected FIELD=VALUE or FIELD>VALUE"),
         USAGE,
     ),
+    # secrets and checkpoints (issue 19)
+    **{
+        f"database URL {url!r}": BadInput(
+            ("status", "--db", url), ("bad database URL", "***", "must be written %40"), USAGE
+        )
+        for url in (
+            "postgresql://u:p@ss@127.0.0.1/db",
+            "postgresql://u@127.0.0.1/db?password=p@ss",
+            "postgresql://u:p@ss:w/rd@127.0.0.1:notaport/db",
+        )
+    },
+    **{
+        f"train --resume {what}": BadInput(
+            ("train", "--epochs", "1", "--dataset", "digits", "--resume", "{file}"),
+            ("--resume: checkpoint", "not one bnsweep wrote", "--checkpoint-dir"),
+            USAGE,
+            file_bytes(data),
+        )
+        for what, data in (
+            # A pickle that runs os.system: torch's refusal advises weights_only=False.
+            ("a pickle that runs code", b"cposix\nsystem\n(S'true'\ntR."),
+            ("a damaged file", b"PK\x03\x04 not a checkpoint"),
+        )
+    },
 }

@@ -14,19 +14,21 @@ import pytest
 from bnsweep.checkpoints import CellRecords, CellStorage, write_cell_file
 
 CELL = ("0123456789abcdef", 3)
+OTHER = (CELL[0], CELL[1] + 1)
+KEYS = {CELL: b"k" * 32, OTHER: b"o" * 32}
 
 
 @pytest.fixture(params=["path", "uri"])
 def cells(request: pytest.FixtureRequest, tmp_path: Path) -> CellStorage:
     root = tmp_path / "runs" / "sweep"
     root.mkdir(parents=True)
-    return CellStorage(str(root) if request.param == "path" else f"file://{root}")
+    return CellStorage(str(root) if request.param == "path" else f"file://{root}", keys=KEYS)
 
 
 def _save(cells: CellStorage, epoch: int, cell: tuple[str, int] = CELL) -> None:
     with cells.new_checkpoint(cell, epoch) as folder:
         (folder / "trial.pt").write_bytes(f"weights after {epoch}".encode())
-        write_cell_file(folder, cell, epoch)
+        write_cell_file(folder, cell, epoch, KEYS[cell])
 
 
 def _local(cells: CellStorage) -> Path:
@@ -87,7 +89,6 @@ def test_records_segments_add_up_to_the_checkpoint(cells: CellStorage) -> None:
 
 
 def test_cells_have_folders_of_their_own(cells: CellStorage) -> None:
-    other = (CELL[0], CELL[1] + 1)
     _save(cells, 10)
-    _save(cells, 30, cell=other)
-    assert (cells.latest(CELL), cells.latest(other)) == (10, 30)
+    _save(cells, 30, cell=OTHER)
+    assert (cells.latest(CELL), cells.latest(OTHER)) == (10, 30)

@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import io
 import itertools
+import json
 import logging
 import os
 import pickle
@@ -297,7 +298,10 @@ def _abandon_after_two_epochs(sweep_spec: Any, root: Path, url: str) -> tuple[tu
     diagnostics' γ means by (epoch, layer)."""
     cell = expand(sweep_spec)[0]
     key = cell_of(cell)
-    cells = CellStorage(str(root / sweep_spec.name))
+    with Store.open(url) as store:  # the trial's row first: its files are signed with its key
+        store.register_sweep(sweep_spec.name, "abandoned", expand(sweep_spec))
+        keys = store.cell_keys([key])
+    cells = CellStorage(str(root / sweep_spec.name), keys=keys)
     recorded, diagnostics = [], []
     inspector = BNDiagnostics.for_spec(cell)
 
@@ -309,14 +313,13 @@ def _abandon_after_two_epochs(sweep_spec: Any, root: Path, url: str) -> tuple[tu
         cells.write_records(key, epoch, epoch, CellRecords([dataclasses.asdict(metrics)], items))
         with cells.new_checkpoint(key, epoch) as folder:
             save(folder)
-            write_cell_file(folder, key, epoch)
+            write_cell_file(folder, key, epoch, keys[key])
         if epoch == 2:
             raise _Stop
 
     with pytest.raises(_Stop):
         run_trial(cell, on_epoch=on_epoch, inspect=inspector)
     with Store.open(url) as store:
-        store.register_sweep(sweep_spec.name, "abandoned", expand(sweep_spec))
         store.apply([TrialStarted(*key, host="old", device="cpu")])
         store.apply([EpochRecorded(*key, metrics=recorded[0])])
     gammas = {
@@ -348,6 +351,10 @@ def test_cells_resume_from_their_checkpoint_and_nothing_tune_pickled_is_read(
     (planted / "trial").mkdir(parents=True)
     for name in ("tuner.pkl", "trainable.pkl", "trial/error.pkl"):
         (planted / name).write_bytes(pickle.dumps(_Planted(proof)))
+    # And a records segment that would set epoch 2's accuracy (issue 19): not signed, refused.
+    folder = tmp_path / "runs" / "abandoned" / "cells" / f"{cell[0]}-seed{cell[1]}"
+    forged = {"epochs": [{"epoch": 2, "val_acc": 0.999, "test_acc": 0.999}], "diagnostics": []}
+    (folder / "records-000002-000003.json").write_text(json.dumps({**forged, "mac": "0" * 64}))
 
     summary, _ = run_launch(spec_path, url)
     assert not proof.exists()
@@ -370,8 +377,14 @@ def test_cells_resume_from_their_checkpoint_and_nothing_tune_pickled_is_read(
     stored = {(e, layer): g for e, layer, g in diag[["epoch", "layer", "gamma_mean"]].to_numpy()}
     assert {k: v for k, v in stored.items() if k[0] <= 2} == pytest.approx(earlier_gammas)
     assert_never_overlapping(trials)
+    # The cells' signing keys never reach the storage they protect (Tune's pickles included).
+    with Store.open(url) as store:
+        keys = [
+            k for key in store.cell_keys(expand(sweep)).values() for k in (key, key.hex().encode())
+        ]
+    for path in (tmp_path / "runs").rglob("*"):
+        assert not path.is_file() or not any(k in path.read_bytes() for k in keys), path
     # Only the latest checkpoint is kept.
-    folder = tmp_path / "runs" / "abandoned" / "cells" / f"{cell[0]}-seed{cell[1]}"
     assert sorted(p.name for p in folder.glob("checkpoint-*")) == ["checkpoint-000003"]
 
 
