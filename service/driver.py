@@ -28,7 +28,6 @@ docs/sweeps.md says the same for users.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import socket
@@ -56,8 +55,9 @@ from bnsweep.preflight import (
 )
 from bnsweep.progress import Progress
 from bnsweep.ray_address import host_port
-from bnsweep.store.api import Store
-from bnsweep.store.errors import StoreFailure
+from bnsweep.store.api import LaunchBusy, Store
+from bnsweep.store.errors import StoreError, StoreFailure
+from bnsweep.store.filelock import held_file_lock
 from bnsweep.sweep import SweepSpec
 from bnsweep.trainable import train_cell
 from bnsweep.workers.errors import BnsweepError, RuntimeFailure
@@ -245,48 +245,78 @@ def launch(
     launch_plan = plan(sweep, store)
     summary = LaunchSummary()
     if not launch_plan.missing:
+        # Nothing to train; rows a killed launch left `running` (cells since dropped from the
+        # spec among them) are still reset, unless a launch of the sweep is live.
+        with contextlib.suppress(LaunchBusy), store.launch_lock(sweep.name):
+            summary.requeued = store.requeue_running(sweep.name)
         store.register_sweep(sweep.name, spec_text, launch_plan.cells)
         return summary
-    _tune_environment()
-    nodes = connect(address, num_cpus=num_cpus)
-    check_resources_fit(sweep.resources, ray.nodes(), autoscaler=autoscaler_present())
-    root = storage_root(sweep, base_dir)
-    check_storage_is_shared(sweep, root, nodes)
-    check_compile_works(sweep, launch_plan.missing)
-    with store.launch_lock(sweep.name), _one_launch_at_a_time(root, sweep.name):
-        store.register_sweep(sweep.name, spec_text, launch_plan.cells)
-        marker = place_storage_marker(root, sweep.name)
-        missing = plan(sweep, store).missing  # another launch may have finished some meanwhile
-        summary.requeued = store.requeue_stale(missing)  # we hold the lock: nobody trains them
-        progress = Progress(
-            len(launch_plan.cells),
-            len(launch_plan.cells) - len(missing),
-            epochs={cell_of(c): c.epochs for c in missing},
-            stream=progress_stream,
-        )
-        # On the driver's own node: a sink on a worker node would go, with the records in it,
-        # when that node does (the cluster test removes one mid-sweep).
-        here = ray.get_runtime_context().get_node_id()
-        # mypy does not apply class decorators (python/mypy#3135): it sees the plain class, not
-        # the ActorClass that @ray.remote made of it.
-        events = EventSink.options(  # type: ignore[attr-defined]
-            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)
-        ).remote()
-        callback = StoreCallback(
-            store, summary, progress, events=lambda: ray.get(events.drain.remote())
-        )
-        try:
-            if missing:
-                _fit(_new_tuner(sweep, missing, root, callback, marker, events), callback)
-        finally:
-            if callback.failure is None:
-                callback.drain()
-                callback.flush()
-            progress.close()
-            ray.kill(events)
-        summary.interrupted = any(cell_of(c) not in summary.ended for c in missing)
+    # The store's lock first: a second launch is refused before it starts a Ray.
+    with store.launch_lock(sweep.name):
+        summary.requeued = store.requeue_running(sweep.name)  # we hold the lock: nobody trains them
+        _tune_environment()
+        nodes = connect(address, num_cpus=num_cpus)
+        check_resources_fit(sweep.resources, ray.nodes(), autoscaler=autoscaler_present())
+        root = storage_root(sweep, base_dir)
+        check_storage_is_shared(sweep, root, nodes)
+        check_compile_works(sweep, launch_plan.missing)
+        with _one_launch_at_a_time(root, sweep.name):
+            _run_missing(sweep, store, spec_text, launch_plan.cells, root, summary, progress_stream)
     _check_stored(store, summary)
     return summary
+
+
+def _run_missing(
+    sweep: SweepSpec,
+    store: Store,
+    spec_text: str,
+    cells: Sequence[TrialSpec],
+    root: str,
+    summary: LaunchSummary,
+    progress_stream: Any,
+) -> None:
+    """Register the sweep and train its missing cells, with both launch locks held."""
+    store.register_sweep(sweep.name, spec_text, cells)
+    marker = place_storage_marker(root, sweep.name)
+    missing = plan(sweep, store).missing  # another launch may have finished some meanwhile
+    progress = Progress(
+        len(cells),
+        len(cells) - len(missing),
+        epochs={cell_of(c): c.epochs for c in missing},
+        stream=progress_stream,
+    )
+    # On the driver's own node: a sink on a worker node would go, with the records in it,
+    # when that node does (the cluster test removes one mid-sweep).
+    here = ray.get_runtime_context().get_node_id()
+    # mypy does not apply class decorators (python/mypy#3135): it sees the plain class, not
+    # the ActorClass that @ray.remote made of it.
+    events = EventSink.options(  # type: ignore[attr-defined]
+        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)
+    ).remote()
+    callback = StoreCallback(
+        store, summary, progress, events=lambda: ray.get(events.drain.remote())
+    )
+    try:
+        if missing:
+            _fit(_new_tuner(sweep, missing, root, callback, marker, events), callback)
+    finally:
+        if callback.failure is None:
+            callback.drain()
+            callback.flush()
+            _requeue_in_flight(store, sweep.name)
+        progress.close()
+        ray.kill(events)
+    summary.interrupted = any(cell_of(c) not in summary.ended for c in missing)
+
+
+def _requeue_in_flight(store: Store, name: str) -> None:
+    """The cells this launch leaves without an outcome (Ctrl-C, an error) go back to `pending`:
+    nothing trains them once it ends. A store that fails here must not hide why the launch
+    ended; the next launch resets them instead."""
+    try:
+        store.requeue_running(name)
+    except StoreError as err:
+        log.warning("could not set this launch's running cells back to pending: %s", err)
 
 
 def _check_stored(store: Store, summary: LaunchSummary) -> None:
@@ -305,25 +335,21 @@ def _check_stored(store: Store, summary: LaunchSummary) -> None:
 def _one_launch_at_a_time(root: str, sweep_name: str) -> Iterator[None]:
     """Hold a lock on <storage>/<sweep>/ for the launch: two launches of one sweep would train
     the same missing cells twice, into the same cell folders. The kernel drops the lock of a
-    killed driver. (Object storage has no locks: not checked.)"""
+    killed driver; the file names its holder and goes on release. (Object storage has no
+    locks: not checked.)"""
     folder = local_sweep_folder(root, sweep_name)
     if folder is None:
         yield
         return
-    with open(folder / LOCK_FILE, "a+", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise BnsweepError(
-                f"sweep {sweep_name} is being launched already ({holder}, lock {handle.name}); "
-                "wait for that launch to end or stop it"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{socket.gethostname()} pid {os.getpid()}\n")
-        handle.flush()
+    path = folder / LOCK_FILE
+
+    def busy(holder: str) -> BnsweepError:
+        return BnsweepError(
+            f"sweep {sweep_name} is being launched already ({holder}, lock {path}); "
+            "wait for that launch to end or stop it"
+        )
+
+    with held_file_lock(path, busy):
         yield
 
 

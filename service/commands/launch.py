@@ -83,6 +83,11 @@ def run(args: argparse.Namespace) -> int:
     _check_storage(sweep.storage)
     with Store.open(url) as store, _report(args, url, sweep.name) as report:
         summary = launch(sweep, store, spec_text, address=args.address, num_cpus=args.num_cpus)
+    if summary.requeued:
+        print(
+            f"sweep {sweep.name}: reset {summary.requeued} cells a stopped launch had left "
+            "running (back to pending)"
+        )
     resumed = f", {len(summary.resumed)} resumed from checkpoints" if summary.resumed else ""
     counts = (
         f"{summary.completed} completed, {summary.diverged} diverged, {summary.failed} failed"
