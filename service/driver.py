@@ -40,6 +40,7 @@ import ray
 from ray import tune
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from bnsweep import reaper
 from bnsweep.callback import EventSink, LaunchSummary, StoreCallback
 from bnsweep.checkpoints import CellStorage
 from bnsweep.plan import cell_of, plan
@@ -120,7 +121,24 @@ def connect(address: str | None, num_cpus: int | None = None, num_gpus: int | No
             raise BnsweepError(_connect_error(target, err)) from err
         if not target:
             _private_token_file()  # whatever Ray wrote meanwhile
+            _start_reaper()
     return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+def _start_reaper() -> None:
+    """The processes of the local Ray just started end with this driver, however it ends
+    (`bnsweep.reaper`): a SIGKILLed driver left Ray's agents running for minutes."""
+    node = ray._private.worker._global_node
+    if node is None:
+        return
+    reaper.start(
+        [
+            info.process.pid
+            for infos in node.all_processes.values()
+            for info in infos
+            if info.process
+        ]
+    )
 
 
 #: How long a cluster address may take to accept a TCP connection before the launch gives up.

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -15,10 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bnsweep import cli
+from bnsweep import cli, reaper
 from bnsweep.store import api
 from bnsweep.store.api import Store
-from bnsweep.store.errors import StoreError, StoreFailure
+from bnsweep.store.errors import NoStoreYet, StoreError, StoreFailure
 from bnsweep.store.events import TrialStarted
 from bnsweep.sweep import expand, load_sweep_spec
 from tests.service.tcp_proxy import TcpProxy
@@ -161,3 +164,42 @@ def test_one_outage_is_one_warning_then_a_count_at_recovery(
     assert "unavailable while reading the schema version" in warnings[0]
     assert re.search(r"reachable again after \d+ failed tries over \d+ s", warnings[1])
     assert sum("still unavailable" in r.getMessage() for r in caplog.records) >= 2
+
+
+@pytest.mark.slow  # one real launch: 15 s on an idle machine, a minute under load
+def test_a_sigkilled_launch_leaves_no_process_of_its_ray_behind(tmp_path: Path) -> None:
+    """Ray's agents outlived a SIGKILLed driver by minutes; the reaper ends them with it."""
+    spec = write_spec(tmp_path, "sigkill", base=False, seeds=1, defaults={"epochs": 200})
+    url = f"sqlite:///{tmp_path / 'sigkill.db'}"
+    env = {k: v for k, v in os.environ.items() if k not in ("BNSWEEP_DB", "RAY_ADDRESS")}
+    bnsweep = str(Path(sys.executable).with_name("bnsweep"))
+    driver = subprocess.Popen(
+        [bnsweep, "launch", str(spec), "--db", url, "--no-tables", "--num-cpus", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+
+        def training() -> bool:
+            assert driver.poll() is None, driver.communicate()
+            try:
+                store = Store.open(url, read_only=True)
+            except NoStoreYet:
+                return False  # the schema is not written yet
+            with store:
+                return store.sweeps() != [] and store.sweep_status("sigkill").running > 0
+
+        _wait_until(training, 240, "a trial started")
+        table = reaper.processes()
+        ours = {pid: table[pid][1] for pid in reaper.descendants(table, [driver.pid])}
+        assert len(ours) > 5  # Ray's servers, agents, the trial's worker and the reaper
+        driver.kill()
+        driver.wait()
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+
+    def none_left() -> bool:
+        table = reaper.processes()
+        return not [pid for pid, start in ours.items() if table.get(pid, (0, -1))[1] == start]
+
+    _wait_until(none_left, 20, "every process of the killed launch's Ray ended")
