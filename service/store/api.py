@@ -29,6 +29,7 @@ Rules worth knowing before reading the code (docs/store.md says the same for use
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import logging
 import os
@@ -193,6 +194,27 @@ def _pg_lock_holder(conn: sa.Connection, key: int) -> str | None:
     return f"{parts[0]} ({', '.join(parts[1:])})"
 
 
+class _WritableWatch:
+    """The SQLite file, its `-wal` and `-shm` and their folder must stay writable while the store
+    is open for writing. SQLite maps `-shm` into memory: made read-only or immutable
+    (`chattr +i`) under an open store, the next transaction touches a mapping the kernel no
+    longer backs and the process dies of SIGBUS, without a word. Checked before each
+    transaction (a few `access()` calls), so the store stops with one line instead."""
+
+    def __init__(self, database: Path) -> None:
+        self.paths = [
+            database,
+            *(database.with_name(database.name + suffix) for suffix in ("-wal", "-shm")),
+            database.parent,
+        ]
+
+    def unwritable(self) -> Path | None:
+        """The first of the store's paths that is there but no longer writable, if any."""
+        return next(
+            (path for path in self.paths if not os.access(path, os.W_OK) and path.exists()), None
+        )
+
+
 # -- the store ---------------------------------------------------------------------------------
 
 
@@ -208,6 +230,8 @@ class Store(StoreWrites, StoreReads):
         self._file = _FileWatch(Path(str(url.database)).expanduser()) if sqlite_file else None
         if self._file is not None:
             self._file.check()
+        self._writable: _WritableWatch | None = None  # set by `open` unless read-only
+        self._abandoned = False  # the connections are left open for good (`_check_writable`)
         #: (backend pid, key) of the launch lock this store holds on PostgreSQL, if any.
         self._held_lock: tuple[int, int] | None = None
         #: (when, failed tries) of the outage under way: one warning at its start, one at its end.
@@ -264,6 +288,8 @@ class Store(StoreWrites, StoreReads):
             else:
                 probe_sqlite(path)
         store = cls(make_engine(parsed, read_only=read_only), parsed, retry_seconds)
+        if store._file is not None and not read_only:
+            store._writable = _WritableWatch(store._file.path)
         try:
             if check_schema:
                 store._check_schema(create=create)
@@ -348,7 +374,25 @@ class Store(StoreWrites, StoreReads):
         return self._engine.dialect.name
 
     def close(self) -> None:
-        self._engine.dispose()
+        if not self._abandoned:
+            self._engine.dispose()
+
+    def _check_writable(self, watch: _WritableWatch) -> None:
+        path = watch.unwritable()
+        if path is None:
+            return
+        if not self._abandoned:
+            # SQLite writes into the -shm mapping even to close a connection: on a file made
+            # immutable that is SIGBUS too. The connections stay open, never closed nor freed
+            # (one reference more than anyone holds), until the process ends, which unmaps the
+            # file without writing to it.
+            self._abandoned = True
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(self._engine))
+        raise StoreFailure(
+            f"{path} is no longer writable (its permissions or an immutable flag changed while "
+            "bnsweep had the store open); nothing more is written, and what was written is "
+            "kept: make it writable again (chmod u+w, chattr -i) and launch again"
+        )
 
     @contextlib.contextmanager
     def launch_lock(self, sweep: str) -> Iterator[None]:
@@ -515,6 +559,8 @@ class Store(StoreWrites, StoreReads):
             self._file.check()
         if self._shm is not None:
             self._shm.check()
+        if self._writable is not None:
+            self._check_writable(self._writable)
         deadline = time.monotonic() + (self.retry_seconds if retry else 0.0)
         delay = 0.05
         failures = 0
