@@ -112,6 +112,7 @@ def connect(address: str | None, num_cpus: int | None = None, num_gpus: int | No
             kwargs.update(
                 address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False
             )
+            _quiet_token_notice()
             _private_token_file()
             local = _loopback_only()
         try:
@@ -123,6 +124,38 @@ def connect(address: str | None, num_cpus: int | None = None, num_gpus: int | No
             _private_token_file()  # whatever Ray wrote meanwhile
             _start_reaper()
     return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+#: Ray's logger of its token set-up, and the start of the line it logs at every local start.
+_TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
+_TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster"
+
+
+def _drop_token_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(_TOKEN_NOTICE)
+
+
+def _quiet_token_notice() -> None:
+    """Drop the one warning Ray 2.60 logs at every start of a local Ray, that token
+    authentication is on by default: bnsweep keeps it on (docs/cluster.md), so the line asks
+    nothing of the user, and it came before everything the launch printed, an error included.
+    Setting RAY_AUTH_MODE=token would silence it too, but Ray reads its configuration in this
+    process at import: set later, the driver would not send the token its own Ray requires."""
+    logger = logging.getLogger(_TOKEN_LOGGER)
+    if _drop_token_notice not in logger.filters:
+        logger.addFilter(_drop_token_notice)
+
+
+def disconnect() -> None:
+    """Leave Ray now, a local Ray ending with it, rather than in Ray's exit hook.
+
+    When a launch's command ends, its Ray's workers get SIGTERM; Ray's handler raises
+    SystemExit in whatever the worker runs, a finalizer included, and the "Exception ignored
+    in ... SystemExit: 1" it prints reached the driver's terminal while Ray's exit hook still
+    relayed worker output (it waits half a second for more). `ray.shutdown()` called here stops
+    relaying before it stops any process."""
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def _start_reaper() -> None:

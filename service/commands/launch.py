@@ -78,11 +78,12 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return dry_run(sweep, url)
 
-    from bnsweep.driver import launch
+    from bnsweep.driver import disconnect, launch
 
     _check_storage(sweep.storage)
     with Store.open(url) as store, _report(args, url, sweep.name) as report:
         summary = launch(sweep, store, spec_text, address=args.address, num_cpus=args.num_cpus)
+    disconnect()  # before anything more is printed: no Ray output after our last line
     if summary.requeued:
         print(
             f"sweep {sweep.name}: reset {summary.requeued} cells a stopped launch had left "
