@@ -202,11 +202,14 @@ class _WritableWatch:
     transaction (a few `access()` calls), so the store stops with one line instead."""
 
     def __init__(self, database: Path) -> None:
-        self.paths = [
+        paths = [
             database,
             *(database.with_name(database.name + suffix) for suffix in ("-wal", "-shm")),
             database.parent,
         ]
+        # Only what was writable (or not there yet) at opening: a store that worked before
+        # without, say, a writable folder is not refused now.
+        self.paths = [path for path in paths if not path.exists() or os.access(path, os.W_OK)]
 
     def unwritable(self) -> Path | None:
         """The first of the store's paths that is there but no longer writable, if any."""
@@ -492,6 +495,8 @@ class Store(StoreWrites, StoreReads):
             "application_name": f"bnsweep launch pid {os.getpid()} on {socket.gethostname()}",
         }
         with self._engine.connect() as conn:
+            if (conn.dialect.server_version_info or (0,)) < (12,):
+                del settings["tcp_user_timeout"]  # PostgreSQL 12 added it
             for name, value in settings.items():
                 conn.execute(sa.select(sa.func.set_config(name, str(value), False)))
             if not conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar():
