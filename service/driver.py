@@ -67,6 +67,8 @@ from bnsweep.workers.spec import TrialSpec
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".bnsweep-launch.lock"
+#: Whether `connect` started the local Ray this process is attached to (`disconnect` ends it).
+_local_ray_started = False
 #: Defaults the driver gives Ray Tune; a value already in the environment wins.
 TUNE_ENV_DEFAULTS = {
     # The store is the record of every epoch; Tune's per-trial JSON, CSV and TensorBoard files
@@ -89,6 +91,7 @@ def connect(address: str | None, num_cpus: int | None = None, num_gpus: int | No
     A local Ray listens on 127.0.0.1 only and its token file is private to this user; a
     cluster address must be HOST:PORT and answer a TCP connect within seconds, or Ray would
     retry for minutes."""
+    global _local_ray_started
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
         target = address or os.environ.get("RAY_ADDRESS")
@@ -121,6 +124,7 @@ def connect(address: str | None, num_cpus: int | None = None, num_gpus: int | No
         except (ConnectionError, RuntimeError, ray.exceptions.RayError) as err:
             raise BnsweepError(_connect_error(target, err)) from err
         if not target:
+            _local_ray_started = True
             _private_token_file()  # whatever Ray wrote meanwhile
             _start_reaper()
     return sum(1 for node in ray.nodes() if node.get("Alive"))
@@ -147,15 +151,18 @@ def _quiet_token_notice() -> None:
 
 
 def disconnect() -> None:
-    """Leave Ray now, a local Ray ending with it, rather than in Ray's exit hook.
+    """End the local Ray that `connect` started, now rather than in Ray's exit hook; a Ray
+    this process attached to (a cluster, or one a test started) is left alone.
 
     When a launch's command ends, its Ray's workers get SIGTERM; Ray's handler raises
     SystemExit in whatever the worker runs, a finalizer included, and the "Exception ignored
     in ... SystemExit: 1" it prints reached the driver's terminal while Ray's exit hook still
     relayed worker output (it waits half a second for more). `ray.shutdown()` called here stops
     relaying before it stops any process."""
-    if ray.is_initialized():
+    global _local_ray_started
+    if _local_ray_started and ray.is_initialized():
         ray.shutdown()
+    _local_ray_started = False
 
 
 def _start_reaper() -> None:
