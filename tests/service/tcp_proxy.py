@@ -112,16 +112,17 @@ class TcpProxy:
         # Polls rather than blocks: a thread blocked in recv() keeps its socket alive in the
         # kernel after close(), and `vanish()` needs the server's end really gone.
         try:
+            poller = select.poll()  # not select(): a test process may hold fds past 1024
+            poller.register(src, select.POLLIN)
             while not self._vanished:
-                ready, _, _ = select.select([src], [], [], 0.1)
-                if not ready:
+                if not poller.poll(100):
                     continue
                 data = src.recv(65536)
                 if not data:
                     break
                 dst.sendall(data)
-        except (OSError, ValueError):  # ValueError: select on a socket closed meanwhile
-            return
+        except (OSError, ValueError):  # ValueError: a socket closed meanwhile
+            pass
         if self._vanished:
             return
         for sock in (src, dst):
