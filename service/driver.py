@@ -28,7 +28,6 @@ docs/sweeps.md says the same for users.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import socket
@@ -41,6 +40,7 @@ import ray
 from ray import tune
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from bnsweep import reaper
 from bnsweep.callback import EventSink, LaunchSummary, StoreCallback
 from bnsweep.checkpoints import CellStorage
 from bnsweep.plan import cell_of, plan
@@ -56,8 +56,9 @@ from bnsweep.preflight import (
 )
 from bnsweep.progress import Progress
 from bnsweep.ray_address import host_port
-from bnsweep.store.api import Store
-from bnsweep.store.errors import StoreFailure
+from bnsweep.store.api import LaunchBusy, Store
+from bnsweep.store.errors import StoreError, StoreFailure
+from bnsweep.store.filelock import held_file_lock
 from bnsweep.sweep import SweepSpec
 from bnsweep.trainable import train_cell
 from bnsweep.workers.errors import BnsweepError, RuntimeFailure
@@ -66,6 +67,8 @@ from bnsweep.workers.spec import TrialSpec
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".bnsweep-launch.lock"
+#: Whether `connect` started the local Ray this process is attached to (`disconnect` ends it).
+_local_ray_started = False
 #: Defaults the driver gives Ray Tune; a value already in the environment wins.
 TUNE_ENV_DEFAULTS = {
     # The store is the record of every epoch; Tune's per-trial JSON, CSV and TensorBoard files
@@ -88,6 +91,7 @@ def connect(address: str | None, num_cpus: int | None = None, num_gpus: int | No
     A local Ray listens on 127.0.0.1 only and its token file is private to this user; a
     cluster address must be HOST:PORT and answer a TCP connect within seconds, or Ray would
     retry for minutes."""
+    global _local_ray_started
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
         target = address or os.environ.get("RAY_ADDRESS")
@@ -111,6 +115,7 @@ def connect(address: str | None, num_cpus: int | None = None, num_gpus: int | No
             kwargs.update(
                 address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False
             )
+            _quiet_token_notice()
             _private_token_file()
             local = _loopback_only()
         try:
@@ -119,8 +124,61 @@ def connect(address: str | None, num_cpus: int | None = None, num_gpus: int | No
         except (ConnectionError, RuntimeError, ray.exceptions.RayError) as err:
             raise BnsweepError(_connect_error(target, err)) from err
         if not target:
+            _local_ray_started = True
             _private_token_file()  # whatever Ray wrote meanwhile
+            _start_reaper()
     return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+#: Ray's logger of its token set-up, and the start of the line it logs at every local start.
+_TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
+_TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster"
+
+
+def _drop_token_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(_TOKEN_NOTICE)
+
+
+def _quiet_token_notice() -> None:
+    """Drop the one warning Ray 2.60 logs at every start of a local Ray, that token
+    authentication is on by default: bnsweep keeps it on (docs/cluster.md), so the line asks
+    nothing of the user, and it came before everything the launch printed, an error included.
+    Setting RAY_AUTH_MODE=token would silence it too, but Ray reads its configuration in this
+    process at import: set later, the driver would not send the token its own Ray requires."""
+    logger = logging.getLogger(_TOKEN_LOGGER)
+    if _drop_token_notice not in logger.filters:
+        logger.addFilter(_drop_token_notice)
+
+
+def disconnect() -> None:
+    """End the local Ray that `connect` started, now rather than in Ray's exit hook; a Ray
+    this process attached to (a cluster, or one a test started) is left alone.
+
+    When a launch's command ends, its Ray's workers get SIGTERM; Ray's handler raises
+    SystemExit in whatever the worker runs, a finalizer included, and the "Exception ignored
+    in ... SystemExit: 1" it prints reached the driver's terminal while Ray's exit hook still
+    relayed worker output (it waits half a second for more). `ray.shutdown()` called here stops
+    relaying before it stops any process."""
+    global _local_ray_started
+    if _local_ray_started and ray.is_initialized():
+        ray.shutdown()
+    _local_ray_started = False
+
+
+def _start_reaper() -> None:
+    """The processes of the local Ray just started end with this driver, however it ends
+    (`bnsweep.reaper`): a SIGKILLed driver left Ray's agents running for minutes."""
+    node = ray._private.worker._global_node
+    if node is None:
+        return
+    reaper.start(
+        [
+            info.process.pid
+            for infos in node.all_processes.values()
+            for info in infos
+            if info.process
+        ]
+    )
 
 
 #: How long a cluster address may take to accept a TCP connection before the launch gives up.
@@ -245,51 +303,81 @@ def launch(
     launch_plan = plan(sweep, store)
     summary = LaunchSummary()
     if not launch_plan.missing:
+        # Nothing to train; rows a killed launch left `running` (cells since dropped from the
+        # spec among them) are still reset, unless a launch of the sweep is live.
+        with contextlib.suppress(LaunchBusy), store.launch_lock(sweep.name):
+            summary.requeued = store.requeue_running(sweep.name)
         store.register_sweep(sweep.name, spec_text, launch_plan.cells)
         return summary
-    _tune_environment()
-    nodes = connect(address, num_cpus=num_cpus)
-    check_resources_fit(sweep.resources, ray.nodes(), autoscaler=autoscaler_present())
-    root = storage_root(sweep, base_dir)
-    check_storage_is_shared(sweep, root, nodes)
-    check_compile_works(sweep, launch_plan.missing)
-    with store.launch_lock(sweep.name), _one_launch_at_a_time(root, sweep.name):
-        store.register_sweep(sweep.name, spec_text, launch_plan.cells)
-        marker = place_storage_marker(root, sweep.name)
-        missing = plan(sweep, store).missing  # another launch may have finished some meanwhile
-        summary.requeued = store.requeue_stale(missing)  # we hold the lock: nobody trains them
-        progress = Progress(
-            len(launch_plan.cells),
-            len(launch_plan.cells) - len(missing),
-            epochs={cell_of(c): c.epochs for c in missing},
-            stream=progress_stream,
-        )
-        # On the driver's own node: a sink on a worker node would go, with the records in it,
-        # when that node does (the cluster test removes one mid-sweep).
-        here = ray.get_runtime_context().get_node_id()
-        # mypy does not apply class decorators (python/mypy#3135): it sees the plain class, not
-        # the ActorClass that @ray.remote made of it.
-        events = EventSink.options(  # type: ignore[attr-defined]
-            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)
-        ).remote()
-        callback = StoreCallback(
-            store, summary, progress, events=lambda: ray.get(events.drain.remote())
-        )
-        try:
-            if missing:
-                # The cells' signing keys travel in Ray's object store, never in Tune's config,
-                # which Tune writes into the checkpoint storage the keys protect.
-                cells = CellStorage(_join(root, sweep.name), keys=store.cell_keys(missing))
-                _fit(_new_tuner(sweep, missing, cells, callback, marker, events), callback)
-        finally:
-            if callback.failure is None:
-                callback.drain()
-                callback.flush()
-            progress.close()
-            ray.kill(events)
-        summary.interrupted = any(cell_of(c) not in summary.ended for c in missing)
+    # The store's lock first: a second launch is refused before it starts a Ray.
+    with store.launch_lock(sweep.name):
+        summary.requeued = store.requeue_running(sweep.name)  # we hold the lock: nobody trains them
+        _tune_environment()
+        nodes = connect(address, num_cpus=num_cpus)
+        check_resources_fit(sweep.resources, ray.nodes(), autoscaler=autoscaler_present())
+        root = storage_root(sweep, base_dir)
+        check_storage_is_shared(sweep, root, nodes)
+        check_compile_works(sweep, launch_plan.missing)
+        with _one_launch_at_a_time(root, sweep.name):
+            _run_missing(sweep, store, spec_text, launch_plan.cells, root, summary, progress_stream)
     _check_stored(store, summary)
     return summary
+
+
+def _run_missing(
+    sweep: SweepSpec,
+    store: Store,
+    spec_text: str,
+    cells: Sequence[TrialSpec],
+    root: str,
+    summary: LaunchSummary,
+    progress_stream: Any,
+) -> None:
+    """Register the sweep and train its missing cells, with both launch locks held."""
+    store.register_sweep(sweep.name, spec_text, cells)
+    marker = place_storage_marker(root, sweep.name)
+    missing = plan(sweep, store).missing  # another launch may have finished some meanwhile
+    progress = Progress(
+        len(cells),
+        len(cells) - len(missing),
+        epochs={cell_of(c): c.epochs for c in missing},
+        stream=progress_stream,
+    )
+    # On the driver's own node: a sink on a worker node would go, with the records in it,
+    # when that node does (the cluster test removes one mid-sweep).
+    here = ray.get_runtime_context().get_node_id()
+    # mypy does not apply class decorators (python/mypy#3135): it sees the plain class, not
+    # the ActorClass that @ray.remote made of it.
+    events = EventSink.options(  # type: ignore[attr-defined]
+        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)
+    ).remote()
+    callback = StoreCallback(
+        store, summary, progress, events=lambda: ray.get(events.drain.remote())
+    )
+    try:
+        if missing:
+            # The cells' signing keys travel in Ray's object store, never in Tune's config,
+            # which Tune writes into the checkpoint storage the keys protect.
+            storage = CellStorage(_join(root, sweep.name), keys=store.cell_keys(missing))
+            _fit(_new_tuner(sweep, missing, storage, callback, marker, events), callback)
+    finally:
+        if callback.failure is None:
+            callback.drain()
+            callback.flush()
+            _requeue_in_flight(store, sweep.name)
+        progress.close()
+        ray.kill(events)
+    summary.interrupted = any(cell_of(c) not in summary.ended for c in missing)
+
+
+def _requeue_in_flight(store: Store, name: str) -> None:
+    """The cells this launch leaves without an outcome (Ctrl-C, an error) go back to `pending`:
+    nothing trains them once it ends. A store that fails here must not hide why the launch
+    ended; the next launch resets them instead."""
+    try:
+        store.requeue_running(name)
+    except StoreError as err:
+        log.warning("could not set this launch's running cells back to pending: %s", err)
 
 
 def _check_stored(store: Store, summary: LaunchSummary) -> None:
@@ -308,25 +396,21 @@ def _check_stored(store: Store, summary: LaunchSummary) -> None:
 def _one_launch_at_a_time(root: str, sweep_name: str) -> Iterator[None]:
     """Hold a lock on <storage>/<sweep>/ for the launch: two launches of one sweep would train
     the same missing cells twice, into the same cell folders. The kernel drops the lock of a
-    killed driver. (Object storage has no locks: not checked.)"""
+    killed driver; the file names its holder and goes on release. (Object storage has no
+    locks: not checked.)"""
     folder = local_sweep_folder(root, sweep_name)
     if folder is None:
         yield
         return
-    with open(folder / LOCK_FILE, "a+", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise BnsweepError(
-                f"sweep {sweep_name} is being launched already ({holder}, lock {handle.name}); "
-                "wait for that launch to end or stop it"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{socket.gethostname()} pid {os.getpid()}\n")
-        handle.flush()
+    path = folder / LOCK_FILE
+
+    def busy(holder: str) -> BnsweepError:
+        return BnsweepError(
+            f"sweep {sweep_name} is being launched already ({holder}, lock {path}); "
+            "wait for that launch to end or stop it"
+        )
+
+    with held_file_lock(path, busy):
         yield
 
 

@@ -94,12 +94,18 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return dry_run(sweep, url)
 
-    from bnsweep.driver import launch
+    from bnsweep.driver import disconnect, launch
 
     _check_storage(sweep.storage)
     report_writer = _report(args, url, sweep.name)  # --report DIR is checked here, up front
     with Store.open(url) as store, report_writer as report:
         summary = launch(sweep, store, spec_text, address=args.address, num_cpus=args.num_cpus)
+    disconnect()  # before anything more is printed: no Ray output after our last line
+    if summary.requeued:
+        print(
+            f"sweep {sweep.name}: reset {summary.requeued} cells a stopped launch had left "
+            "running (back to pending)"
+        )
     resumed = f", {len(summary.resumed)} resumed from checkpoints" if summary.resumed else ""
     counts = (
         f"{summary.completed} completed, {summary.diverged} diverged, {summary.failed} failed"

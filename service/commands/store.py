@@ -1,5 +1,5 @@
-"""`bnsweep db upgrade|forget`, `bnsweep status` and `bnsweep query`: the results database from a
-shell.
+"""`bnsweep db upgrade|forget|unlock`, `bnsweep status` and `bnsweep query`: the results
+database from a shell.
 
 The store, pandas and rich are imported inside the handlers so that `bnsweep --help` stays quick.
 Every problem is a `StoreError`, which `bnsweep.cli` prints as one line: exit code 2 for a
@@ -122,6 +122,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_db(forget)
     forget.set_defaults(func=run_db_forget)
 
+    unlock = actions.add_parser(
+        "unlock",
+        help="break a sweep's launch lock held by a launch that is gone",
+        description="End the PostgreSQL session that holds a sweep's launch lock, for a launch "
+        "that died where the server could not see it (a network outage): the server drops such "
+        "a lock by itself within a minute. Only for a launch you know is gone: a live one loses "
+        "its lock and stops at its next write after an outage. A SQLite lock belongs to a live "
+        "process (the kernel drops it when the process ends): this names it.",
+    )
+    unlock.add_argument("--sweep", required=True, metavar="NAME", help="the sweep's name")
+    _add_db(unlock)
+    unlock.set_defaults(func=run_db_unlock)
+
     status = subparsers.add_parser(
         "status",
         help="cells per sweep by status, and the seeds each arm is missing",
@@ -243,6 +256,19 @@ def run_db_forget(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_db_unlock(args: argparse.Namespace) -> int:
+    from bnsweep.store.api import Store
+
+    with Store.open(args.db, create=False, check_schema=False) as store:
+        holder = store.break_launch_lock(args.sweep)
+        url = store.url
+    if holder is None:
+        print(f"sweep {args.sweep}: nobody holds its launch lock in {url}")
+    else:
+        print(f"sweep {args.sweep}: ended {holder}, which held its launch lock in {url}")
+    return 0
+
+
 def _trials(n: int) -> str:
     return f"{n} trial" if n == 1 else f"{n} trials"
 
@@ -265,6 +291,9 @@ def run_status(args: argparse.Namespace) -> int:
         names = [args.sweep] if args.sweep else [info.name for info in store.sweeps()]
         statuses = [store.sweep_status(name) for name in names]
         url = store.url
+        # A `running` row is honest only while a launch of its sweep is live: a killed launch
+        # leaves them behind until the next launch resets them.
+        holders = {s.name: store.launch_lock_holder(s.name) for s in statuses if s.running}
     missing = sum(s.total - s.done for s in statuses)
     code = EXIT_RUNTIME if args.check and missing else 0
     if args.format != "table":
@@ -282,6 +311,17 @@ def run_status(args: argparse.Namespace) -> int:
             )
         else:
             console.print(_missing_table(status.name, arms))
+        if status.name in holders:
+            holder = holders[status.name]
+            console.print(
+                f"{status.name}: {status.running} running, in the launch by {holder}"
+                if holder is not None
+                else f"{status.name}: {status.running} cells marked running, but no launch of "
+                "the sweep is live (one was killed): the next launch sets them back to pending",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
         line = older_recipe_line(dict(status.older_recipes), status.name)
         if line is not None:
             console.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -29,12 +29,15 @@ Rules worth knowing before reading the code (docs/store.md says the same for use
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import logging
 import os
 import random
+import socket
 import time
 from collections.abc import Callable, Iterator
+from datetime import timezone
 from pathlib import Path
 from typing import TypeVar
 
@@ -51,6 +54,7 @@ from bnsweep.store.errors import (
     redact_url,
     resolve_url,
 )
+from bnsweep.store.filelock import held_file_lock, is_held, read_holder
 from bnsweep.store.reads import StoreReads
 from bnsweep.store.schema import (
     alembic_config,
@@ -69,6 +73,10 @@ log = logging.getLogger(__name__)
 DEFAULT_RETRY_SECONDS = 60.0
 #: Key of the PostgreSQL advisory lock that serialises concurrent schema upgrades.
 _MIGRATION_LOCK_KEY = 0x626E_7377_6565_70  # "bnsweep"
+#: Server-side TCP keepalive of a launch lock's PostgreSQL session, in seconds: idle time before
+#: the first probe, time between probes, unanswered probes before the server ends the session.
+#: A vanished launch holds its sweep for at most idle + interval x count (50 s), not 2 hours.
+LOCK_KEEPALIVE = (20, 10, 3)
 
 T = TypeVar("T")
 
@@ -135,6 +143,81 @@ class _FileWatch:
             )
 
 
+class LaunchBusy(StoreError):
+    """Another launch of the sweep holds its launch lock in this store (exit 2, as before)."""
+
+
+# -- the launch lock's key and holder ----------------------------------------------------------
+
+
+def _lock_key(sweep: str) -> int:
+    """The launch lock's key: a number of the sweep name in PostgreSQL's (signed) bigint range,
+    as every bnsweep since the lock's start computed it."""
+    key = int.from_bytes(hashlib.sha256(f"bnsweep launch {sweep}".encode()).digest()[:8], "big")
+    return key - (1 << 63) if key >= 1 << 63 else key
+
+
+def _pg_lock_pid(conn: sa.Connection, key: int) -> int | None:
+    """The server process (session) holding the advisory lock `key`, if any. pg_locks shows a
+    bigint key as its high and low 32 bits (classid, objid) with objsubid 1."""
+    query = sa.text(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+        "AND classid = CAST(CAST(:high AS bigint) AS oid) "
+        "AND objid = CAST(CAST(:low AS bigint) AS oid) AND database = "
+        "(SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
+    pid = conn.execute(query, {"high": (key >> 32) & 0xFFFFFFFF, "low": key & 0xFFFFFFFF})
+    found = pid.scalar()
+    return None if found is None else int(found)
+
+
+def _pg_lock_holder(conn: sa.Connection, key: int) -> str | None:
+    """Who holds the advisory lock `key`, in words: the launch's name for itself (pid, host),
+    the client address and since when. Another role's session shows less unless this role may
+    read all statistics (pg_read_all_stats)."""
+    pid = _pg_lock_pid(conn, key)
+    if pid is None:
+        return None
+    row = conn.execute(
+        sa.text(
+            "SELECT application_name, host(client_addr), state_change FROM pg_stat_activity "
+            "WHERE pid = :pid"
+        ),
+        {"pid": pid},
+    ).first()
+    name, address, since = row if row is not None else (None, None, None)
+    parts = [name or "a session", f"PostgreSQL session {pid}"]
+    if address:
+        parts.append(f"from {address}")
+    if since is not None:
+        parts.append(f"since {since.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S} UTC")
+    return f"{parts[0]} ({', '.join(parts[1:])})"
+
+
+class _WritableWatch:
+    """The SQLite file, its `-wal` and `-shm` and their folder must stay writable while the store
+    is open for writing. SQLite maps `-shm` into memory: made read-only or immutable
+    (`chattr +i`) under an open store, the next transaction touches a mapping the kernel no
+    longer backs and the process dies of SIGBUS, without a word. Checked before each
+    transaction (a few `access()` calls), so the store stops with one line instead."""
+
+    def __init__(self, database: Path) -> None:
+        paths = [
+            database,
+            *(database.with_name(database.name + suffix) for suffix in ("-wal", "-shm")),
+            database.parent,
+        ]
+        # Only what was writable (or not there yet) at opening: a store that worked before
+        # without, say, a writable folder is not refused now.
+        self.paths = [path for path in paths if not path.exists() or os.access(path, os.W_OK)]
+
+    def unwritable(self) -> Path | None:
+        """The first of the store's paths that is there but no longer writable, if any."""
+        return next(
+            (path for path in self.paths if not os.access(path, os.W_OK) and path.exists()), None
+        )
+
+
 # -- the store ---------------------------------------------------------------------------------
 
 
@@ -150,6 +233,12 @@ class Store(StoreWrites, StoreReads):
         self._file = _FileWatch(Path(str(url.database)).expanduser()) if sqlite_file else None
         if self._file is not None:
             self._file.check()
+        self._writable: _WritableWatch | None = None  # set by `open` unless read-only
+        self._abandoned = False  # the connections are left open for good (`_check_writable`)
+        #: (backend pid, key) of the launch lock this store holds on PostgreSQL, if any.
+        self._held_lock: tuple[int, int] | None = None
+        #: (when, failed tries) of the outage under way: one warning at its start, one at its end.
+        self._outage: tuple[float, int] | None = None
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -202,6 +291,8 @@ class Store(StoreWrites, StoreReads):
             else:
                 probe_sqlite(path)
         store = cls(make_engine(parsed, read_only=read_only), parsed, retry_seconds)
+        if store._file is not None and not read_only:
+            store._writable = _WritableWatch(store._file.path)
         try:
             if check_schema:
                 store._check_schema(create=create)
@@ -286,52 +377,163 @@ class Store(StoreWrites, StoreReads):
         return self._engine.dialect.name
 
     def close(self) -> None:
-        self._engine.dispose()
+        if not self._abandoned:
+            self._engine.dispose()
+
+    def _check_writable(self, watch: _WritableWatch) -> None:
+        path = watch.unwritable()
+        if path is None:
+            return
+        if not self._abandoned:
+            # SQLite writes into the -shm mapping even to close a connection: on a file made
+            # immutable that is SIGBUS too. The connections stay open, never closed nor freed
+            # (one reference more than anyone holds), until the process ends, which unmaps the
+            # file without writing to it.
+            self._abandoned = True
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(self._engine))
+        raise StoreFailure(
+            f"{path} is no longer writable (its permissions or an immutable flag changed while "
+            "bnsweep had the store open); nothing more is written, and what was written is "
+            "kept: make it writable again (chmod u+w, chattr -i) and launch again"
+        )
 
     @contextlib.contextmanager
     def launch_lock(self, sweep: str) -> Iterator[None]:
-        """Hold the store's lock for launching `sweep`, or fail at once with one line.
+        """Hold the store's lock for launching `sweep`, or fail at once with one line naming the
+        holder (host, pid, since when) and how to break a stale lock.
 
         Taken in the store rather than in a checkpoint folder, so two launches of one sweep from
-        two folders (or machines) into one store cannot both train its missing cells. PostgreSQL:
-        a session advisory lock on a connection held for the launch (the server drops it with
-        a killed driver's connection). SQLite: an exclusive `flock` on a file beside the
-        database, dropped by the kernel with a killed driver."""
-        key = int.from_bytes(hashlib.sha256(f"bnsweep launch {sweep}".encode()).digest()[:8], "big")
-        key -= 1 << 63 if key >= 1 << 63 else 0  # PostgreSQL's bigint is signed
-        busy = (
-            f"sweep {sweep} is being launched already into this store ({self.url}); wait for "
-            "that launch to end or stop it"
-        )
+        two folders (or machines) into one store cannot both train its missing cells.
+
+        PostgreSQL: a session advisory lock on a connection held for the launch. The server
+        drops it with the session, which it ends when it finds the client gone; by default it
+        looks only after 2 hours of silence (its TCP keepalive), so a launch killed during a
+        network outage, whose goodbye never arrived, held the sweep for hours. The lock's
+        session sets its own server-side keepalives (`LOCK_KEEPALIVE`: the server probes an
+        idle client and ends the session within a minute of it vanishing). Chosen over the
+        alternatives: `idle_session_timeout` would end the healthy lock session, idle by
+        design; a lease row with heartbeats needs a schema change, a heartbeat thread and
+        trusted clocks, and still a rule for who may break it. The same settings cover a
+        launch that is alive but cut off: the server ends its session, so after an outage the
+        driver checks it still holds the lock before writing again (`_run`).
+
+        SQLite: an exclusive `flock` on a file beside the database, dropped by the kernel with
+        a killed driver, naming its holder inside, removed on release."""
         if self.dialect == "postgresql":
-            with self._engine.connect() as conn:
-                if not conn.execute(
-                    sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}
-                ).scalar():
-                    conn.rollback()
-                    raise StoreError(busy)
-                conn.commit()
-                try:
-                    yield
-                finally:
-                    with contextlib.suppress(sa_exc.DBAPIError):
-                        conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                        conn.commit()
+            with self._pg_launch_lock(sweep):
+                yield
             return
         database = self._url.database
         if self.dialect != "sqlite" or is_sqlite_memory(self._url) or not database:
             yield  # one process owns an in-memory store
             return
-        import fcntl
 
-        path = Path(str(database)).expanduser()
-        lock = path.with_name(f"{path.name}.launch-{key & 0xFFFFFFFFFFFF:012x}.lock")
-        with open(lock, "a+", encoding="utf-8") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise StoreError(busy) from None
+        def busy(holder: str) -> StoreError:
+            return LaunchBusy(
+                f"sweep {sweep} is being launched already into this store ({self.url}) by "
+                f"{holder} (lock file {self._lock_file(sweep)}, released when that process "
+                "ends); wait for that launch to end or stop it"
+            )
+
+        with held_file_lock(self._lock_file(sweep), busy):
             yield
+
+    def launch_lock_holder(self, sweep: str) -> str | None:
+        """Who holds `sweep`'s launch lock in this store (None: nobody), as `launch_lock`'s
+        refusal names it. Reads only: nothing is locked or created."""
+        if self.dialect == "postgresql":
+            return self._run(
+                lambda conn: _pg_lock_holder(conn, _lock_key(sweep)), "reading the launch lock"
+            )
+        if self.dialect != "sqlite" or is_sqlite_memory(self._url) or not self._url.database:
+            return None
+        path = self._lock_file(sweep)
+        return (read_holder(path) or "another process") if is_held(path) else None
+
+    def break_launch_lock(self, sweep: str) -> str | None:
+        """End the PostgreSQL session that holds `sweep`'s launch lock (`bnsweep db unlock`);
+        return who held it, None when nobody did. A SQLite lock belongs to a live process, which
+        only stopping it releases: StoreFailure names it."""
+        if self.dialect != "postgresql":
+            holder = self.launch_lock_holder(sweep)
+            if holder is None:
+                return None
+            raise StoreFailure(
+                f"sweep {sweep}'s launch lock in {self.url} is held by {holder}, a live process "
+                "(the kernel drops the lock of a process that ends): stop that launch"
+            )
+
+        def terminate(conn: sa.Connection) -> str | None:
+            holder = _pg_lock_holder(conn, _lock_key(sweep))
+            pid = _pg_lock_pid(conn, _lock_key(sweep))
+            if pid is None:
+                return None
+            if not conn.execute(sa.select(sa.func.pg_terminate_backend(pid))).scalar():
+                raise StoreFailure(
+                    f"cannot end PostgreSQL session {pid}, which holds sweep {sweep}'s launch "
+                    "lock: connect as its role or a superuser"
+                )
+            return holder
+
+        return self._run(terminate, "breaking the launch lock", retry=False)
+
+    def _lock_file(self, sweep: str) -> Path:
+        path = Path(str(self._url.database)).expanduser()
+        return path.with_name(f"{path.name}.launch-{_lock_key(sweep) & 0xFFFFFFFFFFFF:012x}.lock")
+
+    @contextlib.contextmanager
+    def _pg_launch_lock(self, sweep: str) -> Iterator[None]:
+        key = _lock_key(sweep)
+        idle, interval, count = LOCK_KEEPALIVE
+        settings = {
+            "tcp_keepalives_idle": idle,
+            "tcp_keepalives_interval": interval,
+            "tcp_keepalives_count": count,
+            # Unacknowledged data (the unlock, sent into an outage) gives up as soon.
+            "tcp_user_timeout": (idle + interval * count) * 1000,
+            # What the refusal of a second launch shows (the server keeps 63 bytes).
+            "application_name": f"bnsweep launch pid {os.getpid()} on {socket.gethostname()}",
+        }
+        with self._engine.connect() as conn:
+            if (conn.dialect.server_version_info or (0,)) < (12,):
+                del settings["tcp_user_timeout"]  # PostgreSQL 12 added it
+            for name, value in settings.items():
+                conn.execute(sa.select(sa.func.set_config(name, str(value), False)))
+            if not conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar():
+                holder = _pg_lock_holder(conn, key) or "another session"
+                conn.rollback()
+                conn.invalidate()
+                raise LaunchBusy(
+                    f"sweep {sweep} is being launched already into this store ({self.url}) by "
+                    f"{holder}; wait for that launch to end or stop it. A launch that died "
+                    f"loses it within {idle + interval * count} s of its end; to end its session "
+                    f"now: bnsweep db unlock --sweep {sweep} --db {self.url}"
+                )
+            backend = conn.execute(sa.select(sa.func.pg_backend_pid())).scalar_one()
+            conn.commit()
+            self._held_lock = (int(backend), key)
+            try:
+                yield
+            finally:
+                self._held_lock = None
+                with contextlib.suppress(sa_exc.DBAPIError):
+                    conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+                    conn.commit()
+                conn.invalidate()  # its settings and name are the lock's: not for the pool
+
+    def _check_lock_kept(self, conn: sa.Connection) -> None:
+        """After an outage: does the lock's session still hold the launch lock? The server may
+        have ended it meanwhile (its keepalives), and another launch of the sweep may have
+        started since; writing on would train and record the same cells twice."""
+        if self._held_lock is None:
+            return
+        backend, key = self._held_lock
+        if _pg_lock_pid(conn, key) != backend:
+            raise StoreFailure(
+                f"{self.url}: this launch lost its lock on the sweep during the outage (the "
+                "server ended its session); it stops here so that no other launch's cells are "
+                "trained twice: launch again to continue"
+            )
 
     def __enter__(self) -> Store:
         return self
@@ -362,6 +564,8 @@ class Store(StoreWrites, StoreReads):
             self._file.check()
         if self._shm is not None:
             self._shm.check()
+        if self._writable is not None:
+            self._check_writable(self._writable)
         deadline = time.monotonic() + (self.retry_seconds if retry else 0.0)
         delay = 0.05
         failures = 0
@@ -371,7 +575,11 @@ class Store(StoreWrites, StoreReads):
                     if write:
                         conn.execution_options(bnsweep_write=True)
                     with conn.begin():
-                        return work(conn)
+                        if self._outage is not None:
+                            self._check_lock_kept(conn)
+                        result = work(conn)
+                self._recovered()
+                return result
             except sa_exc.DBAPIError as err:
                 message = db_message(err, self._url)
                 if not is_transient(err):
@@ -385,6 +593,7 @@ class Store(StoreWrites, StoreReads):
                 failures += 1
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    self._outage = None
                     if not retry:
                         raise StoreFailure(f"cannot reach {self.url} ({what}): {message}") from None
                     raise StoreFailure(
@@ -392,13 +601,33 @@ class Store(StoreWrites, StoreReads):
                         f"({failures} tries) while {what}: {message}"
                     ) from None
                 pause = min(delay * random.uniform(0.5, 1.5), left)
-                log.warning(
-                    "database %s unavailable while %s (%s); retrying in %.2f s, %.0f s left",
-                    self.url,
-                    what,
-                    message,
-                    pause,
-                    left,
-                )
+                self._failed(what, message, left)
                 time.sleep(pause)
                 delay = min(delay * 2, 2.0)
+
+    def _failed(self, what: str, message: str, left: float) -> None:
+        """One warning when an outage starts; the tries after it are counted, not printed (a
+        minute's retries were 40 lines for one outage)."""
+        if self._outage is None:
+            self._outage = (time.monotonic(), 1)
+            log.warning(
+                "database %s unavailable while %s (%s); retrying for up to %.0f s",
+                self.url,
+                what,
+                message,
+                left,
+            )
+        else:
+            self._outage = (self._outage[0], self._outage[1] + 1)
+            log.debug("database %s still unavailable while %s (%s)", self.url, what, message)
+
+    def _recovered(self) -> None:
+        if self._outage is not None:
+            since, failures = self._outage
+            self._outage = None
+            log.warning(
+                "database %s reachable again after %d failed tries over %.0f s",
+                self.url,
+                failures,
+                time.monotonic() - since,
+            )

@@ -119,7 +119,18 @@ def make_engine(url: sa.URL, *, read_only: bool = False) -> sa.Engine:
         sa_event.listen(engine, "connect", _sqlite_on_connect)
         sa_event.listen(engine, "begin", _sqlite_on_begin)
         return engine
-    connect_args: dict[str, Any] = {"connect_timeout": 10, "application_name": "bnsweep"}
+    connect_args: dict[str, Any] = {
+        "connect_timeout": 10,
+        "application_name": "bnsweep",
+        # Client-side TCP keepalives and a user timeout: a query sent into a network outage
+        # fails within a minute, so the store's retry loop counts it, instead of waiting for
+        # the kernel's retransmissions (15 minutes) or, on an idle socket, forever.
+        "keepalives": 1,
+        "keepalives_idle": 20,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 50_000,
+    }
     if read_only:
         # The server refuses any write of a read-only command, whatever the code tries.
         connect_args["options"] = "-c default_transaction_read_only=on"

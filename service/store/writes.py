@@ -371,30 +371,30 @@ class StoreWrites(StoreReads):
                     state[(spec_hash, seed)] = _Cell(trial_id, status, started_at)
         return state
 
-    def requeue_stale(self, cells: Iterable[TrialSpec | tuple[str, int]]) -> int:
-        """Set those of `cells` that are still `running` back to `pending`; return how many.
+    def requeue_running(self, sweep: str) -> int:
+        """Set every `running` trial of `sweep` back to `pending`; return how many.
 
-        Called by a launch that holds the sweep's lock: a row still running then belongs to a
-        launch that was killed or interrupted, and no trial is training it any more."""
-        wanted = {cell_of(cell) for cell in cells}
-        hashes = sorted({spec_hash for spec_hash, _ in wanted})
+        Called by a launch that holds the sweep's launch lock, at its start and at its end: no
+        other launch of the sweep is live, so a row still `running` is one a killed or
+        interrupted launch left behind, and no trial trains it any more. Every cell linked to
+        the sweep is reset, those no longer in its spec too, which no later launch would
+        otherwise touch. (A cell shared with another sweep under launch may be running there:
+        its next start or result sets it right again.)"""
 
         def work(conn: sa.Connection) -> int:
-            stale: list[int] = []
-            for chunk in chunks(hashes):
-                query = sa.select(Trial.id, Trial.spec_hash, Trial.seed).where(
-                    Trial.spec_hash.in_(chunk), Trial.status == "running"
-                )
-                stale += [i for i, h, seed in conn.execute(query) if (h, seed) in wanted]
-            for ids in chunks(stale):
-                conn.execute(
-                    sa.update(Trial)
-                    .where(Trial.id.in_(ids))
-                    .values(status="pending", updated_at=utc_now())
-                )
-            return len(stale)
+            ids = (
+                sa.select(SweepTrial.trial_id)
+                .join(Sweep, Sweep.id == SweepTrial.sweep_id)
+                .where(Sweep.name == sweep)
+            )
+            done = conn.execute(
+                sa.update(Trial)
+                .where(Trial.id.in_(ids), Trial.status == "running")
+                .values(status="pending", updated_at=utc_now())
+            )
+            return int(done.rowcount or 0)
 
-        return self._run(work, "requeueing stale running trials", write=True) if hashes else 0
+        return self._run(work, f"requeueing the running trials of sweep {sweep!r}", write=True)
 
     # -- deleting, on request only ----------------------------------------------------------------
 

@@ -467,4 +467,42 @@ CASES: dict[str, BadInput] = {
             ("a damaged file", b"PK\x03\x04 not a checkpoint"),
         )
     },
+    # launch lock and outages (issue 19)
+    "launch while another launch holds the sweep": BadInput(
+        ("launch", "{good}", "--db", "{db}"),
+        ("sweep good is being launched already into this store", "by host ", " pid ", " since "),
+        USAGE,
+        lambda tmp: hold_launch_lock(tmp),
+    ),
+    "db unlock of a SQLite lock a live launch holds": BadInput(
+        ("db", "unlock", "--sweep", "good", "--db", "{db}"),
+        ("sweep good's launch lock", "a live process", "stop that launch"),
+        RUNTIME,
+        lambda tmp: hold_launch_lock(tmp),
+    ),
+    "db unlock of a store that does not exist": BadInput(
+        ("db", "unlock", "--sweep", "good", "--db", "sqlite:///{tmp}/none.db"),
+        ("no results database at",),
+        RUNTIME,
+    ),
+    "db unlock without --sweep": BadInput(
+        ("db", "unlock", "--db", "{db}"),
+        ("the following arguments are required: --sweep",),
+        USAGE,
+        argparse=True,
+    ),
 }
+
+#: Launch locks the cases above hold while the command runs (released when the tests end).
+_HELD: list[object] = []
+
+
+def hold_launch_lock(tmp: Path) -> None:
+    """Hold sweep `good`'s launch lock in the case's store, as a launch in another process
+    would (a second open file description: flock refuses it to this process too)."""
+    from bnsweep.store.api import Store
+
+    store = Store.open(f"sqlite:///{tmp / 'store.db'}")
+    lock = store.launch_lock("good")
+    lock.__enter__()
+    _HELD.append((store, lock))

@@ -5,10 +5,15 @@ server."""
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import threading
+import time
 
 import sqlalchemy as sa
+
+#: linux/tcp.h: a socket in repair mode closes without telling its peer.
+_TCP_REPAIR = 19
 
 
 class TcpProxy:
@@ -23,6 +28,7 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._vanished = False
 
     @classmethod
     def to_database(cls, url: str) -> TcpProxy:
@@ -36,6 +42,7 @@ class TcpProxy:
         return through.render_as_string(hide_password=False)
 
     def start(self) -> None:
+        self._vanished = False
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
@@ -58,6 +65,29 @@ class TcpProxy:
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
 
+    def vanish(self) -> None:
+        """As `stop()`, but the server hears nothing: its connections are dropped without a FIN
+        or RST (TCP_REPAIR, which needs CAP_NET_ADMIN), as when the client's machine lost
+        them during a network outage. The server learns only when it next sends something
+        (a keepalive probe) and gets a reset. Skips the test where the kernel refuses."""
+        import pytest
+
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        with self._lock:
+            cut, self._open = self._open, set()
+        self._vanished = True
+        time.sleep(0.3)  # the pumps see it within their 0.1 s poll and let go of the sockets
+        upstream = [sock for sock in cut if _peer_port(sock) == self.target[1]]
+        for sock in upstream:  # repair mode first: nothing may reach the server any more
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, _TCP_REPAIR, 1)
+            except OSError as err:
+                pytest.skip(f"TCP_REPAIR is not allowed here ({err.strerror})")
+        for sock in cut:
+            sock.close()
+
     def _accept(self, listener: socket.socket) -> None:
         while self._listener is listener:
             try:
@@ -78,14 +108,30 @@ class TcpProxy:
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        # Polls rather than blocks: a thread blocked in recv() keeps its socket alive in the
+        # kernel after close(), and `vanish()` needs the server's end really gone.
         try:
-            while data := src.recv(65536):
+            poller = select.poll()  # not select(): a test process may hold fds past 1024
+            poller.register(src, select.POLLIN)
+            while not self._vanished:
+                if not poller.poll(100):
+                    continue
+                data = src.recv(65536)
+                if not data:
+                    break
                 dst.sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a socket closed meanwhile
             pass
-        finally:
-            for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+        if self._vanished:
+            return
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def _peer_port(sock: socket.socket) -> int | None:
+    try:
+        return int(sock.getpeername()[1])
+    except OSError:
+        return None

@@ -81,6 +81,8 @@ def test_ctrl_c_says_so_exits_130_and_an_edited_relaunch_trains_only_its_cells(
     assert "interrupted after" in out and "ran " not in out
     trials, _ = results(url, "stopped")
     assert (trials["status"] == "completed").sum() < 4
+    assert not (trials["status"] == "running").any()  # nothing trains them any more
+    assert not list(tmp_path.glob("*.lock")) and not list(tmp_path.glob("runs/*/*.lock"))
     in_flight = set(_checkpoints(spec))
     assert in_flight
 
@@ -142,11 +144,12 @@ def test_stale_running_rows_go_back_to_pending(tmp_path: Path) -> None:
     cells = expand(load_sweep_spec(write_spec(tmp_path, "stale", seeds=2)))
     with Store.open(f"sqlite:///{tmp_path / 'stale.db'}") as store:
         store.register_sweep("stale", "", cells)
+        store.register_sweep("other", "", cells[:1])
         store.apply([TrialStarted(c.spec_hash, c.seed) for c in cells[:3]])
-        assert store.requeue_stale(cells[1:]) == 2
-        status = store.trials(sweep="stale").set_index(["spec_hash", "seed"])["status"]
-    assert status[(cells[0].spec_hash, cells[0].seed)] == "running"  # not asked about
-    assert sorted(status.tolist()) == ["pending", "pending", "pending", "running"]
+        assert store.requeue_running("other") == 1  # only that sweep's cells
+        assert store.requeue_running("stale") == 2
+        status = store.trials(sweep="stale")["status"]
+    assert sorted(status.tolist()) == ["pending"] * 4
 
 
 def _lock_refuses_a_second_holder(url: str) -> None:
