@@ -22,6 +22,19 @@ from bnsweep.store.schema import foreign, known_revisions, newer
 #: SQLite waits this long for another writer's lock before reporting "database is locked".
 SQLITE_BUSY_SECONDS = 30.0
 
+#: The pool of both engines on a SQLite file, read-only and read-write, chosen here and not left
+#: to SQLAlchemy: its default for the read-only engine (made with `creator=`) is a
+#: SingletonThreadPool of 5, which closes the oldest thread's connection when a sixth thread
+#: connects, even while that thread is using it. The dashboard (uvicorn runs sync routes in 40
+#: threads) died of SIGSEGV under 16 requests at once. A QueuePool hands each connection to one
+#: thread at a time, and `check_same_thread=False` lets it move between threads. No overflow
+#: limit: SQLite has none and WAL readers do not wait for each other, while a limit would hold
+#: the 16th request and fail it after 30 s. Connections are kept rather than opened for each
+#: transaction (NullPool): a fingerprint read costs half as much, and an open connection holds
+#: SQLite's shared-memory lock, so no new connection is the first one, which truncates and
+#: rebuilds the `-shm` file (from the whole WAL) and makes `_ShmWatch` report a truncation.
+_SQLITE_FILE_POOL: dict[str, Any] = {"poolclass": sa.pool.QueuePool, "max_overflow": -1}
+
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: object) -> None:
     # Let SQLAlchemy emit BEGIN itself (see _sqlite_on_begin): pysqlite's legacy mode would
@@ -108,13 +121,17 @@ def make_engine(url: sa.URL, *, read_only: bool = False) -> sa.Engine:
                 uri, uri=True, timeout=SQLITE_BUSY_SECONDS, check_same_thread=False
             ),
             pool_pre_ping=True,
+            **_SQLITE_FILE_POOL,
         )
         sa_event.listen(engine, "connect", _sqlite_read_only_on_connect)
         sa_event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     if url.get_backend_name() == "sqlite":
+        # In memory, the database lives in its connection: SQLAlchemy's SingletonThreadPool.
+        # For a file, SQLAlchemy passes check_same_thread=False itself.
+        pool = {} if is_sqlite_memory(url) else _SQLITE_FILE_POOL
         engine = sa.create_engine(
-            url, pool_pre_ping=True, connect_args={"timeout": SQLITE_BUSY_SECONDS}
+            url, pool_pre_ping=True, connect_args={"timeout": SQLITE_BUSY_SECONDS}, **pool
         )
         sa_event.listen(engine, "connect", _sqlite_on_connect)
         sa_event.listen(engine, "begin", _sqlite_on_begin)
