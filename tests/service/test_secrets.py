@@ -7,13 +7,13 @@ half-redacted password is caught by any of its pieces."""
 from __future__ import annotations
 
 import argparse
-import types
 from pathlib import Path
 
 import pytest
 
 import bnsweep.driver
 import bnsweep.sweep
+from bnsweep.callback import LaunchSummary
 from bnsweep.cli import main
 from bnsweep.commands import launch as launch_command
 from bnsweep.store.api import Store
@@ -171,9 +171,7 @@ def test_dashboard_and_report_show_the_stored_spec_without_the_password(
 
     def fake_launch(sweep, store, spec_text, **_kwargs):  # what the driver stores of the spec
         store.register_sweep(sweep.name, spec_text, expand(sweep))
-        return types.SimpleNamespace(
-            ran=0, completed=0, diverged=0, failed=0, resumed=(), interrupted=False, unsuccessful=0
-        )
+        return LaunchSummary()
 
     monkeypatch.setattr(bnsweep.driver, "launch", fake_launch)
     args = argparse.Namespace(
