@@ -1,6 +1,7 @@
 """How experiment fields and formulations are shown in a table: headers, value names, order.
 
-Kept free of pandas and scipy, like analysis/layout.py: only names and sort keys.
+Kept free of pandas and scipy, like analysis/layout.py: only names and sort keys, and the names
+of a table's columns and of its text marks.
 """
 
 from __future__ import annotations
@@ -9,7 +10,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FIELD_DISPLAY", "FORMULATION_NAMES", "FieldDisplay", "display", "formulation_name"]
+__all__ = [
+    "FIELD_DISPLAY",
+    "FORMULATION_NAMES",
+    "FRAME_COLUMNS",
+    "TEXT_MARKS",
+    "FieldDisplay",
+    "display",
+    "formulation_name",
+]
 
 
 @dataclass(frozen=True)
@@ -94,3 +103,49 @@ def display(name: str) -> FieldDisplay:
 
 def formulation_name(formulation: str) -> str:
     return FORMULATION_NAMES.get(formulation, formulation)
+
+
+#: The columns of a table's lines: `Table.to_frame()` holds them and the CSV renderer writes
+#: them, one line per filled cell, then one per ordered pair of each pairwise matrix (`table`
+#: ends in "(pairwise)", `row` is the row arm with its n, mean and std, `versus` the column arm,
+#: and the statistics are row against column). `column` is the column's value as the table
+#: prints it, `column_value` the value itself (0.1 for α = 0.1); `t` holds W+ when `test` is
+#: "wilcoxon"; `versus` is what the cell was tested against ("" for the reference itself);
+#: `diverged` and `n_runs` count the cell's diverged and all its runs. Statistics of an
+#: untested cell are NaN (empty in the CSV).
+FRAME_COLUMNS = (
+    "table",
+    "block",
+    "row",
+    "column",
+    "formulation",
+    "gamma",
+    "c",
+    "n",
+    "mean",
+    "std",
+    "t",
+    "df",
+    "p",
+    "p_adjusted",
+    "significant",
+    "best",
+    "effect",
+    "ci_low",
+    "ci_high",
+    "mean_diff",
+    "n_pairs",
+    "test",
+    "not_tested",
+    "diverged",
+    "dropped",
+    "versus",
+    "detail",
+    "n_runs",
+    "column_value",
+)
+
+
+#: Marks in text for what bold and underline say, where styles cannot be shown (the terminal
+#: table written to a file or a pipe, or with `--color never`).
+TEXT_MARKS = {"significant": "*", "best": "^"}

@@ -12,10 +12,11 @@ from typing import Any
 
 import pandas as pd
 
+from bnsweep.analysis.display import FRAME_COLUMNS, TEXT_MARKS
 from bnsweep.analysis.pairing import Arm, Comparison
 from bnsweep.analysis.stats import AnalysisOptions, CellStats
 
-__all__ = [
+__all__ = [  # FRAME_COLUMNS and TEXT_MARKS live in analysis/display.py, which renderers read
     "FRAME_COLUMNS",
     "TEXT_MARKS",
     "Block",
@@ -25,51 +26,6 @@ __all__ = [
     "Row",
     "Table",
 ]
-
-#: The columns of a table's lines: `Table.to_frame()` holds them and the CSV renderer writes
-#: them, one line per filled cell, then one per ordered pair of each pairwise matrix (`table`
-#: ends in "(pairwise)", `row` is the row arm with its n, mean and std, `versus` the column arm,
-#: and the statistics are row against column). `column` is the column's value as the table
-#: prints it, `column_value` the value itself (0.1 for α = 0.1); `t` holds W+ when `test` is
-#: "wilcoxon"; `versus` is what the cell was tested against ("" for the reference itself);
-#: `diverged` and `n_runs` count the cell's diverged and all its runs. Statistics of an
-#: untested cell are NaN (empty in the CSV).
-FRAME_COLUMNS = (
-    "table",
-    "block",
-    "row",
-    "column",
-    "formulation",
-    "gamma",
-    "c",
-    "n",
-    "mean",
-    "std",
-    "t",
-    "df",
-    "p",
-    "p_adjusted",
-    "significant",
-    "best",
-    "effect",
-    "ci_low",
-    "ci_high",
-    "mean_diff",
-    "n_pairs",
-    "test",
-    "not_tested",
-    "diverged",
-    "dropped",
-    "versus",
-    "detail",
-    "n_runs",
-    "column_value",
-)
-
-
-#: Marks in text for what bold and underline say, where styles cannot be shown (the terminal
-#: table written to a file or a pipe, or with `--color never`).
-TEXT_MARKS = {"significant": "*", "best": "^"}
 
 
 @dataclass(frozen=True)

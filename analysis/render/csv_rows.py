@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from bnsweep.analysis.table_model import FRAME_COLUMNS
+from bnsweep.analysis.display import FRAME_COLUMNS
 
 if TYPE_CHECKING:
     from bnsweep.analysis.table_model import Table

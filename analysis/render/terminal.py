@@ -6,8 +6,8 @@ import io
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from bnsweep.analysis.display import TEXT_MARKS
 from bnsweep.analysis.render.text import pair_head, pair_text, value_parts
-from bnsweep.analysis.table_model import TEXT_MARKS
 
 if TYPE_CHECKING:
     from bnsweep.analysis.table_model import Cell, PairCell, Table
