@@ -40,7 +40,7 @@ import ray
 from ray import tune
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from bnsweep import reaper
+import bnsweep.reaper as reaper
 from bnsweep.callback import EventSink, LaunchSummary, StoreCallback
 from bnsweep.checkpoints import CellStorage
 from bnsweep.plan import cell_of, plan

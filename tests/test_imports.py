@@ -163,6 +163,7 @@ def test_the_trial_records_import_no_torch() -> None:
 STORE_LAYERS = (
     "models",
     "errors",
+    "filelock",
     "values",
     "events",
     "schema",

@@ -4,13 +4,13 @@ redacted as data, every other character stays as written, and the `report:` layo
 from __future__ import annotations
 
 import argparse
-import types
 from pathlib import Path
 
 import pytest
 import yaml
 
 import bnsweep.driver
+from bnsweep.callback import LaunchSummary
 from bnsweep.commands import launch as launch_command
 from bnsweep.store.api import Store
 from bnsweep.store.errors import redact_url
@@ -77,9 +77,7 @@ def test_launch_stores_the_redacted_spec_with_its_report_layout(
 
     def fake_launch(sweep, store, spec_text, **_kwargs):  # what the driver stores of the spec
         store.register_sweep(sweep.name, spec_text, expand(sweep))
-        return types.SimpleNamespace(
-            ran=0, completed=0, diverged=0, failed=0, resumed=(), interrupted=False, unsuccessful=0
-        )
+        return LaunchSummary()
 
     monkeypatch.setattr(bnsweep.driver, "launch", fake_launch)
     args = argparse.Namespace(
@@ -107,9 +105,7 @@ def test_launch_prints_its_tables_from_the_spec_it_holds(
 
     def fake_launch(sweep, store, spec_text, **_kwargs):
         store.register_sweep(sweep.name, spec_text, expand(sweep))
-        return types.SimpleNamespace(
-            ran=0, completed=0, diverged=0, failed=0, resumed=(), interrupted=False, unsuccessful=0
-        )
+        return LaunchSummary()
 
     def no_stored_report(*_args, **_kwargs):
         raise AssertionError("the launch read its spec back from the store")
