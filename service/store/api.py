@@ -236,7 +236,8 @@ class Store(StoreWrites, StoreReads):
         self._writable: _WritableWatch | None = None  # set by `open` unless read-only
         self._abandoned = False  # the connections are left open for good (`_check_writable`)
         #: (backend pid, key) of the launch lock this store holds on PostgreSQL, if any.
-        self._held_lock: tuple[int, int] | None = None
+        self._held_lock: tuple[int, int, str] | None = None  # backend pid, key, sweep
+        self._lock_conn: sa.Connection | None = None
         #: (when, failed tries) of the outage under way: one warning at its start, one at its end.
         self._outage: tuple[float, int] | None = None
 
@@ -483,6 +484,21 @@ class Store(StoreWrites, StoreReads):
 
     @contextlib.contextmanager
     def _pg_launch_lock(self, sweep: str) -> Iterator[None]:
+        self._lock_conn = self._take_pg_lock(sweep)
+        try:
+            yield
+        finally:
+            conn, self._lock_conn, self._held_lock = self._lock_conn, None, None
+            with contextlib.suppress(sa_exc.DBAPIError):
+                conn.execute(sa.select(sa.func.pg_advisory_unlock(_lock_key(sweep))))
+                conn.commit()
+            conn.invalidate()  # its settings and name are the lock's: not for the pool
+            conn.close()
+
+    def _take_pg_lock(self, sweep: str) -> sa.Connection:
+        """A connection of its own holding the sweep's advisory lock, with keepalives that let
+        the server end it (and so free the lock) within a minute of this launch vanishing;
+        LaunchBusy, naming the holder, when another session holds it."""
         key = _lock_key(sweep)
         idle, interval, count = LOCK_KEEPALIVE
         settings = {
@@ -494,7 +510,8 @@ class Store(StoreWrites, StoreReads):
             # What the refusal of a second launch shows (the server keeps 63 bytes).
             "application_name": f"bnsweep launch pid {os.getpid()} on {socket.gethostname()}",
         }
-        with self._engine.connect() as conn:
+        conn = self._engine.connect()
+        try:
             if (conn.dialect.server_version_info or (0,)) < (12,):
                 del settings["tcp_user_timeout"]  # PostgreSQL 12 added it
             for name, value in settings.items():
@@ -502,7 +519,6 @@ class Store(StoreWrites, StoreReads):
             if not conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar():
                 holder = _pg_lock_holder(conn, key) or "another session"
                 conn.rollback()
-                conn.invalidate()
                 raise LaunchBusy(
                     f"sweep {sweep} is being launched already into this store ({self.url}) by "
                     f"{holder}; wait for that launch to end or stop it. A launch that died "
@@ -511,29 +527,42 @@ class Store(StoreWrites, StoreReads):
                 )
             backend = conn.execute(sa.select(sa.func.pg_backend_pid())).scalar_one()
             conn.commit()
-            self._held_lock = (int(backend), key)
-            try:
-                yield
-            finally:
-                self._held_lock = None
-                with contextlib.suppress(sa_exc.DBAPIError):
-                    conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
-                    conn.commit()
-                conn.invalidate()  # its settings and name are the lock's: not for the pool
+        except BaseException:
+            conn.invalidate()
+            conn.close()
+            raise
+        self._held_lock = (int(backend), key, sweep)
+        return conn
 
     def _check_lock_kept(self, conn: sa.Connection) -> None:
         """After an outage: does the lock's session still hold the launch lock? The server may
-        have ended it meanwhile (its keepalives), and another launch of the sweep may have
-        started since; writing on would train and record the same cells twice."""
+        have ended it meanwhile (its keepalives, or the connection reset by the outage). Then the
+        lock is taken again on a new session: held by nobody, no other launch ran in between
+        that could be training this launch's cells. Held by another launch, this one stops;
+        writing on would train and record the same cells twice."""
         if self._held_lock is None:
             return
-        backend, key = self._held_lock
-        if _pg_lock_pid(conn, key) != backend:
+        backend, key, sweep = self._held_lock
+        if _pg_lock_pid(conn, key) == backend:
+            return
+        old = self._lock_conn
+        try:
+            self._lock_conn = self._take_pg_lock(sweep)
+        except LaunchBusy as busy:
             raise StoreFailure(
                 f"{self.url}: this launch lost its lock on the sweep during the outage (the "
-                "server ended its session); it stops here so that no other launch's cells are "
-                "trained twice: launch again to continue"
-            )
+                f"server ended its session) and another launch holds it now ({busy}); this one "
+                "stops here so that no cell is trained twice at once"
+            ) from None
+        log.warning(
+            "the store's session holding sweep %s's launch lock ended in the outage; "
+            "the lock is taken again",
+            sweep,
+        )
+        if old is not None:
+            with contextlib.suppress(sa_exc.DBAPIError):
+                old.invalidate()
+                old.close()
 
     def __enter__(self) -> Store:
         return self

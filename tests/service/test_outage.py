@@ -72,24 +72,34 @@ def test_a_launch_cut_off_by_an_outage_loses_its_postgresql_lock_within_the_keep
 
 
 @pytest.mark.postgres
-def test_db_unlock_ends_the_holder_and_the_holder_stops_at_its_next_write(
+def test_a_launch_that_lost_its_lock_takes_it_again_unless_another_launch_holds_it(
     postgres_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """`db unlock` ends the holder's session. After an outage the holder notices: it takes the
+    lock again when nobody holds it (an outage that reset its session must not end a sweep),
+    and stops when another launch took the sweep meanwhile."""
     name = f"unlocked-{uuid.uuid4().hex[:8]}"
     proxy = TcpProxy.to_database(postgres_url)
     proxy.start()
-    stale = Store.open(proxy.url(postgres_url), **_NO_SCHEMA, retry_seconds=20)
-    with stale, stale.launch_lock(name):
+    holder = Store.open(proxy.url(postgres_url), **_NO_SCHEMA, retry_seconds=20)
+    with holder, holder.launch_lock(name):
         assert cli.main(["db", "unlock", "--sweep", name, "--db", postgres_url]) == 0
         out = capsys.readouterr().out
         assert "ended bnsweep launch pid" in out and "PostgreSQL session" in out
         with Store.open(postgres_url, **_NO_SCHEMA) as other:
             assert other.launch_lock_holder(name) is None
-        # An outage later, the launch that lost its lock stops instead of writing on.
         proxy.stop()
         threading.Timer(1.0, proxy.start).start()
-        with pytest.raises(StoreFailure, match="lost its lock on the sweep during the outage"):
-            stale.schema_revision()
+        holder.schema_revision()  # after the outage: the lock is free, so it is taken again
+        with Store.open(postgres_url, **_NO_SCHEMA) as other:
+            assert other.launch_lock_holder(name) is not None
+        assert cli.main(["db", "unlock", "--sweep", name, "--db", postgres_url]) == 0
+        capsys.readouterr()
+        with Store.open(postgres_url, **_NO_SCHEMA) as other, other.launch_lock(name):
+            proxy.stop()
+            threading.Timer(1.0, proxy.start).start()
+            with pytest.raises(StoreFailure, match="another launch holds it now"):
+                holder.schema_revision()
     assert cli.main(["db", "unlock", "--sweep", name, "--db", postgres_url]) == 0
     assert "nobody holds" in capsys.readouterr().out
     proxy.stop()
