@@ -127,8 +127,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="break a sweep's launch lock held by a launch that is gone",
         description="End the PostgreSQL session that holds a sweep's launch lock, for a launch "
         "that died where the server could not see it (a network outage): the server drops such "
-        "a lock by itself within a minute. Only for a launch you know is gone: a live one loses "
-        "its lock and stops at its next write after an outage. A SQLite lock belongs to a live "
+        "a lock by itself within a minute. Meant for a launch you know is gone: a live one finds "
+        "its lock gone at its next write after an outage and takes it again, or stops if "
+        "another launch holds it by then. A SQLite lock belongs to a live "
         "process (the kernel drops it when the process ends): this names it.",
     )
     unlock.add_argument("--sweep", required=True, metavar="NAME", help="the sweep's name")
