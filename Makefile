@@ -8,7 +8,7 @@ PYTHON ?= python3
 DEPS_STAMP := $(VENV)/.bnsweep-deps-$(shell sha1sum pyproject.toml | cut -c1-12)
 DEMO_DB ?= sqlite:///out/demo.db
 
-.PHONY: demo test test-fast lint bench venv clean
+.PHONY: demo test test-fast test-cluster lint bench venv clean
 
 venv: $(DEPS_STAMP)
 	@# The editable install is re-pointed at this checkout every time (a few seconds), so a venv
@@ -31,10 +31,18 @@ demo: venv
 # Every test, the full architecture x formulation cross product included (about 20 s of it on a
 # quiet 2-core machine).
 test: venv lint
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -m "not engines"
 
 test-fast: venv
-	$(PY) -m pytest -q -m "not slow and not exhaustive" -p no:cacheprovider
+	$(PY) -m pytest -q -m "not slow and not exhaustive and not engines" -p no:cacheprovider
+
+# The cluster lane (about 15 minutes): the shipped recipes run for real. It starts a Docker engine
+# and builds the CPU image from a locally made Debian base, runs the compose cluster, starts
+# munged, slurmctld and two slurmd and submits deploy/slurm/bnsweep.sbatch, and validates the
+# KubeRay manifests. Run as root; every daemon it starts is stopped and everything it created is
+# removed. Where an engine cannot start, its tests skip with one line saying why.
+test-cluster: venv
+	$(PY) -m pytest -q -p no:cacheprovider -m engines tests/deploy
 
 # ruff's lint rules and its formatting, then mypy (configured in pyproject.toml). mypy reads the
 # `bnsweep` namespace from a tree of links that mirrors pyproject.toml's package-dir (service/ is
