@@ -6,8 +6,10 @@ local checkpoint folder is checked again by every trial on its node (`check_stor
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import socket
 import uuid
 from collections.abc import Mapping, Sequence
@@ -43,6 +45,8 @@ SHARED_FILESYSTEMS = frozenset(
         "ceph",
         "glusterfs",
         "fuse.glusterfs",
+        "wekafs",
+        "panfs",
         "fuse.sshfs",
         "fuse.s3fs",
         "fuse.gcsfuse",
@@ -134,23 +138,40 @@ def check_storage_is_shared(sweep: SweepSpec, root: str, nodes: int) -> None:
 
 def _filesystem_type(path: str) -> str | None:
     """The type of the mount that holds `path`, from /proc/mounts (Linux)."""
-    try:
-        mounts = Path("/proc/mounts").read_text().splitlines()
-    except OSError:
-        return None
     probe = Path(path)
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
+    # Resolving walks the path, which makes an automounter (autofs) mount it before the mount
+    # table is read, and a listing covers a direct map's mount point itself.
     probe = probe.resolve()
+    kind = _mount_type(probe, _read_mounts())
+    if kind == "autofs":
+        with contextlib.suppress(OSError):
+            next(os.scandir(probe), None)
+        kind = _mount_type(probe, _read_mounts())
+    return kind
+
+
+def _read_mounts() -> str:
+    try:
+        return Path("/proc/mounts").read_text()
+    except OSError:
+        return ""
+
+
+def _mount_type(path: Path, mounts: str) -> str | None:
+    """The type of the innermost mount holding `path` in a /proc/mounts text. Mounts stacked on
+    one mount point are listed in mount order and the last one is what the path shows: an autofs
+    direct map lists `autofs` first and the `nfs4` it mounted after it, at the same point."""
     best, kind = "", None
-    for line in mounts:
+    for line in mounts.splitlines():
         parts = line.split()
-        if (
-            len(parts) >= 3
-            and (str(probe) + "/").startswith(parts[1].rstrip("/") + "/")
-            and len(parts[1]) > len(best)
-        ):
-            best, kind = parts[1], parts[2]
+        if len(parts) < 3:
+            continue
+        # The kernel writes a space, tab, newline or backslash in a mount point as an octal escape.
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[1])
+        if (str(path) + "/").startswith(point.rstrip("/") + "/") and len(point) >= len(best):
+            best, kind = point, parts[2]
     return kind
 
 

@@ -446,6 +446,50 @@ def test_a_local_checkpoint_folder_is_refused_on_several_nodes(
         check_storage_is_shared(_sweep(shared_storage=False), root, nodes=3)
 
 
+# An autofs direct map lists its trigger first and the NFS it mounted after it, at one point.
+AUTOFS_THEN_NFS = """\
+/dev/vda1 / ext4 rw,relatime 0 0
+/etc/auto.direct /scratch/shared autofs rw,relatime,fd=7,direct 0 0
+server:/export /scratch/shared nfs4 rw,relatime,vers=4.2 0 0
+/etc/auto.home /home autofs rw,relatime,indirect 0 0
+weka0 /mnt/weka wekafs rw,relatime 0 0
+panfs://realm/vol /mnt/pan panfs rw 0 0
+tmpfs /scratch/shared/tmp tmpfs rw 0 0
+/dev/vdb /mnt/my\\040data ext4 rw 0 0
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        ("/scratch/shared/bnsweep/runs", "nfs4"),  # the last mount at a point is the one seen
+        ("/scratch/shared", "nfs4"),
+        ("/scratch/sharedother", "ext4"),  # a prefix of the name is not the folder
+        ("/scratch/shared/tmp/x", "tmpfs"),  # the innermost mount wins
+        ("/mnt/weka/runs", "wekafs"),
+        ("/mnt/pan/runs", "panfs"),
+        ("/mnt/my data/runs", "ext4"),  # octal escapes in mount points are decoded
+        ("/home/me", "autofs"),  # an indirect map not yet triggered says so
+    ],
+)
+def test_the_mount_table_names_the_filesystem_a_path_is_on(path: str, kind: str) -> None:
+    assert preflight._mount_type(Path(path), AUTOFS_THEN_NFS) == kind
+
+
+@pytest.mark.parametrize("kind", ["nfs4", "wekafs", "panfs", "lustre", "gpfs"])
+def test_storage_on_a_shared_filesystem_needs_no_declaration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    monkeypatch.delenv(preflight.SHARED_STORAGE_ENV, raising=False)
+    table = f"/dev/vda1 / ext4 rw 0 0\n/etc/auto.direct {tmp_path} autofs rw 0 0\n"
+    table += f"server:/x {tmp_path} {kind} rw 0 0\n"
+    monkeypatch.setattr(preflight, "_read_mounts", lambda: table)
+    check_storage_is_shared(_sweep(), str(tmp_path / "runs"), nodes=3)
+    monkeypatch.setattr(preflight, "_read_mounts", lambda: table.replace(kind, "ext4"))
+    with pytest.raises(SpecError, match="shared storage"):
+        check_storage_is_shared(_sweep(), str(tmp_path / "runs"), nodes=3)
+
+
 def test_every_trial_checks_it_sees_the_launchs_storage_marker(tmp_path: Path) -> None:
     root = str(tmp_path / "runs")
     marker = preflight.place_storage_marker(root, "shared")
