@@ -154,10 +154,16 @@ def _package_version() -> str:
 
 
 def _pinned_ray() -> str:
-    text = (ROOT / "docker" / "requirements.in").read_text(encoding="utf-8")
-    found = re.findall(r"^ray(?:\[[^\]]*\])?==([\w.]+)\s*$", text, re.M)
-    assert len(found) == 1, f"docker/requirements.in pins ray {len(found)} times; expected once"
-    return found[0]
+    """The Ray every image variant pins: docker/requirements*.in (one per torch build)."""
+    pins = {}
+    for path in sorted((ROOT / "docker").glob("requirements*.in")):
+        text = path.read_text(encoding="utf-8")
+        found = re.findall(r"^ray(?:\[[^\]]*\])?==([\w.]+)\s*$", text, re.M)
+        assert len(found) == 1, f"{path.name} pins ray {len(found)} times; expected once"
+        pins[path.name] = found[0]
+    assert pins, "no docker/requirements*.in pins ray"
+    assert len(set(pins.values())) == 1, f"the image variants pin different Rays: {pins}"
+    return next(iter(pins.values()))
 
 
 def _dockerfile() -> list[tuple[str, str]]:
