@@ -42,7 +42,7 @@ test-fast: venv
 # KubeRay manifests. Run as root; every daemon it starts is stopped and everything it created is
 # removed. Where an engine cannot start, its tests skip with one line saying why.
 test-cluster: venv
-	$(PY) -m pytest -q -p no:cacheprovider -m engines tests/deploy
+	$(PY) -m pytest -q -p no:cacheprovider tests/deploy
 
 # ruff's lint rules and its formatting, then mypy (configured in pyproject.toml). mypy reads the
 # `bnsweep` namespace from a tree of links that mirrors pyproject.toml's package-dir (service/ is
