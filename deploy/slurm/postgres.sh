@@ -267,6 +267,7 @@ stop() {
   refuse_elsewhere
   if running; then
     "$bin/pg_ctl" -D "$data" -m fast -w stop >/dev/null
+    rmdir "$socket_dir" 2>/dev/null || true # only when no other server of this user has its socket there
     echo "postgres.sh: stopped the server of $pg_dir" >&2
   else
     echo "postgres.sh: no server of $pg_dir is running" >&2

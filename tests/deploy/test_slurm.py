@@ -340,8 +340,8 @@ def _wait_idle(slurm: SlurmCluster, timeout: float = 60.0) -> None:
 
 
 def _kill_processes_under(root: Path) -> None:
-    """SIGKILL what a failed run may have left: Ray processes whose command line names `root`."""
-    marker = str(root).encode()
+    """SIGKILL what a failed run may have left: processes of the jobs' Ray folders under `root`."""
+    marker = str(root / "r" / "ray-").encode()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
@@ -349,7 +349,7 @@ def _kill_processes_under(root: Path) -> None:
             cmdline = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if marker in cmdline and b"ray" in cmdline:
+        if marker in cmdline:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(int(proc.name), signal.SIGKILL)
 
