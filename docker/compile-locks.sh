@@ -9,6 +9,7 @@
 #   BNSWEEP_PYTHON  the development venv's python (default: .venv/bin/python); its `pip freeze`
 #                   gives the constraints
 #   UV              uv (default: uv on PATH; `pip install uv` brings it)
+#   SSL_CERT_FILE   behind a TLS-intercepting proxy, the CA bundle uv is to trust
 set -euo pipefail
 
 die() {
@@ -34,8 +35,9 @@ for variant in "${variants[@]}"; do
   fi
 done
 
-constraints="$(mktemp)"
-trap 'rm -f "${constraints}"' EXIT
+# A fixed path (build/ is ignored by git), so the locks' "via -c …" comments do not change.
+constraints=build/venv-freeze.txt
+mkdir -p build
 "${python}" -m pip freeze --exclude-editable >"${constraints}"
 
 for variant in "${variants[@]}"; do
