@@ -256,6 +256,35 @@ def _apt_packages() -> set[str]:
     return {word.strip('"') for word in listed if not word.startswith("-")}
 
 
+def _guard(marker: str) -> str:
+    """The `if …; fi` guard that opens the RUN instruction containing `marker`, as shell code."""
+    run = next(args for kw, args in _instructions(DOCKERFILE) if kw == "RUN" and marker in args)
+    end = re.search(r"exit 1;\s+fi\b", run)
+    assert end, f"no `if …; exit 1; fi` guard in: {run}"
+    guard = run[run.index("if [") : end.end()]
+    return guard.replace("${lock}", "${lock:-/nonexistent}")
+
+
+@pytest.mark.parametrize(
+    ("marker", "env", "says"),
+    [
+        ('"${BNSWEEP_UID}" = 0', {"BNSWEEP_UID": "0"}, "error: BNSWEEP_UID=0"),
+        ("--require-hashes", {"TORCH": "cpu"}, "compile-locks.sh cpu"),
+    ],
+    ids=["uid-0", "missing-lock"],
+)
+def test_build_stops_with_one_line_saying_why(marker: str, env: dict, says: str) -> None:
+    # The guards themselves, run by sh as the build runs them: they must stop the build with
+    # their reason, and let a good value through.
+    guard = _guard(marker)
+    result = _run(["sh", "-c", guard], env=_clean_env(**env))
+    assert result.returncode == 1 and says in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    good = {"BNSWEEP_UID": "10001", "lock": str(SHIPPED_LOCK), "TORCH": "cu130"}
+    result = _run(["sh", "-c", guard], env=_clean_env(**good))
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+
+
 def test_image_has_the_compilers_probes_and_trust_store_it_needs() -> None:
     # Triton needs a C compiler and libc headers at run time, Inductor's CPU kernels a C++ one
     # (workers/compile.py); KubeRay 1.5's probes call wget; the site CAs need ca-certificates.
@@ -321,7 +350,7 @@ def _lock(lock: Path) -> dict[str, tuple[str, list[str]]]:
             continue
         requirement, *options = line.split()
         name, sep, version = requirement.partition("==")
-        assert sep, f"requirements.lock: not an exact pin: {requirement}"
+        assert sep, f"{lock.name}: not an exact pin: {requirement}"
         hashes = [o.removeprefix("--hash=") for o in options if o.startswith("--hash=")]
         pins[canonicalize_name(name.split("[")[0])] = (version, hashes)
     return pins
@@ -347,13 +376,13 @@ def test_lock_covers_every_dependency_of_the_project(lock: Path) -> None:
     for line in project["dependencies"]:
         requirement = Requirement(line)
         name = canonicalize_name(requirement.name)
-        assert name in pins, f"pyproject dependency {requirement.name} is not in requirements.lock"
+        assert name in pins, f"pyproject dependency {requirement.name} is not in {lock.name}"
         assert requirement.specifier.contains(pins[name][0], prereleases=True), (
-            f"requirements.lock pins {name}=={pins[name][0]}, pyproject asks {requirement}"
+            f"{lock.name} pins {name}=={pins[name][0]}, pyproject asks {requirement}"
         )
     # `ray job submit` needs the dashboard's job server, which only Ray's `default` extra installs.
     for name in ("aiohttp", "grpcio"):
-        assert name in pins, f"{name} (ray[default]) is missing from requirements.lock"
+        assert name in pins, f"{name} (ray[default]) is missing from {lock.name}"
 
 
 def test_build_context_is_an_allow_list() -> None:
