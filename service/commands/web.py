@@ -12,6 +12,7 @@ import errno
 import ipaddress
 import logging
 import os
+import re
 import socket
 import sys
 from collections.abc import Callable, Iterable
@@ -109,8 +110,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_binding(host: str, port: int, token: str | None) -> None:
-    """Refuse, in one line, a binding the dashboard must not make."""
+def check_binding(host: str, port: int, token: str | None, source: str = "--token") -> None:
+    """Refuse, in one line, a binding the dashboard must not make; `source` names where the
+    token came from (`token_source`)."""
     from bnsweep.workers.errors import SpecError
 
     if not 0 < port < 65536:
@@ -121,7 +123,38 @@ def check_binding(host: str, port: int, token: str | None) -> None:
             f"(--token-file PATH or ${TOKEN_ENV}); every page and API call then checks it"
         )
     if token is not None and len(token) < 16:
-        raise SpecError("--token: use at least 16 characters (e.g. `openssl rand -hex 16`)")
+        raise SpecError(f"{source}: use at least 16 characters (e.g. `openssl rand -hex 16`)")
+
+
+def token_source(args: argparse.Namespace) -> str:
+    """Where `read_token` takes the token from, as a message names it."""
+    if args.token_file is not None:
+        return f"--token-file {args.token_file}"
+    return "--token" if args.token is not None else f"${TOKEN_ENV}"
+
+
+#: One DNS label; a name is labels joined by dots (RFC 1123).
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+
+
+def check_allowed_names(names: Iterable[str]) -> None:
+    """Refuse, in one line, an --allow-host that no browser's Host header can ever match (an
+    empty name, a URL, a port, a wildcard): accepted silently, it would leave the user
+    wondering why the proxy's name is still refused."""
+    from bnsweep.workers.errors import SpecError
+
+    for name in names:
+        plain = name.lower().rstrip(".")
+        if _HOST_NAME.fullmatch(plain) and len(plain) <= 253:
+            continue
+        try:
+            ipaddress.ip_address(plain)
+        except ValueError:
+            raise SpecError(
+                f"--allow-host {name!r}: not a host name; give the name the browser uses, "
+                "e.g. dashboard.example.org or 10.1.2.3 (no scheme, port, path or wildcard)"
+            ) from None
 
 
 def read_token(args: argparse.Namespace) -> str | None:
@@ -234,7 +267,8 @@ def run_dashboard(args: argparse.Namespace) -> int:
     from bnsweep.workers.errors import RuntimeFailure
 
     token = read_token(args)
-    check_binding(args.host, args.port, token)
+    check_binding(args.host, args.port, token, token_source(args))
+    check_allowed_names(args.allow_host)
     create_app, uvicorn = load_server()
     # Fail now, in one line, for a wrong URL or a store of another schema revision.
     from bnsweep.web.view import read_only

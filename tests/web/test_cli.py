@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bnsweep.cli import build_parser, main
+from bnsweep.commands import web as web_command
 from bnsweep.commands.web import INSTALL_HINT, is_loopback
 from tests.web.stores import make_old_schema, make_store
 
@@ -38,6 +39,31 @@ def test_binding_beyond_loopback_needs_a_token(capsys, monkeypatch) -> None:
     one_error_line(capsys, "--token: use at least 16 characters")
     assert main(["dashboard", "--port", "70000"]) == 2
     one_error_line(capsys, "--port: expected 1-65535, got 70000")
+
+
+def test_a_short_token_is_named_by_where_it_came_from(tmp_path, capsys, monkeypatch) -> None:
+    short = tmp_path / "token"
+    short.write_text("short\n")
+    short.chmod(0o600)
+    assert main(["dashboard", "--host", "0.0.0.0", "--token-file", str(short)]) == 2
+    one_error_line(capsys, f"--token-file {short}: use at least 16 characters")
+    monkeypatch.setenv("BNSWEEP_DASHBOARD_TOKEN", "short")
+    assert main(["dashboard", "--host", "0.0.0.0"]) == 2
+    one_error_line(capsys, "$BNSWEEP_DASHBOARD_TOKEN: use at least 16 characters")
+
+
+@pytest.mark.parametrize(
+    "name", ["", ".", "http://lab.example", "lab.example:8080", "*.example", "lab example", "a/b"]
+)
+def test_an_allowed_name_no_host_header_can_carry_is_refused(
+    tmp_path, capsys, monkeypatch, name
+) -> None:
+    url = make_store(tmp_path / "r.db", "finished")
+    # Refused before anything is bound: were it let through, the test fails instead of serving.
+    monkeypatch.setattr(web_command, "listen", lambda *a: pytest.fail("--allow-host not checked"))
+    args = ["dashboard", "--db", url, "--allow-host", "lab.example", "--allow-host", name]
+    assert main(args) == 2
+    one_error_line(capsys, f"--allow-host {name!r}: not a host name")
 
 
 @pytest.mark.parametrize(
