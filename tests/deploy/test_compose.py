@@ -229,6 +229,9 @@ def test_compose_cluster_runs_a_sweep_through_a_killed_worker(tmp_path: Path) ->
         compose_env = {**engine.env, "COMPOSE_PROGRESS": "quiet"}
         try:
             _run_sweep(compose, compose_env, ray_bin, ports, password, token, tmp_path)
+        except BaseException:
+            _show_cluster_state(compose, compose_env)
+            raise
         finally:
             subprocess.run(
                 [*compose, "down", "--volumes", "--remove-orphans", "--timeout", "10"],
@@ -236,6 +239,21 @@ def test_compose_cluster_runs_a_sweep_through_a_killed_worker(tmp_path: Path) ->
             )  # fmt: skip
             engine.docker("image", "rm", "--force", tag, POSTGRES_TAG, check=False)
     _say("whole lane (engine up to engine gone)", time.monotonic() - lane_start)
+
+
+def _show_cluster_state(compose: list[str], env: dict[str, str]) -> None:
+    """On a failure, before the cluster is removed: its containers, the nodes Ray sees and the
+    last lines of each service's log, in the test's output."""
+    probes = {
+        "containers": [*compose, "ps", "--all"],
+        "ray status": [*compose, "exec", "-T", "ray-head", "ray", "status"],
+        "logs": [*compose, "logs", "--no-color", "--tail", "60"],
+    }
+    for what, args in probes.items():
+        shown = subprocess.run(
+            args, env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        print(f"--- compose lane, at the failure: {what}\n{shown.stdout}{shown.stderr}", flush=True)
 
 
 def _run_sweep(
@@ -314,11 +332,14 @@ def _run_sweep(
             for trial in _trials(db):
                 if trial.id in busy and trial.attempts > attempts[trial.id]:
                     count = sum(1 for (t, _) in now if t == trial.id)
-                    if count > retried_with.setdefault(trial.id, count):
+                    # A retry that finished between two looks has resumed as well; the epochs
+                    # it wrote are checked once the job has ended.
+                    grew = count > retried_with.setdefault(trial.id, count)
+                    if grew or trial.status == "completed":
                         return True
             return False
 
-        _wait("a killed cell to resume", resumed, 300, every=0.5)
+        _wait("a killed cell to resume", resumed, 420, every=0.5)
         _say("raylet killed to a killed cell's first epoch on retry", time.monotonic() - killed_at)
 
         def finished():
