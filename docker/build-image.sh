@@ -24,6 +24,8 @@ version="$(sed -n 's/^version = "\([^"]*\)"$/\1/p' "${root}/pyproject.toml")"
 [[ -n "${version}" ]] || die "no 'version = \"…\"' line in ${root}/pyproject.toml"
 
 torch="${BNSWEEP_TORCH:-cu130}"
+[[ -f "${root}/docker/requirements-${torch}.in" ]] ||
+  die "BNSWEEP_TORCH=${torch}: expected cu130, cu126 or cpu (a docker/requirements-<torch>.in)"
 [[ -f "${root}/docker/requirements-${torch}.lock" ]] ||
   die "no docker/requirements-${torch}.lock: run docker/compile-locks.sh ${torch} where download.pytorch.org is reachable"
 if [[ "${torch}" == cu130 ]]; then

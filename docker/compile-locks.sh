@@ -21,11 +21,16 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${root}"
 uv="${UV:-uv}"
 python="${BNSWEEP_PYTHON:-.venv/bin/python}"
+variants=("$@")
+[[ ${#variants[@]} -gt 0 ]] || variants=(cu130 cu126 cpu)
+# A wrong variant is named first, before what the compile needs.
+for variant in "${variants[@]}"; do
+  [[ -f "docker/requirements-${variant}.in" ]] ||
+    die "no docker/requirements-${variant}.in: the variants are the docker/requirements-*.in files"
+done
 command -v "${uv}" >/dev/null || die "${uv} not found: pip install uv (or set UV to its path)"
 [[ -x "${python}" ]] || die "${python} is not the project's venv python: set BNSWEEP_PYTHON"
 
-variants=("$@")
-[[ ${#variants[@]} -gt 0 ]] || variants=(cu130 cu126 cpu)
 for variant in "${variants[@]}"; do
   [[ -f "docker/requirements-${variant}.in" ]] ||
     die "no docker/requirements-${variant}.in: the variants are the docker/requirements-*.in files"

@@ -38,7 +38,18 @@ trap 'die "line $LINENO: \`$BASH_COMMAND\` failed"' ERR
 
 [ "$(id -u)" != 0 ] || die "refusing to run as root (PostgreSQL refuses it too): run it as the user who launches the sweep"
 
+# A wrong setting: one line, exit 2, before anything is written.
+refuse() {
+  echo "postgres.sh: error: $*" >&2
+  exit 2
+}
+
 pg_dir=${BNSWEEP_PG_DIR:-$HOME/bnsweep-postgres}
+if [ -n "${BNSWEEP_PG_PORT:-}" ]; then
+  if ! [[ $BNSWEEP_PG_PORT =~ ^[0-9]{1,5}$ ]] || ((BNSWEEP_PG_PORT < 1024 || BNSWEEP_PG_PORT > 65535)); then
+    refuse "BNSWEEP_PG_PORT=$BNSWEEP_PG_PORT: expected a port from 1024 to 65535"
+  fi
+fi
 data=$pg_dir/data
 state=$pg_dir/server.env
 password_file=$pg_dir/password
@@ -192,8 +203,19 @@ write_pgpass() { # HOST PORT: one line for this server, replacing an earlier lin
   mv "$tmp" "$pgpass"
 }
 
+# The names init() writes into $pg_dir; a folder holding anything else is someone else's.
+OWN_FILES=" data password initdb.log postgres.log server.env "
+
 init() {
-  (umask 077 && mkdir -p "$pg_dir")
+  local entry why
+  if [ -d "$pg_dir" ]; then
+    for entry in "$pg_dir"/* "$pg_dir"/.[!.]*; do
+      [ -e "$entry" ] || continue
+      [[ $OWN_FILES == *" ${entry##*/} "* ]] ||
+        refuse "BNSWEEP_PG_DIR=$pg_dir holds ${entry##*/}, which this script did not write: give a new or empty folder"
+    done
+  fi
+  why=$( (umask 077 && mkdir -p "$pg_dir") 2>&1) || die "cannot create $pg_dir: ${why##*: }"
   chmod 700 "$pg_dir"
   # 48 hex digits (192 random bits): nothing that ~/.pgpass would need escaped (: and \).
   (umask 077 && od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$password_file")

@@ -118,6 +118,54 @@ def test_postgres_script_refuses_root_or_a_wrong_command_in_one_line() -> None:
         assert done.stderr.startswith("usage: ")
 
 
+@pytest.fixture
+def pg_user_home() -> Iterator[tuple[list[str], Path]]:
+    """(command prefix, a home folder) to run postgres.sh in: it refuses root, so as root it runs
+    as the `postgres` user, in a folder that user can reach (pytest's own is root's alone)."""
+    home = Path(tempfile.mkdtemp(prefix="bnsweep-pgtest-"))
+    try:
+        if os.geteuid() != 0:
+            yield [], home
+            return
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root, and there is no `postgres` user to run postgres.sh as")
+        home.chmod(0o755)
+        os.chown(home, owner.pw_uid, owner.pw_gid)
+        yield ["runuser", "-u", "postgres", "--"], home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        ({"BNSWEEP_PG_PORT": "99999"}, "BNSWEEP_PG_PORT=99999: expected a port from 1024 to 65535"),
+        ({"BNSWEEP_PG_PORT": "abc"}, "BNSWEEP_PG_PORT=abc: expected a port from 1024 to 65535"),
+        ({}, "holds notes.txt, which this script did not write: give a new or empty folder"),
+    ],
+)
+def test_postgres_script_refuses_a_wrong_setting_before_writing_anything(
+    pg_user_home: tuple[list[str], Path], setting: dict[str, str], says: str
+) -> None:
+    prefix, home = pg_user_home
+    folder = home / "pg"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("a user's own file\n")
+    shutil.chown(folder, user=home.owner())
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "BNSWEEP_PG_DIR": str(folder)}
+    env["PGPASSFILE"] = str(home / "pgpass")
+    cmd = [*prefix, "env", *(f"{k}={v}" for k, v in {**env, **setting}.items()), "bash"]
+    done = subprocess.run([*cmd, str(POSTGRES), "start"], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert done.stderr.startswith("postgres.sh: error: ")
+    assert says in done.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    assert not (home / "pgpass").exists()
+
+
 # --- The cluster ---------------------------------------------------------------------------------
 
 
