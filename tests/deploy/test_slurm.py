@@ -156,8 +156,10 @@ def test_postgres_script_refuses_a_wrong_setting_before_writing_anything(
     shutil.chown(folder, user=home.owner())
     env = {"PATH": os.environ["PATH"], "HOME": str(home), "BNSWEEP_PG_DIR": str(folder)}
     env["PGPASSFILE"] = str(home / "pgpass")
+    # A copy the `postgres` user can read: a checkout may sit in a folder only root can enter.
+    script = Path(shutil.copy(POSTGRES, home / POSTGRES.name))
     cmd = [*prefix, "env", *(f"{k}={v}" for k, v in {**env, **setting}.items()), "bash"]
-    done = subprocess.run([*cmd, str(POSTGRES), "start"], capture_output=True, text=True)
+    done = subprocess.run([*cmd, str(script), "start"], capture_output=True, text=True)
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert done.stderr.startswith("postgres.sh: error: ")
