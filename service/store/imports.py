@@ -129,19 +129,25 @@ def trial_rows(
     """Trial rows for the store, keyed by `imported_hash`, with their provenance."""
     now = utc_now()
     version = _package_version()
+    hashes: dict[tuple[Any, ...], str] = {}  # one hash per arm of an experiment, not per row
+    # The runtime JSON as `json.dumps(..., sort_keys=True)` writes it, with the fixed part once.
+    fixed = json.dumps(origin.as_dict(), sort_keys=True, separators=(",", ":"))[1:-1]
+    before_row, after_format = fixed.split(',"sha256"')
     rows = []
     for record in records:
-        values = {name: _plain(record[name]) for name in SPEC_COLUMNS}
-        runtime = {
-            "import": {
-                **origin.as_dict(),
-                "row": int(record["source_row"]),
-                "run": str(record.get("source_run") or ""),
-            }
-        }
+        values = {name: record[name] for name in SPEC_COLUMNS}
+        key = tuple(values.values())
+        spec_hash = hashes.get(key)
+        if spec_hash is None:
+            spec_hash = hashes[key] = imported_hash(values, sweep)
+        run = json.dumps(str(record.get("source_run") or ""))
+        runtime = (
+            f'{{"import":{{{before_row},"row":{int(record["source_row"])},"run":{run},'
+            f'"sha256"{after_format}}}}}'
+        )
         rows.append(
             {
-                "spec_hash": imported_hash(values, sweep),
+                "spec_hash": spec_hash,
                 "seed": int(record["seed"]),
                 **values,
                 **{name: _plain(record.get(name)) for name in RESULT_VALUES},
@@ -151,7 +157,7 @@ def trial_rows(
                 "host": IMPORTED_HOST,
                 "device": origin.format,
                 "package_version": version,
-                "runtime": json.dumps(runtime, sort_keys=True, separators=(",", ":")),
+                "runtime": runtime,
                 "created_at": now,
                 "updated_at": now,
             }
@@ -323,8 +329,9 @@ def write_import(
             )
         if updates and progress is not None:
             progress(total, total)
-        keys = {(r["spec_hash"], r["seed"]) for r in rows}
-        ids = store._trial_ids(conn, keys)
+        # A trial already stored was linked by the import that wrote it: its key holds the sweep.
+        keys = {(r["spec_hash"], r["seed"]) for r in inserts}
+        ids = store._trial_ids(conn, keys) if keys else {}
         for batch in chunks(sorted(ids.values()), _BATCH):
             conn.execute(
                 insert(links).on_conflict_do_nothing(index_elements=["sweep_id", "trial_id"]),
