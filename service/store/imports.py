@@ -187,16 +187,26 @@ def _cell_text(row: Mapping[str, Any]) -> str:
     return f"seed {row['seed']} of arm {arm} ({row['dataset']}, {row['arch']}, lr={row['lr']:g})"
 
 
-def _existing(conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, int], Any]:
+def _existing(
+    conn: sa.Connection, sweep: str, rows: Sequence[Mapping[str, Any]]
+) -> dict[tuple[str, int], Any]:
+    """The stored trials of `rows`' cells. Every imported trial is linked to the sweep its key
+    names, so they are read through the sweep's links (an index), not by a list of hashes, which
+    PostgreSQL scans slowly right after a large insert, before its statistics catch up."""
     table = Trial.__table__
     wanted = {(r["spec_hash"], r["seed"]) for r in rows}
-    found: dict[tuple[str, int], Any] = {}
     columns = [table.c.id, table.c.spec_hash, table.c.seed, table.c.runtime]
     columns += [table.c[name] for name in RESULT_VALUES]
-    for chunk in chunks(sorted({h for h, _ in wanted})):
-        for row in conn.execute(sa.select(*columns).where(table.c.spec_hash.in_(chunk))):
-            if (row.spec_hash, row.seed) in wanted:
-                found[(row.spec_hash, row.seed)] = row
+    query = (
+        sa.select(*columns)
+        .join(SweepTrial, SweepTrial.trial_id == table.c.id)
+        .join(Sweep, Sweep.id == SweepTrial.sweep_id)
+        .where(Sweep.name == sweep)
+    )
+    found: dict[tuple[str, int], Any] = {}
+    for row in conn.execute(query):
+        if (row.spec_hash, row.seed) in wanted:
+            found[(row.spec_hash, row.seed)] = row
     return found
 
 
@@ -209,11 +219,11 @@ def _written_by_import(runtime: str | None) -> bool:
 
 
 def _plan(
-    conn: sa.Connection, rows: Sequence[Mapping[str, Any]], replace: bool
+    conn: sa.Connection, sweep: str, rows: Sequence[Mapping[str, Any]], replace: bool
 ) -> tuple[list[Mapping[str, Any]], list[tuple[int, Mapping[str, Any]]], int]:
     """(rows to insert, (trial id, row) to replace, rows unchanged); ImportConflict for a row
     whose result differs from the stored one when `replace` is off."""
-    existing = _existing(conn, rows)
+    existing = _existing(conn, sweep, rows)
     inserts: list[Mapping[str, Any]] = []
     updates: list[tuple[int, Mapping[str, Any]]] = []
     unchanged = 0
@@ -271,7 +281,7 @@ def plan_import(
 
     def work(conn: sa.Connection) -> ImportCount:
         origins = _check_sweep(conn, sweep)
-        inserts, updates, unchanged = _plan(conn, rows, replace)
+        inserts, updates, unchanged = _plan(conn, sweep, rows, replace)
         return ImportCount(len(inserts), unchanged, len(updates), origins is None)
 
     return store._run(work, f"planning the import into sweep {sweep!r}")
@@ -294,7 +304,7 @@ def write_import(
 
     def work(conn: sa.Connection) -> ImportCount:
         origins = _check_sweep(conn, sweep)
-        inserts, updates, unchanged = _plan(conn, rows, replace)
+        inserts, updates, unchanged = _plan(conn, sweep, rows, replace)
         now = utc_now()
         known = origins or []
         if not any(o.get("sha256") == origin.sha256 for o in known):
@@ -315,10 +325,9 @@ def write_import(
         sweep_id = conn.scalar(sa.select(Sweep.id).where(Sweep.name == sweep))
         total, done = len(inserts) + len(updates), 0
         for batch in chunks(inserts, _BATCH):
-            conn.execute(
-                insert(trials).on_conflict_do_nothing(index_elements=["spec_hash", "seed"]),
-                list(batch),
-            )
+            # No RETURNING: psycopg then sends the rows one statement each, three times slower.
+            statement = insert(trials).on_conflict_do_nothing(index_elements=["spec_hash", "seed"])
+            conn.execute(statement, list(batch))
             done += len(batch)
             if progress is not None:
                 progress(done, total)
@@ -330,9 +339,10 @@ def write_import(
         if updates and progress is not None:
             progress(total, total)
         # A trial already stored was linked by the import that wrote it: its key holds the sweep.
-        keys = {(r["spec_hash"], r["seed"]) for r in inserts}
-        ids = store._trial_ids(conn, keys) if keys else {}
-        for batch in chunks(sorted(ids.values()), _BATCH):
+        added = sorted(
+            store._trial_ids(conn, {(r["spec_hash"], r["seed"]) for r in inserts}).values()
+        )
+        for batch in chunks(added, _BATCH):
             conn.execute(
                 insert(links).on_conflict_do_nothing(index_elements=["sweep_id", "trial_id"]),
                 [{"sweep_id": sweep_id, "trial_id": trial_id} for trial_id in batch],
