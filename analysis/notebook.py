@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from bnsweep.analysis.import_frame import normalise_runs
 from bnsweep.analysis.layout import TableLayout
 from bnsweep.analysis.render import formats
 from bnsweep.analysis.render.html_page import html_tables
@@ -41,6 +42,9 @@ def tables(
     trials: pd.DataFrame,
     layout: TableLayout | Mapping[str, Any] | None = None,
     options: AnalysisOptions | None = None,
+    *,
+    mapping: Mapping[str, str] | None = None,
+    scale: str = "auto",
 ) -> Tables:
     """The significance tables of a trials frame (`bnsweep.trials(url, sweep)`, or any frame
     with the store's columns), tested against BASE by a one-sided paired t-test at p ≤ 0.05
@@ -48,7 +52,14 @@ def tables(
 
     `layout` is a `TableLayout` or a sweep spec's `report:` mapping (`{"layout": "gamma",
     "blocks": ["dataset"]}`); None infers it from the arms present (docs/analysis.md).
+
+    `mapping` reads runs made elsewhere (an MLflow `search_runs()` frame, a W&B export, one's
+    own CSV) as `bnsweep import` reads them: `{"bn_scale_init": "params.gamma", ...}` names the
+    column of a store field, `scale` says whether accuracies are fractions or percentages
+    (docs/import.md). Without `mapping` the frame is taken as the store's trials frame.
     """
+    if mapping is not None:
+        trials = normalise_runs(trials, mapping=mapping, scale=scale).frame
     if not isinstance(layout, TableLayout):
         layout = TableLayout.from_dict(layout)
     return Tables(build_tables(trials, layout, options))

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "bnsweep.commands.train",
     "bnsweep.commands.launch",
     "bnsweep.commands.store",
+    "bnsweep.commands.importing",
     "bnsweep.commands.report",
     "bnsweep.commands.web",
     "bnsweep.commands.completion",

@@ -172,6 +172,7 @@ STORE_LAYERS = (
     "reads",
     "writes",
     "api",
+    "imports",
     "results",
 )
 
