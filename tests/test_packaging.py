@@ -1,5 +1,5 @@
-"""The installed distribution: one top-level package, `bnsweep`, in the wheel, and imports that
-no folder of the user's can shadow.
+"""The installed distribution: one top-level package, `bnsweep`, in the wheel, imports that no
+folder of the user's can shadow, and a declared distribution behind every third-party import.
 
 The wheel is built from this checkout (`pip wheel --no-deps`, about 10 s); the shadowing test
 runs in a fresh interpreter whose first path entry holds packages named `analysis`, `service`
@@ -8,6 +8,8 @@ and `workers`, as a user's research folder or notebook might.
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import shutil
 import subprocess
 import sys
@@ -16,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import tomllib
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -148,3 +152,55 @@ def test_a_users_own_analysis_package_does_not_shadow_bnsweep(tmp_path: Path) ->
     version, _hash, *_ = done.stdout.split()
     assert version == VERSION
     assert done.stdout.splitlines()[-1] == "[]"
+
+
+# -- dependencies ---------------------------------------------------------------------------------
+def _declared(*, test_too: bool = False) -> set[str]:
+    """Distributions the dependencies and the extras name (the `test` extra only if asked)."""
+    project = PYPROJECT["project"]
+    lines = list(project["dependencies"])
+    for extra, requirements in project["optional-dependencies"].items():
+        if extra != "test" or test_too:
+            lines += requirements
+    return {canonicalize_name(Requirement(line).name) for line in lines}
+
+
+def _third_party_imports() -> dict[str, set[str]]:
+    """Top-level import name → the source files importing it, for every module that is neither
+    the standard library's nor bnsweep's (lazy and annotation-only imports count too)."""
+    found: dict[str, set[str]] = {}
+    for folder in FOLDERS:
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    top = name.split(".")[0]
+                    if top not in sys.stdlib_module_names and top != "bnsweep":
+                        found.setdefault(top, set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_every_third_party_import_is_declared() -> None:
+    """An import of a distribution that only arrives as another's dependency (pyarrow through
+    Ray Tune, Pillow through torchvision) breaks when that one stops requiring it."""
+    providers = importlib.metadata.packages_distributions()
+    declared = _declared()
+    undeclared = []
+    for name, files in sorted(_third_party_imports().items()):
+        dists = {canonicalize_name(d) for d in providers.get(name, [])}
+        assert dists, f"{name} (imported by {sorted(files)[0]}) is not installed here"
+        if not dists & declared:
+            undeclared.append(f"{name} ({', '.join(sorted(dists))}) in {', '.join(sorted(files))}")
+    assert undeclared == [], "imported but not in pyproject.toml's dependencies or extras"
+
+
+def test_the_audit_reads_the_imports() -> None:
+    """The audit above fails on something: it sees the imports it must see."""
+    found = _third_party_imports()
+    assert {"torch", "ray", "pyarrow", "PIL", "fastapi", "sqlalchemy"} <= set(found)
+    assert not {"os", "bnsweep", "__future__"} & set(found)
