@@ -20,7 +20,7 @@ venv: $(DEPS_STAMP)
 $(DEPS_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[all,test]'
 	@rm -f $(VENV)/.bnsweep-deps-*
 	@touch $@
 

@@ -204,3 +204,74 @@ def test_the_audit_reads_the_imports() -> None:
     found = _third_party_imports()
     assert {"torch", "ray", "pyarrow", "PIL", "fastapi", "sqlalchemy"} <= set(found)
     assert not {"os", "bnsweep", "__future__"} & set(found)
+
+
+def test_the_extras() -> None:
+    """The core leaves out what only some users need; `all` is every extra but the test tools,
+    and the tests have every extra."""
+    project = PYPROJECT["project"]
+    extras = project["optional-dependencies"]
+    core = {canonicalize_name(Requirement(line).name): line for line in project["dependencies"]}
+    assert "psycopg" not in core and "fastapi" not in core and "uvicorn" not in core
+    # Ray Tune runs a sweep; Ray's dashboard and job server (its `default` extra) only serve a
+    # cluster that takes `ray job submit`.
+    assert Requirement(core["ray"]).extras == {"tune"}
+    assert {Requirement(line).name for line in extras["postgres"]} == {"psycopg"}
+    assert any(Requirement(line).extras >= {"default"} for line in extras["cluster"])
+    (everything,) = extras["all"]
+    features = set(extras) - {"all", "test"}
+    assert Requirement(everything).name == "bnsweep"
+    assert Requirement(everything).extras == features
+    assert "bnsweep[all]" in extras["test"]
+
+
+#: An extra's feature with its module absent: the command and the line it must say. `cluster`
+#: has none: bnsweep runs its own Ray without the dashboard, and `ray job submit` is Ray's.
+MISSING = {
+    "postgres (psycopg)": ("psycopg", "postgres", ["db", "upgrade", "--db", "postgresql://u@h/db"]),
+    "dashboard (fastapi)": ("fastapi", "dashboard", ["dashboard", "--db", "sqlite:///absent.db"]),
+    "dashboard (uvicorn)": ("uvicorn", "dashboard", ["dashboard", "--db", "sqlite:///absent.db"]),
+}
+
+
+def test_every_extra_with_a_feature_is_probed() -> None:
+    extras = set(PYPROJECT["project"]["optional-dependencies"]) - {"all", "test", "cluster"}
+    assert {extra for _, extra, _ in MISSING.values()} == extras
+
+
+@pytest.mark.parametrize("case", MISSING.values(), ids=MISSING.keys())
+def test_a_missing_extra_is_one_line_naming_it(
+    case: tuple[str, str, list[str]], tmp_path: Path
+) -> None:
+    module, extra, argv = case
+    probe = (
+        f"import sys; sys.modules[{module!r}] = None  # as if not installed\n"
+        "from bnsweep.cli import main\n"
+        f"sys.exit(main({argv!r}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.endswith(
+        f"needs {module}, which is not installed: pip install 'bnsweep[{extra}]'\n"
+    )
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert list(tmp_path.iterdir()) == [], "a refused command wrote something"
+
+
+def test_a_broken_driver_is_named_by_its_message() -> None:
+    """psycopg installed without a libpq it can load raises an ImportError naming no module."""
+    from bnsweep.workers.errors import EXIT_USAGE, missing_extra
+
+    err = missing_extra("a PostgreSQL store", "postgres", ImportError("no pq wrapper available"))
+    assert str(err) == (
+        "a PostgreSQL store cannot import what it needs (ImportError: no pq wrapper available): "
+        "pip install 'bnsweep[postgres]'"
+    )
+    assert err.exit_code == EXIT_USAGE
