@@ -275,3 +275,18 @@ def test_a_broken_driver_is_named_by_its_message() -> None:
         "pip install 'bnsweep[postgres]'"
     )
     assert err.exit_code == EXIT_USAGE
+
+
+def test_the_footprint_follows_extras_and_markers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/install_footprint.py's walk: an extra brings its own, a marker that is false here
+    brings nothing."""
+    from tests.bench_scripts import load_bench
+
+    footprint = load_bench("install_footprint", monkeypatch)
+    dists = footprint.installed()
+    tune = footprint.closure(["ray[tune]"], dists)
+    default = footprint.closure(["ray[default,tune]"], dists)
+    assert {"ray", "pyarrow", "pandas"} <= tune
+    assert {"aiohttp", "grpcio", "opentelemetry-sdk"} <= default - tune
+    assert footprint.closure(["ray; python_version < '3'"], dists) == set()
+    assert footprint.own_extras(["bnsweep[postgres]"], {"postgres": ["psycopg"]}) == ["psycopg"]
