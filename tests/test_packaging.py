@@ -290,3 +290,25 @@ def test_the_footprint_follows_extras_and_markers(monkeypatch: pytest.MonkeyPatc
     assert {"aiohttp", "grpcio", "opentelemetry-sdk"} <= default - tune
     assert footprint.closure(["ray; python_version < '3'"], dists) == set()
     assert footprint.own_extras(["bnsweep[postgres]"], {"postgres": ["psycopg"]}) == ["psycopg"]
+
+
+def test_the_editable_install_links_every_file_of_this_checkout() -> None:
+    """`make venv` installs bnsweep as a strict editable install: a tree of links, one per file,
+    in build/__editable__.*. A file added since is not importable until the next `make venv`,
+    and a venv another clone re-pointed runs that clone's code: either is named here."""
+    import bnsweep
+
+    tree = Path(bnsweep.__path__[0])
+    if not tree.parent.name.startswith("__editable__."):
+        pytest.skip(f"bnsweep is not a strict editable install here ({tree})")
+    links = {p.relative_to(tree.parent).as_posix(): p for p in tree.rglob("*") if p.is_symlink()}
+    unlinked = [
+        str(p.relative_to(ROOT)) for p in _shipped_files() if _installed_name(p) not in links
+    ]
+    assert unlinked == [], "not in the editable install: run `make venv` to link new files"
+    elsewhere = sorted(
+        name for name, link in links.items() if not link.resolve().is_relative_to(ROOT)
+    )
+    assert elsewhere == [], f"the venv runs another checkout's files: run `make venv` in {ROOT}"
+    gone = sorted(name for name, link in links.items() if not link.exists())
+    assert gone == [], "linked files that were removed: run `make venv`"
