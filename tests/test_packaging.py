@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -49,19 +51,25 @@ def _shipped_files() -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
-    # Built from a copy, so that setuptools' build folders never land in the checkout.
-    source = tmp_path_factory.mktemp("source") / "bnsweep"
-    keep = ["pyproject.toml", "README.md", "LICENSE", *FOLDERS]
-    source.mkdir()
-    for name in keep:
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What git holds of the distribution, copied, so setuptools' build folders and egg-info
+    never land in the checkout."""
+    copy_to = tmp_path_factory.mktemp("source") / "bnsweep"
+    keep = ["pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "CHANGELOG.md", "docs"]
+    copy_to.mkdir()
+    for name in (*keep, *FOLDERS):
         item = ROOT / name
         copy = shutil.copytree if item.is_dir() else shutil.copy2
         copy(
             item,
-            source / name,
+            copy_to / name,
             **({"ignore": shutil.ignore_patterns("__pycache__")} if item.is_dir() else {}),
         )
+    return copy_to
+
+
+@pytest.fixture(scope="module")
+def wheel(source: Path, tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [
@@ -82,6 +90,19 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
     )
     (built,) = out.glob("bnsweep-*.whl")
     return zipfile.ZipFile(built)
+
+
+@pytest.fixture(scope="module")
+def sdist(source: Path, tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """The names in the sdist, without its `bnsweep-VERSION/` prefix."""
+    out = tmp_path_factory.mktemp("sdist")
+    build = f"import setuptools.build_meta as b; b.build_sdist({str(out)!r})"
+    subprocess.run(
+        [sys.executable, "-c", build], cwd=source, check=True, capture_output=True, timeout=600
+    )
+    (built,) = out.glob("bnsweep-*.tar.gz")
+    with tarfile.open(built) as tar:
+        return {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
 
 
 def test_package_dir_matches_the_folders() -> None:
@@ -115,6 +136,15 @@ def test_the_wheel_metadata(wheel: zipfile.ZipFile) -> None:
     assert "License-Expression: MIT" in metadata
     assert "Classifier: Typing :: Typed" in metadata
     assert "Project-URL: " in metadata and "Author: " in metadata and "Keywords: " in metadata
+    assert "<host>" not in metadata, "a placeholder URL is published"
+    # The Python versions claimed are the ones the tests run on.
+    claimed = {
+        line.rsplit(":: ", 1)[1]
+        for line in metadata.splitlines()
+        if line.startswith("Classifier: Programming Language :: Python :: 3.")
+    }
+    assert claimed == {f"{sys.version_info.major}.{sys.version_info.minor}"}
+    assert "Provides-Extra: postgres" in metadata
     entry_points = wheel.read(f"bnsweep-{VERSION}.dist-info/entry_points.txt").decode()
     assert "bnsweep = bnsweep.cli:main" in entry_points
 
@@ -312,3 +342,13 @@ def test_the_editable_install_links_every_file_of_this_checkout() -> None:
     assert elsewhere == [], f"the venv runs another checkout's files: run `make venv` in {ROOT}"
     gone = sorted(name for name, link in links.items() if not link.exists())
     assert gone == [], "linked files that were removed: run `make venv`"
+
+
+def test_the_sdist_holds_the_pages_the_readme_links_to(sdist: set[str]) -> None:
+    """A package index shows README.md alone; bnsweep has no public URL to make its links
+    absolute, so the sdist carries what they point to."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    linked = set(re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", readme))  # relative links only
+    assert "docs/cluster.md" in linked and "CHANGELOG.md" in linked
+    assert sorted(linked - sdist) == []
+    assert "service/cli.py" in sdist and "docs/img/gradient_factor_init.png" in sdist
