@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import os
 import re
 import shutil
 import subprocess
@@ -352,3 +353,75 @@ def test_the_sdist_holds_the_pages_the_readme_links_to(sdist: set[str]) -> None:
     assert "docs/cluster.md" in linked and "CHANGELOG.md" in linked
     assert sorted(linked - sdist) == []
     assert "service/cli.py" in sdist and "docs/img/gradient_factor_init.png" in sdist
+
+
+def _import_names(dists: set[str]) -> set[str]:
+    """The import names that only `dists` provide: top-level ones, and in a namespace another
+    distribution shares (`google`: protobuf and google-api-core), the subpackages they own."""
+    names: set[str] = set()
+    for top, owners in importlib.metadata.packages_distributions().items():
+        owned = {canonicalize_name(o) for o in owners}
+        if owned <= dists:
+            names.add(top)
+            continue
+        for dist in owned & dists:
+            for file in importlib.metadata.distribution(dist).files or []:
+                if len(file.parts) > 2 and file.parts[0] == top:
+                    names.add(f"{top}.{file.parts[1]}")
+    return names
+
+
+TINY_SPEC = """\
+name: tiny
+defaults: {dataset: digits, arch: resnet8, input_norm: bn, epochs: 1, batch_size: 64, device: cpu}
+grids:
+  - {bn_scale_init: [0.1], bn_lr_divisor: [100], lr: [0.1]}
+base: true
+seeds: 1
+resources: {cpus: 1, gpus: 0}
+max_concurrent: 1
+retries: 0
+storage: runs
+"""
+
+
+@pytest.mark.slow
+def test_a_local_sweep_runs_without_the_cluster_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The core's `ray[tune]` runs a launch on this machine: every module only Ray's `default`
+    extra brings (aiohttp, gRPC, OpenTelemetry, ...) fails to import, in the launch and in the
+    Ray processes it starts (PYTHONPATH reaches them), and two cells still train and land."""
+    from tests.bench_scripts import load_bench
+
+    footprint = load_bench("install_footprint", monkeypatch)
+    dists = footprint.installed()
+    core = footprint.closure(PYPROJECT["project"]["dependencies"], dists)
+    cluster = footprint.closure(PYPROJECT["project"]["optional-dependencies"]["cluster"], dists)
+    blocked = _import_names(cluster - core)
+    assert {"aiohttp", "grpc", "opentelemetry"} <= {n.split(".")[0] for n in blocked}
+    block = tmp_path / "blocked"
+    for name in blocked:
+        package = block.joinpath(*name.split("."))
+        package.mkdir(parents=True, exist_ok=True)
+        (package / "__init__.py").write_text(
+            f"raise ModuleNotFoundError('{name}: blocked, as without the cluster extra', "
+            f"name='{name}')\n"
+        )
+    env = {**os.environ, "PYTHONPATH": str(block)}
+    absent = subprocess.run(
+        [sys.executable, "-c", "import aiohttp"], env=env, capture_output=True, check=False
+    )
+    assert absent.returncode == 1, "the block does not hide Ray's default extra"
+    (tmp_path / "tiny.yaml").write_text(TINY_SPEC)
+    done = subprocess.run(
+        [sys.executable, "-m", "bnsweep.cli", "launch", "tiny.yaml", "--db", "sqlite:///t.db"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "cells 2: 2 done" in done.stderr
