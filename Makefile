@@ -10,17 +10,24 @@ DEMO_DB ?= sqlite:///out/demo.db
 
 .PHONY: demo test test-fast test-cluster lint bench venv clean
 
+# A strict editable install: `bnsweep` is a tree of links to this checkout's files in
+# build/__editable__.*, which a .pth file puts on sys.path. mypy, editors and code-map tools
+# read it as an ordinary package (a plain editable install is an import hook they cannot
+# follow). Each file is linked on its own, so a new module is importable after the next
+# `make venv` (`make test` and `make lint` run it first).
+EDITABLE := --config-settings editable_mode=strict
+
 venv: $(DEPS_STAMP)
 	@# The editable install is re-pointed at this checkout every time (a few seconds), so a venv
-	@# shared between clones always runs the code in front of it.
+	@# shared between clones always runs the code in front of it, new and removed files included.
 	@# Its output (setuptools' notes on editable installs) is shown only when it fails.
-	@$(PY) -m pip install -q --no-deps --no-build-isolation -e . >$(VENV)/.bnsweep-editable.log 2>&1 \
-		|| { cat $(VENV)/.bnsweep-editable.log; exit 1; }
+	@$(PY) -m pip install -q --no-deps --no-build-isolation -e . $(EDITABLE) \
+		>$(VENV)/.bnsweep-editable.log 2>&1 || { cat $(VENV)/.bnsweep-editable.log; exit 1; }
 
 $(DEPS_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[all,test]' $(EDITABLE)
 	@rm -f $(VENV)/.bnsweep-deps-*
 	@touch $@
 
@@ -44,16 +51,13 @@ test-fast: venv
 test-cluster: venv
 	$(PY) -m pytest -q -p no:cacheprovider tests/deploy
 
-# ruff's lint rules and its formatting, then mypy (configured in pyproject.toml). mypy reads the
-# `bnsweep` namespace from a tree of links that mirrors pyproject.toml's package-dir (service/ is
-# `bnsweep`, workers/ and analysis/ its subpackages): it cannot follow the editable install's
-# import hook. Its messages name the files through that tree (build/typecheck/bnsweep/...).
+# ruff's lint rules and its formatting, then mypy (configured in pyproject.toml). mypy finds
+# `bnsweep` through the strict editable install (EDITABLE above); its messages name the files
+# through the link tree (build/__editable__.*/bnsweep/...), each a link to service/, workers/
+# or analysis/.
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	@rm -rf build/typecheck && mkdir -p build/typecheck/bnsweep
-	@for f in service/*; do ln -s ../../../$$f build/typecheck/bnsweep/; done
-	@ln -s ../../../workers ../../../analysis build/typecheck/bnsweep/
 	$(PY) -m mypy
 
 bench: venv

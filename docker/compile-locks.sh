@@ -40,6 +40,10 @@ for variant in "${variants[@]}"; do
   fi
 done
 
+# The image runs a cluster: its driver writes to PostgreSQL, its head serves `ray job submit`.
+# These extras of pyproject.toml are in the lock (tests/docker/test_docker_files.py reads them).
+image_extras=(--extra postgres --extra cluster)
+
 # A fixed path (build/ is ignored by git), so the locks' "via -c …" comments do not change.
 constraints=build/venv-freeze.txt
 mkdir -p build
@@ -49,7 +53,7 @@ for variant in "${variants[@]}"; do
   # unsafe-best-match: torch comes from PyTorch's index and everything else from PyPI, each
   # package at the version the constraints name. --emit-index-url writes PyTorch's index into
   # the lock, where the Dockerfile's `pip install` finds it.
-  "${uv}" pip compile pyproject.toml "docker/requirements-${variant}.in" \
+  "${uv}" pip compile pyproject.toml "${image_extras[@]}" "docker/requirements-${variant}.in" \
     --constraints "${constraints}" \
     --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
     --index-strategy unsafe-best-match \

@@ -12,11 +12,15 @@ The layers, bottom up (folder in the repository → name once installed):
 4. `service/__init__.py` → `bnsweep`: the public face, which names all of them.
 
 No import runs from a lower layer to a higher one, and the graph of every import has no circle.
+`import bnsweep` loads nothing outside the standard library, and the modules of an optional
+extra (pyproject.toml) are imported only where a missing one is named in one line.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -252,3 +256,41 @@ def test_only_the_cli_imports_a_command() -> None:
     tables = ROOT / "service" / "sweep_tables.py"
     bad = ("bnsweep.commands", "bnsweep.web", "bnsweep.cli", "bnsweep.driver")
     assert _violations([tables], bad) == []
+
+
+# -- the face and the extras ----------------------------------------------------------------------
+def test_import_bnsweep_loads_only_the_standard_library() -> None:
+    """The face names everything and imports nothing until a name is used: no torch, Ray or
+    pandas, and no extra, so a missing one never breaks `import bnsweep`."""
+    probe = (
+        "import sys; import bnsweep\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "['__main__', 'bnsweep']"
+
+
+#: The modules of each optional extra (pyproject.toml) that bnsweep imports, and the only files
+#: allowed to import them. `bnsweep.web.app` needs the dashboard extra as a whole: only
+#: `load_server` imports it, and says which extra to install when it cannot.
+EXTRA_MODULES = {
+    "fastapi": {"service/web/app.py"},
+    "starlette": {"service/web/app.py"},
+    "uvicorn": {"service/commands/web.py"},
+    "psycopg": set(),  # SQLAlchemy loads it; service/store/engines.py names the extra
+    "bnsweep.web.app": {"service/commands/web.py"},
+}
+
+
+def test_an_extra_is_imported_only_where_its_absence_is_named() -> None:
+    found = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in ALL
+        for name in sorted(_imports(path, typing_too=False))
+        for module, allowed in EXTRA_MODULES.items()
+        if (name == module or name.startswith(module + "."))
+        and str(path.relative_to(ROOT)) not in allowed
+    ]
+    assert found == []

@@ -51,3 +51,20 @@ def one_line(err: BaseException) -> str:
     """`err` as one line: its type, then its message with each run of whitespace one space."""
     text = " ".join(str(err).split())
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+class MissingExtra(BnsweepError):
+    """A feature needs an optional dependency (an extra of pyproject.toml) that is not installed:
+    exit 2, like any other request this installation cannot serve as it stands."""
+
+
+def missing_extra(feature: str, extra: str, err: ImportError) -> MissingExtra:
+    """The one line for `feature` failing to import what the `extra` installs."""
+    # A module that is absent names itself; one that is there but broken (psycopg without a
+    # libpq) has only its message.
+    cause = (
+        f"needs {err.name}, which is not installed"
+        if err.name
+        else f"cannot import what it needs ({one_line(err)})"
+    )
+    return MissingExtra(f"{feature} {cause}: pip install 'bnsweep[{extra}]'")

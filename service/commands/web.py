@@ -247,17 +247,14 @@ def allowed_hosts(bind: str, bound: str, allow: Iterable[str]) -> tuple[frozense
 
 def load_server() -> tuple[Callable[..., Any], ModuleType]:
     """(create_app, uvicorn), or one line saying how to install the dashboard extra."""
-    from bnsweep.workers.errors import BnsweepError
+    from bnsweep.workers.errors import missing_extra
 
     try:
         import uvicorn
 
         from bnsweep.web.app import create_app
     except ImportError as err:
-        missing = getattr(err, "name", None) or "a dependency"
-        raise BnsweepError(
-            f"bnsweep dashboard needs {missing}, which is not installed: {INSTALL_HINT}"
-        ) from None
+        raise missing_extra("bnsweep dashboard", "dashboard", err) from None
     return create_app, uvicorn
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import exc as sa_exc
 from bnsweep.store.errors import StoreFailure
 from bnsweep.store.models import VERSION_TABLE
 from bnsweep.store.schema import foreign, known_revisions, newer
+from bnsweep.workers.errors import missing_extra
 
 #: SQLite waits this long for another writer's lock before reporting "database is locked".
 SQLITE_BUSY_SECONDS = 30.0
@@ -151,12 +152,15 @@ def make_engine(url: sa.URL, *, read_only: bool = False) -> sa.Engine:
     if read_only:
         # The server refuses any write of a read-only command, whatever the code tries.
         connect_args["options"] = "-c default_transaction_read_only=on"
-    return sa.create_engine(
-        url,
-        # A connection dropped by a server restart is found and replaced at checkout.
-        pool_pre_ping=True,
-        connect_args=connect_args,
-    )
+    try:
+        return sa.create_engine(
+            url,
+            # A connection dropped by a server restart is found and replaced at checkout.
+            pool_pre_ping=True,
+            connect_args=connect_args,
+        )
+    except ImportError as err:  # SQLAlchemy imports the driver here, psycopg for PostgreSQL
+        raise missing_extra("a PostgreSQL store", "postgres", err) from None
 
 
 def is_sqlite_memory(url: sa.URL) -> bool:
