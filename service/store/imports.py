@@ -342,10 +342,10 @@ def write_import(
         added = sorted(
             store._trial_ids(conn, {(r["spec_hash"], r["seed"]) for r in inserts}).values()
         )
-        for batch in chunks(added, _BATCH):
+        for ids in chunks(added, _BATCH):
             conn.execute(
                 insert(links).on_conflict_do_nothing(index_elements=["sweep_id", "trial_id"]),
-                [{"sweep_id": sweep_id, "trial_id": trial_id} for trial_id in batch],
+                [{"sweep_id": sweep_id, "trial_id": trial_id} for trial_id in ids],
             )
         return ImportCount(len(inserts), unchanged, len(updates), origins is None)
 
