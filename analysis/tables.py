@@ -19,10 +19,11 @@ the table lists them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from bnsweep.analysis.display import display, formulation_name
 from bnsweep.analysis.layout import TableLayout
 from bnsweep.analysis.pairing import (
     BASE,
+    AnalysisError,
     Arm,
     Comparison,
     PreparedTrials,
@@ -62,7 +64,7 @@ from bnsweep.analysis.table_model import Block, Cell, PairCell, PairwiseMatrix, 
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_tables"]
+__all__ = ["build_sweep_tables", "build_tables", "layout_with"]
 
 
 class _Footnotes:
@@ -160,8 +162,75 @@ def build_tables(
     options = options or AnalysisOptions()
     prepared = prepare_trials(trials, exclude_diverged=options.exclude_diverged)
     kind = layout.kind or infer_kind(prepared.arms)
-    reference = find_arm(prepared.arms, layout.versus) if layout.versus is not None else BASE
-    return [_build_table(prepared, layout, kind, options, reference)]
+    return [_build_table(prepared, layout, kind, options, _reference_arm(prepared, layout))]
+
+
+def build_sweep_tables(
+    frames: Mapping[str, pd.DataFrame],
+    layout: TableLayout | None = None,
+    options: AnalysisOptions | None = None,
+) -> list[Table]:
+    """Sweeps side by side: one table per sweep of `frames` (sweep name → trials frame), in
+    the mapping's order, every one drawn with the same layout and titled with its sweep's name.
+
+    The layout kind, when `layout` leaves it open, is inferred once from the arms of every
+    sweep, so the tables share their rows. Each sweep's cells are tested against that sweep's
+    own reference runs: seeds are paired within a sweep, never across two. Raises
+    `AnalysisError` naming the sweep that cannot be tabulated (or `versus` arm it lacks).
+    """
+    if not frames:
+        raise AnalysisError("no sweeps to compare: give at least one sweep name → trials frame")
+    layout = layout or TableLayout()
+    options = options or AnalysisOptions()
+    prepared: dict[str, PreparedTrials] = {}
+    for name, trials in frames.items():
+        if not isinstance(trials, pd.DataFrame):
+            raise AnalysisError(
+                f"sweep {name}: expected a trials DataFrame, got {type(trials).__name__}"
+            )
+        with _naming_sweep(name):
+            prepared[name] = prepare_trials(trials, exclude_diverged=options.exclude_diverged)
+    kind = layout.kind or infer_kind([a for p in prepared.values() for a in p.arms])
+    out = []
+    for name, p in prepared.items():
+        with _naming_sweep(name):
+            table = _build_table(p, layout, kind, options, _reference_arm(p, layout))
+        out.append(replace(table, title=f"{name}: {table.title}"))
+    return out
+
+
+@contextlib.contextmanager
+def _naming_sweep(name: str) -> Iterator[None]:
+    """An `AnalysisError` inside says which sweep it is about."""
+    try:
+        yield
+    except AnalysisError as err:
+        raise AnalysisError(f"sweep {name}: {err}") from err
+
+
+def layout_with(
+    layout: TableLayout | Mapping[str, Any] | None,
+    *,
+    kind: str | None = None,
+    versus: str | None = None,
+    pairwise: bool | None = None,
+) -> TableLayout:
+    """`layout` (or a sweep spec's `report:` mapping) with the choices made when the tables are
+    asked for: `bnsweep tables --layout/--versus/--pairwise` and `bnsweep.tables(versus=...,
+    pairwise=...)` both come here. None leaves the layout's own choice."""
+    if not isinstance(layout, TableLayout):
+        layout = TableLayout.from_dict(layout)
+    changes: dict[str, Any] = {
+        k: v
+        for k, v in (("kind", kind), ("versus", versus), ("pairwise", pairwise))
+        if v is not None
+    }
+    return replace(layout, **changes) if changes else layout
+
+
+def _reference_arm(prepared: PreparedTrials, layout: TableLayout) -> Arm:
+    """The arm every cell is tested against: `layout.versus`, else BASE."""
+    return find_arm(prepared.arms, layout.versus) if layout.versus is not None else BASE
 
 
 #: (experiment id, arm id) in the prepared trials: one cell of the table.
