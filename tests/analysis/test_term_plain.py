@@ -1,5 +1,5 @@
-"""The terminal format without styles draws its tables itself, character for character as rich
-draws them: the same text at every width, rich's own drawing where a table does not fit."""
+"""The terminal format draws its tables itself, segment for segment as rich draws them: the same
+text, styles included, at every width; rich's own drawing where a table does not fit."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import io
 import pytest
 from rich.console import Console
 from rich.table import Table as RichTable
+from rich.text import Text
 
 from bnsweep.analysis.layout import TableLayout
 from bnsweep.analysis.render.terminal import _PlainTable, render_term, term_renderables
@@ -18,17 +19,21 @@ from tests.analysis.data import golden_trials
 WIDTHS = [20, 40, 60, 80, 100, 110, 120, 160, 250]
 
 
-def _by_rich(renderables: list, width: int) -> str:
+def _by_rich(renderables: list, width: int, styles: bool = False) -> str:
     console = Console(
-        record=True, width=width, file=io.StringIO(), force_terminal=False, color_system=None
+        record=True,
+        width=width,
+        file=io.StringIO(),
+        force_terminal=styles,
+        color_system="standard" if styles else None,
     )
     for r in renderables:
         console.print(r)
-    return console.export_text(styles=False)
+    return console.export_text(styles=styles)
 
 
-def _plain(renderables: list, width: int) -> str:
-    return _by_rich([_PlainTable.of(r) for r in renderables], width)
+def _plain(renderables: list, width: int, styles: bool = False) -> str:
+    return _by_rich([_PlainTable.of(r) for r in renderables], width, styles)
 
 
 CASES = {
@@ -41,12 +46,18 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("styles", [False, True])
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("width", WIDTHS)
-def test_the_tables_are_rich_s_text_at_every_width(case: str, width: int) -> None:
+def test_the_tables_are_rich_s_text_at_every_width(case: str, width: int, styles: bool) -> None:
     tables = CASES[case]()
-    expected = _by_rich(term_renderables(tables, marks=True), width)
-    assert render_term(tables, width=width) == expected
+    renderables = term_renderables(tables, marks=not styles)
+    drawn_here = [r for r in renderables if isinstance(_PlainTable.of(r), _PlainTable)]
+    assert len(drawn_here) == sum(isinstance(r, RichTable) for r in renderables) > 0
+    expected = _by_rich(renderables, width, styles)
+    assert render_term(tables, width=width, styles=styles) == expected
+    if styles:
+        assert "\x1b[1m" in expected
 
 
 def _table(*rows: tuple[str, ...], title: str = "A title long enough to wrap at a narrow width"):
@@ -63,14 +74,17 @@ def _table(*rows: tuple[str, ...], title: str = "A title long enough to wrap at 
     [
         (("a", "1"), ("bb", "22")),
         (("[bold]markup[/bold] is read as rich reads it", "3 "), ("x", "")),
+        (("a", Text("4.5", style="bold")), (Text("b", style="underline"), "6")),
         (("two\nlines", "4"),),  # rich's own drawing
         (("wide 表 cells", "5"), ("α ± β", "6")),
         (),
     ],
 )
+@pytest.mark.parametrize("styles", [False, True])
 @pytest.mark.parametrize("width", [12, 30, 80])
-def test_any_simple_table_is_drawn_as_rich_draws_it(rows, width: int) -> None:
-    assert _plain([_table(*rows)], width) == _by_rich([_table(*rows)], width)
+def test_any_simple_table_is_drawn_as_rich_draws_it(rows, width: int, styles: bool) -> None:
+    drawn = _plain([_table(*rows)], width, styles)
+    assert drawn == _by_rich([_table(*rows)], width, styles)
 
 
 def test_only_tables_it_can_draw_are_taken_over() -> None:
