@@ -13,8 +13,14 @@ Every comparison also reports the mean difference with its two-sided t-based con
 interval and the standardised effect d_z = mean(d) / sd(d) (ddof = 1). `minimum_detectable_effect`
 gives the smallest d_z the one-sided paired t-test detects with the requested power.
 
-Comparisons with the same number of pairs are tested in one vectorised scipy call (axis = 1),
-so a table of thousands of cells costs a handful of calls.
+Comparisons with the same number of pairs are tested in one vectorised call (axis = 1), so a
+table of thousands of cells costs a handful of calls.
+
+The t-test and the power use the t and noncentral t distributions of `scipy.special` (the
+functions `scipy.stats.ttest_rel`, `t` and `nct` call themselves): importing `scipy.stats`
+takes about a second, most of what `bnsweep tables` spends before it reads a row.
+tests/analysis/test_light_stats.py holds them equal to `scipy.stats`; the Wilcoxon test imports
+`scipy.stats` when it is chosen.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import special
 
 from bnsweep.analysis.pairing import Comparison
 from bnsweep.workers.errors import choice_error
@@ -102,15 +108,32 @@ class CellStats:
 
 # -- tests: name → vectorised function (arm[k, n], base[k, n]) → (statistic[k], p[k], df[k]) ---
 def _t(arm: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    res = stats.ttest_rel(arm, base, axis=1, alternative="greater")
-    return (
-        np.asarray(res.statistic, float),
-        np.asarray(res.pvalue, float),
-        np.asarray(res.df, float),
-    )
+    """`scipy.stats.ttest_rel(arm, base, axis=1, alternative="greater")`, step for step: the
+    mean difference over its standard error (variance about the mean, ddof = 1), and
+    p = P(T > t) with n − 1 degrees of freedom (`stdtr`, scipy's own t-test's sf)."""
+    d = arm - base
+    n = d.shape[1]
+    mean = d.mean(axis=1)
+    var = ((d - d.mean(axis=1, keepdims=True)) ** 2).mean(axis=1) * (float(n) / (n - 1.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = mean / np.sqrt(var / float(n))
+    df = np.full(t.shape, n - 1.0)
+    return t, t_sf(t, df), df
+
+
+def t_sf(t: np.ndarray | float, df: np.ndarray | float) -> np.ndarray:
+    """P(T > t) for Student's t with `df` degrees of freedom (`scipy.stats.t.sf`)."""
+    return np.asarray(special.stdtr(df, -np.asarray(t, dtype=float)), dtype=float)
+
+
+def t_ppf(q: float, df: np.ndarray | float) -> np.ndarray:
+    """The q-quantile of Student's t with `df` degrees of freedom (`scipy.stats.t.ppf`)."""
+    return np.asarray(special.stdtrit(df, q), dtype=float)
 
 
 def _wilcoxon(arm: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from scipy import stats  # only for this test: see the module's docstring
+
     res = stats.wilcoxon(arm, base, axis=1, alternative="greater")
     stat = np.asarray(res.statistic, float)
     return stat, np.asarray(res.pvalue, float), np.full(stat.shape, np.nan)
@@ -184,9 +207,7 @@ def _test_block(
     with np.errstate(invalid="ignore", divide="ignore"):
         sd = diffs.std(axis=1, ddof=1) if n > 1 else np.full(k, np.nan)
         effect = np.where(why == CONSTANT, np.nan, mean / sd)
-        half = (
-            stats.t.ppf(0.5 + options.confidence / 2.0, n - 1) * sd / math.sqrt(n) if n > 1 else sd
-        )
+        half = t_ppf(0.5 + options.confidence / 2.0, n - 1) * sd / math.sqrt(n) if n > 1 else sd
     statistic = np.full(k, np.nan)
     p = np.full(k, np.nan)
     df = np.full(k, np.nan)
@@ -287,14 +308,22 @@ def minimum_detectable_effect(n: int, alpha: float = 0.05, power: float = 0.8) -
     detects at level alpha with the given power; NaN for n < 2.
 
     Under the alternative t follows a noncentral t with df = n − 1 and noncentrality d_z·√n;
-    power = P(T > t_{1−alpha, n−1}). Solved for d_z with Brent's method.
+    power = P(T > t_{1−alpha, n−1}). Power rises with d_z, so bisection on [0, 100] finds it
+    to 1e-12 (what `scipy.optimize.brentq` did, without importing scipy.optimize); inf when
+    even d_z = 100 falls short.
     """
     if n < 2:
         return math.nan
     df = n - 1
-    crit = stats.t.ppf(1.0 - alpha, df)
+    crit = float(t_ppf(1.0 - alpha, df))
 
-    def shortfall(d: float) -> float:
-        return float(stats.nct.sf(crit, df, d * math.sqrt(n))) - power
+    def power_at(d: float) -> float:
+        return 1.0 - float(special.nctdtr(df, d * math.sqrt(n), crit))
 
-    return float(optimize.brentq(shortfall, 0.0, 100.0, xtol=1e-10))
+    lo, hi = 0.0, 100.0
+    if power_at(hi) < power:
+        return math.inf
+    while hi - lo > 1e-12:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if power_at(mid) < power else (lo, mid)
+    return 0.5 * (lo + hi)

@@ -19,10 +19,11 @@ the table lists them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from bnsweep.analysis.display import display, formulation_name
 from bnsweep.analysis.layout import TableLayout
 from bnsweep.analysis.pairing import (
     BASE,
+    AnalysisError,
     Arm,
     Comparison,
     PreparedTrials,
@@ -42,7 +44,14 @@ from bnsweep.analysis.pairing import (
     prepare_trials,
     summarise,
 )
-from bnsweep.analysis.planning import LAYOUTS, BlockData, RowPlan, Summary, infer_kind
+from bnsweep.analysis.planning import (
+    LAYOUTS,
+    BlockData,
+    LayoutKind,
+    RowPlan,
+    Summary,
+    infer_kind,
+)
 from bnsweep.analysis.stats import (
     FEWER_THAN_TWO,
     NO_COMMON_SEEDS,
@@ -55,7 +64,7 @@ from bnsweep.analysis.table_model import Block, Cell, PairCell, PairwiseMatrix, 
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_tables"]
+__all__ = ["build_sweep_tables", "build_tables", "layout_with"]
 
 
 class _Footnotes:
@@ -153,8 +162,128 @@ def build_tables(
     options = options or AnalysisOptions()
     prepared = prepare_trials(trials, exclude_diverged=options.exclude_diverged)
     kind = layout.kind or infer_kind(prepared.arms)
-    reference = find_arm(prepared.arms, layout.versus) if layout.versus is not None else BASE
-    return [_build_table(prepared, layout, kind, options, reference)]
+    return [_build_table(prepared, layout, kind, options, _reference_arm(prepared, layout))]
+
+
+def build_sweep_tables(
+    frames: Mapping[str, pd.DataFrame],
+    layout: TableLayout | None = None,
+    options: AnalysisOptions | None = None,
+) -> list[Table]:
+    """Sweeps side by side: one table per sweep of `frames` (sweep name → trials frame), in
+    the mapping's order, every one drawn with the same layout and titled with its sweep's name.
+
+    The layout kind, when `layout` leaves it open, is inferred once from the arms of every
+    sweep, so the tables share their rows. Each sweep's cells are tested against that sweep's
+    own reference runs: seeds are paired within a sweep, never across two. Raises
+    `AnalysisError` naming the sweep that cannot be tabulated (or `versus` arm it lacks).
+    """
+    if not frames:
+        raise AnalysisError("no sweeps to compare: give at least one sweep name → trials frame")
+    layout = layout or TableLayout()
+    options = options or AnalysisOptions()
+    prepared: dict[str, PreparedTrials] = {}
+    for name, trials in frames.items():
+        if not isinstance(trials, pd.DataFrame):
+            raise AnalysisError(
+                f"sweep {name}: expected a trials DataFrame, got {type(trials).__name__}"
+            )
+        with _naming_sweep(name):
+            prepared[name] = prepare_trials(trials, exclude_diverged=options.exclude_diverged)
+    kind = layout.kind or infer_kind([a for p in prepared.values() for a in p.arms])
+    out = []
+    for name, p in prepared.items():
+        with _naming_sweep(name):
+            table = _build_table(p, layout, kind, options, _reference_arm(p, layout))
+        out.append(replace(table, title=f"{name}: {table.title}"))
+    return out
+
+
+@contextlib.contextmanager
+def _naming_sweep(name: str) -> Iterator[None]:
+    """An `AnalysisError` inside says which sweep it is about."""
+    try:
+        yield
+    except AnalysisError as err:
+        raise AnalysisError(f"sweep {name}: {err}") from err
+
+
+def layout_with(
+    layout: TableLayout | Mapping[str, Any] | None,
+    *,
+    kind: str | None = None,
+    versus: str | None = None,
+    pairwise: bool | None = None,
+) -> TableLayout:
+    """`layout` (or a sweep spec's `report:` mapping) with the choices made when the tables are
+    asked for: `bnsweep tables --layout/--versus/--pairwise` and `bnsweep.tables(versus=...,
+    pairwise=...)` both come here. None leaves the layout's own choice."""
+    if not isinstance(layout, TableLayout):
+        layout = TableLayout.from_dict(layout)
+    changes: dict[str, Any] = {
+        k: v
+        for k, v in (("kind", kind), ("versus", versus), ("pairwise", pairwise))
+        if v is not None
+    }
+    return replace(layout, **changes) if changes else layout
+
+
+def _reference_arm(prepared: PreparedTrials, layout: TableLayout) -> Arm:
+    """The arm every cell is tested against: `layout.versus`, else BASE."""
+    return find_arm(prepared.arms, layout.versus) if layout.versus is not None else BASE
+
+
+#: (experiment id, arm id) in the prepared trials: one cell of the table.
+Pick = tuple[int, int]
+#: ((field, value), ...): the experiment fields a block shares.
+BlockKey = tuple[tuple[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """Where every experiment sits: its block (by `block_fields`) and its column value."""
+
+    block_fields: tuple[str, ...]
+    column_field: str
+    columns: tuple[Any, ...]  # column values, in display order
+    blocks: tuple[BlockKey, ...]  # block keys, in display order
+    exp_by_block: Mapping[BlockKey, Mapping[Any, int]]  # block → column value → experiment id
+
+    @property
+    def column_labels(self) -> tuple[str, ...]:
+        shown = display(self.column_field)
+        return tuple(shown.label(c) if c is not None else "" for c in self.columns)
+
+
+@dataclass(frozen=True)
+class _BlockPlan:
+    """One block's key and the rows the layout planned for it."""
+
+    key: BlockKey
+    rows: tuple[RowPlan, ...]
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """The arm a table tests against, its name, and whether the table / this block ran it."""
+
+    arm: Arm
+    name: str
+    in_table: bool
+    in_block: bool
+    arm_id: int | None  # its id in the prepared trials (compared per cell: ids, not Arms)
+
+
+@dataclass(frozen=True)
+class _Scores:
+    """What each cell of one table reads: its summary, its comparison with the reference and
+    that comparison's test (absent where not tested), and the table's largest n."""
+
+    arms: tuple[Arm, ...]
+    summaries: Mapping[Pick, Summary]
+    comparisons: Mapping[Pick, Comparison]
+    results: Mapping[Pick, CellStats]
+    max_n: int
 
 
 def _build_table(
@@ -166,72 +295,143 @@ def _build_table(
 ) -> Table:
     spec = LAYOUTS[kind]
     summaries = _summaries(prepared)
-    comparisons = pair_prepared(prepared, reference)
+    arms_by_exp = _arms_by_experiment(summaries)
+    grid = _grid(prepared, layout)
+    plans = _plan_blocks(spec, grid, prepared, summaries, arms_by_exp, layout)
     ref_id = prepared.arms.index(reference) if reference in prepared.arms else None
     ref_name = arm_label(reference)
+    comparisons = pair_prepared(prepared, reference)
+    results = _test_shown(plans, comparisons, ref_id, options)
+    scores = _Scores(
+        prepared.arms,
+        summaries,
+        comparisons,
+        results,
+        max_n=max((summaries[p].n for p in _picks(plans)), default=0),
+    )
+    has_ref = {
+        bk: ref_id is not None and any(ref_id in arms_by_exp[e] for e in by_col.values())
+        for bk, by_col in grid.exp_by_block.items()
+    }
+    any_ref = any(has_ref.values())
+    foot = _Footnotes()
+    blocks = [
+        _build_block(
+            plan,
+            scores,
+            foot,
+            _Reference(reference, ref_name, any_ref, has_ref[plan.key], ref_id),
+            len(grid.columns),
+        )
+        for plan in plans
+    ]
+    column_labels = grid.column_labels
+    return Table(
+        kind=kind,
+        title=layout.title
+        or _default_title(spec.title, prepared, grid.block_fields, grid.column_field),
+        block_header=", ".join(display(f).header for f in grid.block_fields),
+        row_header=spec.row_header,
+        column_header=display(grid.column_field).header,
+        column_field=grid.column_field,
+        columns=grid.columns,
+        column_labels=column_labels,
+        blocks=tuple(blocks),
+        caption=_caption(options, scores.max_n, blocks, len(results), ref_name),
+        mde=_mde_line(sorted({s.n for s in results.values() if s.tested}), options),
+        footnotes=foot.items(),
+        notes=tuple(_table_notes(kind, plans, prepared, summaries, blocks, grid, options, any_ref)),
+        options=options,
+        reference=ref_name,
+        pairwise=(
+            _pairwise(prepared, plans, blocks, grid, column_labels, options)
+            if layout.pairwise
+            else ()
+        ),
+        pairwise_caption=_pairwise_caption(options) if layout.pairwise else "",
+    )
+
+
+def _arms_by_experiment(summaries: Mapping[Pick, Summary]) -> dict[int, tuple[int, ...]]:
+    """Experiment id → the arm ids that ran in it, in the summaries' order."""
+    arms: dict[int, list[int]] = {}
+    for e, a in summaries:
+        arms.setdefault(e, []).append(a)
+    return {e: tuple(v) for e, v in arms.items()}
+
+
+def _grid(prepared: PreparedTrials, layout: TableLayout) -> _Grid:
+    """The column values and blocks of the table, each in display order."""
     exps = prepared.experiments
     block_fields = _block_fields(prepared, layout)
     col_field = layout.columns
-
-    arms_by_exp: dict[int, list[int]] = {}
-    for e, a in summaries:
-        arms_by_exp.setdefault(e, []).append(a)
-    arms_by_exp_t = {e: tuple(v) for e, v in arms_by_exp.items()}
-
     col_values = exps[col_field].map(_plain).tolist() if col_field in exps else [None] * len(exps)
     columns = tuple(sorted(set(col_values), key=display(col_field).sort_key))
     block_keys = [tuple((f, _plain(exps.at[e, f])) for f in block_fields) for e in range(len(exps))]
-    by_block: dict[tuple[tuple[str, Any], ...], dict[Any, int]] = {}
+    exp_by_block: dict[BlockKey, dict[Any, int]] = {}
     for e, (bk, cv) in enumerate(zip(block_keys, col_values, strict=True)):
-        by_block.setdefault(bk, {})[cv] = e
-    ordered_blocks = sorted(by_block, key=lambda bk: tuple(display(f).sort_key(v) for f, v in bk))
+        exp_by_block.setdefault(bk, {})[cv] = e
+    ordered = sorted(exp_by_block, key=lambda bk: tuple(display(f).sort_key(v) for f, v in bk))
+    return _Grid(block_fields, col_field, columns, tuple(ordered), exp_by_block)
 
+
+def _plan_blocks(
+    spec: LayoutKind,
+    grid: _Grid,
+    prepared: PreparedTrials,
+    summaries: Mapping[Pick, Summary],
+    arms_by_exp: Mapping[int, tuple[int, ...]],
+    layout: TableLayout,
+) -> list[_BlockPlan]:
+    """Each block's rows, as the layout plans them (analysis/planning.py)."""
     gamma_format = _gamma_formatter([a for a in prepared.arms if not a.is_base])
-    plans: list[tuple[tuple[tuple[str, Any], ...], list[RowPlan]]] = []
-    for bk in ordered_blocks:
-        data = BlockData(
-            by_block[bk], arms_by_exp_t, prepared.arms, summaries, columns, layout, gamma_format
-        )
-        plans.append((bk, spec.plan(data)))
-    considered = {a for _, a in _picks(plans)} | {
-        a for _, rows in plans for r in rows for a in r.candidates
-    }
-    hidden = {prepared.arms[a] for _, a in summaries if a not in considered}
-
-    # One family for the correction: every tested comparison the table shows.
-    shown_pairs = sorted({p for p in _picks(plans) if p[1] != ref_id})
-    tested_pairs = [p for p in shown_pairs if p in comparisons]
-    results = dict(
-        zip(
-            tested_pairs,
-            evaluate_comparisons([comparisons[p] for p in tested_pairs], options),
-            strict=True,
-        )
-    )
-
-    max_n = max((summaries[p].n for p in _picks(plans)), default=0)
-    foot = _Footnotes()
-    has_ref = {
-        bk: ref_id is not None and any(ref_id in arms_by_exp_t[e] for e in by_block[bk].values())
-        for bk in ordered_blocks
-    }
-    any_ref = any(has_ref.values())
-    blocks = [
-        _build_block(
+    return [
+        _BlockPlan(
             bk,
-            rows,
-            prepared,
-            summaries,
-            comparisons,
-            results,
-            max_n,
-            foot,
-            _Reference(reference, ref_name, any_ref, has_ref[bk], ref_id),
-            len(columns),
+            tuple(
+                spec.plan(
+                    BlockData(
+                        grid.exp_by_block[bk],
+                        arms_by_exp,
+                        prepared.arms,
+                        summaries,
+                        grid.columns,
+                        layout,
+                        gamma_format,
+                    )
+                )
+            ),
         )
-        for bk, rows in plans
+        for bk in grid.blocks
     ]
 
+
+def _test_shown(
+    plans: Sequence[_BlockPlan],
+    comparisons: Mapping[Pick, Comparison],
+    ref_id: int | None,
+    options: AnalysisOptions,
+) -> dict[Pick, CellStats]:
+    """The test of every shown cell against the reference, corrected as one family: every
+    tested comparison the table shows."""
+    shown_pairs = sorted({p for p in _picks(plans) if p[1] != ref_id})
+    tested_pairs = [p for p in shown_pairs if p in comparisons]
+    stats = evaluate_comparisons([comparisons[p] for p in tested_pairs], options)
+    return dict(zip(tested_pairs, stats, strict=True))
+
+
+def _table_notes(
+    kind: str,
+    plans: Sequence[_BlockPlan],
+    prepared: PreparedTrials,
+    summaries: Mapping[Pick, Summary],
+    blocks: Sequence[Block],
+    grid: _Grid,
+    options: AnalysisOptions,
+    any_ref: bool,
+) -> list[str]:
+    """The notes under the table: no reference, the best-of rows' choices, arms the layout
+    leaves out, diverged runs."""
     notes = []
     if not any_ref:
         notes.append(
@@ -239,105 +439,124 @@ def _build_table(
             "so no cell is bold."
         )
     notes.extend(_selection_notes(plans, prepared.arms))
+    considered = {a for _, a in _picks(plans)} | {
+        a for plan in plans for r in plan.rows for a in r.candidates
+    }
+    hidden = {prepared.arms[a] for _, a in summaries if a not in considered}
     if hidden:
         names = ", ".join(_arm_text(a) for a in sorted(hidden))
         notes.append(f"Arms not shown by the {kind} layout: {names}.")
-    notes.extend(_diverged_notes(blocks, columns, col_field, options.exclude_diverged))
+    notes.extend(_diverged_notes(blocks, grid.columns, grid.column_field, options.exclude_diverged))
+    return notes
 
-    ns = sorted({s.n for s in results.values() if s.tested})
-    title = layout.title or _default_title(spec.title, prepared, block_fields, col_field)
-    column_labels = tuple(display(col_field).label(c) if c is not None else "" for c in columns)
-    matrices = (
-        _pairwise(prepared, plans, blocks, columns, column_labels, col_field, options)
-        if layout.pairwise
-        else ()
-    )
-    return Table(
-        kind=kind,
-        title=title,
-        block_header=", ".join(display(f).header for f in block_fields),
-        row_header=spec.row_header,
-        column_header=display(col_field).header,
-        column_field=col_field,
-        columns=columns,
-        column_labels=column_labels,
-        blocks=tuple(blocks),
-        caption=_caption(options, max_n, blocks, len(results), ref_name),
-        mde=_mde_line(ns, options),
-        footnotes=foot.items(),
-        notes=tuple(notes),
-        options=options,
-        reference=ref_name,
-        pairwise=matrices,
-        pairwise_caption=_pairwise_caption(options) if layout.pairwise else "",
-    )
+
+@dataclass(frozen=True)
+class _Shown:
+    """One shown row of a block in one column: its index in the block, pick and cell."""
+
+    index: int
+    pick: Pick
+    cell: Cell
+    label: str
+
+
+def _shown_rows(plan: _BlockPlan, block: Block, j: int) -> list[_Shown]:
+    """The rows of `block` with a cell in column `j`."""
+    return [
+        _Shown(i, pick, cell, row.label)
+        for i, (planned, row) in enumerate(zip(plan.rows, block.rows, strict=True))
+        if (pick := planned.picks[j]) is not None and (cell := row.cells[j]) is not None
+    ]
+
+
+@dataclass(frozen=True)
+class _MatrixPlan:
+    """One pairwise matrix to fill: its block and column, its rows, and the ordered pairs of
+    rows with different arms (indices into `shown`), row first."""
+
+    block: Block
+    column: int
+    shown: tuple[_Shown, ...]
+    ordered: tuple[tuple[int, int], ...]
+
+
+def _matrix_plans(
+    plans: Sequence[_BlockPlan], blocks: Sequence[Block], n_cols: int
+) -> list[_MatrixPlan]:
+    """Every block and column with at least two shown rows: the pairs its matrix tests."""
+    out = []
+    for plan, block in zip(plans, blocks, strict=True):
+        for j in range(n_cols):
+            shown = _shown_rows(plan, block, j)
+            if len(shown) < 2:
+                continue
+            ordered = tuple(
+                (a, b)
+                for a in range(len(shown))
+                for b in range(len(shown))
+                if a != b and shown[a].pick[1] != shown[b].pick[1]
+            )
+            out.append(_MatrixPlan(block, j, tuple(shown), ordered))
+    return out
 
 
 def _pairwise(
     prepared: PreparedTrials,
-    plans: Sequence[tuple[tuple[tuple[str, Any], ...], list[RowPlan]]],
+    plans: Sequence[_BlockPlan],
     blocks: Sequence[Block],
-    columns: Sequence[Any],
+    grid: _Grid,
     column_labels: Sequence[str],
-    col_field: str,
     options: AnalysisOptions,
 ) -> tuple[PairwiseMatrix, ...]:
     """Per block and column, every shown row against every other shown row (Sect. 4.5: "When
     evaluated against each other using a one-sided paired t-test"). Row i against row j is the
     one-sided test that row i is better; each matrix is one family for the correction."""
-    layouts: list[tuple[Block, int, list[int], list[tuple[int, int]]]] = []
-    requests: list[tuple[int, int, int]] = []
-    for (_, rows), block in zip(plans, blocks, strict=True):
-        for j in range(len(columns)):
-            shown = [i for i, r in enumerate(rows) if r.picks[j] is not None]
-            if len(shown) < 2:
-                continue
-            ordered = [
-                (a, b)
-                for a in shown
-                for b in shown
-                if a != b and rows[a].picks[j][1] != rows[b].picks[j][1]  # type: ignore[index]
-            ]
-            layouts.append((block, j, shown, ordered))
-            for a, b in ordered:
-                exp, arm = rows[a].picks[j]  # type: ignore[misc]
-                requests.append((exp, arm, rows[b].picks[j][1]))  # type: ignore[index]
+    matrices = _matrix_plans(plans, blocks, len(grid.columns))
+    # One pairing pass for every matrix: pairing per matrix costs a merge each.
+    requests = [(m.shown[a].pick, m.shown[b].pick[1]) for m in matrices for a, b in m.ordered]
     comps = pair_arms(
-        prepared, [r[0] for r in requests], [r[1] for r in requests], [r[2] for r in requests]
+        prepared,
+        [pick[0] for pick, _ in requests],
+        [pick[1] for pick, _ in requests],
+        [other for _, other in requests],
     )
     out = []
     k = 0
-    for block, j, shown, ordered in layouts:
-        mine = comps[k : k + len(ordered)]
-        k += len(ordered)
-        tested = dict(zip(ordered, evaluate_comparisons(mine, options), strict=True))
-        by_pair = dict(zip(ordered, mine, strict=True))
-        block_rows = block.rows
-        labels = tuple(
-            f"{block_rows[i].label} ({block_rows[i].cells[j].detail})"  # type: ignore[union-attr]
-            if block_rows[i].cells[j].detail  # type: ignore[union-attr]
-            else block_rows[i].label
-            for i in shown
-        )
-        cells = tuple(
-            tuple(
-                PairCell(by_pair[(a, b)], tested[(a, b)]) if (a, b) in tested else None
-                for b in shown
-            )
-            for a in shown
-        )
-        out.append(
-            PairwiseMatrix(
-                block=block.label,
-                column=_column_title(col_field, columns[j]),
-                column_label=column_labels[j],
-                labels=labels,
-                arms=tuple(block_rows[i].cells[j].arm for i in shown),  # type: ignore[union-attr]
-                cells=cells,
-                row_cells=tuple(block_rows[i].cells[j] for i in shown),  # type: ignore[misc]
-            )
-        )
+    for m in matrices:
+        mine = comps[k : k + len(m.ordered)]
+        k += len(m.ordered)
+        out.append(_matrix(m, mine, grid, column_labels, options))
     return tuple(out)
+
+
+def _matrix(
+    m: _MatrixPlan,
+    comparisons: Sequence[Comparison],
+    grid: _Grid,
+    column_labels: Sequence[str],
+    options: AnalysisOptions,
+) -> PairwiseMatrix:
+    """One pairwise matrix from its plan and the comparisons of its ordered pairs."""
+    tested = dict(zip(m.ordered, evaluate_comparisons(comparisons, options), strict=True))
+    by_pair = dict(zip(m.ordered, comparisons, strict=True))
+    n = len(m.shown)
+    cells = tuple(
+        tuple(
+            PairCell(by_pair[(a, b)], tested[(a, b)]) if (a, b) in tested else None
+            for b in range(n)
+        )
+        for a in range(n)
+    )
+    j = m.column
+    return PairwiseMatrix(
+        block=m.block.label,
+        column=_column_title(grid.column_field, grid.columns[j]),
+        column_label=column_labels[j],
+        labels=tuple(f"{s.label} ({s.cell.detail})" if s.cell.detail else s.label for s in m.shown),
+        arms=tuple(s.cell.arm for s in m.shown),
+        cells=cells,
+        row_cells=tuple(s.cell for s in m.shown),
+    )
 
 
 def _pairwise_caption(options: AnalysisOptions) -> str:
@@ -360,129 +579,128 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _picks(plans: Sequence[tuple[Any, list[RowPlan]]]) -> list[tuple[int, int]]:
-    return [p for _, rows in plans for r in rows for p in r.picks if p is not None]
+def _picks(plans: Sequence[_BlockPlan]) -> list[Pick]:
+    return [p for plan in plans for r in plan.rows for p in r.picks if p is not None]
 
 
 def _arm_text(arm: Arm) -> str:
     return f"{formulation_name(arm.formulation)} γ = {arm.gamma:g}, c = {arm.c:g}"
 
 
-@dataclass(frozen=True)
-class _Reference:
-    """The arm a table tests against, its name, and whether the table / this block ran it."""
-
-    arm: Arm
-    name: str
-    in_table: bool
-    in_block: bool
-    arm_id: int | None  # its id in the prepared trials (compared per cell: ids, not Arms)
-
-
 def _build_block(
-    key: tuple[tuple[str, Any], ...],
-    plans: list[RowPlan],
-    prepared: PreparedTrials,
-    summaries: Mapping[tuple[int, int], Summary],
-    comparisons: Mapping[tuple[int, int], Comparison],
-    results: Mapping[tuple[int, int], CellStats],
-    max_n: int,
-    foot: _Footnotes,
-    ref: _Reference,
-    n_cols: int,
+    plan: _BlockPlan, scores: _Scores, foot: _Footnotes, ref: _Reference, n_cols: int
 ) -> Block:
     block_notes = []
     if ref.in_table and not ref.in_block:
         block_notes.append(
             f"No {ref.name} arm in this block: nothing to compare with, so no cell is bold."
         )
+    best = _best_means(plan, scores.summaries, n_cols)
+    rows = [
+        Row(
+            row.label,
+            tuple(
+                _cell(pick, row.details[j], best[j], scores, foot, ref)
+                if pick is not None
+                else None
+                for j, pick in enumerate(row.picks)
+            ),
+            row.is_base,
+            row.arm,
+        )
+        for row in plan.rows
+    ]
+    label = ", ".join(display(f).label(v) for f, v in plan.key)
+    return Block(label, plan.key, tuple(rows), tuple(block_notes))
 
-    # Underline: highest unrounded mean per column within the block, BASE included (Table 3).
+
+def _best_means(plan: _BlockPlan, summaries: Mapping[Pick, Summary], n_cols: int) -> list[float]:
+    """Underline: the highest unrounded mean per column within the block, BASE included
+    (Table 3); NaN where no cell of the column has a mean."""
     best = []
     for j in range(n_cols):
-        means = [summaries[p].mean for r in plans if (p := r.picks[j]) is not None]
+        means = [summaries[p].mean for r in plan.rows if (p := r.picks[j]) is not None]
         finite = [m for m in means if math.isfinite(m)]
         best.append(max(finite) if finite else math.nan)
+    return best
 
-    rows = []
-    for plan in plans:
-        cells: list[Cell | None] = []
-        for j, pick in enumerate(plan.picks):
-            if pick is None:
-                cells.append(None)
-                continue
-            s = summaries[pick]
-            markers: list[str] = []
-            stats = results.get(pick)
-            comp = comparisons.get(pick)
-            is_ref = pick[1] == ref.arm_id
-            if is_ref and not ref.arm.is_base:
-                markers.append(
-                    foot.mark(f"the reference arm ({ref.name}): the others are tested against it")
-                )
-            if s.n == 0:
-                markers.append(
-                    foot.mark("no run with a score yet (failed, diverged or unfinished)")
-                )
-            elif s.n == 1:
-                markers.append(foot.mark("a single seed: no std and no test"))
-            if 0 < s.n < max_n:
-                markers.append(
-                    foot.mark(
-                        f"fewer seeds with a score than the table's {max_n}: missing, failed and "
-                        "unfinished runs, and diverged runs without a score, are left out "
-                        "(counts in the CSV)"
-                    )
-                )
-            if not is_ref and s.n > 0:
-                if stats is None and ref.in_block:
-                    markers.append(
-                        foot.mark(f"no {ref.name} run in this column: nothing to compare with")
-                    )
-                elif stats is not None and stats.degenerate == NO_COMMON_SEEDS:
-                    markers.append(foot.mark(f"no seed in common with {ref.name}: not tested"))
-                elif (
-                    stats is not None
-                    and stats.degenerate
-                    and not (s.n == 1 and stats.degenerate == FEWER_THAN_TWO)
-                ):
-                    markers.append(foot.mark(f"not tested: {stats.degenerate}"))
-                elif stats is not None and stats.tested and stats.n < s.n:
-                    markers.append(
-                        foot.mark(
-                            "tested on fewer seeds than shown: some lack a "
-                            f"{ref.name} partner (see CSV)"
-                        )
-                    )
-            cells.append(
-                Cell(
-                    arm=prepared.arms[pick[1]],
-                    n=s.n,
-                    mean=s.mean,
-                    std=s.std,
-                    significant=bool(stats is not None and stats.significant and not is_ref),
-                    best=bool(math.isfinite(s.mean) and s.mean == best[j]),
-                    markers=tuple(markers),
-                    detail=plan.details[j],
-                    stats=stats,
-                    comparison=comp,
-                    n_runs=s.n_runs,
-                    n_diverged=s.n_diverged,
-                    diverged_seeds=s.diverged_seeds,
-                    diverged_scored=s.diverged_scored,
+
+def _cell(
+    pick: Pick, detail: str, best: float, scores: _Scores, foot: _Footnotes, ref: _Reference
+) -> Cell:
+    s = scores.summaries[pick]
+    stats = scores.results.get(pick)
+    is_ref = pick[1] == ref.arm_id
+    return Cell(
+        arm=scores.arms[pick[1]],
+        n=s.n,
+        mean=s.mean,
+        std=s.std,
+        significant=bool(stats is not None and stats.significant and not is_ref),
+        best=bool(math.isfinite(s.mean) and s.mean == best),
+        markers=_cell_markers(s, stats, is_ref, scores.max_n, foot, ref),
+        detail=detail,
+        stats=stats,
+        comparison=scores.comparisons.get(pick),
+        n_runs=s.n_runs,
+        n_diverged=s.n_diverged,
+        diverged_seeds=s.diverged_seeds,
+        diverged_scored=s.diverged_scored,
+    )
+
+
+def _cell_markers(
+    s: Summary,
+    stats: CellStats | None,
+    is_ref: bool,
+    max_n: int,
+    foot: _Footnotes,
+    ref: _Reference,
+) -> tuple[str, ...]:
+    """The footnote markers of one cell, marked in reading order so footnotes number as read."""
+    markers: list[str] = []
+    if is_ref and not ref.arm.is_base:
+        markers.append(
+            foot.mark(f"the reference arm ({ref.name}): the others are tested against it")
+        )
+    if s.n == 0:
+        markers.append(foot.mark("no run with a score yet (failed, diverged or unfinished)"))
+    elif s.n == 1:
+        markers.append(foot.mark("a single seed: no std and no test"))
+    if 0 < s.n < max_n:
+        markers.append(
+            foot.mark(
+                f"fewer seeds with a score than the table's {max_n}: missing, failed and "
+                "unfinished runs, and diverged runs without a score, are left out "
+                "(counts in the CSV)"
+            )
+        )
+    if not is_ref and s.n > 0:
+        if stats is None and ref.in_block:
+            markers.append(foot.mark(f"no {ref.name} run in this column: nothing to compare with"))
+        elif stats is not None and stats.degenerate == NO_COMMON_SEEDS:
+            markers.append(foot.mark(f"no seed in common with {ref.name}: not tested"))
+        elif (
+            stats is not None
+            and stats.degenerate
+            and not (s.n == 1 and stats.degenerate == FEWER_THAN_TWO)
+        ):
+            markers.append(foot.mark(f"not tested: {stats.degenerate}"))
+        elif stats is not None and stats.tested and stats.n < s.n:
+            markers.append(
+                foot.mark(
+                    f"tested on fewer seeds than shown: some lack a {ref.name} partner (see CSV)"
                 )
             )
-        rows.append(Row(plan.label, tuple(cells), plan.is_base, plan.arm))
-    label = ", ".join(display(f).label(v) for f, v in key)
-    return Block(label, key, tuple(rows), tuple(block_notes))
+    return tuple(markers)
 
 
-def _selection_notes(plans: Sequence[tuple[Any, list[RowPlan]]], arms: Sequence[Arm]) -> list[str]:
+def _selection_notes(plans: Sequence[_BlockPlan], arms: Sequence[Arm]) -> list[str]:
     """Say which γ a best-of row chose from (Tables 2 and 6), and that the choice is made on
     the same runs the test uses, which no correction here accounts for."""
     pools: dict[str, set[Arm]] = {}
-    for _, rows in plans:
-        for r in rows:
+    for plan in plans:
+        for r in plan.rows:
             if len(r.candidates) > 1:
                 name = r.label.split(" (")[0]
                 pools.setdefault(name, set()).update(arms[a] for a in r.candidates)

@@ -7,7 +7,6 @@ formats. analysis/ is imported inside the functions, so `bnsweep --help` stays q
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 import sys
@@ -47,14 +46,12 @@ def table_layout(
     versus: str | None = None,
     pairwise: bool = False,
 ) -> Any:
-    from bnsweep.analysis.layout import TableLayout
+    """The spec's `report:` layout with the command line's choices; unset options (no
+    `--layout`, no `--versus`, no `--pairwise`) leave it as it is. The notebook's
+    `bnsweep.tables(versus=..., pairwise=...)` goes through the same `layout_with`."""
+    from bnsweep.analysis.tables import layout_with
 
-    layout = TableLayout.from_dict(report)
-    # The command line overrides the spec's report: section; unset options leave it as it is.
-    changes: dict[str, Any] = {k: v for k, v in (("kind", kind), ("versus", versus)) if v}
-    if pairwise:
-        changes["pairwise"] = True
-    return dataclasses.replace(layout, **changes) if changes else layout
+    return layout_with(report, kind=kind or None, versus=versus or None, pairwise=pairwise or None)
 
 
 def render_tables(tables: list[Table], fmt: str, *, for_terminal: bool) -> str:
@@ -83,7 +80,7 @@ def safe_name(name: str, empty: str = "tables") -> str:
 
 
 def tables_for(
-    trials: pd.DataFrame,
+    trials: pd.DataFrame | Mapping[str, pd.DataFrame],
     report: Mapping[str, Any] | None = None,
     layout_kind: str | None = None,
     versus: str | None = None,
@@ -91,10 +88,14 @@ def tables_for(
     **options: Any,
 ) -> list[Table]:
     """Tables of a trials frame with a spec's `report:` mapping and table options; `versus`
-    and `pairwise` override the mapping's (see `bnsweep.analysis.layout.TableLayout`)."""
-    from bnsweep.analysis.tables import build_tables
+    and `pairwise` override the mapping's (see `bnsweep.analysis.layout.TableLayout`). A
+    mapping of sweep name → trials frame puts the sweeps side by side, one table each
+    (`bnsweep.analysis.tables.build_sweep_tables`, which `bnsweep.tables` uses too)."""
+    from bnsweep.analysis.tables import build_sweep_tables, build_tables
 
     layout = table_layout(report, layout_kind, versus, pairwise)
+    if isinstance(trials, Mapping):
+        return build_sweep_tables(trials, layout, _options(options))
     return build_tables(trials, layout, _options(options))
 
 

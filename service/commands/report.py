@@ -45,7 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     source = tables.add_mutually_exclusive_group()
     source.add_argument(
-        "--sweep", metavar="NAME", help="a sweep registered in the store (default: all trials)"
+        "--sweep",
+        metavar="NAME",
+        action="append",
+        help="a sweep registered in the store (default: all trials); repeat it to put sweeps "
+        "side by side, one table each with the same layout",
     )
     source.add_argument("--spec", help="a sweep spec (YAML): its cells, whichever sweep ran them")
     tables.add_argument(
@@ -176,6 +180,23 @@ def _spec_trials(args: argparse.Namespace) -> tuple[str, str | None, Any, pd.Dat
     return spec.name, url, spec.report, trials
 
 
+def _side_by_side(url: str | None, sweeps: list[str]) -> tuple[str, Any, dict[str, pd.DataFrame]]:
+    """(name for --out, report mapping, sweep → trials) for several --sweep: the tables share
+    the first sweep's `report:` layout, and stderr says so when another sweep's differs."""
+    from bnsweep.store.results import load_trials, sweep_report
+
+    reports = {s: sweep_report(url, s) for s in sweeps}
+    report = reports[sweeps[0]]
+    others = [s for s in sweeps[1:] if reports[s] != report]
+    if others:
+        print(
+            f"sweep(s) {', '.join(others)} have another report: layout than {sweeps[0]}; "
+            f"every table uses {sweeps[0]}'s (--layout, --versus and --pairwise still apply)",
+            file=sys.stderr,
+        )
+    return "-vs-".join(sweeps), report, {s: load_trials(url, s) for s in sweeps}
+
+
 def run_tables(args: argparse.Namespace) -> int:
     from bnsweep.store.results import load_trials, older_recipe_note, sweep_report
 
@@ -187,17 +208,23 @@ def run_tables(args: argparse.Namespace) -> int:
         _out_folder(args.out)
     options = {"alpha": args.level, "correction": args.correction, "test": args.test}
     options["exclude_diverged"] = args.exclude_diverged
+    sweeps = list(dict.fromkeys(args.sweep or ()))
+    trials: pd.DataFrame | dict[str, pd.DataFrame]
     if args.spec:
         name, url, report, trials = _spec_trials(args)
         # A spec's cells of an older recipe have other hashes: say what the whole store holds.
-        note = older_recipe_note(url, None)
+        notes = [older_recipe_note(url, None)]
+    elif len(sweeps) > 1:
+        name, report, trials = _side_by_side(args.db, sweeps)
+        notes = [older_recipe_note(args.db, s) for s in sweeps]
     else:
-        name = args.sweep or "all"
-        trials = load_trials(args.db, args.sweep)
-        report = sweep_report(args.db, args.sweep) if args.sweep else None
-        note = older_recipe_note(args.db, args.sweep)
-    if note is not None:
-        print(note, file=sys.stderr)  # stdout stays the tables, for files and pipes
+        name = sweeps[0] if sweeps else "all"
+        trials = load_trials(args.db, sweeps[0] if sweeps else None)
+        report = sweep_report(args.db, sweeps[0]) if sweeps else None
+        notes = [older_recipe_note(args.db, sweeps[0] if sweeps else None)]
+    for note in notes:
+        if note is not None:
+            print(note, file=sys.stderr)  # stdout stays the tables, for files and pipes
     tables = tables_for(
         trials, report, args.layout, versus=args.versus, pairwise=args.pairwise, **options
     )

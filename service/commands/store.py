@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -438,8 +439,15 @@ def _write_frame(frame: pd.DataFrame, fmt: str, *, epochs: bool, diagnostics: bo
         _print_table(frame, epochs=epochs, diagnostics=diagnostics)
 
 
-def _print_table(frame: pd.DataFrame, *, epochs: bool, diagnostics: bool = False) -> None:
-    """The columns that tell rows apart (hash, seed, spec fields that vary) and the results."""
+def _print_table(
+    frame: pd.DataFrame,
+    *,
+    epochs: bool,
+    diagnostics: bool = False,
+    console: Console | None = None,
+) -> None:
+    """The columns that tell rows apart (hash, seed, spec fields that vary) and the results,
+    as many as the width holds: a value is never cut (see `_fit`)."""
     from rich.table import Table
 
     from bnsweep.store.columns import SPEC_COLUMNS
@@ -454,33 +462,130 @@ def _print_table(frame: pd.DataFrame, *, epochs: bool, diagnostics: bool = False
         results, what = _EPOCH_RESULT_COLUMNS, "epoch rows"
     else:
         results, what = _TRIAL_RESULT_COLUMNS, "trials"
-    columns = ["spec_hash", "seed", *spec_columns, *results]
+    names = ["spec_hash", "seed", *spec_columns, *results]
     if "error" in frame and frame["error"].notna().any():
-        columns.append("error")  # docs/sweeps.md: failed trials say why
+        names.append("error")  # docs/sweeps.md: failed trials say why
     title = f"{len(frame)} {what}"
-    headers = [_HEADERS.get(column, column) for column in columns]
-    right = [frame[column].dtype.kind in "iuf" for column in columns]
-    cells = [[_cell(value) for value in row] for row in frame[columns].itertuples(index=False)]
-    if len(cells) > _RICH_ROWS:
-        # rich measures every cell of every row twice: minutes for ten thousand rows.
-        sys.stdout.write(_plain_table(title, headers, right, cells))
-        return
-    table = Table(title=title, title_justify="left")
-    for header, justify_right in zip(headers, right, strict=True):
-        table.add_column(header, justify="right" if justify_right else "left")
-    for row in cells:
-        table.add_row(*row)
-    _console().print(table)
+    # Kept first when narrow: what tells rows apart, then the headline result.
+    first = ["seed", *spec_columns, *(r for r in _ROW_KEYS + _HEADLINE if r in results)]
+    priority = [*first, *(n for n in names if n not in first)]
+    console = console or _console()
+    rows = [[_cell(value) for value in row] for row in frame[names].itertuples(index=False)]
+    plain = len(rows) > _RICH_ROWS  # rich measures every cell of every row twice: minutes
+    columns = [
+        _Column(
+            name,
+            _HEADERS.get(name, name),
+            frame[name].dtype.kind in "iuf",
+            # The plain text shows an error's first line; rich folds the whole message.
+            [row[i].splitlines()[0] if plain and row[i] else row[i] for row in rows],
+            rank=(_rank_group(frame, name), priority.index(name)),
+            order=i,
+            folds=name == "error" and not plain,
+        )
+        for i, name in enumerate(names)
+    ]
+    shown, dropped = _fit(columns, console.width, plain)
+    if plain:
+        console.file.write(_plain_table(title, shown))
+    else:
+        table = Table(title=title, title_justify="left")
+        for c in shown:
+            table.add_column(
+                c.header,
+                justify="right" if c.right else "left",
+                min_width=c.least,
+                no_wrap=not c.folds,
+                overflow="fold" if c.folds else "ellipsis",
+            )
+        for i in range(len(rows)):
+            table.add_row(*(c.cells[i] for c in shown))
+        console.print(table)
+    if dropped:
+        # One line, so a narrow terminal still says what it leaves out and where to see it.
+        left_out = ", ".join(c.name for c in dropped)
+        note = (
+            f"not shown for want of width: {left_out} "
+            "(a wider terminal shows them, --format csv shows every column)"
+        )
+        if plain:
+            console.file.write(note + "\n")
+        else:
+            console.print(note, soft_wrap=True, highlight=False, markup=False)
+
+
+@dataclass(frozen=True)
+class _Column:
+    """One column of `query --format table`: its cells as printed, its rank when space runs
+    out (lower is kept first), and whether its text folds over lines instead of widening."""
+
+    name: str
+    header: str
+    right: bool
+    cells: list[str]
+    rank: tuple[int, int]
+    order: int  # its place from the left when shown
+    folds: bool = False
+
+    @property
+    def width(self) -> int:
+        """The widest line of its header and cells: the width that cuts nothing."""
+        lines = [line for text in (self.header, *self.cells) for line in text.splitlines()]
+        return max(map(len, lines), default=0)
+
+    @property
+    def least(self) -> int:
+        """The narrowest it may be: its whole width, or `_FOLD_WIDTH` for folding text."""
+        return min(self.width, _FOLD_WIDTH) if self.folds else self.width
+
+
+#: An error message folds to lines of at least this many characters before its column is dropped.
+_FOLD_WIDTH = 24
+#: Result columns that tell rows apart (an epoch, a BN layer): kept with the spec fields.
+_ROW_KEYS = ("epoch", "depth", "layer")
+#: The result a reader looks for first, and whether the run finished.
+_HEADLINE = ("test_acc", "status")
+#: Columns that say where a row came from, not what it found: the first to go when narrow.
+_PROVENANCE = ("spec_hash", "seconds")
+
+
+def _rank_group(frame: pd.DataFrame, name: str) -> int:
+    """0 for the columns that tell rows apart or report what they found, 1 for a column with one
+    value throughout (read it once in --format csv), 2 for provenance."""
+    if name in _PROVENANCE:
+        return 2
+    return 1 if frame[name].nunique(dropna=False) <= 1 else 0
+
+
+def _fit(columns: list[_Column], width: int, plain: bool) -> tuple[list[_Column], list[_Column]]:
+    """(shown, dropped): the columns in rank order while they fit `width` uncut, the first one
+    always; the shown ones in their display order. Rich adds 3 characters per column and 1 for
+    the table's edge (a box line and a space either side); the plain text 2 between columns."""
+    per_column, edge = (2, -2) if plain else (3, 1)
+    used = edge
+    shown: list[_Column] = []
+    dropped: list[_Column] = []
+    for c in sorted(columns, key=lambda c: c.rank):
+        if not dropped and (not shown or used + c.least + per_column <= width):
+            shown.append(c)
+            used += c.least + per_column
+        else:
+            dropped.append(c)
+    return sorted(shown, key=_display_order), sorted(dropped, key=_display_order)
+
+
+def _display_order(column: _Column) -> int:
+    return column.order
 
 
 #: Above this many rows `query --format table` prints aligned plain text instead of a rich table.
 _RICH_ROWS = 1000
 
 
-def _plain_table(title: str, headers: list[str], right: list[bool], rows: list[list[str]]) -> str:
+def _plain_table(title: str, columns: list[_Column]) -> str:
     """Columns aligned with spaces; an error message shows its first line only."""
-    rows = [[cell.splitlines()[0] if cell else "" for cell in row] for row in rows]
-    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
+    widths = [c.width for c in columns]
+    right = [c.right for c in columns]
 
     def line(cells: list[str]) -> str:
         parts = (
@@ -488,8 +593,10 @@ def _plain_table(title: str, headers: list[str], right: list[bool], rows: list[l
         )
         return "  ".join(parts).rstrip()
 
-    body = [line(headers), "  ".join("-" * w for w in widths), *(line(row) for row in rows)]
-    return title + "\n" + "\n".join(body) + "\n"
+    n = len(columns[0].cells) if columns else 0
+    rows = [[c.cells[i] for c in columns] for i in range(n)]
+    body = [line([c.header for c in columns]), "  ".join("-" * w for w in widths)]
+    return title + "\n" + "\n".join([*body, *(line(row) for row in rows)]) + "\n"
 
 
 def _console() -> Console:
