@@ -216,7 +216,9 @@ def _grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
     seen: set[str] = set()
 
     def add(values: dict[str, Any]) -> None:
-        key = TrialSpec(**values).spec_hash
+        # The result fields, not `spec_hash`: equal fields mean an equal hash, and computing
+        # the hash of a spec naming a plugin would import the plugin to read its recipe.
+        key = json.dumps(TrialSpec(**values).result_fields(), sort_keys=True, default=repr)
         if key not in seen:
             seen.add(key)
             points.append(values)

@@ -7,6 +7,7 @@ import sys
 from dataclasses import fields
 
 from bnsweep.commands import check_writable_folder
+from bnsweep.workers.plugins import GROUPS
 from bnsweep.workers.spec import (
     ARCH_NAMES,
     COMPILE_MODES,
@@ -55,6 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             )  # fmt: skip
             continue
         allowed = f"one of {', '.join(ALLOWED[f.name])}; " if f.name in ALLOWED else ""
+        if f.name in GROUPS:
+            allowed = allowed.replace("; ", ", or an installed plugin's (docs/extending.md); ")
         parser.add_argument(
             *flags, dest=f.name, default=None, metavar=f.name.upper(),
             help=f"{allowed}default: {default}",
