@@ -13,14 +13,16 @@ from typing import Any
 
 import pandas as pd
 
-from bnsweep.workers.spec import RECIPE
+from bnsweep.store.columns import CURRENT
 
 log = logging.getLogger(__name__)
 
 #: Only trials of this bnsweep's training recipe are analysed, on every surface (the CLI, the
 #: notebook, the dashboard, the report): a cell trained by an older recipe is a different
-#: result (docs/store.md, "Training recipes") and is never mixed in.
-CURRENT_RECIPE = {"recipe": RECIPE}
+#: result (docs/store.md, "Training recipes") and is never mixed in. The same holds for a
+#: plugin's recipe: a trial naming a plugin counts only at the newest recipe the store holds for
+#: that plugin (docs/extending.md), which is read from the trials, never from the plugin.
+CURRENT_RECIPE = {"recipe": CURRENT}
 
 
 def trials(url: str | None = None, sweep: str | None = None) -> pd.DataFrame:
