@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from bnsweep.store.api import Store
     from bnsweep.sweep import parse_sweep_spec, read_spec_text, redacted_spec_text
     from bnsweep.workers.errors import SpecError
+    from bnsweep.workers.plugins import plugin_names
 
     if args.num_cpus is not None and args.num_cpus < 1:
         raise SpecError(f"--num-cpus: must be >= 1, got {args.num_cpus}")
@@ -91,6 +92,15 @@ def run(args: argparse.Namespace) -> int:
     sweep = parse_sweep_spec(text, source=args.spec)
     spec_text = redacted_spec_text(text, source=args.spec)
     url = database_url(args.db, sweep.database)
+    # Before the store is opened: a plugin that cannot be imported or breaks its contract is
+    # refused in one line, with nothing written (docs/extending.md).
+    from bnsweep.sweep import expand
+
+    cells = expand(sweep)
+    if any(plugin_names(cell.result_fields()) for cell in cells):
+        from bnsweep.preflight import check_plugins_work
+
+        check_plugins_work(cells)
     if args.dry_run:
         return dry_run(sweep, url)
 
