@@ -12,7 +12,7 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from bnsweep.sweep import SweepSpec
 from bnsweep.workers import plugins
-from bnsweep.workers.errors import BnsweepError, SpecError, one_line
+from bnsweep.workers.errors import BnsweepError, SpecError
 from bnsweep.workers.spec import TrialSpec
 
 log = logging.getLogger(__name__)
@@ -218,87 +218,6 @@ def check_compile_works(sweep: SweepSpec, cells: Sequence[TrialSpec]) -> None:
 PLUGIN_CHECK_SECONDS = 300.0
 
 
-def _named_plugins(cells: Sequence[TrialSpec]) -> list[tuple[str, str]]:
-    """Every (kind, name) of a plugin the cells name, each once, in a stable order."""
-    named = {item for c in cells for item in plugins.plugin_names(c.result_fields()).items()}
-    return sorted(named)
-
-
-def check_plugins_work(cells: Sequence[TrialSpec]) -> None:
-    """On the driver, before anything is written: every plugin the cells name loads and keeps
-    its contract when used (docs/extending.md). A network is built once per (arch,
-    formulation, input norm) naming a plugin; a plugin dataset is loaded once, so the driver
-    must be able to read it. A violation is one PluginError line (exit 2)."""
-    from bnsweep.workers.data import load_dataset
-    from bnsweep.workers.trial import SMALL_INPUT_MAX
-
-    named = _named_plugins(cells)
-    if not named:
-        return
-    for kind, name in named:
-        plugins.load(kind, name)
-    # dataset -> (num_classes, in_channels, small_input) as a trial builds its network
-    shapes: dict[str, tuple[int, int, bool]] = {}
-    for cell in _distinct(cells, ("dataset", "data_root", "val_fraction")):
-        if not plugins.is_builtin("dataset", cell.dataset):
-            with _plugin_call("dataset", cell.dataset, "loading it"):
-                splits = load_dataset(cell.dataset, cell.data_root, cell.val_fraction)
-            small = splits.image_size <= SMALL_INPUT_MAX
-            shapes[cell.dataset] = (splits.num_classes, splits.in_channels, small)
-    for cell in _distinct(cells, ("dataset", "arch", "formulation", "input_norm")):
-        fields = {k: getattr(cell, k) for k in ("arch", "formulation", "input_norm")}
-        if all(plugins.is_builtin(k, v) for k, v in fields.items()):
-            continue
-        # A built-in dataset is not loaded here (its files may be on the workers only): a
-        # CIFAR-sized RGB input stands in for it.
-        num_classes, in_channels, small = shapes.get(cell.dataset, (10, 3, True))
-        kind, name = next((k, v) for k, v in fields.items() if not plugins.is_builtin(k, v))
-        _check_build(cell, num_classes, in_channels, small, kind, name)
-
-
-def _distinct(cells: Sequence[TrialSpec], keys: Sequence[str]) -> list[TrialSpec]:
-    seen: dict[tuple[object, ...], TrialSpec] = {}
-    for cell in cells:
-        seen.setdefault(tuple(getattr(cell, k) for k in keys), cell)
-    return list(seen.values())
-
-
-def _check_build(
-    cell: TrialSpec, num_classes: int, in_channels: int, small: bool, kind: str, name: str
-) -> None:
-    import torch
-
-    from bnsweep.workers.models import build_model
-
-    stats = (torch.zeros(in_channels), torch.ones(in_channels))  # what `offline` needs
-    with _plugin_call(kind, name, "building the network"):
-        build_model(
-            cell.arch,
-            num_classes,
-            in_channels,
-            small,
-            cell.formulation,
-            cell.bn_scale_init,
-            cell.input_norm,
-            stats,
-        )
-
-
-@contextlib.contextmanager
-def _plugin_call(kind: str, name: str, doing: str) -> Iterator[None]:
-    """A plugin's own code failing while bnsweep calls it is one line naming the plugin."""
-    try:
-        yield
-    except BnsweepError:
-        raise
-    except Exception as err:  # the plugin's code: whatever it raised, one line naming it
-        raise plugins.contract_error(
-            plugins.reference(kind, name),
-            f"{doing} raised {one_line(err)}",
-            "fix the plugin so that it follows its contract (docs/extending.md)",
-        ) from None
-
-
 def _plugin_probe(named: Sequence[tuple[str, str]]) -> tuple[str, dict[str, str], str | None]:
     """On one node: (its host, {distribution: version} of the plugins found there, the first
     problem or None). Each plugin is imported, as a trial there would import it."""
@@ -320,7 +239,7 @@ def check_plugins_on_nodes(cells: Sequence[TrialSpec], nodes: Sequence[Mapping[s
     reports its distribution's version; a node lacking one, failing to import it, or holding
     another version than the driver is refused in one line (exit 2), before anything is
     written. Otherwise each of its trials would fail, or train other code under the same key."""
-    named = _named_plugins(cells)
+    named = plugins.named_plugins(cells)
     if not named:
         return
     expected = {}

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from bnsweep.store.api import Store
     from bnsweep.sweep import parse_sweep_spec, read_spec_text, redacted_spec_text
     from bnsweep.workers.errors import SpecError
-    from bnsweep.workers.plugins import plugin_names
+    from bnsweep.workers.plugins import check_in_use
 
     if args.num_cpus is not None and args.num_cpus < 1:
         raise SpecError(f"--num-cpus: must be >= 1, got {args.num_cpus}")
@@ -96,11 +96,7 @@ def run(args: argparse.Namespace) -> int:
     # refused in one line, with nothing written (docs/extending.md).
     from bnsweep.sweep import expand
 
-    cells = expand(sweep)
-    if any(plugin_names(cell.result_fields()) for cell in cells):
-        from bnsweep.preflight import check_plugins_work
-
-        check_plugins_work(cells)
+    check_in_use(expand(sweep))
     if args.dry_run:
         return dry_run(sweep, url)
 
