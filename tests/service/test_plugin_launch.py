@@ -65,6 +65,24 @@ def test_launch_refuses_a_broken_plugin_before_writing(
     assert "(broken-plugin 0.1.0)" in err and needle in err
 
 
+def test_train_names_a_broken_plugin_in_one_line(
+    make_plugin: MakePlugin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_plugin("broken-plugin", GOOD_MODULE + "\ndef tinynet(*args):\n    raise KeyError(3)\n")
+    code = cli.main(["train", "--arch", "tinynet", "--dataset", "blobs", "--epochs", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "(broken-plugin 0.1.0): building the network raised KeyError: 3" in err
+
+
+def test_train_runs_a_plugin(make_plugin: MakePlugin, capsys: pytest.CaptureFixture[str]) -> None:
+    make_plugin("train-plugin")
+    argv = ["train", "--arch", "tinynet", "--dataset", "blobs", "--formulation", "offset_bn"]
+    code = cli.main([*argv, "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--json"])
+    out = capsys.readouterr().out
+    assert code == 0 and '"status": "completed"' in out
+
+
 def _site(tmp_path: Path, version: str) -> str:
     site = tmp_path / f"node-site-{version}"
     text = GOOD_MODULE.replace("RECIPE", "1")
