@@ -202,6 +202,18 @@ class StoreReads:
         texts = self._run(lambda conn: conn.scalars(query).all(), "reading plugin recipes")
         return stale_plugin_records(texts)
 
+    def older_plugin_trials(self, sweep: str | None = None) -> int:
+        """How many trials linked to `sweep` (the whole store when None) are of an older plugin
+        recipe than the newest the store holds for that plugin: left out as older recipes are."""
+        stale = self.stale_plugin_records()
+        if not stale:
+            return 0
+        table = Trial.__table__
+        query = self._select([sa.func.count(Trial.id)], sweep, {}).where(
+            table.c.plugins.in_(sorted(stale))
+        )
+        return int(self._run(lambda conn: conn.scalar(query), "counting older plugin recipes"))
+
     def trials(
         self,
         sweep: str | None = None,

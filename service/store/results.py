@@ -76,12 +76,23 @@ def load_trials(url: str | None, sweep: str | None) -> pd.DataFrame:
 
 def older_recipe_note(url: str | None, sweep: str | None) -> str | None:
     """One line when the store holds trials of another training recipe linked to `sweep` (all
-    trials when None), which the tables leave out; None when there are none."""
+    trials when None), which the tables leave out, and one when it holds trials of an older
+    plugin recipe; None when there are none."""
     from bnsweep.store.api import Store
     from bnsweep.store.values import older_recipe_line
 
     with Store.open(url, read_only=True) as store:
-        return older_recipe_line(store.older_recipes(sweep), sweep)
+        lines = [older_recipe_line(store.older_recipes(sweep), sweep)]
+        plugin_trials = store.older_plugin_trials(sweep)
+    if plugin_trials:
+        scope = f"sweep {sweep}" if sweep is not None else "the store"
+        lines.append(
+            f"note: {scope} holds {plugin_trials} trial(s) of an older plugin recipe (a newer "
+            "one is in the store); they are not used by tables (their `plugins` column in "
+            "`bnsweep query` says which)"
+        )
+    found = [line for line in lines if line is not None]
+    return "\n".join(found) if found else None
 
 
 def load_cells(url: str | None, cells: Iterable[tuple[str, int]]) -> pd.DataFrame:

@@ -135,8 +135,13 @@ def test_a_plugins_newer_recipe_retrains_and_is_never_mixed(
     counted = _surfaces(store, "demo")
     assert all(old_hash not in hashes for hashes in counted.values())
     assert counted["epochs"] == {builtin[0].spec_hash, new[0].spec_hash}
-    # Nothing was deleted: the old rows are still there for `bnsweep query`.
+    # Nothing was deleted: the old rows are still there for `bnsweep query`, and said so.
     assert len(store.trials(sweep="demo")) == 6
+    assert store.older_plugin_trials("demo") == 2 and store.older_plugin_trials() == 2
+    from bnsweep.store.results import older_recipe_note
+
+    note = older_recipe_note(store.url, "demo") or ""
+    assert "sweep demo holds 2 trial(s) of an older plugin recipe" in note
 
 
 def test_a_pending_cell_records_the_version_that_will_train_it(
