@@ -32,6 +32,7 @@ import contextlib
 import functools
 import importlib.metadata
 import json
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -176,16 +177,22 @@ def refresh() -> None:
     _LOADED.clear()
 
 
+def _natural(name: str) -> list[object]:
+    # resnet8 before resnet18 before resnet101: numbers in names compare as numbers.
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def builtin_names(kind: str) -> tuple[str, ...]:
-    """The names bnsweep itself declares for `kind`, in pyproject.toml's order."""
-    return tuple(name for name, refs in _scan()[kind].items() if any(r.builtin for r in refs))
+    """The names bnsweep itself declares for `kind` (pyproject.toml), in natural order."""
+    builtin = (name for name, refs in _scan()[kind].items() if any(r.builtin for r in refs))
+    return tuple(sorted(builtin, key=_natural))
 
 
 def names(kind: str) -> tuple[str, ...]:
     """Every name a spec may give `kind`: the built-ins, then the installed plugins'."""
     listed = _scan()[kind]
     builtin = builtin_names(kind)
-    return builtin + tuple(sorted(n for n in listed if n not in builtin))
+    return builtin + tuple(sorted((n for n in listed if n not in builtin), key=_natural))
 
 
 def reference(kind: str, name: str) -> Reference:
