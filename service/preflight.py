@@ -20,7 +20,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from bnsweep.sweep import SweepSpec
+from bnsweep.sweep import SweepSpec, named_plugins
 from bnsweep.workers import plugins
 from bnsweep.workers.errors import BnsweepError, SpecError
 from bnsweep.workers.spec import TrialSpec
@@ -239,7 +239,7 @@ def check_plugins_on_nodes(cells: Sequence[TrialSpec], nodes: Sequence[Mapping[s
     reports its distribution's version; a node lacking one, failing to import it, or holding
     another version than the driver is refused in one line (exit 2), before anything is
     written. Otherwise each of its trials would fail, or train other code under the same key."""
-    named = plugins.named_plugins(cells)
+    named = named_plugins(cells)
     if not named:
         return
     expected = {}

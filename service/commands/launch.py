@@ -78,7 +78,6 @@ def run(args: argparse.Namespace) -> int:
     from bnsweep.store.api import Store
     from bnsweep.sweep import parse_sweep_spec, read_spec_text, redacted_spec_text
     from bnsweep.workers.errors import SpecError
-    from bnsweep.workers.plugins import check_in_use
 
     if args.num_cpus is not None and args.num_cpus < 1:
         raise SpecError(f"--num-cpus: must be >= 1, got {args.num_cpus}")
@@ -94,9 +93,9 @@ def run(args: argparse.Namespace) -> int:
     url = database_url(args.db, sweep.database)
     # Before the store is opened: a plugin that cannot be imported or breaks its contract is
     # refused in one line, with nothing written (docs/extending.md).
-    from bnsweep.sweep import expand
+    from bnsweep.sweep import check_plugins, expand
 
-    check_in_use(expand(sweep))
+    check_plugins(expand(sweep))
     if args.dry_run:
         return dry_run(sweep, url)
 

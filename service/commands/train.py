@@ -7,7 +7,7 @@ import sys
 from dataclasses import fields
 
 from bnsweep.commands import check_writable_folder
-from bnsweep.workers.plugins import GROUPS, check_in_use
+from bnsweep.workers.plugins import GROUPS
 from bnsweep.workers.spec import (
     ARCH_NAMES,
     COMPILE_MODES,
@@ -94,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
     }
     spec = TrialSpec(**values)
     # A plugin's failure is one line naming it, before the first epoch (docs/extending.md).
-    check_in_use([spec])
+    from bnsweep.sweep import check_plugins
+
+    check_plugins([spec])
     if args.checkpoint_dir:
         # Before the first epoch, not after it: a run of hours must not fail at its first save.
         check_writable_folder("--checkpoint-dir", args.checkpoint_dir)
