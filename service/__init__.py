@@ -6,7 +6,13 @@ The method, in anyone's PyTorch code (docs/method.md):
 - `build_model`: a registered network with the paper's stem, initialisation, γ and input BN.
 - `set_bn_scale`: set every BN scale γ of a model, after torchvision has reset them to 1.
 - `param_groups`: the optimiser's groups: γ at α/c, no weight decay on BN parameters and biases.
-- `MODELS`, `FORMULATIONS`, `INPUT_NORMS`, `DATASETS`: the registries, name → builder.
+- `MODELS`, `FORMULATIONS`, `INPUT_NORMS`, `DATASETS`: the registries, name → builder, the
+  installed plugins' entries included.
+
+Your own network, dataset, formulation or input normalisation (docs/extending.md):
+
+- `register_model`, `register_dataset`, `register_formulation`, `register_input_norm`: mark the
+  object a package's `bnsweep.*` entry point names, with its recipe.
 
 One trial, no Ray and no database (docs/architecture.md):
 
@@ -45,6 +51,12 @@ if TYPE_CHECKING:
     from bnsweep.workers.models import MODELS, build_model
     from bnsweep.workers.norm import FORMULATIONS, INPUT_NORMS, set_bn_scale
     from bnsweep.workers.param_groups import param_groups
+    from bnsweep.workers.plugins import (
+        register_dataset,
+        register_formulation,
+        register_input_norm,
+        register_model,
+    )
     from bnsweep.workers.spec import TrialSpec
     from bnsweep.workers.trial import run_trial
 
@@ -57,6 +69,10 @@ _HOMES = {
     "FORMULATIONS": "bnsweep.workers.norm",
     "INPUT_NORMS": "bnsweep.workers.norm",
     "DATASETS": "bnsweep.workers.data",
+    "register_model": "bnsweep.workers.plugins",
+    "register_dataset": "bnsweep.workers.plugins",
+    "register_formulation": "bnsweep.workers.plugins",
+    "register_input_norm": "bnsweep.workers.plugins",
     "TrialSpec": "bnsweep.workers.spec",
     "run_trial": "bnsweep.workers.trial",
     "Store": "bnsweep.store.api",
@@ -78,6 +94,10 @@ __all__ = [
     "__version__",
     "build_model",
     "param_groups",
+    "register_dataset",
+    "register_formulation",
+    "register_input_norm",
+    "register_model",
     "run_trial",
     "set_bn_scale",
     "tables",

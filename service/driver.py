@@ -48,6 +48,7 @@ from bnsweep.preflight import (
     StorageMarker,
     autoscaler_present,
     check_compile_works,
+    check_plugins_on_nodes,
     check_resources_fit,
     check_storage_is_shared,
     local_sweep_folder,
@@ -294,13 +295,14 @@ def launch(
 ) -> LaunchSummary:
     """Run every missing cell of `sweep`; return what happened. Safe to call again at any time.
 
-    Phases: plan against the store; refuse what cannot run (resources no node has, storage
-    other nodes cannot see, a compile that fails on a worker) before anything is written;
+    Phases: plan against the store; refuse what cannot run (a plugin that breaks its contract
+    or is missing or another version on a node, resources no node has, storage other nodes
+    cannot see, a compile that fails on a worker) before anything is written;
     register the sweep; run the missing cells as one Tune experiment, each continuing from its
     latest checkpoint. Only the cells of `sweep` as it is now run: nothing of an earlier
     launch's experiment is restored.
     """
-    launch_plan = plan(sweep, store)
+    launch_plan = plan(sweep, store)  # imports the plugins the spec names: their recipes key it
     summary = LaunchSummary()
     if not launch_plan.missing:
         # Nothing to train; rows a killed launch left `running` (cells since dropped from the
@@ -315,6 +317,7 @@ def launch(
         _tune_environment()
         nodes = connect(address, num_cpus=num_cpus)
         check_resources_fit(sweep.resources, ray.nodes(), autoscaler=autoscaler_present())
+        check_plugins_on_nodes(launch_plan.missing, ray.nodes())
         root = storage_root(sweep, base_dir)
         check_storage_is_shared(sweep, root, nodes)
         check_compile_works(sweep, launch_plan.missing)

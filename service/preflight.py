@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from bnsweep.sweep import SweepSpec
+from bnsweep.sweep import SweepSpec, named_plugins
+from bnsweep.workers import plugins
 from bnsweep.workers.errors import BnsweepError, SpecError
 from bnsweep.workers.spec import TrialSpec
 
@@ -209,6 +211,71 @@ def check_compile_works(sweep: SweepSpec, cells: Sequence[TrialSpec]) -> None:
             ) from None
         if problem is not None:
             raise SpecError(f"compile: true, but compiling fails on worker {host}: {problem}")
+
+
+# -- plugins ----------------------------------------------------------------------------------
+#: The longest the per-node plugin check may take: it imports each plugin (and torch) once.
+PLUGIN_CHECK_SECONDS = 300.0
+
+
+def _plugin_probe(named: Sequence[tuple[str, str]]) -> tuple[str, dict[str, str], str | None]:
+    """On one node: (its host, {distribution: version} of the plugins found there, the first
+    problem or None). Each plugin is imported, as a trial there would import it."""
+    host = socket.gethostname()
+    plugins.refresh()  # this worker process may have listed entry points before an install
+    versions: dict[str, str] = {}
+    for kind, name in named:
+        try:
+            ref = plugins.reference(kind, name)
+            versions[ref.distribution] = ref.version
+            plugins.load(kind, name)
+        except BnsweepError as err:
+            return host, versions, str(err)
+    return host, versions, None
+
+
+def check_plugins_on_nodes(cells: Sequence[TrialSpec], nodes: Sequence[Mapping[str, Any]]) -> None:
+    """Before a launch: one Ray task on every live node imports each plugin the cells name and
+    reports its distribution's version; a node lacking one, failing to import it, or holding
+    another version than the driver is refused in one line (exit 2), before anything is
+    written. Otherwise each of its trials would fail, or train other code under the same key."""
+    named = named_plugins(cells)
+    if not named:
+        return
+    expected = {}
+    for cell in cells:
+        expected.update(plugins.distribution_versions(cell.result_fields()))
+    alive = [n for n in nodes if n.get("Alive")]
+    probes = {
+        node["NodeID"]: ray.remote(_plugin_probe)
+        .options(
+            num_cpus=0,
+            max_retries=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+        )
+        .remote(named)
+        for node in alive
+    }
+    try:
+        answers = ray.get(list(probes.values()), timeout=PLUGIN_CHECK_SECONDS)
+    except ray.exceptions.GetTimeoutError:
+        raise BnsweepError(
+            f"plugins: the check that every node can import the spec's plugins took over "
+            f"{PLUGIN_CHECK_SECONDS:g} s; launch again"
+        ) from None
+    fix = '(docs/cluster.md, "Plugins on the nodes")'
+    for node, (host, versions, problem) in zip(alive, answers, strict=True):
+        address, ident = node.get("NodeManagerAddress", "?"), str(node["NodeID"])[:12]
+        where = f"node {host} ({address}, id {ident})"
+        if problem is not None:
+            pins = " ".join(f"{d}=={v}" for d, v in sorted(expected.items()))
+            raise SpecError(f"plugins: on {where}: {problem}; install {pins} there {fix}")
+        for dist, version in sorted(expected.items()):
+            if versions.get(dist) != version:
+                raise SpecError(
+                    f"plugins: {where} has {dist} {versions.get(dist)}, the driver {version}; "
+                    f"install {dist}=={version} on every node {fix}"
+                )
 
 
 # -- resources ------------------------------------------------------------------------------

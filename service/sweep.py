@@ -7,19 +7,21 @@ BN, otherwise equal to the cell it is compared with; Sect. 4.2), in a stable ord
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bnsweep.workers.errors import SpecError
+from bnsweep.workers import plugins
+from bnsweep.workers.errors import BnsweepError, SpecError, one_line
 from bnsweep.workers.spec import FIELD_NAMES, INT_LIMITS, TrialSpec
 
 #: The BASE arm of the paper: default γ, no learning-rate reduction, standard formulation.
@@ -216,7 +218,9 @@ def _grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
     seen: set[str] = set()
 
     def add(values: dict[str, Any]) -> None:
-        key = TrialSpec(**values).spec_hash
+        # The result fields, not `spec_hash`: equal fields mean an equal hash, and computing
+        # the hash of a spec naming a plugin would import the plugin to read its recipe.
+        key = json.dumps(TrialSpec(**values).result_fields(), sort_keys=True, default=repr)
         if key not in seen:
             seen.add(key)
             points.append(values)
@@ -236,6 +240,90 @@ def expand(spec: SweepSpec) -> list[TrialSpec]:
     return [
         TrialSpec(**values, seed=seed) for values in _grid_points(spec) for seed in spec.seed_list
     ]
+
+
+# -- plugins: every one the cells name, loaded and used once before a launch or a run --------
+
+
+def named_plugins(cells: Sequence[TrialSpec]) -> list[tuple[str, str]]:
+    """Every (kind, name) of a plugin the cells name, each once, in a stable order."""
+    named = {item for c in cells for item in plugins.plugin_names(c.result_fields()).items()}
+    return sorted(named)
+
+
+def check_plugins(cells: Sequence[TrialSpec]) -> None:
+    """On the driver, before anything is written: every plugin the cells name loads and keeps
+    its contract when used (docs/extending.md). A network is built once per (arch,
+    formulation, input norm) naming a plugin; a plugin dataset is loaded once, so the driver
+    must be able to read it. A violation is one PluginError line (exit 2)."""
+    named = named_plugins(cells)
+    if not named:
+        return  # built-ins only: nothing imported, so `launch --dry-run` stays torch-free
+    from bnsweep.workers.data import load_dataset
+    from bnsweep.workers.trial import SMALL_INPUT_MAX
+
+    for kind, name in named:
+        plugins.load(kind, name)
+    # dataset -> (num_classes, in_channels, small_input) as a trial builds its network
+    shapes: dict[str, tuple[int, int, bool]] = {}
+    for cell in _distinct(cells, ("dataset", "data_root", "val_fraction")):
+        if not plugins.is_builtin("dataset", cell.dataset):
+            with _plugin_call("dataset", cell.dataset, "loading it"):
+                splits = load_dataset(cell.dataset, cell.data_root, cell.val_fraction)
+            small = splits.image_size <= SMALL_INPUT_MAX
+            shapes[cell.dataset] = (splits.num_classes, splits.in_channels, small)
+    for cell in _distinct(cells, ("dataset", "arch", "formulation", "input_norm")):
+        fields = {k: getattr(cell, k) for k in ("arch", "formulation", "input_norm")}
+        if all(plugins.is_builtin(k, v) for k, v in fields.items()):
+            continue
+        # A built-in dataset is not loaded here (its files may be on the workers only): a
+        # CIFAR-sized RGB input stands in for it.
+        num_classes, in_channels, small = shapes.get(cell.dataset, (10, 3, True))
+        kind, name = next((k, v) for k, v in fields.items() if not plugins.is_builtin(k, v))
+        _check_build(cell, num_classes, in_channels, small, kind, name)
+
+
+def _distinct(cells: Sequence[TrialSpec], keys: Sequence[str]) -> list[TrialSpec]:
+    seen: dict[tuple[object, ...], TrialSpec] = {}
+    for cell in cells:
+        seen.setdefault(tuple(getattr(cell, k) for k in keys), cell)
+    return list(seen.values())
+
+
+def _check_build(
+    cell: TrialSpec, num_classes: int, in_channels: int, small: bool, kind: str, name: str
+) -> None:
+    import torch
+
+    from bnsweep.workers.models import build_model
+
+    stats = (torch.zeros(in_channels), torch.ones(in_channels))  # what `offline` needs
+    with _plugin_call(kind, name, "building the network"):
+        build_model(
+            cell.arch,
+            num_classes,
+            in_channels,
+            small,
+            cell.formulation,
+            cell.bn_scale_init,
+            cell.input_norm,
+            stats,
+        )
+
+
+@contextlib.contextmanager
+def _plugin_call(kind: str, name: str, doing: str) -> Iterator[None]:
+    """A plugin's own code failing while bnsweep calls it is one line naming the plugin."""
+    try:
+        yield
+    except BnsweepError:
+        raise
+    except Exception as err:  # the plugin's code: whatever it raised, one line naming it
+        raise plugins.contract_error(
+            plugins.reference(kind, name),
+            f"{doing} raised {one_line(err)}",
+            "fix the plugin so that it follows its contract (docs/extending.md)",
+        ) from None
 
 
 class _StrictLoader(yaml.SafeLoader):

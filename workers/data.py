@@ -35,6 +35,7 @@ from bnsweep.workers.loaders import (
     load_stanford_cars,
     load_synthetic,
 )
+from bnsweep.workers.plugins import Plugin, Registry, check_dataset, register_dataset
 from bnsweep.workers.splits import stratified_split
 
 if TYPE_CHECKING:
@@ -112,33 +113,50 @@ class DatasetEntry:
     needs_root: bool = True
 
 
-DATASETS: dict[str, DatasetEntry] = {}
-
-
 def register(
     name: str, *, augment: str, layout: str, crop_size: int | None = None, needs_root: bool = True
 ) -> Callable[[Loader], Loader]:
-    def add(load: Loader) -> Loader:
-        DATASETS[name] = DatasetEntry(name, load, augment, layout, crop_size, needs_root)
-        return load
+    """Mark a loader as the dataset `name` (`bnsweep.register_dataset`); its entry point in
+    `bnsweep.datasets` makes it a choice of `dataset`."""
+    return register_dataset(
+        name, augment=augment, layout=layout, crop_size=crop_size, needs_root=needs_root
+    )
 
-    return add
+
+def _entry(plugin: Plugin) -> DatasetEntry:
+    options = plugin.options
+    return DatasetEntry(
+        plugin.ref.name,
+        plugin.target,
+        options["augment"],
+        options["layout"],
+        options["crop_size"],
+        options.get("needs_root", False),
+    )
 
 
-# In the order of `bnsweep.workers.spec.DATASET_NAMES` (a test keeps the two equal).
-register("cifar10", augment="flip", layout=LAYOUTS["cifar10"])(load_cifar10)
-register("cifar100", augment="flip", layout=LAYOUTS["cifar100"])(load_cifar100)
-register("cub200", augment="crop_flip", crop_size=CROP, layout=LAYOUTS["cub200"])(load_cub200)
-register("stanford_cars", augment="crop_flip", crop_size=CROP, layout=LAYOUTS["stanford_cars"])(
-    load_stanford_cars
+#: name → `DatasetEntry`: the `bnsweep.datasets` entry points, bnsweep's own (below) and every
+#: installed plugin's (docs/extending.md). A name is imported when it is first looked up.
+DATASETS: Registry[DatasetEntry] = Registry("dataset", _entry)
+
+# Each built-in under the name its entry point gives it (pyproject.toml, `bnsweep.datasets`).
+cifar10 = register("cifar10", augment="flip", layout=LAYOUTS["cifar10"])(load_cifar10)
+cifar100 = register("cifar100", augment="flip", layout=LAYOUTS["cifar100"])(load_cifar100)
+cub200 = register("cub200", augment="crop_flip", crop_size=CROP, layout=LAYOUTS["cub200"])(
+    load_cub200
 )
-register(
+stanford_cars = register(
+    "stanford_cars", augment="crop_flip", crop_size=CROP, layout=LAYOUTS["stanford_cars"]
+)(load_stanford_cars)
+digits = register(
     "digits",
     augment="none",  # flipping a digit changes its meaning
     needs_root=False,
     layout=LAYOUTS["digits"],
 )(load_digits)
-register("synthetic", augment="flip", needs_root=False, layout=LAYOUTS["synthetic"])(load_synthetic)
+synthetic = register("synthetic", augment="flip", needs_root=False, layout=LAYOUTS["synthetic"])(
+    load_synthetic
+)
 
 
 # -- a dataset's splits ---------------------------------------------------------------------
@@ -146,10 +164,11 @@ def load_dataset(
     name: str, data_root: str | Path | None = None, val_fraction: float = 0.1
 ) -> DataSplits:
     """The dataset's train/val/test splits; the validation split is drawn by `stratified_split`."""
-    entry = DATASETS.get(name)
-    if entry is None:
+    if name not in DATASETS:
         raise DataError(f"dataset: unknown value {name!r}; allowed: {', '.join(sorted(DATASETS))}")
+    entry = DATASETS[name]
     raw = entry.load(data_root)
+    check_dataset(name, raw)
     kept, val = (
         torch.from_numpy(i)
         for i in stratified_split(raw.train_y, val_fraction, what=f"{name} training split")

@@ -27,6 +27,7 @@ from torchvision.models.resnet import BasicBlock
 
 from bnsweep.workers.errors import SpecError, choice_error
 from bnsweep.workers.norm import FORMULATIONS, INPUT_NORMS, Stats, set_bn_scale
+from bnsweep.workers.plugins import Registry, check_input_norm, check_model
 from bnsweep.workers.spec import check_bn_scale
 
 NormLayer = Callable[..., nn.Module]
@@ -204,18 +205,18 @@ def _repvgg_a0(
     return RepVGG(num_classes, in_channels, small_input, norm_layer)
 
 
-#: name → builder `(num_classes, in_channels, small_input, norm_layer) -> nn.Module`.
-MODELS: dict[str, ModelBuilder] = {
-    "resnet8": ResNet8,
-    "resnet18": _torchvision_resnet(tvm.resnet18),
-    "resnet34": _torchvision_resnet(tvm.resnet34),
-    "resnet50": _torchvision_resnet(tvm.resnet50),
-    "resnet101": _torchvision_resnet(tvm.resnet101),
-    "resnet152": _torchvision_resnet(tvm.resnet152),
-    "resnext50_32x4d": _torchvision_resnet(tvm.resnext50_32x4d),
-    "mobilenet_v2": _mobilenet_v2,
-    "repvgg_a0": _repvgg_a0,
-}
+# Each builder under the name its entry point gives it (pyproject.toml, `bnsweep.models`).
+resnet18 = _torchvision_resnet(tvm.resnet18)
+resnet34 = _torchvision_resnet(tvm.resnet34)
+resnet50 = _torchvision_resnet(tvm.resnet50)
+resnet101 = _torchvision_resnet(tvm.resnet101)
+resnet152 = _torchvision_resnet(tvm.resnet152)
+resnext50_32x4d = _torchvision_resnet(tvm.resnext50_32x4d)
+
+#: name → builder `(num_classes, in_channels, small_input, norm_layer) -> nn.Module`: the
+#: `bnsweep.models` entry points, bnsweep's own and every installed plugin's
+#: (docs/extending.md). A name is imported when it is first looked up.
+MODELS: Registry[ModelBuilder] = Registry("arch")
 
 
 # -- initialisation and assembly -------------------------------------------------------------
@@ -294,9 +295,13 @@ def build_model(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise SpecError(f"{name}: must be an integer >= 1, got {value!r}")
 
-    body = MODELS[arch](num_classes, in_channels, small_input, FORMULATIONS[formulation])
+    norm_layer = FORMULATIONS[formulation]
+    body = MODELS[arch](num_classes, in_channels, small_input, norm_layer)
+    check_model(arch, body, norm_layer)
     init_weights(body)
-    model = Network(INPUT_NORMS[input_norm](in_channels, gamma, input_stats), body)
+    prepended = INPUT_NORMS[input_norm](in_channels, gamma, input_stats)
+    check_input_norm(input_norm, prepended)
+    model = Network(prepended, body)
     # Last: torchvision's constructors reset every BN weight to 1 (DESIGN.md).
     set_bn_scale(model, gamma)
     return model
@@ -311,4 +316,10 @@ __all__ = [
     "build_model",
     "init_weights",
     "linear_init_bound",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
 ]

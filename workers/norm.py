@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnsweep.workers.errors import DataError, SpecError
+from bnsweep.workers.plugins import Registry
 from bnsweep.workers.spec import BN_SCALE_RULE, check_bn_scale
 
 log = logging.getLogger(__name__)
@@ -166,17 +167,10 @@ class IEBNMinusBatchNorm2d(_SigmoidScaledBatchNorm2d):
     gap_of = None
 
 
-#: name → BN class usable as torchvision's `norm_layer`. `standard` is plain `nn.BatchNorm2d`
-#: (Eq. 4), so BASE runs exactly PyTorch's BN.
-FORMULATIONS: dict[str, type[nn.BatchNorm2d]] = {
-    "standard": nn.BatchNorm2d,
-    "a1": A1BatchNorm2d,
-    "a2": A2BatchNorm2d,
-    "rbn": RBNBatchNorm2d,
-    "rbn_minus": RBNMinusBatchNorm2d,
-    "iebn": IEBNBatchNorm2d,
-    "iebn_minus": IEBNMinusBatchNorm2d,
-}
+#: name → BN class usable as torchvision's `norm_layer`: the `bnsweep.formulations` entry
+#: points, bnsweep's own and every installed plugin's (docs/extending.md). `standard` is plain
+#: `nn.BatchNorm2d` (Eq. 4), so BASE runs exactly PyTorch's BN.
+FORMULATIONS: Registry[type[nn.BatchNorm2d]] = Registry("formulation")
 
 
 # -- which parameters are scales ------------------------------------------------------------
@@ -302,15 +296,11 @@ def _none(in_channels: int, gamma: float, stats: Stats | None) -> nn.Module:
     return nn.Identity()
 
 
-#: name → builder `(in_channels, γ, stats) -> module` prepended to the network (Sect. 3.4).
+#: name → builder `(in_channels, γ, stats) -> module` prepended to the network (Sect. 3.4): the
+#: `bnsweep.input_norms` entry points, bnsweep's own and every installed plugin's.
 #: `stats` is the training split's per-channel (mean, std) in [0, 1] units, as computed by
 #: `bnsweep.workers.input_stats.channel_stats`; only `offline` uses it.
-INPUT_NORMS: dict[str, InputNormBuilder] = {
-    "bn": _input_bn,
-    "fixed": _fixed,
-    "offline": _offline,
-    "none": _none,
-}
+INPUT_NORMS: Registry[InputNormBuilder] = Registry("input_norm")
 
 
 __all__ = [

@@ -15,6 +15,7 @@ import numbers
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from bnsweep.workers import plugins
 from bnsweep.workers.errors import SpecError, choice_error
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -48,24 +49,14 @@ RUNTIME_FIELDS = ("cudnn_benchmark", "compile", "compile_mode", "eval_batch_size
 #:    has a chance-level score instead of none (workers/trial.py).
 RECIPE = 3
 
-#: The names of the registries a spec chooses from: `workers/data.py` DATASETS,
-#: `workers/models.py` MODELS, `workers/norm.py` FORMULATIONS and INPUT_NORMS. They are listed
-#: here so that a spec validates without importing torch (`launch --dry-run`, the CLI's
-#: checks); tests/workers/test_spec.py keeps each list equal to its registry.
-DATASET_NAMES = ("cifar10", "cifar100", "cub200", "stanford_cars", "digits", "synthetic")
-ARCH_NAMES = (
-    "resnet8",
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "resnet152",
-    "resnext50_32x4d",
-    "mobilenet_v2",
-    "repvgg_a0",
-)
-FORMULATION_NAMES = ("standard", "a1", "a2", "rbn", "rbn_minus", "iebn", "iebn_minus")
-INPUT_NORM_NAMES = ("bn", "fixed", "offline", "none")
+#: bnsweep's own names of the registries a spec chooses from, read from the entry points
+#: pyproject.toml declares (`bnsweep.workers.plugins`), so a spec validates without importing
+#: torch (`launch --dry-run`, the CLI's checks). A spec may also name an installed plugin's
+#: entry (`bnsweep.workers.plugins.names`).
+DATASET_NAMES = plugins.builtin_names("dataset")
+ARCH_NAMES = plugins.builtin_names("arch")
+FORMULATION_NAMES = plugins.builtin_names("formulation")
+INPUT_NORM_NAMES = plugins.builtin_names("input_norm")
 
 #: Fields that do not change what a run computes; they are left out of `spec_hash`.
 NON_RESULT_FIELDS = frozenset({"data_root", "device", "seed", *RUNTIME_FIELDS})
@@ -182,12 +173,18 @@ def spec_hash(spec: TrialSpec) -> str:
     The rule: a change to the code that alters the result of an unchanged spec bumps `RECIPE`,
     which changes every hash, so a store filled before the change is never mixed with results
     after it (docs/store.md, "Training recipes"). A change of the key itself (a new field, a new
-    encoding) is a recipe change too.
+    encoding) is a recipe change too. A spec naming a plugin also hashes that plugin's declared
+    recipe (docs/extending.md), which imports the plugin.
     """
     payload: dict[str, Any] = {
         k: (repr(float(v)) if isinstance(v, float) else v) for k, v in spec.result_fields().items()
     }
     payload["recipe"] = RECIPE
+    # A plugin's own recipe is part of its cells' key, as RECIPE is of bnsweep's; a spec of
+    # built-ins only has no "plugins" key, so its hash is what it was before plugins existed.
+    named = plugins.plugin_names(payload)
+    if named:
+        payload["plugins"] = {kind: plugins.recipe_of(kind, name) for kind, name in named.items()}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -231,11 +228,13 @@ def _coerce_numbers(spec: TrialSpec) -> None:
 
 
 def _validate(spec: TrialSpec) -> None:
+    for name in plugins.GROUPS:
+        value = getattr(spec, name)
+        if not isinstance(value, str):
+            raise choice_error(name, value, plugins.names(name))
+        # Listing the installed entry points imports none of them.
+        plugins.reference(name, value)
     choices = {
-        "dataset": DATASET_NAMES,
-        "arch": ARCH_NAMES,
-        "formulation": FORMULATION_NAMES,
-        "input_norm": INPUT_NORM_NAMES,
         "precision": PRECISIONS,
         "memory_format": MEMORY_FORMATS,
         "device": DEVICES,

@@ -91,6 +91,11 @@ def run(args: argparse.Namespace) -> int:
     sweep = parse_sweep_spec(text, source=args.spec)
     spec_text = redacted_spec_text(text, source=args.spec)
     url = database_url(args.db, sweep.database)
+    # Before the store is opened: a plugin that cannot be imported or breaks its contract is
+    # refused in one line, with nothing written (docs/extending.md).
+    from bnsweep.sweep import check_plugins, expand
+
+    check_plugins(expand(sweep))
     if args.dry_run:
         return dry_run(sweep, url)
 

@@ -7,6 +7,7 @@ import sys
 from dataclasses import fields
 
 from bnsweep.commands import check_writable_folder
+from bnsweep.workers.plugins import GROUPS
 from bnsweep.workers.spec import (
     ARCH_NAMES,
     COMPILE_MODES,
@@ -55,6 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             )  # fmt: skip
             continue
         allowed = f"one of {', '.join(ALLOWED[f.name])}; " if f.name in ALLOWED else ""
+        if f.name in GROUPS:
+            allowed = allowed.replace("; ", ", or an installed plugin's (docs/extending.md); ")
         parser.add_argument(
             *flags, dest=f.name, default=None, metavar=f.name.upper(),
             help=f"{allowed}default: {default}",
@@ -90,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, f.name) is not None
     }
     spec = TrialSpec(**values)
+    # A plugin's failure is one line naming it, before the first epoch (docs/extending.md).
+    from bnsweep.sweep import check_plugins
+
+    check_plugins([spec])
     if args.checkpoint_dir:
         # Before the first epoch, not after it: a run of hours must not fail at its first save.
         check_writable_folder("--checkpoint-dir", args.checkpoint_dir)

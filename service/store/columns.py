@@ -6,6 +6,7 @@ The column dicts fix each frame's columns and pandas dtypes, stable even when a 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shlex
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
+import bnsweep.workers.spec
 from bnsweep.store.errors import StoreError
 from bnsweep.store.events import DIAGNOSTIC_VALUES, check_cell
 from bnsweep.store.models import SPEC_COLUMN_TYPES, STATUSES, Diagnostic, Epoch, Trial
@@ -56,6 +58,7 @@ TRIAL_COLUMNS: dict[str, str] = {
     "recipe": "int64",
     "threads": "Int64",
     "runtime": "str",  # JSON text of the run's runtime options
+    "plugins": "str",  # JSON text of the plugins the spec names, their versions and recipes
     "error": "str",
 }
 
@@ -107,6 +110,7 @@ RESULT_COLUMNS: tuple[str, ...] = tuple(
         "package_version",
         "git_commit",
         "runtime",
+        "plugins",
         "error",
     )
 )
@@ -145,6 +149,41 @@ COMPARISONS: Mapping[str, Callable[[Any, Any], Any]] = {
     "<=": lambda column, value: column <= value,
     "!=": lambda column, value: column != value,
 }
+
+
+class _Current:
+    """The `recipe` filter value meaning "the current recipe": bnsweep's own (`RECIPE`), and
+    for a trial naming plugins, each plugin's newest recipe in the store (docs/extending.md).
+    It is data only: no plugin is imported to know it."""
+
+    def __repr__(self) -> str:
+        return "CURRENT"
+
+
+#: `where={"recipe": CURRENT}`: what the tables, `bnsweep.trials` and the dashboard read.
+CURRENT = _Current()
+
+
+def stale_plugin_records(texts: Iterable[str | None]) -> frozenset[str]:
+    """Of the stored `trials.plugins` values `texts`, those naming a plugin at a recipe older
+    than the newest the same texts hold for it: their trials are of an older plugin recipe."""
+    records: dict[str, dict[tuple[str, str], int]] = {}
+    newest: dict[tuple[str, str], int] = {}
+    for text in texts:
+        if not text or text in records:
+            continue
+        try:
+            entries = {(k, str(v["name"])): int(v["recipe"]) for k, v in json.loads(text).items()}
+        except (ValueError, TypeError, KeyError, AttributeError):
+            continue  # not written by bnsweep: never counted stale, never hidden
+        records[text] = entries
+        for key, recipe in entries.items():
+            newest[key] = max(recipe, newest.get(key, recipe))
+    return frozenset(
+        text
+        for text, entries in records.items()
+        if any(recipe < newest[key] for key, recipe in entries.items())
+    )
 
 
 @dataclass(frozen=True)
@@ -236,6 +275,8 @@ def check_where(
 
 
 def _coerce_filter(name: str, kind: type, value: object) -> object:
+    if value is CURRENT and name == "recipe":
+        return value
     if not isinstance(value, Compare):
         return _coerce(name, kind, value)
     if value.op not in COMPARISONS:
@@ -248,12 +289,22 @@ def _coerce_filter(name: str, kind: type, value: object) -> object:
 
 
 def where_clauses(
-    checked: Mapping[str, tuple[object, ...]], diagnostics: bool = False
+    checked: Mapping[str, tuple[object, ...]],
+    diagnostics: bool = False,
+    stale: Iterable[str] = (),
 ) -> list[sa.ColumnElement[bool]]:
+    """SQL for `checked`; `stale` is `stale_plugin_records` of the store, which `CURRENT`
+    leaves out."""
     # Values travel as bound parameters; nothing from the user is pasted into SQL text.
     clauses: list[sa.ColumnElement[bool]] = []
     for name, given in checked.items():
         column = _filter_column(name, diagnostics)
+        if any(v is CURRENT for v in given):
+            clauses.append(column == bnsweep.workers.spec.RECIPE)
+            if stale:
+                plugins = Trial.__table__.c.plugins
+                clauses.append(sa.or_(plugins.is_(None), plugins.not_in(sorted(stale))))
+            given = tuple(v for v in given if v is not CURRENT)
         compares = [v for v in given if isinstance(v, Compare)]
         values = [v for v in given if not isinstance(v, Compare)]
         present = [v for v in values if v is not None]

@@ -171,6 +171,10 @@ class Trial(Base):
     git_commit: Mapped[str | None]  # the source checkout's HEAD when known
     threads: Mapped[int | None]  # torch.get_num_threads() of the run
     runtime: Mapped[str | None] = mapped_column(sa.Text)  # JSON of the run's runtime options
+    # Revision 0005: JSON {kind: {name, distribution, version, recipe}} of the plugins the spec
+    # names (bnsweep.workers.plugins.provenance); NULL for built-ins only. Reads find a plugin's
+    # current recipe here, never by importing it.
+    plugins: Mapped[str | None] = mapped_column(sa.Text)
 
 
 class Epoch(Base):

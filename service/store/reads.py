@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 import bnsweep.workers.spec
 from bnsweep.store.columns import (
+    CURRENT,
     DIAGNOSTIC_COLUMNS,
     EPOCH_COLUMNS,
     SPEC_COLUMNS,
@@ -22,6 +23,7 @@ from bnsweep.store.columns import (
     cell_of,
     check_where,
     chunks,
+    stale_plugin_records,
     where_clauses,
 )
 from bnsweep.store.errors import StoreError, StoreFailure
@@ -185,10 +187,32 @@ class StoreReads:
                 .join(Sweep, Sweep.id == SweepTrial.sweep_id)
                 .where(Sweep.name == sweep)
             )
-        query = query.where(*where_clauses(checked, diagnostics))
+        current = any(value is CURRENT for value in checked.get("recipe", ()))
+        stale = self.stale_plugin_records() if current else frozenset()
+        query = query.where(*where_clauses(checked, diagnostics, stale))
         if statuses:
             query = query.where(Trial.status.in_(statuses))
         return query
+
+    def stale_plugin_records(self) -> frozenset[str]:
+        """The `trials.plugins` values of an older plugin recipe than the newest this store
+        holds for that plugin (`stale_plugin_records`): one short query, no plugin imported."""
+        plugins = Trial.__table__.c.plugins
+        query = sa.select(plugins).where(plugins.is_not(None)).distinct()
+        texts = self._run(lambda conn: conn.scalars(query).all(), "reading plugin recipes")
+        return stale_plugin_records(texts)
+
+    def older_plugin_trials(self, sweep: str | None = None) -> int:
+        """How many trials linked to `sweep` (the whole store when None) are of an older plugin
+        recipe than the newest the store holds for that plugin: left out as older recipes are."""
+        stale = self.stale_plugin_records()
+        if not stale:
+            return 0
+        table = Trial.__table__
+        query = self._select([sa.func.count(Trial.id)], sweep, {}).where(
+            table.c.plugins.in_(sorted(stale))
+        )
+        return int(self._run(lambda conn: conn.scalar(query), "counting older plugin recipes"))
 
     def trials(
         self,
@@ -278,15 +302,21 @@ class StoreReads:
         `older_recipes` (a launch trains their cells again under new hashes).
         """
         table = Trial.__table__
-        columns = [table.c.spec_hash, table.c.seed, table.c.status, table.c.recipe] + [
-            table.c[column] for column in SPEC_COLUMNS
-        ]
+        columns = [
+            table.c.spec_hash,
+            table.c.seed,
+            table.c.status,
+            table.c.recipe,
+            table.c.plugins,
+        ] + [table.c[column] for column in SPEC_COLUMNS]
         query = self._select(columns, name, {})
         every = self._run(lambda conn: conn.execute(query).all(), f"reading sweep {name!r}")
         if not every:
             self.get_sweep(name)
         current = bnsweep.workers.spec.RECIPE
-        rows = [row for row in every if row.recipe == current]
+        stale = self.stale_plugin_records()
+        # A trial of an older plugin recipe is left out as one of an older bnsweep recipe is.
+        rows = [row for row in every if row.recipe == current and row.plugins not in stale]
         others: dict[int, int] = {}
         for row in every:
             if row.recipe != current:

@@ -13,14 +13,16 @@ from typing import Any
 
 import pandas as pd
 
-from bnsweep.workers.spec import RECIPE
+from bnsweep.store.columns import CURRENT
 
 log = logging.getLogger(__name__)
 
 #: Only trials of this bnsweep's training recipe are analysed, on every surface (the CLI, the
 #: notebook, the dashboard, the report): a cell trained by an older recipe is a different
-#: result (docs/store.md, "Training recipes") and is never mixed in.
-CURRENT_RECIPE = {"recipe": RECIPE}
+#: result (docs/store.md, "Training recipes") and is never mixed in. The same holds for a
+#: plugin's recipe: a trial naming a plugin counts only at the newest recipe the store holds for
+#: that plugin (docs/extending.md), which is read from the trials, never from the plugin.
+CURRENT_RECIPE = {"recipe": CURRENT}
 
 
 def trials(url: str | None = None, sweep: str | None = None) -> pd.DataFrame:
@@ -74,12 +76,23 @@ def load_trials(url: str | None, sweep: str | None) -> pd.DataFrame:
 
 def older_recipe_note(url: str | None, sweep: str | None) -> str | None:
     """One line when the store holds trials of another training recipe linked to `sweep` (all
-    trials when None), which the tables leave out; None when there are none."""
+    trials when None), which the tables leave out, and one when it holds trials of an older
+    plugin recipe; None when there are none."""
     from bnsweep.store.api import Store
     from bnsweep.store.values import older_recipe_line
 
     with Store.open(url, read_only=True) as store:
-        return older_recipe_line(store.older_recipes(sweep), sweep)
+        lines = [older_recipe_line(store.older_recipes(sweep), sweep)]
+        plugin_trials = store.older_plugin_trials(sweep)
+    if plugin_trials:
+        scope = f"sweep {sweep}" if sweep is not None else "the store"
+        lines.append(
+            f"note: {scope} holds {plugin_trials} trial(s) of an older plugin recipe (a newer "
+            "one is in the store); they are not used by tables (their `plugins` column in "
+            "`bnsweep query` says which)"
+        )
+    found = [line for line in lines if line is not None]
+    return "\n".join(found) if found else None
 
 
 def load_cells(url: str | None, cells: Iterable[tuple[str, int]]) -> pd.DataFrame:

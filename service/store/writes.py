@@ -47,6 +47,7 @@ from bnsweep.store.models import (
 )
 from bnsweep.store.reads import StoreReads
 from bnsweep.store.values import ForgetCount, SweepInfo
+from bnsweep.workers import plugins
 from bnsweep.workers.spec import TrialSpec
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,25 @@ EVENT_WRITERS: dict[type, Callable[[_Batch, _Cell, Any], None]] = {
 }
 
 
+def _refresh_plugins(conn: sa.Connection, provenance: Mapping[str, str | None]) -> None:
+    """A cell not yet final records the plugin versions of the launch that will train it: the
+    same key (recipe) may be trained by a newer version of the plugin than first registered it.
+    A final trial keeps the versions that made it."""
+    table = Trial.__table__
+    for spec_hash, text in sorted(provenance.items()):
+        if text is None:
+            continue
+        conn.execute(
+            sa.update(Trial)
+            .where(
+                table.c.spec_hash == spec_hash,
+                table.c.status.not_in(FINAL_STATUSES),
+                table.c.plugins.is_distinct_from(text),
+            )
+            .values(plugins=text)
+        )
+
+
 class StoreWrites(StoreReads):
     """The writes of `Store` (bnsweep.store.api): each one transaction, every one idempotent."""
 
@@ -184,6 +204,7 @@ class StoreWrites(StoreReads):
             raise StoreError(f"sweep name: expected 1-200 characters, got {name!r}")
         now = utc_now()
         rows: dict[tuple[str, int], dict[str, object]] = {}
+        provenance: dict[str, str | None] = {}
         for spec in specs:
             if not isinstance(spec, TrialSpec):
                 raise StoreError(f"register_sweep: expected TrialSpec values, got {spec!r}")
@@ -194,6 +215,10 @@ class StoreWrites(StoreReads):
                 **values,
                 # The recipe its spec_hash was computed with (read now, like the hash).
                 "recipe": bnsweep.workers.spec.RECIPE,
+                # The plugins it names, their versions and recipes (None for built-ins only).
+                "plugins": provenance.setdefault(
+                    spec.spec_hash, plugins.provenance(spec.result_fields())
+                ),
                 "status": "pending",
                 "attempts": 0,
                 "created_at": now,
@@ -220,6 +245,7 @@ class StoreWrites(StoreReads):
                     ),
                     list(rows.values()),
                 )
+                _refresh_plugins(conn, provenance)
                 ids = self._trial_ids(conn, rows)
                 conn.execute(
                     insert(SweepTrial.__table__).on_conflict_do_nothing(

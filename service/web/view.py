@@ -465,7 +465,10 @@ class Snapshot:
     def status(self, name: str) -> SweepStatus:
         """What `Store.sweep_status` answers, computed from the trials frame already read (a
         second query of every trial costs seconds at 100,000 trials); a test keeps them equal."""
-        return self._cached(("status", name), lambda: status_of(name, self.trials(name)))
+        return self._cached(
+            ("status", name),
+            lambda: status_of(name, self.trials(name), self.store.stale_plugin_records()),
+        )
 
     def tables(self, name: str, query: TableQuery) -> list[Table]:
         """The sweep's tables under `query`; `AnalysisError` when nothing can be tabulated yet
@@ -519,18 +522,24 @@ class Snapshot:
         return self._cached(("failures", name), build)
 
 
-def status_of(name: str, trials: pd.DataFrame) -> SweepStatus:
+def status_of(
+    name: str, trials: pd.DataFrame, stale_plugins: frozenset[str] = frozenset()
+) -> SweepStatus:
     """A sweep's `SweepStatus` from its trials frame: counts by status, and per arm (spec_hash)
     its seeds and which of them are missing, failed or running, arms in spec-column order; the
-    trials of other training recipes only in `older_recipes`, as `Store.sweep_status` counts."""
+    trials of other training recipes only in `older_recipes`, as `Store.sweep_status` counts.
+    `stale_plugins` is the store's `stale_plugin_records()`: trials of an older plugin recipe,
+    left out as `Store.sweep_status` leaves them out."""
+    import bnsweep.workers.spec
     from bnsweep.store.columns import SPEC_COLUMNS, arm_label
     from bnsweep.store.models import FINAL_STATUSES, STATUSES
-    from bnsweep.store.results import CURRENT_RECIPE
     from bnsweep.store.values import ArmStatus, SweepStatus
 
-    current = trials["recipe"] == CURRENT_RECIPE["recipe"]
+    current = trials["recipe"] == bnsweep.workers.spec.RECIPE
     older = trials.loc[~current, "recipe"].value_counts()
     older_recipes = tuple(sorted((int(r), int(n)) for r, n in older.items()))
+    if stale_plugins and "plugins" in trials.columns:
+        current &= ~trials["plugins"].isin(stale_plugins)
     trials = trials[current]
     status = trials["status"].astype(str)
     counts: dict[str, Any] = {s: int((status == s).sum()) for s in STATUSES}

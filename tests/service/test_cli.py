@@ -420,7 +420,7 @@ def test_train_help_lists_the_registries_allowed_values() -> None:
     done = bnsweep("train", "--help", cwd=Path.cwd())
     help_text = " ".join(done.stdout.split())
     assert "--compile, --no-compile" in help_text or "--compile | --no-compile" in help_text
-    assert "one of resnet8, resnet18" in help_text and "one of fp32, tf32, bf16" in help_text
+    assert "resnet8, resnet18, resnet34" in help_text and "one of fp32, tf32, bf16" in help_text
 
 
 def test_train_off_a_terminal_prints_one_line_per_epoch(
