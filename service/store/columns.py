@@ -163,6 +163,18 @@ class _Current:
 #: `where={"recipe": CURRENT}`: what the tables, `bnsweep.trials` and the dashboard read.
 CURRENT = _Current()
 
+#: What `host` says of a trial `bnsweep import` wrote (docs/import.md). bnsweep did not train
+#: it, so no training recipe of bnsweep's applies to it: a newer `RECIPE` never hides it, and it
+#: is never counted among the trials of an older recipe.
+IMPORTED_HOST = "imported"
+
+
+def current_recipe_clause() -> sa.ColumnElement[bool]:
+    """SQL for "of this bnsweep's training recipe, or imported": the rows `CURRENT` keeps
+    (before the plugin-recipe rule)."""
+    table = Trial.__table__
+    return sa.or_(table.c.recipe == bnsweep.workers.spec.RECIPE, table.c.host == IMPORTED_HOST)
+
 
 def stale_plugin_records(texts: Iterable[str | None]) -> frozenset[str]:
     """Of the stored `trials.plugins` values `texts`, those naming a plugin at a recipe older
@@ -300,7 +312,7 @@ def where_clauses(
     for name, given in checked.items():
         column = _filter_column(name, diagnostics)
         if any(v is CURRENT for v in given):
-            clauses.append(column == bnsweep.workers.spec.RECIPE)
+            clauses.append(current_recipe_clause())
             if stale:
                 plugins = Trial.__table__.c.plugins
                 clauses.append(sa.or_(plugins.is_(None), plugins.not_in(sorted(stale))))

@@ -3,11 +3,12 @@
 The rows come normalised (`bnsweep.analysis.import_frame`); this module keys them, compares
 them with what the store holds, and writes them in one transaction.
 
-- Key: an imported cell's `spec_hash` covers what a native cell's does (every result field
-  and the training recipe, `bnsweep.workers.spec.spec_hash`) plus `imported: <sweep>`. So an
-  imported cell never shares a key with a cell bnsweep trains, nor with the same arm imported
-  into another sweep (two files may hold different code's runs of one arm), and it passes the
-  read path's current-recipe filter (`bnsweep.store.results.CURRENT_RECIPE`).
+- Key: an imported cell's `spec_hash` covers the result fields a native cell's does
+  (`bnsweep.workers.spec.spec_hash`) plus `imported: <sweep>`, and not bnsweep's training
+  recipe, which did not make the run. So an imported cell never shares a key with a cell
+  bnsweep trains, nor with the same arm imported into another sweep (two files may hold
+  different code's runs of one arm); the read paths' current-recipe filter keeps every
+  imported trial (`IMPORTED_HOST`), whatever `RECIPE` the bnsweep reading it has.
 - Origin: `host` is `imported`, `device` the file's format, `runtime` JSON names the file, its
   SHA-256, the row and the run, so `bnsweep query --where host=imported` lists imported trials.
 - Idempotent: a row equal to the stored one is left as it is. A row whose result differs is a
@@ -30,7 +31,7 @@ import sqlalchemy as sa
 import yaml
 
 import bnsweep.workers.spec
-from bnsweep.store.columns import SPEC_COLUMNS, chunks
+from bnsweep.store.columns import IMPORTED_HOST, SPEC_COLUMNS, chunks
 from bnsweep.store.errors import StoreError
 from bnsweep.store.events import utc_now
 from bnsweep.store.models import Sweep, SweepTrial, Trial
@@ -40,8 +41,6 @@ from bnsweep.workers.spec import arm_name
 if TYPE_CHECKING:
     from bnsweep.store.api import Store
 
-#: What `host` says of an imported trial (a filter: `--where host=imported`).
-IMPORTED_HOST = "imported"
 #: The result columns an import writes and compares.
 RESULT_VALUES = ("test_acc", "best_val_acc", "final_test_acc", "best_epoch")
 #: Rows per INSERT statement, and how often progress is reported.
@@ -75,13 +74,14 @@ class ImportCount:
 
 
 def imported_hash(values: Mapping[str, Any], sweep: str) -> str:
-    """An imported cell's key: `spec_hash`'s encoding of the result fields and the recipe,
-    plus the sweep it was imported into, so it can never equal a native cell's hash."""
+    """An imported cell's key: `spec_hash`'s encoding of the result fields plus the sweep it
+    was imported into, so it can never equal a native cell's hash. bnsweep's training recipe is
+    not part of it: bnsweep did not train the run, so a newer `RECIPE` neither hides an imported
+    trial nor makes a second import of the same file add its runs again."""
     payload: dict[str, Any] = {
         name: (repr(float(values[name])) if isinstance(values[name], float) else values[name])
         for name in SPEC_COLUMNS
     }
-    payload["recipe"] = bnsweep.workers.spec.RECIPE
     payload["imported"] = sweep
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

@@ -17,6 +17,7 @@ from bnsweep.store.columns import (
     CURRENT,
     DIAGNOSTIC_COLUMNS,
     EPOCH_COLUMNS,
+    IMPORTED_HOST,
     SPEC_COLUMNS,
     TRIAL_COLUMNS,
     arm_label,
@@ -308,6 +309,7 @@ class StoreReads:
             table.c.status,
             table.c.recipe,
             table.c.plugins,
+            table.c.host,
         ] + [table.c[column] for column in SPEC_COLUMNS]
         query = self._select(columns, name, {})
         every = self._run(lambda conn: conn.execute(query).all(), f"reading sweep {name!r}")
@@ -316,10 +318,12 @@ class StoreReads:
         current = bnsweep.workers.spec.RECIPE
         stale = self.stale_plugin_records()
         # A trial of an older plugin recipe is left out as one of an older bnsweep recipe is.
-        rows = [row for row in every if row.recipe == current and row.plugins not in stale]
+        # An imported trial has no bnsweep recipe to be older than (IMPORTED_HOST).
+        present = [row for row in every if row.recipe == current or row.host == IMPORTED_HOST]
+        rows = [row for row in present if row.plugins not in stale]
         others: dict[int, int] = {}
         for row in every:
-            if row.recipe != current:
+            if row.recipe != current and row.host != IMPORTED_HOST:
                 others[row.recipe] = others.get(row.recipe, 0) + 1
         counts = dict.fromkeys(STATUSES, 0)
         arms: dict[str, dict[str, Any]] = {}
@@ -361,11 +365,13 @@ class StoreReads:
 
     def older_recipes(self, sweep: str | None = None) -> dict[int, int]:
         """{recipe: trials} of the trials of another training recipe than this bnsweep's
-        (`bnsweep.workers.spec.RECIPE`), linked to `sweep` (the whole store when None)."""
+        (`bnsweep.workers.spec.RECIPE`), linked to `sweep` (the whole store when None); imported
+        trials have no bnsweep recipe and are never counted here."""
         table = Trial.__table__
         query = (
             self._select([table.c.recipe, sa.func.count()], sweep, {})
             .where(table.c.recipe != bnsweep.workers.spec.RECIPE)
+            .where(sa.or_(table.c.host.is_(None), table.c.host != IMPORTED_HOST))
             .group_by(table.c.recipe)
             .order_by(table.c.recipe)
         )

@@ -531,11 +531,14 @@ def status_of(
     `stale_plugins` is the store's `stale_plugin_records()`: trials of an older plugin recipe,
     left out as `Store.sweep_status` leaves them out."""
     import bnsweep.workers.spec
-    from bnsweep.store.columns import SPEC_COLUMNS, arm_label
+    from bnsweep.store.columns import IMPORTED_HOST, SPEC_COLUMNS, arm_label
     from bnsweep.store.models import FINAL_STATUSES, STATUSES
     from bnsweep.store.values import ArmStatus, SweepStatus
 
-    current = trials["recipe"] == bnsweep.workers.spec.RECIPE
+    # As `Store.sweep_status`: an imported trial has no bnsweep recipe to be older than.
+    current = (trials["recipe"] == bnsweep.workers.spec.RECIPE) | (
+        trials["host"].astype(object) == IMPORTED_HOST
+    )
     older = trials.loc[~current, "recipe"].value_counts()
     older_recipes = tuple(sorted((int(r), int(n)) for r, n in older.items()))
     if stale_plugins and "plugins" in trials.columns:

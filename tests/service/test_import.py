@@ -15,8 +15,9 @@ import pytest
 
 from bnsweep import cli
 from bnsweep.store.api import Store
+from bnsweep.store.columns import IMPORTED_HOST
 from bnsweep.store.events import TrialFinished, TrialStarted
-from bnsweep.store.imports import IMPORTED_HOST
+from bnsweep.workers import spec as spec_module
 from bnsweep.workers.spec import TrialSpec
 from tests.analysis.test_import_frame import MLFLOW_MAPPING, SCORES, mlflow_frame, wandb_csv
 from tests.service.test_store import _empty_tables, fresh_database
@@ -155,6 +156,30 @@ def test_importing_twice_writes_nothing_new(bnsweep: Run, url: str, tmp_path: Pa
     code, out, _ = bnsweep("import", path, "--sweep", "ext", "--db", url, *MAPS)
     assert code == 0 and "0 new, 15 unchanged, 0 replaced" in out
     pd.testing.assert_frame_equal(trials_of(url), before)
+
+
+def test_a_newer_bnsweep_recipe_never_hides_imported_runs(
+    bnsweep: Run, url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bnsweep's training recipe is about bnsweep's own training code: after an upgrade that
+    bumps it, the native cells are of an older recipe, the imported ones still count, and a
+    second import of the same file still writes nothing."""
+    native_sweep(url)
+    path = mlflow_csv(tmp_path / "runs.csv")
+    assert bnsweep("import", path, "--sweep", "ext", "--db", url, *MAPS)[0] == 0
+    code, before, _ = bnsweep("tables", "--sweep", "ext", "--db", url, "--format", "md")
+    assert code == 0
+
+    monkeypatch.setattr(spec_module, "RECIPE", spec_module.RECIPE + 1)
+    code, after, err = bnsweep("tables", "--sweep", "ext", "--db", url, "--format", "md")
+    assert code == 0 and after == before, err
+    code, out, _ = bnsweep("status", "--sweep", "ext", "--db", url, "--format", "json")
+    assert code == 0 and json.loads(out)[0]["completed"] == 15
+    code, out, err = bnsweep("status", "--sweep", "native", "--db", url, "--format", "json")
+    assert code == 0 and json.loads(out)[0]["completed"] == 0, err
+    code, out, _ = bnsweep("import", path, "--sweep", "ext", "--db", url, *MAPS)
+    assert code == 0 and "0 new, 15 unchanged, 0 replaced" in out
+    assert len(trials_of(url)) == 30
 
 
 def test_a_changed_result_is_refused_unless_replace(bnsweep: Run, url: str, tmp_path: Path) -> None:
