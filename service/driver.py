@@ -302,6 +302,7 @@ def launch(
     latest checkpoint. Only the cells of `sweep` as it is now run: nothing of an earlier
     launch's experiment is restored.
     """
+    store.check_launchable(sweep.name)
     launch_plan = plan(sweep, store)  # imports the plugins the spec names: their recipes key it
     summary = LaunchSummary()
     if not launch_plan.missing:
@@ -313,7 +314,6 @@ def launch(
         return summary
     # The store's lock first: a second launch is refused before it starts a Ray.
     with store.launch_lock(sweep.name):
-        summary.requeued = store.requeue_running(sweep.name)  # we hold the lock: nobody trains them
         _tune_environment()
         nodes = connect(address, num_cpus=num_cpus)
         check_resources_fit(sweep.resources, ray.nodes(), autoscaler=autoscaler_present())
@@ -321,6 +321,9 @@ def launch(
         root = storage_root(sweep, base_dir)
         check_storage_is_shared(sweep, root, nodes)
         check_compile_works(sweep, launch_plan.missing)
+        # After every refusal above, so a refused launch writes nothing; we hold the lock, so
+        # nobody trains the rows a killed launch left running.
+        summary.requeued = store.requeue_running(sweep.name)
         with _one_launch_at_a_time(root, sweep.name):
             _run_missing(sweep, store, spec_text, launch_plan.cells, root, summary, progress_stream)
     _check_stored(store, summary)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+import yaml
 
 import bnsweep.workers.spec
 from bnsweep.store.errors import StoreError
@@ -167,6 +168,16 @@ CURRENT = _Current()
 #: it, so no training recipe of bnsweep's applies to it: a newer `RECIPE` never hides it, and it
 #: is never counted among the trials of an older recipe.
 IMPORTED_HOST = "imported"
+
+
+def imported_origins(spec_text: str) -> list[dict[str, str]] | None:
+    """The files an imported sweep's spec text names; None for a sweep bnsweep launched."""
+    try:
+        data = yaml.safe_load(spec_text) if spec_text else None
+    except yaml.YAMLError:
+        return None
+    found = data.get("imported") if isinstance(data, dict) else None
+    return [dict(o) for o in found if isinstance(o, dict)] if isinstance(found, list) else None
 
 
 def current_recipe_clause() -> sa.ColumnElement[bool]:

@@ -31,7 +31,7 @@ import sqlalchemy as sa
 import yaml
 
 import bnsweep.workers.spec
-from bnsweep.store.columns import IMPORTED_HOST, SPEC_COLUMNS, chunks
+from bnsweep.store.columns import IMPORTED_HOST, SPEC_COLUMNS, chunks, imported_origins
 from bnsweep.store.errors import StoreError
 from bnsweep.store.events import utc_now
 from bnsweep.store.models import Sweep, SweepTrial, Trial
@@ -93,16 +93,6 @@ def import_spec_text(name: str, origins: Sequence[Mapping[str, str]]) -> str:
     header = "# Runs imported by `bnsweep import` (docs/import.md); not a spec to launch.\n"
     body = {"name": name, "imported": [dict(o) for o in origins]}
     return header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True)
-
-
-def imported_origins(spec_text: str) -> list[dict[str, str]] | None:
-    """The files an imported sweep's spec text names; None for a sweep bnsweep launched."""
-    try:
-        data = yaml.safe_load(spec_text) if spec_text else None
-    except yaml.YAMLError:
-        return None
-    found = data.get("imported") if isinstance(data, dict) else None
-    return [dict(o) for o in found if isinstance(o, dict)] if isinstance(found, list) else None
 
 
 def _plain(value: Any) -> Any:

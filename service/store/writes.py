@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 import bnsweep.workers.spec
-from bnsweep.store.columns import SPEC_COLUMNS, cell_of, check_where, chunks
+from bnsweep.store.columns import SPEC_COLUMNS, cell_of, check_where, chunks, imported_origins
 from bnsweep.store.errors import StoreError
 from bnsweep.store.events import (
     EVENT_TYPES,
@@ -193,12 +193,18 @@ class StoreWrites(StoreReads):
         @property
         def dialect(self) -> str: ...
 
+    def check_launchable(self, name: str) -> None:
+        """Refuse, before a launch writes anything, a sweep name that `bnsweep import` holds."""
+        self._run(lambda conn: _refuse_imported(conn, name), f"reading sweep {name!r}")
+
     def register_sweep(self, name: str, spec_text: str, specs: Sequence[TrialSpec]) -> SweepInfo:
         """Record a sweep and its cells; trials that do not exist yet are added as pending.
 
         Idempotent. Registering an existing name with different `spec_text` replaces the text
         and keeps every link made before, so a sweep's cells are the union of all the specs
         registered under its name (give a changed experiment a new name to start clean).
+        A sweep `bnsweep import` made is refused (`check_launchable`): its text is the record
+        of the files imported into it, which a launch must not replace.
         """
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
             raise StoreError(f"sweep name: expected 1-200 characters, got {name!r}")
@@ -227,6 +233,7 @@ class StoreWrites(StoreReads):
         insert = self._insert
 
         def work(conn: sa.Connection) -> SweepInfo:
+            _refuse_imported(conn, name)
             sweep_insert = insert(Sweep.__table__).values(
                 name=name, spec_text=spec_text, created_at=now, updated_at=now
             )
@@ -493,3 +500,18 @@ class StoreWrites(StoreReads):
                 "forgot %d trials (%d epoch rows) in %s", result.trials, result.epochs, self.url
             )
         return result
+
+
+class ImportedSweep(StoreError):
+    """A launch named a sweep that holds imported runs (exit 2: choose another name)."""
+
+
+def _refuse_imported(conn: sa.Connection, name: str) -> None:
+    """ImportedSweep when the sweep called `name` was made by `bnsweep import`: its spec text
+    lists the files imported into it, and its trials are runs bnsweep did not train."""
+    text = conn.scalar(sa.select(Sweep.spec_text).where(Sweep.name == name))
+    if text is not None and imported_origins(text) is not None:
+        raise ImportedSweep(
+            f"sweep {name!r} holds runs imported by `bnsweep import`; a launch would replace its "
+            "record of the imported files: give the spec another `name:`"
+        )

@@ -17,6 +17,7 @@ from bnsweep import cli
 from bnsweep.store.api import Store
 from bnsweep.store.columns import IMPORTED_HOST
 from bnsweep.store.events import TrialFinished, TrialStarted
+from bnsweep.store.writes import ImportedSweep
 from bnsweep.workers import spec as spec_module
 from bnsweep.workers.spec import TrialSpec
 from tests.analysis.test_import_frame import MLFLOW_MAPPING, SCORES, mlflow_frame, wandb_csv
@@ -213,6 +214,29 @@ def test_a_launched_sweep_is_never_imported_into(bnsweep: Run, url: str, tmp_pat
     code, _, err = bnsweep("import", mlflow_csv(tmp_path / "a.csv"), "--sweep", "native",
                            "--db", url, *MAPS)  # fmt: skip
     assert code == 2 and "registered by `bnsweep launch`" in err
+    pd.testing.assert_frame_equal(trials_of(url), before)
+
+
+def test_a_launch_never_replaces_an_imported_sweep(bnsweep: Run, url: str, tmp_path: Path) -> None:
+    """The other direction: a spec named like an imported sweep is refused before the launch
+    writes or starts anything, and the import's record of its files stays as it was."""
+    assert bnsweep("import", mlflow_csv(tmp_path / "a.csv"), "--sweep", "ext", "--db", url,
+                   *MAPS)[0] == 0  # fmt: skip
+    with Store.open(url, read_only=True) as store:
+        record = store.get_sweep("ext")
+    before = trials_of(url)
+    spec = tmp_path / "ext.yaml"
+    spec.write_text(
+        "name: ext\ndefaults: {dataset: digits, arch: resnet8, epochs: 1, device: cpu}\n"
+        "grids: [{bn_scale_init: [0.1]}]\nbase: true\nseeds: 2\n"
+    )
+    code, _, err = bnsweep("launch", str(spec), "--db", url)
+    assert code == 2 and "holds runs imported by `bnsweep import`" in err
+    assert len(err.strip().splitlines()) == 1
+    with Store.open(url) as store:
+        assert store.get_sweep("ext") == record
+        with pytest.raises(ImportedSweep):
+            store.register_sweep("ext", "name: ext\n", [TrialSpec(seed=1)])
     pd.testing.assert_frame_equal(trials_of(url), before)
 
 
