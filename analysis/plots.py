@@ -678,12 +678,12 @@ def _trend_figure(
             )
         ax.set_xticks(sorted(panel["epochs"].unique().astype(float)))
         ax.set_xlabel("training length (epochs)")
-        ax.set_ylabel("test accuracy − BASE (points), paired by seed")
+        ax.set_ylabel("test accuracy − BASE (points)")
         title = _panel_title(cv, columns)
         ax.set_title(title, fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, title=shared or None, title_fontsize=7)
-    heading = f"Mean paired difference to BASE, {confidence:.0%} CI"
+    heading = f"Mean paired difference to BASE (seed by seed), {confidence:.0%} CI"
     fig.suptitle(heading + (f"\n{label}" if label else ""), fontsize=10)
     return fig
 
