@@ -218,3 +218,28 @@ def test_the_cli_offers_the_registered_kinds() -> None:
     from bnsweep.commands import report
 
     assert set(report.PLOT_KINDS) == set(PLOT_KINDS)
+
+
+#: What each registered kind writes, by file-name prefix, from trials and per-epoch rows alone.
+KIND_PREFIXES = {
+    "all": {"accuracy_vs_gamma", "validation_curves"},
+    "gamma": {"accuracy_vs_gamma"},
+    "curves": {"validation_curves"},
+    "diagnostics": set(),  # no diagnostics frame: nothing to draw, no error
+    "trend": {"trend"},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PLOT_KINDS))
+def test_every_registered_kind_draws_its_figures(kind: str, tmp_path: Path) -> None:
+    from bnsweep.analysis.plots import PlotInputs
+
+    trials = _trials()
+    epochs = pd.concat(
+        [trials.assign(epoch=e, val_acc=trials["test_acc"] - 0.01 * (3 - e)) for e in (1, 2, 3)],
+        ignore_index=True,
+    )
+    paths = PLOT_KINDS[kind](PlotInputs(trials, epochs), tmp_path, ("svg",))
+    prefixes = {"accuracy_vs_gamma", "validation_curves", "trend", "bn_", "gradient_factor"}
+    assert {x for p in paths for x in prefixes if p.name.startswith(x)} == KIND_PREFIXES[kind]
+    assert all(p.stat().st_size > 1000 for p in paths)
