@@ -9,13 +9,17 @@ Readability rules every figure follows: a legend names only what differs between
 all of them share goes into the title), BASE is drawn first and underneath so an arm that
 tracks it (γ = 1, c = 100) stays visible, and spread is shown as error bars offset per arm rather
 than as overlapping bands.
+
+`plot_trend` draws the paired difference to BASE against training length (`epochs`), and
+`PLOT_KINDS` names each set of figures for `bnsweep plots --kind`.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -571,3 +575,154 @@ def _new_grid(nrows: int, ncols: int) -> tuple[Figure, Any]:
 
     fig = Figure(figsize=(4.5 * ncols, 3.0 * nrows + 0.6), layout="constrained")
     return fig, fig.subplots(nrows, ncols, squeeze=False, sharex="col")
+
+
+# -- the paired difference to BASE by training length -------------------------------------------
+
+
+def trend_points(trials: pd.DataFrame, options: AnalysisOptions | None = None) -> pd.DataFrame:
+    """Per experiment and arm: the mean paired difference arm − BASE of test accuracy in
+    percentage points, its two-sided CI and the number of pairs, from the same pairing
+    (`pair_with_base`) and statistics (`evaluate_comparisons`) the tables use.
+
+    One row per comparison, with the experiment fields as columns (`epochs` among them), the arm
+    fields, `n`, `mean_diff`, `ci_low` and `ci_high`. Refuses a frame whose comparisons have
+    fewer than two `epochs` values: a trend needs the same arms trained for several lengths."""
+    from bnsweep.analysis.pairing import AnalysisError, pair_with_base
+    from bnsweep.analysis.stats import evaluate_comparisons
+
+    options = options or AnalysisOptions()
+    comparisons = pair_with_base(trials, options.exclude_diverged)
+    stats = evaluate_comparisons(comparisons, options)
+    rows = [
+        {
+            **comp.experiment_dict,
+            "formulation": comp.arm.formulation,
+            "bn_scale_init": comp.arm.gamma,
+            "bn_lr_divisor": comp.arm.c,
+            "n": cell.n,
+            "mean_diff": cell.mean_diff,
+            "ci_low": cell.ci_low,
+            "ci_high": cell.ci_high,
+        }
+        for comp, cell in zip(comparisons, stats, strict=True)
+    ]
+    points = pd.DataFrame(rows)
+    lengths = sorted(points["epochs"].unique()) if "epochs" in points.columns else []
+    if len(lengths) < 2:
+        found = f"only epochs={lengths[0]:g}" if lengths else "no arm paired with BASE"
+        raise AnalysisError(
+            "trend: needs the same arms paired with BASE at two or more `epochs` values; "
+            f"this sweep has {found} (launch a spec with an epochs grid, e.g. "
+            "configs/demo-long.yaml)"
+        )
+    return points
+
+
+def plot_trend(
+    trials: pd.DataFrame,
+    out_dir: str | Path,
+    layout: TableLayout | None = None,
+    options: AnalysisOptions | None = None,
+    formats: Sequence[str] = FORMATS,
+) -> list[Path]:
+    """The mean paired difference arm − BASE (percentage points, the tables' Δ) against
+    `epochs`, with its CI as error bars, one line per arm: whether a gap seen in short training
+    closes, holds or opens with longer training. One figure per experiment group (everything but
+    `epochs`, the arm and the layout's columns), one panel per column value (α by default)."""
+    columns = (layout or TableLayout()).columns
+    options = options or AnalysisOptions()
+    points = trend_points(trials, options)
+    fields = [f for f in EXPERIMENT_FIELDS if f != "epochs"]
+    group_fields, col_values = _panels(points, columns, fields)
+    paths: list[Path] = []
+    for label, part in _groups(points, group_fields):
+        fig = _trend_figure(part, columns, col_values, options.confidence, label)
+        stem = "trend" + (f"_{_slug(label)}" if label else "")
+        paths += _save(fig, Path(out_dir), stem, formats)
+    return paths
+
+
+def _trend_figure(
+    points: pd.DataFrame, columns: str, col_values: list[Any], confidence: float, label: str
+) -> Figure:
+    fig, axes = _new_figure(len(col_values))
+    for ax, cv in zip(axes, col_values, strict=True):
+        panel = points if cv is None else points[points[columns] == cv]
+        # BASE is the zero line: each point is already a difference to it, seed by seed.
+        ax.axhline(0.0, color="0.25", linestyle="--", linewidth=2.0, zorder=1, label="BASE")
+        arms = sorted(panel.groupby(list(ARM_FIELDS), sort=True), key=lambda kv: kv[0])
+        names, shared = arm_labels([arm for arm, _ in arms])
+        steps = np.diff(np.sort(panel["epochs"].unique().astype(float)))
+        # Bars of neighbouring arms nudged apart by at most a quarter of the epochs spacing.
+        width = 0.25 * float(steps.min()) if len(steps) else 0.0
+        for k, (arm, line) in enumerate(arms):
+            line = line.sort_values("epochs")
+            x = line["epochs"].to_numpy(dtype=float)
+            if len(arms) > 1:
+                x = x + width * (k / (len(arms) - 1) - 0.5)
+            m = line["mean_diff"].to_numpy(dtype=float)
+            low = np.nan_to_num(m - line["ci_low"].to_numpy(dtype=float))
+            high = np.nan_to_num(line["ci_high"].to_numpy(dtype=float) - m)
+            ax.errorbar(
+                x,
+                m,
+                yerr=np.vstack([low, high]),
+                color=f"C{k % 10}",
+                marker="os^v<>"[k % 6],
+                markersize=4,
+                capsize=3,
+                linewidth=1.2,
+                zorder=3,
+                label=names[arm],
+            )
+        ax.set_xticks(sorted(panel["epochs"].unique().astype(float)))
+        ax.set_xlabel("training length (epochs)")
+        ax.set_ylabel("test accuracy − BASE (points)")
+        title = _panel_title(cv, columns)
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, title=shared or None, title_fontsize=7)
+    heading = f"Mean paired difference to BASE (seed by seed), {confidence:.0%} CI"
+    fig.suptitle(heading + (f"\n{label}" if label else ""), fontsize=10)
+    return fig
+
+
+# -- plot kinds: what `bnsweep plots --kind NAME` draws ------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlotInputs:
+    """What a plot kind draws from: a sweep's trials, epochs and BN diagnostics frames (the
+    store's), and the table layout its spec names."""
+
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    diagnostics: pd.DataFrame | None = None
+    layout: TableLayout | None = None
+
+    @property
+    def columns(self) -> str:
+        return (self.layout or TableLayout()).columns
+
+
+#: name → (inputs, output folder, file formats) → paths written.
+PlotKind = Callable[[PlotInputs, Path, Sequence[str]], list[Path]]
+
+
+def _diagnostics_kind(inputs: PlotInputs, out_dir: Path, formats: Sequence[str]) -> list[Path]:
+    if inputs.diagnostics is None or inputs.diagnostics.empty:
+        return []
+    return plot_diagnostics(inputs.diagnostics, out_dir, inputs.trials, inputs.columns, formats)
+
+
+PLOT_KINDS: dict[str, PlotKind] = {
+    # The default set, as before kinds existed: every figure that needs one training length.
+    "all": lambda d, out, fmt: make_plots(d.trials, d.epochs, out, d.layout, d.diagnostics, fmt),
+    "gamma": lambda d, out, fmt: plot_accuracy_vs_gamma(d.trials, out, d.layout, formats=fmt),
+    "curves": lambda d, out, fmt: plot_validation_curves(
+        d.epochs, out, d.trials, d.columns, formats=fmt
+    ),
+    "diagnostics": _diagnostics_kind,
+    "trend": lambda d, out, fmt: plot_trend(d.trials, out, d.layout, formats=fmt),
+}

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 # registries in bnsweep.analysis.stats.
 CORRECTIONS = ("none", "holm")
 TESTS = ("t", "wilcoxon")
+# Literal for the same reason (matplotlib and pandas stay unloaded); a test keeps them equal to
+# bnsweep.analysis.plots.PLOT_KINDS.
+PLOT_KINDS = ("all", "curves", "diagnostics", "gamma", "trend")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -118,12 +121,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Accuracy against γ (log axis) per α with ± std bars and the BASE level, "
         "validation-accuracy curves per arm (mean ± std over seeds), and from the BN diagnostics: "
         "γ/β drift per layer at the end of training, the >6σ fraction over epochs, and the "
-        "gradient factor per layer at initialisation per γ (docs/diagnostics.md).",
+        "gradient factor per layer at initialisation per γ (docs/diagnostics.md). --kind trend: "
+        "each arm's mean paired difference to BASE with its CI against epochs (docs/analysis.md).",
     )
     plots.add_argument(
         "--sweep", metavar="NAME", help="a sweep registered in the store (default: all trials)"
     )
     plots.add_argument("--out", help="output folder (default: plots/<sweep>)")
+    plots.add_argument(
+        "--kind",
+        choices=PLOT_KINDS,
+        default="all",
+        help="which figures: all (default: accuracy vs γ, curves, diagnostics), one of those, or "
+        "trend (the paired difference to BASE against epochs; needs several epochs values)",
+    )
     plots.add_argument(
         "--db",
         metavar="URL",
@@ -240,7 +251,8 @@ def run_tables(args: argparse.Namespace) -> int:
 
 
 def run_plots(args: argparse.Namespace) -> int:
-    from bnsweep.analysis.plots import make_plots
+    from bnsweep.analysis.plots import FORMATS as FIGURE_FORMATS
+    from bnsweep.analysis.plots import PLOT_KINDS, PlotInputs
     from bnsweep.store.results import load_diagnostics, load_results, sweep_report
 
     trials, epochs = load_results(args.db, args.sweep)
@@ -248,7 +260,8 @@ def run_plots(args: argparse.Namespace) -> int:
     report = sweep_report(args.db, args.sweep) if args.sweep else None
     default = Path("plots") / safe_name(args.sweep or "all")
     out = _out_folder(default if args.out is None else args.out)
-    paths = make_plots(trials, epochs, out, table_layout(report, None), diagnostics=diagnostics)
+    inputs = PlotInputs(trials, epochs, diagnostics, table_layout(report, None))
+    paths = PLOT_KINDS[args.kind](inputs, out, FIGURE_FORMATS)
     for path in paths:
         print(path)
     if not paths:
