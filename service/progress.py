@@ -7,13 +7,12 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.live import Live
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.live import Live
 
-from bnsweep.plan import Cell
+    from bnsweep.plan import Cell
 
 
 class Progress:
@@ -44,8 +43,12 @@ class Progress:
         self.started_at = time.monotonic()
         self._last = -math.inf
         self._changed = True
-        self._live = None
+        self._live: Live | None = None
         if getattr(self.stream, "isatty", lambda: False)():
+            # rich only for a terminal: the dashboard imports this module for `eta_from_rate`.
+            from rich.console import Console
+            from rich.live import Live
+
             self._live = Live(
                 console=Console(file=self.stream), refresh_per_second=2, transient=False
             )
@@ -114,6 +117,8 @@ class Progress:
 
     def refresh(self, force: bool = False) -> None:
         if self._live is not None:
+            from rich.text import Text
+
             self._live.update(Text(self.line()))  # Text: plain, no markup or number colouring
             return
         now = time.monotonic()
@@ -124,6 +129,8 @@ class Progress:
 
     def close(self) -> None:
         if self._live is not None:
+            from rich.text import Text
+
             self._live.update(Text(self.line()))
             self._live.stop()
         else:
