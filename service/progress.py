@@ -15,6 +15,18 @@ if TYPE_CHECKING:
     from bnsweep.plan import Cell
 
 
+def eta_from_rate(epochs_left: float, epochs_trained: float, elapsed: float) -> float | None:
+    """Seconds until `epochs_left` more epochs are trained, at the rate so far: `epochs_trained`
+    in `elapsed` seconds. None before the first epoch (no rate yet).
+
+    The one rule of every ETA bnsweep shows: the launch's progress line (from its own events)
+    and the dashboard's (from the store's epoch rows, `bnsweep.web.view.estimate_eta`).
+    """
+    if epochs_trained <= 0:
+        return None
+    return epochs_left * elapsed / epochs_trained
+
+
 class Progress:
     """Cells done / running / pending / failed and an ETA, on a stream (stderr by default).
 
@@ -87,10 +99,8 @@ class Progress:
 
     def eta(self, elapsed: float) -> float | None:
         """Seconds left at the rate so far; None before the first epoch."""
-        if self.trained == 0:
-            return None
         left = sum(max(n - self.reached.get(key, 0), 0) for key, n in self.planned.items())
-        return left * elapsed / self.trained
+        return eta_from_rate(left, self.trained, elapsed)
 
     #: The progress line fits a terminal of this many columns (and a Slurm log line).
     WIDTH = 80

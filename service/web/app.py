@@ -302,10 +302,13 @@ def create_app(
         )
 
     @app.get("/sweeps/{name}/trials/{trial_id}", response_class=HTMLResponse)
-    def trial(name: str, trial_id: int) -> HTMLResponse:
+    def trial(name: str, trial_id: int, fragment: str | None = None) -> HTMLResponse:
         snap = reader.snapshot()
         return html(
-            snap.page(("trial", name, trial_id), lambda: build.trial(snap, site, name, trial_id))
+            snap.page(
+                ("trial", name, trial_id, fragment),
+                lambda: build.trial(snap, site, name, trial_id, fragment=fragment),
+            )
         )
 
     # -- the JSON API ------------------------------------------------------------------------

@@ -89,6 +89,7 @@ def sweep(
     overview = snap.overview(name)
     parts = (
         overview,
+        snap.running(name),
         query,
         tables_or_reason(snap, name, query),
         snap.status(name),
@@ -97,7 +98,9 @@ def sweep(
     if fragment is not None:
         text = pages.sweep_fragment(fragment, site, *parts)
         if text is None:
-            raise NotFound(f"no section {fragment!r} on this page; it has: progress, table, status")
+            raise NotFound(
+                f"no section {fragment!r} on this page; it has: progress, running, table, status"
+            )
         return text
     return pages.sweep_page(site, *parts)
 
@@ -271,7 +274,14 @@ def parse_where(text: str) -> TrialFilter:
     return TrialFilter.parse(text)
 
 
-def trial(snap: Snapshot, site: Site, name: str, trial_id: int, figure: bool = True) -> str:
+def trial(
+    snap: Snapshot,
+    site: Site,
+    name: str,
+    trial_id: int,
+    figure: bool = True,
+    fragment: str | None = None,
+) -> str:
     frame = snap.trials(name)
     rows = frame[frame["trial_id"] == trial_id]
     if rows.empty:
@@ -282,6 +292,10 @@ def trial(snap: Snapshot, site: Site, name: str, trial_id: int, figure: bool = T
     diagnostics = snap.diagnostics(name)
     diagnostics = diagnostics[diagnostics["trial_id"] == trial_id]
     drawn = trial_figure(epochs) if figure else None
+    if fragment == "trial":
+        return pages.trial_body(site, name, record, epochs, diagnostics, drawn)
+    if fragment is not None:
+        raise NotFound(f"no section {fragment!r} on this page; it has: trial")
     return pages.trial_page(site, name, record, epochs, diagnostics, drawn)
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "layout",
     "num",
     "plain_table",
+    "scroll",
     "section",
     "time",
 ]
@@ -126,3 +127,9 @@ def plain_table(
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table{attrs}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def scroll(table: str) -> str:
+    """A table in a box of its own that scrolls sideways when the table is wider than the
+    screen, so the page itself never does (a phone's 390 px)."""
+    return f'<div class="scroll">{table}</div>'

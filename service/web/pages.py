@@ -14,8 +14,16 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bnsweep.analysis.render.html_page import html_cell
-from bnsweep.web.frame import Site, esc, layout, num, plain_table, section, time
-from bnsweep.web.view import COUNT_ORDER, Failure, Progress, SweepOverview, TableQuery, cell_id
+from bnsweep.web.frame import Site, esc, layout, num, plain_table, scroll, section, time
+from bnsweep.web.view import (
+    COUNT_ORDER,
+    Failure,
+    Progress,
+    RunningTrial,
+    SweepOverview,
+    TableQuery,
+    cell_id,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -92,6 +100,41 @@ def progress_section(overview: SweepOverview) -> str:
         f'<p>ETA: <span class="eta">{esc(p.eta_text)}</span> · last update '
         f"{esc(time(p.last_update))}</p>"
     )
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.2f} %"
+
+
+def epoch_counter(epoch: int, epochs: int) -> str:
+    """The "epoch 3 of 10" counter and a bar of it; "no epoch yet" before the first is stored."""
+    text = f"epoch {epoch} of {epochs}" if epoch else f"no epoch yet (of {epochs})"
+    width = 100.0 * min(epoch, epochs) / epochs if epochs else 0.0
+    return (
+        f'<span class="epochs" data-epoch="{epoch}" data-epochs="{epochs}">'
+        f'<span class="bar small"><span class="bar-running" style="width:{width:.2f}%"></span>'
+        f"</span>{esc(text)}</span>"
+    )
+
+
+def running_section(site: Site, name: str, running: Sequence[RunningTrial]) -> str:
+    """The running cells, each with its epoch counter and its last stored epoch's metrics."""
+    if not running:
+        return ""
+    rows = [
+        [
+            site.trial_link(name, r.trial_id, f"{r.arm} · seed {r.seed}"),
+            epoch_counter(r.epoch, r.epochs),
+            _percent(r.val_acc),
+            _percent(r.test_acc),
+            num(r.train_loss),
+            esc(r.host),
+            esc(time(r.started_at)),
+        ]
+        for r in running
+    ]
+    headers = ["running cell", "epoch", "val acc", "test acc", "train loss", "host", "started"]
+    return "<h2>Running</h2>" + scroll(plain_table(headers, rows, cls="running"))
 
 
 def _options(name: str, values: Sequence[tuple[str, str]], selected: str) -> str:
@@ -272,6 +315,7 @@ def _recipe_block(overview: SweepOverview) -> str:
 def sweep_page(
     site: Site,
     overview: SweepOverview,
+    running: Sequence[RunningTrial],
     query: TableQuery,
     tables: Sequence[Table] | str,
     status: SweepStatus,
@@ -281,6 +325,7 @@ def sweep_page(
     body = "\n".join(
         [
             section("progress", progress_section(overview), site),
+            section("running", running_section(site, name, running), site),
             _recipe_block(overview),
             sweep_links(site, name),
             "<h2>Table</h2>",
@@ -296,6 +341,7 @@ def sweep_fragment(
     ident: str,
     site: Site,
     overview: SweepOverview,
+    running: Sequence[RunningTrial],
     query: TableQuery,
     tables: Sequence[Table] | str,
     status: SweepStatus,
@@ -304,6 +350,8 @@ def sweep_fragment(
     """The inner HTML of one refreshable section of the sweep page (None: no such section)."""
     if ident == "progress":
         return progress_section(overview)
+    if ident == "running":
+        return running_section(site, overview.name, running)
     if ident == "table":
         return table_section(site, overview.name, tables, query)
     if ident == "status":
@@ -503,9 +551,29 @@ def trial_page(
     diagnostics: pd.DataFrame,
     figure: SvgFigure | None,
 ) -> str:
+    """A trial's spec, result, epochs and diagnostics; refreshed in place while it runs."""
+    n = site.sweep(name)
+    body = trial_body(site, name, trial, epochs, diagnostics, figure)
+    title = f"Trial {trial['trial_id']} (seed {trial['seed']})"
+    return layout(
+        site,
+        title,
+        section("trial", body, site, live=trial.get("status") == "running"),
+        [(name, site.page("sweeps", n)), ("trials", site.page("sweeps", n, "trials"))],
+    )
+
+
+def trial_body(
+    site: Site,
+    name: str,
+    trial: Mapping[str, Any],
+    epochs: pd.DataFrame,
+    diagnostics: pd.DataFrame,
+    figure: SvgFigure | None,
+) -> str:
+    """The inner HTML of a trial page (its refreshed section)."""
     from bnsweep.store.columns import SPEC_COLUMNS
 
-    n = site.sweep(name)
     spec = "".join(
         f"<dt>{esc(c)}</dt><dd>{esc(_cell_text(trial[c]))}</dd>"
         for c in ("spec_hash", "seed", *SPEC_COLUMNS)
@@ -516,7 +584,21 @@ def trial_page(
         for c in result_names
         if c != "error"
     )
-    parts = [
+    parts = []
+    if trial.get("status") == "running":
+        last = epochs.iloc[-1] if not epochs.empty else None
+        metrics = (
+            f" · val acc {_percent(_float(last['val_acc']))}"
+            f" · test acc {_percent(_float(last['test_acc']))}"
+            f" · train loss {num(_float(last['train_loss']))}"
+            if last is not None
+            else ""
+        )
+        reached = int(epochs["epoch"].max()) if not epochs.empty else 0
+        parts.append(
+            f'<p class="live">Running: {epoch_counter(reached, int(trial["epochs"]))}{metrics}</p>'
+        )
+    parts += [
         '<div class="columns">',
         f'<div><h2>Spec</h2><dl class="recipe">{spec}</dl></div>',
         f'<div><h2>Result, host and attempts</h2><dl class="recipe">{result}</dl></div>',
@@ -570,13 +652,12 @@ def trial_page(
                 cls="diag sortable",
             )
         )
-    title = f"Trial {trial['trial_id']} (seed {trial['seed']})"
-    return layout(
-        site,
-        title,
-        "\n".join(parts),
-        [(name, site.page("sweeps", n)), ("trials", site.page("sweeps", n, "trials"))],
-    )
+    return "\n".join(parts)
+
+
+def _float(value: Any) -> float | None:
+    """A frame's value as a float, None where it is missing (NaN)."""
+    return None if value is None or value != value else float(value)
 
 
 _XMLNS = re.compile(r'\s+xmlns(?::\w+)?="[^"]*"')

@@ -157,7 +157,7 @@ def test_each_state_says_what_it_is(state_url: tuple[str, str]) -> None:
         page = client.get("/sweeps/demo").text
         expected = {
             "pending": "No table yet",
-            "running": "about",  # an ETA from the store: running cells, completed durations
+            "running": "estimating…",  # no epoch of this launch stored yet: no rate (test_live)
             "failed": "RuntimeError: CUDA OOM",
             "diverged": "Diverged runs",  # counted or left out, the note says where
             "no_base": "No BASE arm",
