@@ -216,7 +216,8 @@ def table_html(site: Site, name: str, table: Table, query: TableQuery) -> str:
                     f' data-column="{esc(table.column_labels[j])}"'
                     f' data-significant="{str(cell.significant).lower()}"'
                     f' data-best="{str(cell.best).lower()}" data-p="{num(p, 8)}">'
-                    f'<a href="{esc(href)}">{html_cell(cell)}</a></td>'
+                    f'<a class="cell" href="{esc(href)}" title="{esc(cell_hover(cell, query))}">'
+                    f"{html_cell(cell)}</a></td>"
                 )
             parts.append(
                 f"<tr{attr}>"
@@ -227,6 +228,21 @@ def table_html(site: Site, name: str, table: Table, query: TableQuery) -> str:
     parts.append("</tbody></table>")
     parts += [f'<p class="note">{esc(x)}</p>' for x in table.notes_under()]
     return "\n".join(parts)
+
+
+def cell_hover(cell: Cell, query: TableQuery) -> str:
+    """What a click on a table cell shows, as its hover text: "15 seed pairs, t, p, CI and d_z
+    for rbn γ=0.1 c=100 vs BASE", or the seeds of a cell that is not compared."""
+    from bnsweep.analysis.pairing import arm_label
+
+    arm = arm_label(cell.arm)
+    if cell.stats is None:
+        return f"the {cell.n_runs} runs of {arm} by seed (not compared)"
+    statistic = "W+" if cell.stats.test == "wilcoxon" else "t"
+    return (
+        f"{cell.stats.n} seed pairs, {statistic}, p, CI and d_z for {arm} "
+        f"vs {query.versus or 'BASE'}"
+    )
 
 
 def table_section(site: Site, name: str, tables: Sequence[Table] | str, query: TableQuery) -> str:

@@ -76,3 +76,18 @@ def test_a_trial_page_refreshes_while_its_trial_runs(tmp_path: Path) -> None:
         page = client.get(path).text
         assert re.search(r'<section id="trial">', page)  # finished: nothing left to refresh
         assert "Running: " not in page
+
+
+def test_table_cells_are_links_that_say_what_they_open(tmp_path: Path) -> None:
+    url = make_store(tmp_path / "done.db", "finished")
+    with TestClient(create_app(url)) as client:
+        page = client.get("/sweeps/demo").text
+        cells = re.findall(r'<a class="cell" href="([^"]+)" title="([^"]+)">', page)
+        assert cells
+        hovers = {title for _, title in cells}
+        assert "3 seed pairs, t, p, CI and d_z for standard γ=0.1 c=100 vs BASE" in hovers
+        assert any(title.startswith("the 3 runs of BASE by seed") for title in hovers)
+        href = next(h for h, t in cells if "γ=0.1" in t).replace("&amp;", "&")
+        assert 'data-stat="p"' in client.get(href).text  # the cell page, with its p
+        wilcoxon = client.get("/sweeps/demo", params={"test": "wilcoxon"}).text
+        assert "seed pairs, W+, p, CI and d_z" in wilcoxon
