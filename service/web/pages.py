@@ -519,7 +519,7 @@ def _figure(site: Site, sweep: str, fig: SvgFigure) -> str:
 # -- trials -----------------------------------------------------------------------------------
 
 
-def _cell_text(value: Any) -> str:
+def cell_text(value: Any) -> str:
     import pandas as pd
 
     if value is None or (not isinstance(value, str) and pd.isna(value)):
@@ -538,23 +538,34 @@ def trials_page(
     total: int,
     shown_from: int,
     controls_html: str,
+    constant: Sequence[tuple[str, str]] = (),
 ) -> str:
+    """One page of trials in `frame`'s columns (`trial_id` first, a link to the trial), under
+    the fields that have one value in every trial."""
     n = site.sweep(name)
-    columns = [c for c in frame.columns if c != "error"]
+    columns = list(frame.columns)
     rows = []
-    for record in frame[columns].itertuples(index=False):
-        values = [esc(_cell_text(v)) for v in record]
-        values[0] = site.trial_link(name, int(record[0]), _cell_text(record[0]))
+    for record in frame.itertuples(index=False):
+        values = [esc(cell_text(v)) for v in record]
+        values[0] = site.trial_link(name, int(record[0]), cell_text(record[0]))
         rows.append(values)
     end = shown_from + len(frame)
+    same = (
+        '<p class="constant"><span class="note">In every trial:</span> '
+        + " · ".join(f"{esc(k)} <strong>{esc(v)}</strong>" for k, v in constant)
+        + "</p>"
+        if constant
+        else ""
+    )
     parts = [
         controls_html,
         f"<p>Trials {shown_from + 1 if len(frame) else 0}–{end} of {total} "
-        f'(downloads: <a href="{esc(site.file("sweeps", n, "trials.csv"))}" download>CSV</a>, '
-        f'<a href="{esc(site.file("sweeps", n, "trials.parquet"))}" download>Parquet</a>).'
-        " Click a column to sort; type to filter the rows shown.</p>",
+        f'(downloads, every column: <a href="{esc(site.file("sweeps", n, "trials.csv"))}" '
+        f'download>CSV</a>, <a href="{esc(site.file("sweeps", n, "trials.parquet"))}" '
+        "download>Parquet</a>). Click a column to sort; type to filter the rows shown.</p>",
         '<p><input type="search" data-filter="trials" placeholder="filter rows"></p>',
-        plain_table(columns, rows, cls="trials sortable", ident="trials"),
+        same,
+        scroll(plain_table(columns, rows, cls="trials sortable", ident="trials")),
     ]
     return layout(site, f"Trials of {name}", "\n".join(parts), [(name, site.page("sweeps", n))])
 
@@ -591,12 +602,12 @@ def trial_body(
     from bnsweep.store.columns import SPEC_COLUMNS
 
     spec = "".join(
-        f"<dt>{esc(c)}</dt><dd>{esc(_cell_text(trial[c]))}</dd>"
+        f"<dt>{esc(c)}</dt><dd>{esc(cell_text(trial[c]))}</dd>"
         for c in ("spec_hash", "seed", *SPEC_COLUMNS)
     )
     result_names = [c for c in trial if c not in ("trial_id", "spec_hash", "seed", *SPEC_COLUMNS)]
     result = "".join(
-        f"<dt>{esc(c)}</dt><dd>{esc(_cell_text(trial[c]))}</dd>"
+        f"<dt>{esc(c)}</dt><dd>{esc(cell_text(trial[c]))}</dd>"
         for c in result_names
         if c != "error"
     )
@@ -637,7 +648,7 @@ def trial_body(
     parts.append(
         plain_table(
             columns,
-            ([esc(_cell_text(v)) for v in r] for r in epochs[columns].itertuples(index=False)),
+            ([esc(cell_text(v)) for v in r] for r in epochs[columns].itertuples(index=False)),
             cls="epochs sortable",
         )
         if not epochs.empty
@@ -662,7 +673,7 @@ def trial_body(
             plain_table(
                 columns,
                 (
-                    [esc(_cell_text(v)) for v in r]
+                    [esc(cell_text(v)) for v in r]
                     for r in diagnostics[columns].itertuples(index=False)
                 ),
                 cls="diag sortable",

@@ -74,7 +74,7 @@ def test_every_route_answers_in_every_state(state_url: tuple[str, str]) -> None:
             "/?fragment=sweeps",
             "/sweeps/demo?test=wilcoxon&correction=holm&alpha=0.1&layout=gamma",
             "/sweeps/demo/trials?where=status%3Dcompleted&sort=seed&desc=1",
-            "/sweeps/demo/trials?start=5",
+            "/sweeps/demo/trials?page=2&per_page=5&columns=seed,test_acc",
             "/api/sweeps/demo/status",
             "/api/sweeps/demo/trials?where=seed%3D1",
         ]
