@@ -134,7 +134,7 @@ def running_section(site: Site, name: str, running: Sequence[RunningTrial]) -> s
         for r in running
     ]
     headers = ["running cell", "epoch", "val acc", "test acc", "train loss", "host", "started"]
-    return "<h2>Running</h2>" + scroll(plain_table(headers, rows, cls="running"))
+    return "<h2>Running</h2>" + plain_table(headers, rows, cls="running")
 
 
 def _options(name: str, values: Sequence[tuple[str, str]], selected: str) -> str:
@@ -226,6 +226,7 @@ def table_html(site: Site, name: str, table: Table, query: TableQuery) -> str:
                 + "</tr>"
             )
     parts.append("</tbody></table>")
+    parts = [scroll("\n".join(parts))]
     parts += [f'<p class="note">{esc(x)}</p>' for x in table.notes_under()]
     return "\n".join(parts)
 
@@ -432,12 +433,14 @@ def cell_page(
                 )
             )
         parts.append(
-            '<table class="stats">'
-            + "".join(
-                f'<tr><th scope="row">{esc(k)}</th><td data-stat="{esc(k)}">{esc(v)}</td></tr>'
-                for k, v in stats_rows
+            scroll(
+                '<table class="stats">'
+                + "".join(
+                    f'<tr><th scope="row">{esc(k)}</th><td data-stat="{esc(k)}">{esc(v)}</td></tr>'
+                    for k, v in stats_rows
+                )
+                + "</table>"
             )
-            + "</table>"
         )
     if comp is not None:
         rows = []
@@ -565,7 +568,7 @@ def trials_page(
         "download>Parquet</a>). Click a column to sort; type to filter the rows shown.</p>",
         '<p><input type="search" data-filter="trials" placeholder="filter rows"></p>',
         same,
-        scroll(plain_table(columns, rows, cls="trials sortable", ident="trials")),
+        plain_table(columns, rows, cls="trials sortable", ident="trials"),
     ]
     return layout(site, f"Trials of {name}", "\n".join(parts), [(name, site.page("sweeps", n))])
 
