@@ -7,13 +7,24 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.live import Live
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.live import Live
 
-from bnsweep.plan import Cell
+    from bnsweep.plan import Cell
+
+
+def eta_from_rate(epochs_left: float, epochs_trained: float, elapsed: float) -> float | None:
+    """Seconds until `epochs_left` more epochs are trained, at the rate so far: `epochs_trained`
+    in `elapsed` seconds. None before the first epoch (no rate yet).
+
+    The one rule of every ETA bnsweep shows: the launch's progress line (from its own events)
+    and the dashboard's (from the store's epoch rows, `bnsweep.web.view.estimate_eta`).
+    """
+    if epochs_trained <= 0:
+        return None
+    return epochs_left * elapsed / epochs_trained
 
 
 class Progress:
@@ -44,8 +55,12 @@ class Progress:
         self.started_at = time.monotonic()
         self._last = -math.inf
         self._changed = True
-        self._live = None
+        self._live: Live | None = None
         if getattr(self.stream, "isatty", lambda: False)():
+            # rich only for a terminal: the dashboard imports this module for `eta_from_rate`.
+            from rich.console import Console
+            from rich.live import Live
+
             self._live = Live(
                 console=Console(file=self.stream), refresh_per_second=2, transient=False
             )
@@ -84,10 +99,8 @@ class Progress:
 
     def eta(self, elapsed: float) -> float | None:
         """Seconds left at the rate so far; None before the first epoch."""
-        if self.trained == 0:
-            return None
         left = sum(max(n - self.reached.get(key, 0), 0) for key, n in self.planned.items())
-        return left * elapsed / self.trained
+        return eta_from_rate(left, self.trained, elapsed)
 
     #: The progress line fits a terminal of this many columns (and a Slurm log line).
     WIDTH = 80
@@ -114,6 +127,8 @@ class Progress:
 
     def refresh(self, force: bool = False) -> None:
         if self._live is not None:
+            from rich.text import Text
+
             self._live.update(Text(self.line()))  # Text: plain, no markup or number colouring
             return
         now = time.monotonic()
@@ -124,6 +139,8 @@ class Progress:
 
     def close(self) -> None:
         if self._live is not None:
+            from rich.text import Text
+
             self._live.update(Text(self.line()))
             self._live.stop()
         else:

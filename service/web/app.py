@@ -289,23 +289,35 @@ def create_app(
 
     @app.get("/sweeps/{name}/trials", response_class=HTMLResponse)
     def trials(
-        name: str, where: str = "", sort: str = "", desc: str = "", start: int = 0
+        name: str,
+        request: Request,
+        where: str = "",
+        sort: str = "",
+        desc: str = "",
+        page: int = 1,
+        per_page: int = build.TRIALS_PER_PAGE,
     ) -> HTMLResponse:
         filters = build.parse_where(where)
+        columns = build.split_columns(request.query_params.getlist("columns"))
         snap = reader.snapshot()
-        key = ("trials", name, where, sort, desc, start)
+        key = ("trials", name, where, sort, desc, page, per_page, columns)
         return html(
             snap.page(
                 key,
-                lambda: build.trials(snap, site, name, filters, sort or None, bool(desc), start),
+                lambda: build.trials(
+                    snap, site, name, filters, sort or None, bool(desc), page, per_page, columns
+                ),
             )
         )
 
     @app.get("/sweeps/{name}/trials/{trial_id}", response_class=HTMLResponse)
-    def trial(name: str, trial_id: int) -> HTMLResponse:
+    def trial(name: str, trial_id: int, fragment: str | None = None) -> HTMLResponse:
         snap = reader.snapshot()
         return html(
-            snap.page(("trial", name, trial_id), lambda: build.trial(snap, site, name, trial_id))
+            snap.page(
+                ("trial", name, trial_id, fragment),
+                lambda: build.trial(snap, site, name, trial_id, fragment=fragment),
+            )
         )
 
     # -- the JSON API ------------------------------------------------------------------------

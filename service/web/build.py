@@ -12,7 +12,7 @@ import io
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +89,7 @@ def sweep(
     overview = snap.overview(name)
     parts = (
         overview,
+        snap.running(name),
         query,
         tables_or_reason(snap, name, query),
         snap.status(name),
@@ -97,7 +98,9 @@ def sweep(
     if fragment is not None:
         text = pages.sweep_fragment(fragment, site, *parts)
         if text is None:
-            raise NotFound(f"no section {fragment!r} on this page; it has: progress, table, status")
+            raise NotFound(
+                f"no section {fragment!r} on this page; it has: progress, running, table, status"
+            )
         return text
     return pages.sweep_page(site, *parts)
 
@@ -210,15 +213,25 @@ def trials(
     where: TrialFilter | None = None,
     sort: str | None = None,
     descending: bool = False,
-    start: int = 0,
+    page: int = 1,
+    per_page: int = TRIALS_PER_PAGE,
+    columns: Sequence[str] = (),
 ) -> str:
+    """The trials page: the chosen columns (default: the spec fields that vary and the
+    results), the fields with one value in every row shown above the table, one page of rows."""
     where = where or TrialFilter()
+    check_paging(page, per_page)
     frame = trials_frame(snap, name, where, sort, descending)
+    chosen = choose_columns(frame, columns)
+    constant = constant_fields(frame, chosen)
     total = len(frame)
     if site.live:
-        start = max(0, min(start, max(0, total - 1)))
-        shown = frame.iloc[start : start + TRIALS_PER_PAGE]
-        html = _trials_controls(site, name, frame.columns, where, sort, descending, start, total)
+        last = max(1, math.ceil(total / per_page))
+        page = min(page, last)
+        start = (page - 1) * per_page
+        shown = frame.iloc[start : start + per_page]
+        state = TrialsState(where, sort, descending, page, per_page, tuple(columns))
+        html = _trials_controls(site, name, frame.columns, chosen, state, last)
     else:
         start, shown = 0, frame.iloc[:STATIC_TRIAL_ROWS]
         html = (
@@ -226,42 +239,148 @@ def trials(
             if total > len(shown)
             else ""
         )
-    return pages.trials_page(site, name, shown, total, start, html)
+    return pages.trials_page(site, name, shown[chosen], total, start, html, constant)
+
+
+#: The trials page's columns when none are chosen, in this order, after the spec fields that
+#: vary: the results first, then where and when the trial ran.
+RESULT_LEAD = (
+    "status",
+    "test_acc",
+    "best_val_acc",
+    "final_test_acc",
+    "best_epoch",
+    "epochs_run",
+    "diverged_epoch",
+    "seconds",
+    "images_per_sec",
+    "attempts",
+    "host",
+    "finished_at",
+)
+#: `per_page` runs from 1 to this.
+MAX_PER_PAGE = 1000
+
+
+def check_paging(page: int, per_page: int) -> None:
+    if page < 1:
+        raise BadRequest(f"page: expected an integer >= 1, got {page}")
+    if not 1 <= per_page <= MAX_PER_PAGE:
+        raise BadRequest(f"per_page: expected an integer from 1 to {MAX_PER_PAGE}, got {per_page}")
+
+
+def split_columns(values: Sequence[str]) -> tuple[str, ...]:
+    """`?columns=a,b&columns=c` (the chooser's checkboxes, or a link's one list) → (a, b, c)."""
+    return tuple(c.strip() for v in values for c in v.split(",") if c.strip())
+
+
+def choose_columns(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
+    """The columns asked for, in the frame's order; none asked: the spec fields with more than
+    one value among these trials, the seed and the results (`RESULT_LEAD`), leaving out those
+    with one value in every row. `trial_id` always leads: it links to the trial's page."""
+    from bnsweep.store.columns import SPEC_COLUMNS
+
+    listed = [c for c in frame.columns if c != "error"]
+    if columns:
+        unknown = [c for c in columns if c not in listed]
+        if unknown:
+            raise BadRequest(
+                f"columns: unknown column {unknown[0]!r}; allowed: {', '.join(listed)}"
+            )
+        return ["trial_id", *(c for c in listed if c in columns and c != "trial_id")]
+    varying = [c for c in (*SPEC_COLUMNS, "seed") if _varies(frame, c)]
+    results = [c for c in RESULT_LEAD if _varies(frame, c)]
+    return ["trial_id", *varying, *results]
+
+
+def _varies(frame: pd.DataFrame, column: str) -> bool:
+    return len(frame) < 2 or frame[column].nunique(dropna=False) > 1
+
+
+def constant_fields(frame: pd.DataFrame, shown: Sequence[str]) -> list[tuple[str, str]]:
+    """The spec fields and results not shown that have one value in every row: one line above
+    the table instead of a column that repeats it."""
+    from bnsweep.store.columns import SPEC_COLUMNS
+
+    if frame.empty:
+        return []
+    out = []
+    for column in ("spec_hash", *SPEC_COLUMNS, "seed", *RESULT_LEAD):
+        if column not in shown and not _varies(frame, column):
+            out.append((column, pages.cell_text(frame[column].iloc[0]) or "–"))
+    return out
+
+
+@dataclass(frozen=True)
+class TrialsState:
+    """What the trials page's URL holds, for the links that keep it (paging, the form)."""
+
+    where: TrialFilter
+    sort: str | None
+    descending: bool
+    page: int
+    per_page: int
+    columns: tuple[str, ...]  # as chosen; () for the default
+
+    def params(self, **changes: Any) -> dict[str, str]:
+        state = replace(self, **changes)
+        query = {
+            "where": state.where.text,
+            "sort": state.sort or "",
+            "desc": "1" if state.descending else "",
+            "columns": ",".join(state.columns),
+            "page": str(state.page) if state.page > 1 else "",
+            "per_page": str(state.per_page) if state.per_page != TRIALS_PER_PAGE else "",
+        }
+        return {k: v for k, v in query.items() if v}
 
 
 def _trials_controls(
     site: Site,
     name: str,
-    columns: Sequence[str],
-    where: TrialFilter,
-    sort: str | None,
-    descending: bool,
-    start: int,
-    total: int,
+    every: Sequence[str],
+    chosen: Sequence[str],
+    state: TrialsState,
+    last: int,
 ) -> str:
-    filters = where.text  # as typed: the box and the links keep the user's own words
+    filters = state.where.text  # as typed: the box and the links keep the user's own words
     options = "".join(
-        f'<option value="{esc(c)}"{" selected" if c == sort else ""}>{esc(c)}</option>'
-        for c in ["", *columns]
+        f'<option value="{esc(c)}"{" selected" if c == state.sort else ""}>{esc(c)}</option>'
+        for c in ["", *every]
     )
-    query = {"where": filters, "sort": sort or "", "desc": "1" if descending else ""}
-    query = {k: v for k, v in query.items() if v}
+    boxes = "".join(
+        f'<label><input type="checkbox" name="columns" value="{esc(c)}"'
+        f"{' checked' if c in chosen else ''}> {esc(c)}</label>"
+        for c in every
+        if c not in ("trial_id", "error")
+    )
     nav = []
-    page = ("sweeps", site.sweep(name), "trials")
-    if start > 0:
-        back = {**query, "start": str(max(0, start - TRIALS_PER_PAGE))}
-        nav.append(f'<a href="{esc(site.page(*page, query=back))}">previous</a>')
-    if start + TRIALS_PER_PAGE < total:
-        ahead = {**query, "start": str(start + TRIALS_PER_PAGE)}
-        nav.append(f'<a href="{esc(site.page(*page, query=ahead))}">next</a>')
+    path = ("sweeps", site.sweep(name), "trials")
+    if state.page > 1:
+        back = state.params(page=state.page - 1)
+        nav.append(f'<a rel="prev" href="{esc(site.page(*path, query=back))}">previous</a>')
+    nav.append(f"page {state.page} of {last}")
+    if state.page < last:
+        ahead = state.params(page=state.page + 1)
+        nav.append(f'<a rel="next" href="{esc(site.page(*path, query=ahead))}">next</a>')
+    default = state.params(columns=())
+    reset = f' · <a href="{esc(site.page(*path, query=default))}">default columns</a>'
     return (
         '<form class="controls" method="get">'
         f'<label>where <input name="where" size="40" value="{esc(filters)}" '
-        'placeholder="status=failed lr=0.1"></label> '
+        'placeholder="status=completed test_acc&gt;0.9" '
+        'title="bnsweep query --where items: FIELD=VALUE, or FIELD&gt;VALUE '
+        '(&gt;=, &lt;, &lt;=, !=)">'
+        "</label> "
         f'<label>sort by <select name="sort">{options}</select></label> '
-        f'<label><input type="checkbox" name="desc" value="1"{" checked" if descending else ""}>'
-        " descending</label> "
-        '<button type="submit">apply</button></form>' + (f"<p>{' · '.join(nav)}</p>" if nav else "")
+        f'<label><input type="checkbox" name="desc" value="1"'
+        f"{' checked' if state.descending else ''}> descending</label> "
+        f'<label>per page <input name="per_page" size="4" value="{state.per_page}"></label> '
+        '<button type="submit">apply</button>'
+        f'<details class="chooser"><summary>columns ({len(chosen) - 1} of {len(every) - 2})'
+        f"</summary><p>{boxes}</p>"
+        '<p><button type="submit">show these columns</button></p></details>'
+        "</form>" + f'<p class="paging">{" · ".join(nav)}{reset}</p>'
     )
 
 
@@ -271,7 +390,14 @@ def parse_where(text: str) -> TrialFilter:
     return TrialFilter.parse(text)
 
 
-def trial(snap: Snapshot, site: Site, name: str, trial_id: int, figure: bool = True) -> str:
+def trial(
+    snap: Snapshot,
+    site: Site,
+    name: str,
+    trial_id: int,
+    figure: bool = True,
+    fragment: str | None = None,
+) -> str:
     frame = snap.trials(name)
     rows = frame[frame["trial_id"] == trial_id]
     if rows.empty:
@@ -282,6 +408,10 @@ def trial(snap: Snapshot, site: Site, name: str, trial_id: int, figure: bool = T
     diagnostics = snap.diagnostics(name)
     diagnostics = diagnostics[diagnostics["trial_id"] == trial_id]
     drawn = trial_figure(epochs) if figure else None
+    if fragment == "trial":
+        return pages.trial_body(site, name, record, epochs, diagnostics, drawn)
+    if fragment is not None:
+        raise NotFound(f"no section {fragment!r} on this page; it has: trial")
     return pages.trial_page(site, name, record, epochs, diagnostics, drawn)
 
 

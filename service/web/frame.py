@@ -25,6 +25,7 @@ __all__ = [
     "layout",
     "num",
     "plain_table",
+    "scroll",
     "section",
     "time",
 ]
@@ -121,8 +122,15 @@ def num(value: Any, digits: int = 4) -> str:
 def plain_table(
     headers: Sequence[str], rows: Iterable[Sequence[str]], cls: str = "", ident: str = ""
 ) -> str:
-    """A plain table; cells are HTML already (escape before)."""
+    """A plain table in its own sideways-scrolling box (`scroll`); cells are HTML already
+    (escape before)."""
     attrs = (f' class="{cls}"' if cls else "") + (f' id="{ident}"' if ident else "")
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table{attrs}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return scroll(f"<table{attrs}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
+def scroll(table: str) -> str:
+    """A table in a box of its own that scrolls sideways when the table is wider than the
+    screen, so the page itself never does (a phone's 390 px)."""
+    return f'<div class="scroll">{table}</div>'

@@ -14,8 +14,16 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bnsweep.analysis.render.html_page import html_cell
-from bnsweep.web.frame import Site, esc, layout, num, plain_table, section, time
-from bnsweep.web.view import COUNT_ORDER, Failure, Progress, SweepOverview, TableQuery, cell_id
+from bnsweep.web.frame import Site, esc, layout, num, plain_table, scroll, section, time
+from bnsweep.web.view import (
+    COUNT_ORDER,
+    Failure,
+    Progress,
+    RunningTrial,
+    SweepOverview,
+    TableQuery,
+    cell_id,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -92,6 +100,41 @@ def progress_section(overview: SweepOverview) -> str:
         f'<p>ETA: <span class="eta">{esc(p.eta_text)}</span> · last update '
         f"{esc(time(p.last_update))}</p>"
     )
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.2f} %"
+
+
+def epoch_counter(epoch: int, epochs: int) -> str:
+    """The "epoch 3 of 10" counter and a bar of it; "no epoch yet" before the first is stored."""
+    text = f"epoch {epoch} of {epochs}" if epoch else f"no epoch yet (of {epochs})"
+    width = 100.0 * min(epoch, epochs) / epochs if epochs else 0.0
+    return (
+        f'<span class="epochs" data-epoch="{epoch}" data-epochs="{epochs}">'
+        f'<span class="bar small"><span class="bar-running" style="width:{width:.2f}%"></span>'
+        f"</span>{esc(text)}</span>"
+    )
+
+
+def running_section(site: Site, name: str, running: Sequence[RunningTrial]) -> str:
+    """The running cells, each with its epoch counter and its last stored epoch's metrics."""
+    if not running:
+        return ""
+    rows = [
+        [
+            site.trial_link(name, r.trial_id, f"{r.arm} · seed {r.seed}"),
+            epoch_counter(r.epoch, r.epochs),
+            _percent(r.val_acc),
+            _percent(r.test_acc),
+            num(r.train_loss),
+            esc(r.host),
+            esc(time(r.started_at)),
+        ]
+        for r in running
+    ]
+    headers = ["running cell", "epoch", "val acc", "test acc", "train loss", "host", "started"]
+    return "<h2>Running</h2>" + plain_table(headers, rows, cls="running")
 
 
 def _options(name: str, values: Sequence[tuple[str, str]], selected: str) -> str:
@@ -173,7 +216,8 @@ def table_html(site: Site, name: str, table: Table, query: TableQuery) -> str:
                     f' data-column="{esc(table.column_labels[j])}"'
                     f' data-significant="{str(cell.significant).lower()}"'
                     f' data-best="{str(cell.best).lower()}" data-p="{num(p, 8)}">'
-                    f'<a href="{esc(href)}">{html_cell(cell)}</a></td>'
+                    f'<a class="cell" href="{esc(href)}" title="{esc(cell_hover(cell, query))}">'
+                    f"{html_cell(cell)}</a></td>"
                 )
             parts.append(
                 f"<tr{attr}>"
@@ -182,8 +226,24 @@ def table_html(site: Site, name: str, table: Table, query: TableQuery) -> str:
                 + "</tr>"
             )
     parts.append("</tbody></table>")
+    parts = [scroll("\n".join(parts))]
     parts += [f'<p class="note">{esc(x)}</p>' for x in table.notes_under()]
     return "\n".join(parts)
+
+
+def cell_hover(cell: Cell, query: TableQuery) -> str:
+    """What a click on a table cell shows, as its hover text: "15 seed pairs, t, p, CI and d_z
+    for rbn γ=0.1 c=100 vs BASE", or the seeds of a cell that is not compared."""
+    from bnsweep.analysis.pairing import arm_label
+
+    arm = arm_label(cell.arm)
+    if cell.stats is None:
+        return f"the {cell.n_runs} runs of {arm} by seed (not compared)"
+    statistic = "W+" if cell.stats.test == "wilcoxon" else "t"
+    return (
+        f"{cell.stats.n} seed pairs, {statistic}, p, CI and d_z for {arm} "
+        f"vs {query.versus or 'BASE'}"
+    )
 
 
 def table_section(site: Site, name: str, tables: Sequence[Table] | str, query: TableQuery) -> str:
@@ -272,6 +332,7 @@ def _recipe_block(overview: SweepOverview) -> str:
 def sweep_page(
     site: Site,
     overview: SweepOverview,
+    running: Sequence[RunningTrial],
     query: TableQuery,
     tables: Sequence[Table] | str,
     status: SweepStatus,
@@ -281,6 +342,7 @@ def sweep_page(
     body = "\n".join(
         [
             section("progress", progress_section(overview), site),
+            section("running", running_section(site, name, running), site),
             _recipe_block(overview),
             sweep_links(site, name),
             "<h2>Table</h2>",
@@ -296,6 +358,7 @@ def sweep_fragment(
     ident: str,
     site: Site,
     overview: SweepOverview,
+    running: Sequence[RunningTrial],
     query: TableQuery,
     tables: Sequence[Table] | str,
     status: SweepStatus,
@@ -304,6 +367,8 @@ def sweep_fragment(
     """The inner HTML of one refreshable section of the sweep page (None: no such section)."""
     if ident == "progress":
         return progress_section(overview)
+    if ident == "running":
+        return running_section(site, overview.name, running)
     if ident == "table":
         return table_section(site, overview.name, tables, query)
     if ident == "status":
@@ -368,12 +433,14 @@ def cell_page(
                 )
             )
         parts.append(
-            '<table class="stats">'
-            + "".join(
-                f'<tr><th scope="row">{esc(k)}</th><td data-stat="{esc(k)}">{esc(v)}</td></tr>'
-                for k, v in stats_rows
+            scroll(
+                '<table class="stats">'
+                + "".join(
+                    f'<tr><th scope="row">{esc(k)}</th><td data-stat="{esc(k)}">{esc(v)}</td></tr>'
+                    for k, v in stats_rows
+                )
+                + "</table>"
             )
-            + "</table>"
         )
     if comp is not None:
         rows = []
@@ -455,7 +522,7 @@ def _figure(site: Site, sweep: str, fig: SvgFigure) -> str:
 # -- trials -----------------------------------------------------------------------------------
 
 
-def _cell_text(value: Any) -> str:
+def cell_text(value: Any) -> str:
     import pandas as pd
 
     if value is None or (not isinstance(value, str) and pd.isna(value)):
@@ -474,22 +541,33 @@ def trials_page(
     total: int,
     shown_from: int,
     controls_html: str,
+    constant: Sequence[tuple[str, str]] = (),
 ) -> str:
+    """One page of trials in `frame`'s columns (`trial_id` first, a link to the trial), under
+    the fields that have one value in every trial."""
     n = site.sweep(name)
-    columns = [c for c in frame.columns if c != "error"]
+    columns = list(frame.columns)
     rows = []
-    for record in frame[columns].itertuples(index=False):
-        values = [esc(_cell_text(v)) for v in record]
-        values[0] = site.trial_link(name, int(record[0]), _cell_text(record[0]))
+    for record in frame.itertuples(index=False):
+        values = [esc(cell_text(v)) for v in record]
+        values[0] = site.trial_link(name, int(record[0]), cell_text(record[0]))
         rows.append(values)
     end = shown_from + len(frame)
+    same = (
+        '<p class="constant"><span class="note">In every trial:</span> '
+        + " · ".join(f"{esc(k)} <strong>{esc(v)}</strong>" for k, v in constant)
+        + "</p>"
+        if constant
+        else ""
+    )
     parts = [
         controls_html,
         f"<p>Trials {shown_from + 1 if len(frame) else 0}–{end} of {total} "
-        f'(downloads: <a href="{esc(site.file("sweeps", n, "trials.csv"))}" download>CSV</a>, '
-        f'<a href="{esc(site.file("sweeps", n, "trials.parquet"))}" download>Parquet</a>).'
-        " Click a column to sort; type to filter the rows shown.</p>",
+        f'(downloads, every column: <a href="{esc(site.file("sweeps", n, "trials.csv"))}" '
+        f'download>CSV</a>, <a href="{esc(site.file("sweeps", n, "trials.parquet"))}" '
+        "download>Parquet</a>). Click a column to sort; type to filter the rows shown.</p>",
         '<p><input type="search" data-filter="trials" placeholder="filter rows"></p>',
+        same,
         plain_table(columns, rows, cls="trials sortable", ident="trials"),
     ]
     return layout(site, f"Trials of {name}", "\n".join(parts), [(name, site.page("sweeps", n))])
@@ -503,20 +581,54 @@ def trial_page(
     diagnostics: pd.DataFrame,
     figure: SvgFigure | None,
 ) -> str:
+    """A trial's spec, result, epochs and diagnostics; refreshed in place while it runs."""
+    n = site.sweep(name)
+    body = trial_body(site, name, trial, epochs, diagnostics, figure)
+    title = f"Trial {trial['trial_id']} (seed {trial['seed']})"
+    return layout(
+        site,
+        title,
+        section("trial", body, site, live=trial.get("status") == "running"),
+        [(name, site.page("sweeps", n)), ("trials", site.page("sweeps", n, "trials"))],
+    )
+
+
+def trial_body(
+    site: Site,
+    name: str,
+    trial: Mapping[str, Any],
+    epochs: pd.DataFrame,
+    diagnostics: pd.DataFrame,
+    figure: SvgFigure | None,
+) -> str:
+    """The inner HTML of a trial page (its refreshed section)."""
     from bnsweep.store.columns import SPEC_COLUMNS
 
-    n = site.sweep(name)
     spec = "".join(
-        f"<dt>{esc(c)}</dt><dd>{esc(_cell_text(trial[c]))}</dd>"
+        f"<dt>{esc(c)}</dt><dd>{esc(cell_text(trial[c]))}</dd>"
         for c in ("spec_hash", "seed", *SPEC_COLUMNS)
     )
     result_names = [c for c in trial if c not in ("trial_id", "spec_hash", "seed", *SPEC_COLUMNS)]
     result = "".join(
-        f"<dt>{esc(c)}</dt><dd>{esc(_cell_text(trial[c]))}</dd>"
+        f"<dt>{esc(c)}</dt><dd>{esc(cell_text(trial[c]))}</dd>"
         for c in result_names
         if c != "error"
     )
-    parts = [
+    parts = []
+    if trial.get("status") == "running":
+        last = epochs.iloc[-1] if not epochs.empty else None
+        metrics = (
+            f" · val acc {_percent(_float(last['val_acc']))}"
+            f" · test acc {_percent(_float(last['test_acc']))}"
+            f" · train loss {num(_float(last['train_loss']))}"
+            if last is not None
+            else ""
+        )
+        reached = int(epochs["epoch"].max()) if not epochs.empty else 0
+        parts.append(
+            f'<p class="live">Running: {epoch_counter(reached, int(trial["epochs"]))}{metrics}</p>'
+        )
+    parts += [
         '<div class="columns">',
         f'<div><h2>Spec</h2><dl class="recipe">{spec}</dl></div>',
         f'<div><h2>Result, host and attempts</h2><dl class="recipe">{result}</dl></div>',
@@ -539,7 +651,7 @@ def trial_page(
     parts.append(
         plain_table(
             columns,
-            ([esc(_cell_text(v)) for v in r] for r in epochs[columns].itertuples(index=False)),
+            ([esc(cell_text(v)) for v in r] for r in epochs[columns].itertuples(index=False)),
             cls="epochs sortable",
         )
         if not epochs.empty
@@ -564,19 +676,18 @@ def trial_page(
             plain_table(
                 columns,
                 (
-                    [esc(_cell_text(v)) for v in r]
+                    [esc(cell_text(v)) for v in r]
                     for r in diagnostics[columns].itertuples(index=False)
                 ),
                 cls="diag sortable",
             )
         )
-    title = f"Trial {trial['trial_id']} (seed {trial['seed']})"
-    return layout(
-        site,
-        title,
-        "\n".join(parts),
-        [(name, site.page("sweeps", n)), ("trials", site.page("sweeps", n, "trials"))],
-    )
+    return "\n".join(parts)
+
+
+def _float(value: Any) -> float | None:
+    """A frame's value as a float, None where it is missing (NaN)."""
+    return None if value is None or value != value else float(value)
 
 
 _XMLNS = re.compile(r'\s+xmlns(?::\w+)?="[^"]*"')

@@ -186,36 +186,59 @@ class Failure:
     traceback_at: str
 
 
-def estimate_eta(trials: pd.DataFrame, now: datetime | None = None) -> tuple[float | None, str]:
-    """Seconds until the pending and running cells are done, from the store alone.
+@dataclass(frozen=True)
+class RunningTrial:
+    """A running cell and its last stored epoch (epoch 0: none stored yet)."""
 
-    The rate is that of the launch now running: the cells that finished since the earliest
-    start among the running ones, over the time since that start. With fewer than two such
-    finishes, the median duration of the completed cells times the cells left per running
-    slot. No running cell: no estimate (nothing is being worked on).
+    trial_id: int
+    arm: str
+    seed: int
+    host: str
+    started_at: datetime | None
+    epoch: int
+    epochs: int  # the epochs it runs to
+    val_acc: float | None
+    test_acc: float | None
+    train_loss: float | None
+
+
+def estimate_eta(
+    trials: pd.DataFrame,
+    now: datetime | None = None,
+    reached: Mapping[int, int] | None = None,
+) -> tuple[float | None, str]:
+    """Seconds until the pending and running cells are done, from the store alone, by the rule
+    of the launch's own progress line (`bnsweep.progress.eta_from_rate`): the epochs still to
+    train over the epochs trained per second so far, so there is an ETA from the first epoch.
+
+    "So far" is the launch now running: the running trials and those that finished since the
+    first of them started, timed from the earliest start among them. A finished one trained
+    its `epochs_run`, a running one its last stored epoch (`reached`, by trial id). Left: every
+    epoch of a pending cell, the rest of a running one's. No running cell: no estimate
+    (nothing is being worked on).
     """
+    from bnsweep.progress import eta_from_rate
+
     now = now or datetime.now(timezone.utc)
+    reached = reached or {}
     status = trials["status"].astype(str)
     running = trials[status == "running"]
-    left = int((status == "pending").sum() + len(running))
-    if left == 0:
+    left_cells = int((status == "pending").sum() + len(running))
+    if left_cells == 0:
         return 0.0, "done"
     if running.empty:
-        return None, f"not running ({left} cells left)"
+        return None, f"not running ({left_cells} cells left)"
     starts = running["started_at"].dropna()
     if starts.empty:
         return None, "estimating…"
-    since = starts.min()
-    finished = trials["finished_at"].dropna()
-    recent = int((finished >= since).sum())
-    elapsed = (now - since.to_pydatetime()).total_seconds()
-    eta: float | None = None
-    if recent >= 2 and elapsed > 0:
-        eta = left * elapsed / recent
-    else:
-        seconds = trials.loc[status == "completed", "seconds"].dropna()
-        if not seconds.empty:
-            eta = float(seconds.median()) * left / len(running)
+    finished = trials[trials["finished_at"] >= starts.min()]
+    since = min(starts.min(), finished["started_at"].min()) if len(finished) else starts.min()
+    ran = [reached.get(int(t), 0) for t in running["trial_id"]]
+    trained = int(finished["epochs_run"].fillna(0).sum()) + sum(ran)
+    planned = running["epochs"].astype(int)
+    left = int(trials.loc[status == "pending", "epochs"].sum())
+    left += sum(max(n - k, 0) for n, k in zip(planned, ran, strict=True))
+    eta = eta_from_rate(left, trained, (now - since.to_pydatetime()).total_seconds())
     if eta is None or not math.isfinite(eta):
         return None, "estimating…"
     return eta, f"about {duration_text(eta)} left"
@@ -232,10 +255,12 @@ def duration_text(seconds: float) -> str:
     return f"{seconds / 86400:.1f} d"
 
 
-def progress_of(trials: pd.DataFrame, now: datetime | None = None) -> Progress:
+def progress_of(
+    trials: pd.DataFrame, now: datetime | None = None, reached: Mapping[int, int] | None = None
+) -> Progress:
     status = trials["status"].astype(str)
     counts = {name: int((status == name).sum()) for name in COUNT_ORDER}
-    eta, text = estimate_eta(trials, now)
+    eta, text = estimate_eta(trials, now, reached)
     stamps = [trials[c].dropna() for c in ("started_at", "finished_at")]
     latest = [s.max().to_pydatetime() for s in stamps if not s.empty]
     return Progress(
@@ -398,12 +423,13 @@ class Snapshot:
             info = self._info(name)
             trials = self.results(name)  # counted as `bnsweep status` counts
             fixed, varying = recipe_of(trials)
+            reached = {r.trial_id: r.epoch for r in self.running(name)}
             return SweepOverview(
                 name=info.name,
                 spec_text=info.spec_text,
                 created_at=info.created_at,
                 updated_at=info.updated_at,
-                progress=progress_of(trials),
+                progress=progress_of(trials, reached=reached),
                 recipe=fixed,
                 varying=varying,
                 storage=storage_of(info.spec_text),
@@ -461,6 +487,41 @@ class Snapshot:
             ("diagnostics", name, results),
             lambda: self.store.diagnostics(sweep=name, where=where),
         )
+
+    def running(self, name: str) -> list[RunningTrial]:
+        """The running cells of those `results()` counts, each with its last stored epoch: the
+        epochs of running trials only, so a large sweep's history is not read."""
+
+        def build() -> list[RunningTrial]:
+            from bnsweep.store.columns import SPEC_COLUMNS, arm_label
+
+            trials = self.results(name)
+            running = trials[trials["status"].astype(str) == "running"]
+            if running.empty:
+                return []
+            epochs = self.store.epochs(sweep=name, where={"status": "running"})
+            last = {r["trial_id"]: r for r in records(epochs.groupby("trial_id").tail(1))}
+            varying = [n for n, _ in recipe_of(trials)[1]]
+            out = []
+            for row in records(running):
+                epoch = last.get(row["trial_id"], {})
+                out.append(
+                    RunningTrial(
+                        trial_id=row["trial_id"],
+                        arm=arm_label({c: row[c] for c in SPEC_COLUMNS}, varying),
+                        seed=row["seed"],
+                        host=row["host"] or "",
+                        started_at=row["started_at"],
+                        epoch=epoch.get("epoch") or 0,
+                        epochs=row["epochs"],
+                        val_acc=epoch.get("val_acc"),
+                        test_acc=epoch.get("test_acc"),
+                        train_loss=epoch.get("train_loss"),
+                    )
+                )
+            return out
+
+        return self._cached(("running", name), build)
 
     def status(self, name: str) -> SweepStatus:
         """What `Store.sweep_status` answers, computed from the trials frame already read (a

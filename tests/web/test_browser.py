@@ -59,7 +59,17 @@ def environment() -> dict[str, str]:
 
 @pytest.fixture
 def dashboard(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    url = make_store(tmp_path / "demo.db", "finished")
+    yield from serve(tmp_path, "finished")
+
+
+@pytest.fixture
+def running_dashboard(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    yield from serve(tmp_path, "running")
+
+
+def serve(tmp_path: Path, state: str) -> Iterator[tuple[str, str]]:
+    """`bnsweep dashboard` on a store in `state` (tests/web/stores.py): (address, store URL)."""
+    url = make_store(tmp_path / "demo.db", state)
     port = free_port()
     log = (tmp_path / "dashboard.log").open("w")
     process = subprocess.Popen(
@@ -193,3 +203,110 @@ def test_a_browser_sees_the_table_a_cell_and_a_launch(
     # `launch --report DIR` wrote the static report of the new sweep at its end.
     assert "report: " in launch.stdout, launch.stderr[-3000:]
     assert check_site(tmp_path / "report") > 1
+
+
+#: Where the screenshots of docs/dashboard.md go when this is set (e.g. `docs/img`); unset, the
+#: test takes them into its own temporary folder and checks they are images of a page.
+SCREENSHOTS = os.environ.get("BNSWEEP_SCREENSHOTS")
+PHONE = 390
+HEADS = "hs => hs.map(h => h.textContent)"
+
+
+def test_a_browser_sees_a_live_epoch_the_trials_table_and_no_sideways_scroll(
+    running_dashboard: tuple[str, str], tmp_path: Path
+) -> None:
+    from bnsweep.store.api import Store
+    from bnsweep.store.columns import parse_where
+    from bnsweep.store.events import EpochRecorded
+    from tests.service.test_store import epoch
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    address, url = running_dashboard
+    with Store.open(url) as store:
+        every = store.trials(sweep="demo")
+        kept = store.trials(sweep="demo", where=parse_where(["test_acc>0.81"]))
+    running = every[every["status"] == "running"].iloc[0]
+    shots = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path / "img"
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            # The live epoch counter: epochs written into the store while the page is open.
+            page.goto(address + "/sweeps/demo")
+            page.evaluate("window.__loaded_once = true")
+            assert "no epoch yet (of 3)" in page.inner_text("#running")
+            for n in (1, 2):
+                with Store.open(url) as store:
+                    store.apply(
+                        [EpochRecorded(str(running["spec_hash"]), int(running["seed"]), epoch(n))]
+                    )
+                page.wait_for_function(
+                    f"""() => document.querySelector('#running').textContent
+                        .includes('epoch {n} of 3')""",
+                    timeout=20_000,
+                )
+            assert page.evaluate("window.__loaded_once") is True  # refreshed in place
+            page.wait_for_function(
+                "() => document.querySelector('.eta').textContent.startsWith('about ')",
+                timeout=20_000,
+            )
+            page.screenshot(path=str(shots / "dashboard-sweep-1400.png"), full_page=True)
+
+            # A table cell says what it opens, and opens it.
+            link = page.locator("table.paper a.cell[title*='seed pairs']").first
+            assert "p, CI and d_z for" in (link.get_attribute("title") or "")
+            link.click()
+            page.wait_for_selector('td[data-stat="p"]')
+            assert "/cells/" in page.url
+            page.screenshot(path=str(shots / "dashboard-cell-1400.png"), full_page=True)
+            cell_path = page.url.removeprefix(address)
+
+            # The trials table: a numeric filter through the store's query, then the chooser.
+            page.goto(address + "/sweeps/demo/trials")
+            page.screenshot(path=str(shots / "dashboard-trials-1400.png"), full_page=True)
+            page.fill('input[name="where"]', "test_acc>0.81")
+            page.click('form.controls button[type="submit"] >> nth=0')
+            page.wait_for_url("**where=test_acc*")
+            shown = page.eval_on_selector_all(
+                "#trials tbody tr td:first-child a", "as => as.map(a => Number(a.textContent))"
+            )
+            assert sorted(shown) == sorted(kept["trial_id"].tolist())
+            page.click("details.chooser summary")
+            for box in page.query_selector_all('details.chooser input[type="checkbox"]'):
+                if box.get_attribute("value") in ("test_acc", "host"):
+                    box.check()
+                else:
+                    box.uncheck()
+            page.click("details.chooser button")
+            page.wait_for_url("**columns=*")
+            heads = page.eval_on_selector_all("#trials thead th", HEADS)
+            assert heads == ["trial_id", "test_acc", "host"]
+            assert "test_acc" in page.url and "where=test_acc" in page.url
+            chosen = page.url.removeprefix(address)
+            page.reload()  # the URL remembers the columns
+            heads = page.eval_on_selector_all("#trials thead th", HEADS)
+            assert heads == ["trial_id", "test_acc", "host"]
+
+            # A phone: no page scrolls sideways; wide tables scroll in their own box.
+            phone = browser.new_page(viewport={"width": PHONE, "height": 844})
+            trial = f"/sweeps/demo/trials/{int(running['trial_id'])}"
+            for name, path in (
+                ("index", "/"),
+                ("sweep", "/sweeps/demo"),
+                ("trials", "/sweeps/demo/trials"),
+                ("trials-chosen", chosen),
+                ("cell", cell_path),
+                ("trial", trial),
+            ):
+                phone.goto(address + path)
+                width = phone.evaluate("document.documentElement.scrollWidth")
+                assert width <= PHONE, f"{path}: the page is {width} px wide at {PHONE} px"
+                if name in ("index", "sweep", "trials", "cell"):
+                    phone.screenshot(path=str(shots / f"dashboard-{name}-390.png"), full_page=True)
+            page.goto(address + "/")
+            page.screenshot(path=str(shots / "dashboard-index-1400.png"), full_page=True)
+        finally:
+            browser.close()
+    for png in shots.glob("dashboard-*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5_000

@@ -74,7 +74,7 @@ def test_every_route_answers_in_every_state(state_url: tuple[str, str]) -> None:
             "/?fragment=sweeps",
             "/sweeps/demo?test=wilcoxon&correction=holm&alpha=0.1&layout=gamma",
             "/sweeps/demo/trials?where=status%3Dcompleted&sort=seed&desc=1",
-            "/sweeps/demo/trials?start=5",
+            "/sweeps/demo/trials?page=2&per_page=5&columns=seed,test_acc",
             "/api/sweeps/demo/status",
             "/api/sweeps/demo/trials?where=seed%3D1",
         ]
@@ -157,7 +157,7 @@ def test_each_state_says_what_it_is(state_url: tuple[str, str]) -> None:
         page = client.get("/sweeps/demo").text
         expected = {
             "pending": "No table yet",
-            "running": "about",  # an ETA from the store: running cells, completed durations
+            "running": "estimating…",  # no epoch of this launch stored yet: no rate (test_live)
             "failed": "RuntimeError: CUDA OOM",
             "diverged": "Diverged runs",  # counted or left out, the note says where
             "no_base": "No BASE arm",

@@ -255,7 +255,7 @@ def test_no_page_needs_inline_script(client: TestClient) -> None:
     ("path", "status", "line"),
     [
         ("/sweeps/demo/trials/abc", 400, "trial_id: expected an integer, got 'abc'"),
-        ("/sweeps/demo/trials?start=x", 400, "start: expected an integer, got 'x'"),
+        ("/sweeps/demo/trials?page=x", 400, "page: expected an integer, got 'x'"),
         ("/sweeps/demo/trials/1.5", 400, "trial_id: expected an integer, got '1.5'"),
         ("/no/such/page", 404, "nothing at /no/such/page"),
     ],
