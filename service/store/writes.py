@@ -469,7 +469,7 @@ class StoreWrites(StoreReads):
             same = [notes.c[k].is_(None) if v is None else notes.c[k] == v for k, v in row.items()]
             found = conn.scalar(sa.select(notes.c.id).where(*same))
             if found is None:
-                found = conn.execute(notes.insert().values(**row)).inserted_primary_key[0]
+                found = conn.scalar(sa.insert(Note).values(**row).returning(notes.c.id))
             return NoteValue(*conn.execute(note_select().where(notes.c.id == found)).one())
 
         note = self._run(work, "adding a note", write=True)
