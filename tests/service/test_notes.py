@@ -5,6 +5,7 @@ exit 2, nothing written; `db forget` takes a trial's notes with it; migration 00
 from __future__ import annotations
 
 import getpass
+import hashlib
 import io
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -203,3 +204,22 @@ def test_migration_0006_adds_and_drops_the_notes_table(empty_url: str) -> None:
     _migrate(empty_url, "head")
     with Store.open(empty_url) as store:
         assert store.notes() == []
+
+
+def test_listing_leaves_the_sqlite_file_byte_identical(tmp_path, capsys) -> None:
+    path = tmp_path / "r.db"
+    url = f"sqlite:///{path}"
+    with Store.open(url) as store:
+        finished(store)
+        store.add_note("a note", "ann", sweep="demo")
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert note(url, "--list") == 0 and note(url, "--list", "--sweep", "demo") == 0
+    assert capsys.readouterr().out.count("a note") == 2
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
+def test_a_note_on_a_store_that_is_not_there_makes_none(tmp_path, capsys) -> None:
+    path = tmp_path / "missing.db"
+    assert note(f"sqlite:///{path}", "--sweep", "demo", "x") == 1
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not path.exists()
