@@ -9,7 +9,7 @@ Keys are integers that never change once a row exists (rows are inserted if abse
 in place, never deleted and re-inserted), so tables added later can reference them:
 a per-(trial, epoch, layer) diagnostics table joins `epochs` on `(trial_id, epoch)`. The one
 delete is `Store.forget` (`bnsweep db forget`), which a user asks for by name; a trial's
-epochs, diagnostics and sweep links go with it (ON DELETE CASCADE).
+epochs, diagnostics, sweep links and notes go with it (ON DELETE CASCADE).
 """
 
 from __future__ import annotations
