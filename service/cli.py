@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "bnsweep.commands.importing",
     "bnsweep.commands.report",
     "bnsweep.commands.web",
+    "bnsweep.commands.note",
     "bnsweep.commands.completion",
 )
 

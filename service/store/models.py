@@ -9,7 +9,7 @@ Keys are integers that never change once a row exists (rows are inserted if abse
 in place, never deleted and re-inserted), so tables added later can reference them:
 a per-(trial, epoch, layer) diagnostics table joins `epochs` on `(trial_id, epoch)`. The one
 delete is `Store.forget` (`bnsweep db forget`), which a user asks for by name; a trial's
-epochs, diagnostics and sweep links go with it (ON DELETE CASCADE).
+epochs, diagnostics, sweep links and notes go with it (ON DELETE CASCADE).
 """
 
 from __future__ import annotations
@@ -237,3 +237,37 @@ class Diagnostic(Base):
     beta_drift: Mapped[float | None]
     outlier_fraction: Mapped[float | None]
     gradient_factor: Mapped[float | None]
+
+
+#: The longest note `add_note` keeps, in characters: a paragraph or a pasted log excerpt, not a
+#: file (a page shows every note of a sweep).
+NOTE_MAX_CHARS = 10_000
+
+
+class Note(Base):
+    """A researcher's note (revision 0006) on a sweep, a cell or a trial; docs/store.md.
+
+    The target is a trial (`trial_id`), a cell (`spec_hash`, with the sweep it was written in,
+    if any) or a sweep (`sweep_id` alone). Notes are only ever added: no command edits one.
+    A trial's notes go with it when `bnsweep db forget` deletes it (ON DELETE CASCADE, as its
+    epochs do); a cell's notes name a `spec_hash`, not a row, and stay for the cell's next run.
+    """
+
+    __tablename__ = "notes"
+    __table_args__ = (
+        sa.CheckConstraint(
+            "sweep_id IS NOT NULL OR spec_hash IS NOT NULL OR trial_id IS NOT NULL",
+            name="target",
+        ),
+        sa.Index(None, "sweep_id"),
+        sa.Index(None, "spec_hash"),
+        sa.Index(None, "trial_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sweep_id: Mapped[int | None] = mapped_column(sa.ForeignKey("sweeps.id", ondelete="CASCADE"))
+    spec_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    trial_id: Mapped[int | None] = mapped_column(sa.ForeignKey("trials.id", ondelete="CASCADE"))
+    author: Mapped[str] = mapped_column(sa.String(200))
+    text: Mapped[str] = mapped_column(sa.Text)
+    created_at: Mapped[datetime]

@@ -1,5 +1,6 @@
-"""The read methods of `Store`: sweeps, completed cells, sweep status, and the trials, epochs and
-diagnostics DataFrames with their fixed columns and dtypes; also the store's fingerprint.
+"""The read methods of `Store`: sweeps, completed cells, sweep status, notes, and the trials,
+epochs and diagnostics DataFrames with their fixed columns and dtypes; also the store's
+fingerprint.
 
 `StoreReads` is a mixin: `bnsweep.store.api.Store` combines it with `StoreWrites` and provides
 the transaction loop (`_run`) and the redacted `url` it uses.
@@ -33,11 +34,13 @@ from bnsweep.store.models import (
     STATUSES,
     Diagnostic,
     Epoch,
+    Note,
     Sweep,
     SweepTrial,
     Trial,
 )
 from bnsweep.store.values import ArmStatus, StoreFingerprint, SweepInfo, SweepStatus
+from bnsweep.store.values import Note as NoteValue
 from bnsweep.workers.spec import TrialSpec
 
 if TYPE_CHECKING:
@@ -380,9 +383,78 @@ class StoreReads:
             self.get_sweep(sweep)
         return {int(recipe): int(count) for recipe, count in rows}
 
+    def notes(
+        self,
+        sweep: str | None = None,
+        *,
+        spec_hashes: Iterable[str] | None = None,
+        trial_id: int | None = None,
+    ) -> list[NoteValue]:
+        """Notes, newest first. `sweep`: those written on the sweep, on its cells (in it, or by
+        hash alone) and on its trials; `spec_hashes`: on those cells; `trial_id`: on that trial.
+        Filters combine; none lists every note. An unknown sweep is a StoreError naming the
+        known ones."""
+        query = note_select()
+        notes = Note.__table__.c
+        if spec_hashes is not None:
+            query = query.where(notes.spec_hash.in_(sorted(set(spec_hashes))))
+        if trial_id is not None:
+            query = query.where(notes.trial_id == trial_id)
+
+        def work(conn: sa.Connection) -> list[NoteValue]:
+            selected = query
+            if sweep is not None:
+                selected = selected.where(_in_sweep(sweep_id_named(conn, sweep)))
+            return [NoteValue(*row) for row in conn.execute(selected)]
+
+        return self._run(work, "reading notes")
+
+
+def note_select() -> sa.Select[Any]:
+    notes = Note.__table__.c
+    return (
+        sa.select(
+            notes.id,
+            Sweep.__table__.c.name,
+            notes.spec_hash,
+            notes.trial_id,
+            Trial.__table__.c.seed,
+            notes.author,
+            notes.text,
+            notes.created_at,
+        )
+        .select_from(Note.__table__)
+        .outerjoin(Sweep, Sweep.id == notes.sweep_id)
+        .outerjoin(Trial, Trial.id == notes.trial_id)
+        .order_by(notes.created_at.desc(), notes.id.desc())
+    )
+
+
+def sweep_id_named(conn: sa.Connection, name: str) -> int:
+    """The id of the sweep called `name`; StoreError (exit 2) naming the known sweeps."""
+    found = conn.scalar(sa.select(Sweep.id).where(Sweep.name == name))
+    if found is None:
+        known = sorted(conn.scalars(sa.select(Sweep.name)))
+        raise StoreError(
+            f"no sweep named {name!r}; known sweeps: " + (", ".join(known) if known else "none")
+        )
+    return int(found)
+
+
+def _in_sweep(sweep_id: int) -> sa.ColumnElement[bool]:
+    """Notes on the sweep, on its cells (written in it or by hash alone) and on its trials."""
+    notes = Note.__table__.c
+    linked = sa.select(SweepTrial.trial_id).where(SweepTrial.sweep_id == sweep_id)
+    hashes = sa.select(Trial.spec_hash).where(Trial.id.in_(linked))
+    return sa.or_(
+        notes.sweep_id == sweep_id,
+        sa.and_(notes.sweep_id.is_(None), notes.spec_hash.in_(hashes)),
+        notes.trial_id.in_(linked),
+    )
+
 
 def store_fingerprint(store: StoreReads) -> StoreFingerprint:
-    """The store's fingerprint, read in one statement (five aggregate subqueries)."""
+    """The store's fingerprint, read in one statement (aggregate subqueries)."""
     sweeps, trials = Sweep.__table__, Trial.__table__
 
     def count(table: sa.FromClause) -> sa.ScalarSelect[Any]:
@@ -396,6 +468,7 @@ def store_fingerprint(store: StoreReads) -> StoreFingerprint:
         count(SweepTrial.__table__),
         count(Epoch.__table__),
         count(Diagnostic.__table__),
+        count(Note.__table__),
     )
     row = store._run(lambda conn: conn.execute(query).one(), "reading the store's fingerprint")
     return StoreFingerprint(*row)

@@ -1,4 +1,5 @@
-"""The frozen values the store's API returns: sweeps, sweep status, forget counts, fingerprints."""
+"""The frozen values the store's API returns: sweeps, sweep status, forget counts, fingerprints,
+notes."""
 
 from __future__ import annotations
 
@@ -104,6 +105,7 @@ class StoreFingerprint:
     links: int
     epochs: int
     diagnostics: int
+    notes: int = 0  # notes are only added or go with their trial: the count moves with each
 
 
 def missing_text(arm: ArmStatus) -> str:
@@ -129,3 +131,37 @@ def seed_ranges(seeds: Sequence[int]) -> str:
         if seed is not None:
             start = prev = seed
     return ", ".join(parts) if ordered else ""
+
+
+@dataclass(frozen=True)
+class Note:
+    """A note on a sweep, a cell (one `spec_hash`) or a trial, as `Store.notes` returns it.
+
+    `sweep` is the sweep it was written in (None for a note on a trial, or on a cell named by its
+    hash alone); `seed` is the trial's seed for a note on a trial."""
+
+    id: int
+    sweep: str | None
+    spec_hash: str | None
+    trial_id: int | None
+    seed: int | None
+    author: str
+    text: str
+    created_at: datetime
+
+    @property
+    def kind(self) -> str:
+        """What it is written on: `trial`, `cell` or `sweep`."""
+        if self.trial_id is not None:
+            return "trial"
+        return "cell" if self.spec_hash is not None else "sweep"
+
+    @property
+    def target(self) -> str:
+        """The target in words: `sweep demo`, `cell 0123abcd in sweep demo`, `trial 7 (seed 3)`."""
+        if self.trial_id is not None:
+            return f"trial {self.trial_id} (seed {self.seed})"
+        if self.spec_hash is not None:
+            where = f" in sweep {self.sweep}" if self.sweep is not None else ""
+            return f"cell {self.spec_hash}{where}"
+        return f"sweep {self.sweep}"

@@ -1,5 +1,5 @@
 """The write methods of `Store`: registering sweeps, applying events, requeueing stale trials,
-and forgetting trials on request.
+adding notes, and forgetting trials on request.
 
 `StoreWrites` is a mixin: `bnsweep.store.api.Store` combines it with `StoreReads` and provides
 the transaction loop (`_run`), the `url` and the `dialect` it uses. It builds on `StoreReads`:
@@ -38,15 +38,18 @@ from bnsweep.store.events import (
 )
 from bnsweep.store.models import (
     FINAL_STATUSES,
+    NOTE_MAX_CHARS,
     Diagnostic,
     Epoch,
+    Note,
     Secret,
     Sweep,
     SweepTrial,
     Trial,
 )
-from bnsweep.store.reads import StoreReads
-from bnsweep.store.values import ForgetCount, SweepInfo
+from bnsweep.store.reads import StoreReads, note_select, sweep_id_named
+from bnsweep.store.values import ForgetCount, SweepInfo, seed_ranges
+from bnsweep.store.values import Note as NoteValue
 from bnsweep.workers import plugins
 from bnsweep.workers.spec import TrialSpec
 
@@ -429,6 +432,50 @@ class StoreWrites(StoreReads):
 
         return self._run(work, f"requeueing the running trials of sweep {sweep!r}", write=True)
 
+    # -- notes ----------------------------------------------------------------------------------
+
+    def add_note(
+        self,
+        text: str,
+        author: str,
+        *,
+        sweep: str | None = None,
+        spec_hash: str | None = None,
+        trial_id: int | None = None,
+        seed: int | None = None,
+        created_at: datetime | None = None,
+    ) -> NoteValue:
+        """Add a note and return it. The target: a trial (`trial_id`, or `spec_hash` and `seed`),
+        a cell (`spec_hash`, with the `sweep` it belongs to or alone) or a sweep (`sweep`).
+
+        A target that does not exist is a StoreError naming what does, and nothing is written.
+        Notes are never edited or deleted here. Idempotent under the store's retries: the same
+        note (target, author, text, time) is added once.
+        """
+        text = _note_text(text)
+        author = _note_author(author)
+        if trial_id is not None and (spec_hash, seed, sweep) != (None, None, None):
+            raise StoreError("note: name a trial by its id alone, or by spec_hash and seed")
+        if seed is not None and spec_hash is None:
+            raise StoreError("note: a seed names a trial together with a spec_hash")
+        if (sweep, spec_hash, trial_id) == (None, None, None):
+            raise StoreError("note: name a sweep, a cell (spec_hash) or a trial to write it on")
+        now = created_at or utc_now()
+
+        def work(conn: sa.Connection) -> NoteValue:
+            row = _note_row(conn, sweep, spec_hash, trial_id, seed)
+            row.update(author=author, text=text, created_at=now)
+            notes = Note.__table__
+            same = [notes.c[k].is_(None) if v is None else notes.c[k] == v for k, v in row.items()]
+            found = conn.scalar(sa.select(notes.c.id).where(*same))
+            if found is None:
+                found = conn.scalar(sa.insert(Note).values(**row).returning(notes.c.id))
+            return NoteValue(*conn.execute(note_select().where(notes.c.id == found)).one())
+
+        note = self._run(work, "adding a note", write=True)
+        log.info("added note %d on %s in %s", note.id, note.target, self.url)
+        return note
+
     # -- deleting, on request only ----------------------------------------------------------------
 
     def forget(
@@ -515,3 +562,63 @@ def _refuse_imported(conn: sa.Connection, name: str) -> None:
             f"sweep {name!r} holds runs imported by `bnsweep import`; a launch would replace its "
             "record of the imported files: give the spec another `name:`"
         )
+
+
+def _note_text(text: str) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise StoreError("note: the text is empty; write what the note should say")
+    if len(text) > NOTE_MAX_CHARS:
+        raise StoreError(
+            f"note: the text has {len(text):,} characters; at most {NOTE_MAX_CHARS:,} are kept"
+        )
+    return text.strip()
+
+
+def _note_author(author: str) -> str:
+    if not isinstance(author, str) or not author.strip() or len(author) > 200 or "\n" in author:
+        raise StoreError(f"note: author: expected one line of 1-200 characters, got {author!r}")
+    return author.strip()
+
+
+def _note_row(
+    conn: sa.Connection,
+    sweep: str | None,
+    spec_hash: str | None,
+    trial_id: int | None,
+    seed: int | None,
+) -> dict[str, object]:
+    """The note's target columns, each checked to exist: StoreError naming what does."""
+    trials = Trial.__table__.c
+    if trial_id is not None:
+        if conn.scalar(sa.select(trials.id).where(trials.id == trial_id)) is None:
+            low, high, count = conn.execute(
+                sa.select(sa.func.min(trials.id), sa.func.max(trials.id), sa.func.count())
+            ).one()
+            exists = f"ids {low} to {high} ({count} trials)" if count else "no trials"
+            raise StoreError(f"note: no trial with id {trial_id}; the store has {exists}")
+        return {"sweep_id": None, "spec_hash": None, "trial_id": trial_id}
+    sweep_id = None if sweep is None else sweep_id_named(conn, sweep)
+    if spec_hash is None:
+        return {"sweep_id": sweep_id, "spec_hash": None, "trial_id": None}
+    query = sa.select(trials.id, trials.seed).where(trials.spec_hash == spec_hash)
+    if sweep_id is not None:
+        linked = sa.select(SweepTrial.trial_id).where(SweepTrial.sweep_id == sweep_id)
+        query = query.where(trials.id.in_(linked))
+    rows = conn.execute(query).all()
+    if not rows:
+        cells = sa.select(trials.spec_hash).distinct().order_by(trials.spec_hash)
+        if sweep_id is not None:
+            cells = cells.where(trials.id.in_(linked))
+        known = list(conn.scalars(cells.limit(11)))
+        shown = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "") or "none"
+        where = f" in sweep {sweep!r}" if sweep is not None else ""
+        raise StoreError(f"note: no cell with spec_hash {spec_hash!r}{where}; cells: {shown}")
+    if seed is None:
+        return {"sweep_id": sweep_id, "spec_hash": spec_hash, "trial_id": None}
+    by_seed = {int(s): int(i) for i, s in rows}
+    if seed not in by_seed:
+        raise StoreError(
+            f"note: cell {spec_hash} has no trial with seed {seed}; its seeds: "
+            + seed_ranges(sorted(by_seed))
+        )
+    return {"sweep_id": None, "spec_hash": None, "trial_id": by_seed[seed]}

@@ -102,7 +102,9 @@ def sweep(
                 f"no section {fragment!r} on this page; it has: progress, running, table, status"
             )
         return text
-    return pages.sweep_page(site, *parts)
+    # The sweep's own notes and its cells'; a trial's notes are on the trial's page.
+    notes = [note for note in snap.notes(name) if note.trial_id is None]
+    return pages.sweep_page(site, *parts, notes=notes)
 
 
 def _one_table(snap: Snapshot, name: str, query: TableQuery) -> Table:
@@ -118,7 +120,8 @@ def cell(snap: Snapshot, site: Site, name: str, ident: str, query: TableQuery) -
     block, _, j, found = located
     trials = cell_trials(snap.results(name), found, block, table.column_field, table.columns[j])
     ids = {int(s): int(t) for s, t in zip(trials["seed"], trials["trial_id"], strict=True)}
-    return pages.cell_page(site, name, table, ident, located, ids, query)
+    notes = snap.notes(name, spec_hashes=trials["spec_hash"])
+    return pages.cell_page(site, name, table, ident, located, ids, query, notes)
 
 
 def cell_ids(table: Table) -> list[str]:
@@ -412,7 +415,8 @@ def trial(
         return pages.trial_body(site, name, record, epochs, diagnostics, drawn)
     if fragment is not None:
         raise NotFound(f"no section {fragment!r} on this page; it has: trial")
-    return pages.trial_page(site, name, record, epochs, diagnostics, drawn)
+    notes = snap.notes(name, trial_id=trial_id)
+    return pages.trial_page(site, name, record, epochs, diagnostics, drawn, notes)
 
 
 # -- downloads and the JSON API ---------------------------------------------------------------

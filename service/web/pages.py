@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from bnsweep.analysis.table_model import Block, Cell, Row, Table
-    from bnsweep.store.values import SweepStatus
+    from bnsweep.store.values import Note, SweepStatus
     from bnsweep.web.figures import SvgFigure
 
 #: The downloads of a sweep's tables: `bnsweep tables --format F` writes the same text.
@@ -337,12 +337,14 @@ def sweep_page(
     tables: Sequence[Table] | str,
     status: SweepStatus,
     failures: Sequence[Failure],
+    notes: Sequence[Note] = (),
 ) -> str:
     name = overview.name
     body = "\n".join(
         [
             section("progress", progress_section(overview), site),
             section("running", running_section(site, name, running), site),
+            notes_section(notes),
             _recipe_block(overview),
             sweep_links(site, name),
             "<h2>Table</h2>",
@@ -376,6 +378,23 @@ def sweep_fragment(
     return None
 
 
+# -- notes -----------------------------------------------------------------------------------
+
+
+def notes_section(notes: Sequence[Note]) -> str:
+    """The notes written with `bnsweep note`, newest first as the store lists them; nothing when
+    there are none. Shown only: the dashboard has no route that writes."""
+    if not notes:
+        return ""
+    items = "".join(
+        f'<li class="user-note" data-note="{note.id}"><p class="note-meta">{esc(note.author)} · '
+        f"{time(note.created_at)} · on {esc(note.target)}</p>"
+        f'<p class="note-text">{esc(note.text)}</p></li>'
+        for note in notes
+    )
+    return f'<section id="notes"><h2>Notes</h2><ul class="user-notes">{items}</ul></section>'
+
+
 # -- a cell ----------------------------------------------------------------------------------
 
 
@@ -387,8 +406,9 @@ def cell_page(
     located: tuple[Block, Row, int, Cell],
     trial_ids: Mapping[int, int],
     query: TableQuery,
+    notes: Sequence[Note] = (),
 ) -> str:
-    """The seed-by-seed pairs behind one cell and every number of its test."""
+    """The seed-by-seed pairs behind one cell and every number of its test, and its notes."""
     from bnsweep.analysis.stats import minimum_detectable_effect
 
     block, row, j, cell = located
@@ -470,6 +490,7 @@ def cell_page(
             )
         else:
             parts.append("<p>No seed dropped.</p>")
+    parts.append(notes_section(notes))
     back = site.page("sweeps", site.sweep(name), query=query.params())
     crumbs = [(name, back)]
     return layout(site, f"Cell {where}", "\n".join(parts), crumbs)
@@ -580,15 +601,17 @@ def trial_page(
     epochs: pd.DataFrame,
     diagnostics: pd.DataFrame,
     figure: SvgFigure | None,
+    notes: Sequence[Note] = (),
 ) -> str:
-    """A trial's spec, result, epochs and diagnostics; refreshed in place while it runs."""
+    """A trial's notes, spec, result, epochs and diagnostics; the trial's part is refreshed in
+    place while it runs."""
     n = site.sweep(name)
     body = trial_body(site, name, trial, epochs, diagnostics, figure)
     title = f"Trial {trial['trial_id']} (seed {trial['seed']})"
     return layout(
         site,
         title,
-        section("trial", body, site, live=trial.get("status") == "running"),
+        notes_section(notes) + section("trial", body, site, live=trial.get("status") == "running"),
         [(name, site.page("sweeps", n)), ("trials", site.page("sweeps", n, "trials"))],
     )
 

@@ -13,7 +13,7 @@ import logging
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from bnsweep.analysis.table_model import Block, Cell, Row, Table
     from bnsweep.store.api import Store
-    from bnsweep.store.values import StoreFingerprint, SweepStatus
+    from bnsweep.store.values import Note, StoreFingerprint, SweepStatus
 
 log = logging.getLogger(__name__)
 
@@ -453,6 +453,18 @@ class Snapshot:
         return self._cached(
             ("trials", name, where.items),
             lambda: self.store.trials(sweep=name, where=where.where()),
+        )
+
+    def notes(
+        self, name: str, *, spec_hashes: Iterable[str] | None = None, trial_id: int | None = None
+    ) -> list[Note]:
+        """The notes of the sweep (on it, its cells and its trials), newest first; only those on
+        the cells `spec_hashes` or on the trial `trial_id` when given (`Store.notes`)."""
+        self._info(name)
+        hashes = None if spec_hashes is None else tuple(sorted(set(spec_hashes)))
+        return self._cached(
+            ("notes", name, hashes, trial_id),
+            lambda: self.store.notes(name, spec_hashes=hashes, trial_id=trial_id),
         )
 
     def results(self, name: str) -> pd.DataFrame:

@@ -71,7 +71,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         engine = sa.create_engine(url)
         with engine.begin() as conn:
             conn.exec_driver_sql(
-                "TRUNCATE diagnostics, sweep_trials, epochs, trials, sweeps RESTART IDENTITY"
+                "TRUNCATE notes, diagnostics, sweep_trials, epochs, trials, sweeps RESTART IDENTITY"
             )
         engine.dispose()
     with Store.open(url, retry_seconds=20) as opened:

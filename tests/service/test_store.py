@@ -139,7 +139,7 @@ def _empty_tables(url: str) -> None:
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.exec_driver_sql(
-            "TRUNCATE diagnostics, sweep_trials, epochs, trials, sweeps RESTART IDENTITY"
+            "TRUNCATE notes, diagnostics, sweep_trials, epochs, trials, sweeps RESTART IDENTITY"
         )
     engine.dispose()
 
