@@ -148,9 +148,13 @@ def test_a_compiled_resnet8_on_digits_has_the_accuracies_of_the_eager_one() -> N
     spec = SPEC.replace(epochs=2, compile=False)
     eager = run_trial(spec)
     fused = run_trial(spec.replace(compile=True))
-    # Same function, kernels fused: equal up to floating-point reassociation, which can move
-    # an image across a decision boundary now and then.
+    # Same function, kernels fused: equal up to floating-point reassociation, which moves
+    # images across decision boundaries. How far depends on the CPU Inductor generates code for:
+    # after 2 epochs, still on the steep part of the curve (about 33 % accuracy), an AMD EPYC
+    # gave train losses 1.4993 eager against 1.4970-1.4980 compiled (up to 1.5e-3 relative) and
+    # validation accuracies 34.7 % against 31.9 % (10 of 360 images); a wrong compile is far
+    # off both bounds.
     for a, b in zip(eager.history, fused.history, strict=True):
-        assert b.train_loss == pytest.approx(a.train_loss, rel=1e-3)
+        assert b.train_loss == pytest.approx(a.train_loss, rel=3e-3)
         assert b.val_loss == pytest.approx(a.val_loss, rel=1e-2)
-        assert abs(b.val_acc - a.val_acc) <= 0.02 and abs(b.test_acc - a.test_acc) <= 0.02
+        assert abs(b.val_acc - a.val_acc) <= 0.04 and abs(b.test_acc - a.test_acc) <= 0.04
